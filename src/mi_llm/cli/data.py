@@ -1,0 +1,85 @@
+"""`mi-llm data ...`: import corpora, download them, build round-based samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from mi_llm.console import console
+
+data_app = typer.Typer(help="Corpora: import, download, build samples.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
+
+
+@data_app.command("import")
+def import_cmd(
+    source: str = typer.Argument(..., help="cpsycound | cpsycoune | smile | psydt | annomi | mibot | sharegpt | llamafactory | openai | dialogues"),
+    path: Path = typer.Argument(..., help="folder or file to import"),
+    output: Path = typer.Option(..., "-o", "--output", help="dialogues JSONL to write"),
+    language: Optional[str] = typer.Option(None, help="zh | en, for sources that do not say (sharegpt, openai)"),
+    no_merge: bool = typer.Option(False, "--no-merge", help="keep consecutive turns by the same role apart"),
+    keep_empty: bool = typer.Option(False, "--keep-empty", help="keep turns with blank text"),
+) -> None:
+    """Import a corpus into the canonical dialogues JSONL."""
+    from mi_llm.corpus.importers import import_corpus
+    from mi_llm.corpus.normalize import NormalizeOptions
+    from mi_llm.corpus.schema import write_dialogues
+    from mi_llm.errors import MiLlmError
+
+    opts = NormalizeOptions(merge_same_role=not no_merge, drop_empty=not keep_empty)
+    dialogues, stats = import_corpus(source, path, opts)
+    if language:
+        if language not in ("zh", "en"):
+            raise MiLlmError(f"--language must be zh or en (got {language!r})")
+        dialogues = [d.model_copy(update={"language": language}) for d in dialogues]
+    write_dialogues(output, dialogues)
+    table = Table(title=f"imported {source}", show_header=False)
+    for key in ("dialogues", "turns", "rounds", "merged", "dropped", "skipped_dialogues", "trailing_client"):
+        table.add_row(key.replace("_", " "), f"{getattr(stats, key):,}")
+    console.print(table)
+    console.print(f"wrote {output}")
+
+
+@data_app.command("download")
+def download_cmd(
+    source: str = typer.Argument(..., help="cpsycound | annomi | smile | mibot"),
+    dest: Path = typer.Argument(..., help="folder to download into"),
+    base_url: Optional[str] = typer.Option(None, help="mirror to download from instead of the public source"),
+) -> None:
+    """Download a public corpus (resumable, size and checksum verified)."""
+    from mi_llm.corpus.download import download
+
+    download(source, dest, base_url=base_url)
+
+
+@data_app.command("build")
+def build_cmd(
+    dialogues: list[Path] = typer.Argument(..., help="dialogues JSONL file(s)"),
+    output: Path = typer.Option(..., "-o", "--output", help="build folder"),
+    train: float = typer.Option(2000, help="training dialogues: a count, or a fraction below 1"),
+    test: float = typer.Option(40, help="test dialogues: a count, or a fraction below 1"),
+    seed: int = typer.Option(42, help="seed of the split"),
+    history_budget: Optional[int] = typer.Option(None, help="keep only the most recent rounds of history within this many tokens"),
+    tokenizer: str = typer.Option("chars", help="unit of --history-budget: 'chars' or a model name/folder whose tokenizer counts"),
+    export_mode: str = typer.Option("rounds", help="exports: 'rounds' (one record per sample) or 'dialogues' (one multi-turn record per dialogue)"),
+) -> None:
+    """Split dialogues and write round-based samples plus LLaMA-Factory and OpenAI exports."""
+    from mi_llm.build import build
+
+    summary = build(
+        dialogues, output, train=train, test=test, seed=seed,
+        history_budget=history_budget, tokenizer=tokenizer, export_mode=export_mode,
+    )
+    table = Table(title=f"build {output}")
+    for col in ("split", "dialogues", "samples"):
+        table.add_column(col)
+    for split in ("train", "test"):
+        table.add_row(split, f"{summary[split]['dialogues']:,}", f"{summary[split]['samples']:,}")
+    console.print(table)
+    console.print(f"unused dialogues: {summary['unused_dialogues']:,}; wrote {', '.join(summary['files'])}")

@@ -1,0 +1,1 @@
+"""Corpus layer: the canonical dialogue schema, its JSONL I/O, importers, downloaders."""

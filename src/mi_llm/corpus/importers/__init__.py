@@ -1,0 +1,55 @@
+"""Importers: one module per source format, each registered under its source name.
+
+An importer is a function `(path: Path) -> Iterator[Dialogue]` that yields raw
+dialogues; normalisation (merging, dropping) is applied afterwards by `import_corpus`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable, Iterator
+
+from mi_llm.corpus.normalize import NormalizeOptions, NormalizeStats, normalize
+from mi_llm.corpus.schema import Dialogue
+from mi_llm.errors import MiLlmError
+
+Importer = Callable[[Path], Iterator[Dialogue]]
+
+# source name -> module under mi_llm.corpus.importers defining `import_path`
+SOURCES: dict[str, str] = {
+    "cpsycound": "cpsycound",
+    "cpsycoune": "cpsycoune",
+    "smile": "smile",
+    "psydt": "psydt",
+    "annomi": "annomi",
+    "mibot": "mibot",
+    "sharegpt": "sharegpt",
+    "llamafactory": "sharegpt",
+    "openai": "openai_messages",
+    "dialogues": "dialogues",
+}
+
+
+def get_importer(source: str) -> Importer:
+    if source not in SOURCES:
+        raise MiLlmError(f"unknown source {source!r}; choose one of: {', '.join(SOURCES)}")
+    module = importlib.import_module(f"mi_llm.corpus.importers.{SOURCES[source]}")
+    return module.import_path
+
+
+def import_corpus(
+    source: str, path: str | Path, opts: NormalizeOptions | None = None
+) -> tuple[list[Dialogue], NormalizeStats]:
+    """Import every dialogue under `path` and normalise it; returns dialogues and counts."""
+    path = Path(path)
+    if not path.exists():
+        raise MiLlmError(f"{path}: no such file or folder")
+    opts = opts or NormalizeOptions()
+    stats = NormalizeStats()
+    out = []
+    for d in get_importer(source)(path):
+        nd = normalize(d, opts, stats)
+        if nd is not None:
+            out.append(nd)
+    return out, stats

@@ -1,0 +1,1 @@
+"""MITI 4.2.1: codebook, scoring, reliability, coders, annotation tool."""
