@@ -1,0 +1,3 @@
+from mi_llm.cli import main
+
+main()
