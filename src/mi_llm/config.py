@@ -1,0 +1,139 @@
+"""The experiment config (`mi-llm run CONFIG.yaml`): pydantic, validated, the one home of defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mi_llm.errors import InputError, MiLlmError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Strict):
+    """One corpus to import: an importer name and a path, or the bundled demo corpus."""
+
+    kind: str = Field(description="importer name (cpsycound, annomi, ...) or 'demo'")
+    path: str | None = Field(None, description="file or folder; not used by 'demo'")
+    language: Literal["zh", "en"] | None = None
+    style: Literal["raw", "mi"] | None = Field(None, description="demo: which part of the bundled corpus")
+    limit: int | None = Field(None, ge=1, description="keep only the first N dialogues")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "SourceConfig":
+        if self.kind != "demo" and not self.path:
+            raise ValueError(f"source {self.kind!r} needs a path")
+        return self
+
+
+class TranscribeConfig(_Strict):
+    enabled: bool = False
+    backend: str = "openai"
+    model: str = "gpt-4o"
+    base_url: str | None = None
+    concurrency: int = 4
+
+
+class SplitConfig(_Strict):
+    train: float = 2000
+    test: float = 40
+    seed: int = 42
+    history_budget: int | None = None
+    tokenizer: str = "chars"
+
+
+class ModelConfig(_Strict):
+    name: str = "gemma-3-270m"
+    label: str | None = Field(None, description="short name in reports; defaults to the model name")
+    backend: str = Field("hf", description="generation backend for predictions")
+
+    @property
+    def key(self) -> str:
+        return (self.label or self.name).replace("/", "_")
+
+
+class TrainConfig(_Strict):
+    """The paper's LoRA hyper-parameters are the defaults."""
+
+    enabled: bool = True
+    epochs: float = 3
+    max_steps: int | None = None
+    learning_rate: float = 1e-4
+    batch_size: int = 1
+    grad_accum: int = 8
+    warmup_ratio: float = 0.1
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: str = "all-linear"
+    max_length: int = 1024
+    seed: int = 42
+
+
+class GenerationSettings(_Strict):
+    preset: str = "greedy"
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    limit: int | None = Field(None, description="predict only the first N test samples")
+    seed: int = 42
+
+
+class MitiSettings(_Strict):
+    enabled: bool = True
+    coder: str = "default"
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    sources: list[SourceConfig]
+    transcribe: TranscribeConfig = TranscribeConfig()
+    split: SplitConfig = SplitConfig()
+    models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
+    train: TrainConfig = TrainConfig()
+    generation: GenerationSettings = GenerationSettings()
+    miti: MitiSettings = MitiSettings()
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> "ExperimentConfig":
+        keys = [m.key for m in self.models]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"model labels must be unique: {keys}")
+        return self
+
+
+def _line_of(text: str, loc: tuple) -> int | None:
+    """Best-effort line number of a config key for error messages."""
+    if not loc:
+        return None
+    key = str(loc[-1]) if not isinstance(loc[-1], int) else str(loc[-2]) if len(loc) > 1 else None
+    if key is None:
+        return None
+    for i, line in enumerate(text.splitlines(), start=1):
+        if line.strip().startswith(f"{key}:") or line.strip().startswith(f"- {key}:"):
+            return i
+    return None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise MiLlmError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise InputError(path, f"invalid YAML: {getattr(e, 'problem', e)}", None if line is None else line + 1) from None
+    if not isinstance(raw, dict):
+        raise InputError(path, "expected a mapping at the top level")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"]) or "config"
+        raise InputError(path, f"{loc}: {first['msg']}", _line_of(text, first["loc"])) from None

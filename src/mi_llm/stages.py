@@ -1,0 +1,92 @@
+"""Up-to-date checks for pipeline stages: a stage is skipped when its outputs exist and
+its fingerprint (settings + content of its inputs) matches the one recorded last time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mi_llm.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def _hash_path(h: "hashlib._Hash", path: Path) -> None:
+    if path.is_dir():
+        for p in sorted(x for x in path.rglob("*") if x.is_file()):
+            h.update(str(p.relative_to(path)).encode())
+            _hash_path(h, p)
+    elif path.is_file():
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    else:
+        h.update(b"<missing>")
+
+
+def fingerprint(params: Any, inputs: Sequence[Path]) -> str:
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for p in inputs:
+        h.update(str(p).encode())
+        _hash_path(h, Path(p))
+    return h.hexdigest()
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[], Any]
+    outputs: list[Path]
+    inputs: list[Path] = field(default_factory=list)
+    params: Any = None
+
+
+@dataclass
+class StageResult:
+    name: str
+    skipped: bool
+    seconds: float
+
+
+class StageRunner:
+    """Runs stages in order into `run_dir`, recording fingerprints in `run_dir/.stages/`."""
+
+    def __init__(self, run_dir: Path, force: bool = False):
+        self.run_dir = Path(run_dir)
+        self.state_dir = self.run_dir / ".stages"
+        self.force = force
+        self.results: list[StageResult] = []
+
+    def _state_file(self, name: str) -> Path:
+        return self.state_dir / f"{name.replace('/', '__')}.json"
+
+    def up_to_date(self, stage: Stage, fp: str) -> bool:
+        state = self._state_file(stage.name)
+        if self.force or not state.is_file() or not all(Path(o).exists() for o in stage.outputs):
+            return False
+        return json.loads(state.read_text()).get("fingerprint") == fp
+
+    def __call__(self, stage: Stage) -> StageResult:
+        fp = fingerprint(stage.params, stage.inputs)
+        if self.up_to_date(stage, fp):
+            log.info("stage %s: up to date, skipped", stage.name)
+            result = StageResult(stage.name, True, 0.0)
+        else:
+            log.info("stage %s: running", stage.name)
+            t0 = time.monotonic()
+            stage.run()
+            seconds = time.monotonic() - t0
+            missing = [str(o) for o in stage.outputs if not Path(o).exists()]
+            if missing:
+                raise RuntimeError(f"stage {stage.name} did not write {missing}")
+            write_json(self._state_file(stage.name), {"fingerprint": fp, "seconds": round(seconds, 2)})
+            log.info("stage %s: done in %.1f s", stage.name, seconds)
+            result = StageResult(stage.name, False, seconds)
+        self.results.append(result)
+        return result
