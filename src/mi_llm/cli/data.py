@@ -53,9 +53,15 @@ def download_cmd(
     base_url: Optional[str] = typer.Option(None, help="mirror to download from instead of the public source"),
 ) -> None:
     """Download a public corpus (resumable, size and checksum verified)."""
+    from mi_llm.console import setup_logging
     from mi_llm.corpus.download import download
 
-    download(source, dest, base_url=base_url)
+    setup_logging()
+    rep = download(source, dest, base_url=base_url)
+    console.print(
+        f"{rep.source}: {rep.downloaded:,} downloaded ({rep.bytes:,} bytes), {rep.present:,} already there, "
+        f"{rep.extracted:,} extracted into {rep.dest}"
+    )
 
 
 @data_app.command("build")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from mi_llm.corpus.schema import Dialogue, Turn
 
@@ -30,6 +31,18 @@ class NormalizeStats:
         return dict(self.__dict__)
 
 
+def merge_meta(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Meta of a merged turn: lists (per-utterance labels, speakers, notes) are concatenated
+    in turn order; for any other key the first turn's value is kept."""
+    out = dict(first)
+    for key, value in second.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(out[key], list) and isinstance(value, list):
+            out[key] = [*out[key], *value]
+    return out
+
+
 def normalize(d: Dialogue, opts: NormalizeOptions, stats: NormalizeStats) -> Dialogue | None:
     """Return the normalised dialogue (None if nothing is left) and update `stats`."""
     turns: list[Turn] = []
@@ -46,7 +59,7 @@ def normalize(d: Dialogue, opts: NormalizeOptions, stats: NormalizeStats) -> Dia
             if prev.codes is not None and t.codes is not None:
                 codes = prev.codes + t.codes
             turns[-1] = prev.model_copy(
-                update={"text": prev.text + joiner + t.text, "codes": codes, "meta": {**t.meta, **prev.meta}}
+                update={"text": prev.text + joiner + t.text, "codes": codes, "meta": merge_meta(prev.meta, t.meta)}
             )
             stats.merged += 1
             continue

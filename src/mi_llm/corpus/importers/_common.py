@@ -1,0 +1,249 @@
+"""Helpers shared by the importers: file discovery, located JSON reading, language guess."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from mi_llm.corpus.schema import Dialogue, Turn
+from mi_llm.errors import InputError, MiLlmError
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LETTER = re.compile(r"[A-Za-z]")
+_DIGITS = re.compile(r"(\d+)")
+_WS = re.compile(r"\s")
+
+
+def natural_key(path: Path) -> list[Any]:
+    """Sort key that puts case_2 before case_10."""
+    return [int(p) if p.isdigit() else p.lower() for p in _DIGITS.split(path.name)]
+
+
+def find_files(path: Path, patterns: Iterable[str], what: str) -> list[Path]:
+    """`path` itself if it is a file, else the files under it matching any pattern, naturally sorted."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise MiLlmError(f"{path}: no such file or folder")
+    found: set[Path] = set()
+    for pattern in patterns:
+        # Hidden files (a downloader's .mi-llm-download.json) and partial downloads are not data.
+        found.update(
+            p
+            for p in path.glob(pattern)
+            if p.is_file() and not p.name.endswith(".part") and not any(x.startswith(".") for x in p.relative_to(path).parts)
+        )
+    if not found:
+        raise MiLlmError(f"{path}: no {what} found (looked for {', '.join(patterns)})")
+    return sorted(found, key=lambda p: [*natural_key(p.parent), *natural_key(p)])
+
+
+def read_text(path: Path) -> str:
+    """UTF-8 text (a byte-order mark is dropped); undecodable bytes give a located error."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(path, f"not valid UTF-8 ({e.reason})", line) from None
+
+
+def line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def load_json(path: Path) -> Any:
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+
+
+def iter_json_array(path: Path, text: str | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield (line where the item starts, item) for a file holding one top-level JSON array."""
+    text = read_text(path) if text is None else text
+    decoder = json.JSONDecoder()
+    pos = _skip_ws(text, 0)
+    if pos >= len(text) or text[pos] != "[":
+        raise InputError(path, "expected a JSON array", line_of(text, pos))
+    pos = _skip_ws(text, pos + 1)
+    if pos < len(text) and text[pos] == "]":
+        _expect_end(path, text, pos + 1)
+        return
+    while True:
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+        yield line_of(text, pos), item
+        pos = _skip_ws(text, end)
+        if pos < len(text) and text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+            continue
+        if pos < len(text) and text[pos] == "]":
+            _expect_end(path, text, pos + 1)
+            return
+        raise InputError(path, "invalid JSON: expected ',' or ']' after an array item", line_of(text, pos))
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _expect_end(path: Path, text: str, pos: int) -> None:
+    pos = _skip_ws(text, pos)
+    if pos < len(text):
+        raise InputError(path, "invalid JSON: extra data after the array", line_of(text, pos))
+
+
+def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, object) from a JSON array file or a JSONL file, whichever the content is."""
+    text = read_text(path)
+    start = _skip_ws(text, 0)
+    if start < len(text) and text[start] == "[":
+        for line, item in iter_json_array(path, text):
+            if not isinstance(item, dict):
+                raise InputError(path, f"expected a JSON object, got {type(item).__name__}", line)
+            yield line, item
+        return
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", lineno) from None
+        if not isinstance(obj, dict):
+            raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
+        yield lineno, obj
+
+
+def detect_language(texts: Iterable[str]) -> str:
+    """'zh' when CJK characters make up a real share of the letters, else 'en'."""
+    cjk = latin = 0
+    for t in texts:
+        cjk += len(_CJK.findall(t))
+        latin += len(_LETTER.findall(t))
+        if cjk + latin > 2000:
+            break
+    # A CJK character carries about a word; compare to Latin letters per word (~5).
+    return "zh" if cjk * 5 >= latin and cjk > 0 else "en"
+
+
+def require_str(obj: dict[str, Any], key: str, path: Path, line: int | None, where: str = "") -> str:
+    if key not in obj:
+        raise InputError(path, f"{where}missing key {key!r}", line)
+    value = obj[key]
+    if not isinstance(value, str):
+        raise InputError(path, f"{where}{key!r} should be a string, got {type(value).__name__}", line)
+    return value
+
+
+def slug(text: str) -> str:
+    """A lowercase id part: 'Family Relationship' -> 'family-relationship'."""
+    s = re.sub(r"[^0-9a-z\u4e00-\u9fff]+", "-", text.lower()).strip("-")
+    return s or "x"
+
+
+def array_item_line(text: str, key: str, index: int) -> int | None:
+    """Line of item `index` of the first array under `"key":` in a JSON text (for error messages)."""
+    m = re.search(r'"' + re.escape(key) + r'"\s*:\s*\[', text)
+    if not m:
+        return None
+    decoder = json.JSONDecoder()
+    pos = m.end()
+    for i in range(index + 1):
+        pos = _skip_ws(text, pos)
+        if i == index:
+            return line_of(text, pos)
+        try:
+            _, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return None
+        pos = _skip_ws(text, pos)
+        if pos >= len(text) or text[pos] != ",":
+            return None
+        pos += 1
+    return None
+
+
+def chat_dialogue(
+    source: str,
+    path: Path,
+    line: int,
+    index: int,
+    rec: dict[str, Any],
+    messages: Any,
+    role_key: str,
+    content_key: str,
+    roles: dict[str, str],
+    system_roles: Iterable[str],
+    system: Any = None,
+) -> Dialogue:
+    """A dialogue from chat messages (sharegpt, OpenAI): roles map to client/counselor.
+
+    System messages go to meta["system"]; an id, language, topic or style on the record is
+    kept, otherwise the id is `<source>-<file stem>-<record number>` and the language guessed.
+    """
+    if not isinstance(messages, list):
+        raise InputError(path, "expected a list of messages", line)
+    system_roles = set(system_roles)
+    systems = [system] if isinstance(system, str) and system.strip() else []
+    turns: list[Turn] = []
+    for i, m in enumerate(messages):
+        where = f"message {i}: "
+        if not isinstance(m, dict):
+            raise InputError(path, f"{where}expected an object", line)
+        if role_key not in m:
+            raise InputError(path, f"{where}missing key {role_key!r}", line)
+        role = m[role_key]
+        content = _content(m.get(content_key, None), path, line, where, content_key)
+        if role in system_roles:
+            systems.append(content)
+        elif role in roles:
+            meta = {"weight": m["weight"]} if "weight" in m else {}
+            turns.append(Turn(role=roles[role], text=content, meta=meta))  # type: ignore[arg-type]
+        else:
+            known = ", ".join([*roles, *sorted(system_roles)])
+            raise InputError(path, f"{where}unknown speaker {role!r} (expected one of {known})", line)
+    if not turns:
+        raise InputError(path, "no client or counselor messages", line)
+    rid = rec.get("id")
+    language = rec.get("language")
+    if language not in ("zh", "en"):
+        language = detect_language(t.text for t in turns)
+    style = rec.get("style") if rec.get("style") in ("raw", "mi") else "raw"
+    meta: dict[str, Any] = {"file": path.name, "record": index}
+    if systems:
+        meta["system"] = "\n".join(systems)
+    return Dialogue(
+        id=str(rid) if rid not in (None, "") else f"{source}-{path.stem}-{index}",
+        source=source,
+        language=language,
+        topic=rec["topic"] if isinstance(rec.get("topic"), str) else None,
+        style=style,
+        turns=turns,
+        meta=meta,
+    )
+
+
+def _content(value: Any, path: Path, line: int, where: str, key: str) -> str:
+    """Message text: a string, or OpenAI's list of parts of which only text is accepted."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for p in value:
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str):
+                parts.append(p["text"])
+            else:
+                raise InputError(path, f"{where}only text content parts are supported", line)
+        return "".join(parts)
+    if value is None:
+        raise InputError(path, f"{where}missing key {key!r}", line)
+    raise InputError(path, f"{where}{key!r} should be a string, got {type(value).__name__}", line)

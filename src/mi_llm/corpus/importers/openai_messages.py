@@ -1,0 +1,26 @@
+"""OpenAI chat fine-tuning JSONL: one {"messages": [{"role", "content"}]} record per line.
+
+user -> client, assistant -> counselor, system/developer -> meta["system"]. Content may be
+a string or a list of text parts. A JSON array of such records is read too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from mi_llm.corpus.importers._common import chat_dialogue, find_files, iter_records
+from mi_llm.corpus.schema import Dialogue
+from mi_llm.errors import InputError
+
+SOURCE = "openai"
+_ROLES = {"user": "client", "assistant": "counselor"}
+_SYSTEM = ("system", "developer")
+
+
+def import_path(path: Path) -> Iterator[Dialogue]:
+    for f in find_files(path, ["*.jsonl", "*.json"], "OpenAI chat JSONL files"):
+        for index, (line, rec) in enumerate(iter_records(f), start=1):
+            if "messages" not in rec:
+                raise InputError(f, "missing key 'messages' (a list of {role, content})", line)
+            yield chat_dialogue(SOURCE, f, line, index, rec, rec["messages"], "role", "content", _ROLES, _SYSTEM)

@@ -1,0 +1,84 @@
+"""ShareGPT / LLaMA-Factory chat data: JSON array or JSONL of conversation records.
+
+Default record: {"conversations": [{"from": "human"|"gpt"|"system", "value": …}], "system"?}.
+Also accepted: LLaMA-Factory's OpenAI-like variant {"messages": [{"role": "user"|"assistant"|
+"system", "content": …}]}. human/user -> client, gpt/assistant -> counselor, system -> meta.
+
+A folder is read through its `dataset_info.json` when it has one (LLaMA-Factory's dataset
+registry: every sharegpt dataset there is imported with its `columns` and `tags`), else
+every *.json / *.jsonl file in it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from mi_llm.corpus.importers._common import chat_dialogue, find_files, iter_records, load_json
+from mi_llm.corpus.schema import Dialogue
+from mi_llm.errors import InputError, MiLlmError
+
+SOURCE = "sharegpt"
+_SKIP = {"dataset_info.json", "mi_llm_export.json"}
+
+
+class Spec:
+    """Where the messages are and what the speakers are called (LLaMA-Factory's names)."""
+
+    def __init__(self, columns: dict[str, str] | None = None, tags: dict[str, str] | None = None):
+        columns, tags = columns or {}, tags or {}
+        self.messages = columns.get("messages")
+        self.system = columns.get("system", "system")
+        self.role_tag = tags.get("role_tag")
+        self.content_tag = tags.get("content_tag")
+        self.user = {tags["user_tag"]} if "user_tag" in tags else {"human", "user"}
+        self.assistant = {tags["assistant_tag"]} if "assistant_tag" in tags else {"gpt", "assistant"}
+        self.system_tag = {tags["system_tag"]} if "system_tag" in tags else {"system"}
+
+
+def import_path(path: Path) -> Iterator[Dialogue]:
+    if path.is_dir() and (path / "dataset_info.json").is_file():
+        for f, spec in _registered(path):
+            yield from parse_file(f, spec)
+        return
+    files = [f for f in find_files(path, ["*.json", "*.jsonl"], "sharegpt JSON/JSONL files") if f.name not in _SKIP]
+    for f in files:
+        yield from parse_file(f, Spec())
+
+
+def _registered(folder: Path) -> list[tuple[Path, Spec]]:
+    info_path = folder / "dataset_info.json"
+    info = load_json(info_path)
+    if not isinstance(info, dict):
+        raise InputError(info_path, "expected an object of datasets", 1)
+    out = []
+    for name, entry in info.items():
+        if not isinstance(entry, dict) or "file_name" not in entry:
+            raise InputError(info_path, f"dataset {name!r}: missing 'file_name'")
+        if entry.get("formatting", "alpaca") != "sharegpt":
+            raise MiLlmError(f"{info_path}: dataset {name!r} is not in sharegpt format; only sharegpt is imported")
+        f = folder / entry["file_name"]
+        if not f.is_file():
+            raise MiLlmError(f"{info_path}: dataset {name!r}: no file {f}")
+        out.append((f, Spec(entry.get("columns"), entry.get("tags"))))
+    return out
+
+
+def parse_file(path: Path, spec: Spec) -> Iterator[Dialogue]:
+    for index, (line, rec) in enumerate(iter_records(path), start=1):
+        yield parse_record(rec, path, line, index, spec)
+
+
+def parse_record(rec: dict[str, Any], path: Path, line: int, index: int, spec: Spec) -> Dialogue:
+    key = spec.messages or next((k for k in ("conversations", "messages") if k in rec), None)
+    if key is None or key not in rec:
+        raise InputError(path, f"missing key {key or 'conversations'!r} (a list of messages)", line)
+    messages = rec[key]
+    first = messages[0] if isinstance(messages, list) and messages and isinstance(messages[0], dict) else {}
+    role_key = spec.role_tag or ("from" if "from" in first else "role")
+    content_key = spec.content_tag or ("value" if role_key == "from" else "content")
+    roles = {**{u: "client" for u in spec.user}, **{a: "counselor" for a in spec.assistant}}
+    return chat_dialogue(
+        SOURCE, path, line, index, rec, messages, role_key, content_key, roles, spec.system_tag, rec.get(spec.system)
+    )
+
