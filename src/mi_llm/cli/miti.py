@@ -1,7 +1,209 @@
-"""CLI commands of this stage (to be filled in by the stage's owner)."""
+"""`mi-llm miti ...`: MITI 4.2.1 scores, coder agreement, and the human coding tool.
+
+The automatic coders' commands (`code`, `code-utterances`, `train-coder`) live in
+`mi_llm.cli.miti_coder`, which adds them to `miti_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.table import Table
+
+from mi_llm.console import console
+from mi_llm.errors import MiLlmError
+
+log = logging.getLogger(__name__)
+
+miti_app = typer.Typer(
+    help="MITI 4.2.1: score coded sessions, measure coder agreement, code sessions by hand.",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(miti_app, name="miti")
+    try:
+        import mi_llm.cli.miti_coder  # noqa: F401  (adds the automatic coders' commands)
+    except ModuleNotFoundError as e:
+        if e.name != "mi_llm.cli.miti_coder":
+            raise
+
+
+def _labelled(spec: str) -> tuple[str | None, Path]:
+    """'NAME=path' or 'path'."""
+    name, sep, path = spec.partition("=")
+    if sep and name and not Path(spec).exists():
+        return name, Path(path)
+    return None, Path(spec)
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+@miti_app.command("score")
+def score_cmd(
+    inputs: list[str] = typer.Argument(..., help="coded Dialogue JSONL file(s); 'NAME=FILE' names a system (default: file name)"),
+    output: Path = typer.Option(..., "-o", "--output", help="JSON file to write (per-session scores, aggregates, table)"),
+    definition: str = typer.Option(
+        "default", "--ratio",
+        help="MI-adherent ratio: 'default' = MIA/(MIA+MINA), 'pwp-adherent' (PwP counts as adherent), "
+             "or 'adherent=AF,Seek,EA;non-adherent=Persuade,Confront'"),
+    group_by: str = typer.Option("none", help="split each file into systems by: none | style | language | source"),
+    allow_uncoded: bool = typer.Option(False, "--allow-uncoded", help="score counselor turns without codes as uncoded volleys instead of failing"),
+    paper: bool = typer.Option(True, "--paper/--no-paper", help="show the MI-LLM paper's figures beside the scores"),
+) -> None:
+    """Score coded sessions: behaviour counts, globals, %CR, R:Q, MIA, MINA, MI-adherent ratio."""
+    from mi_llm.io import write_json
+    from mi_llm.miti.aggregate import aggregate, comparison_table, pooled
+    from mi_llm.miti.codebook import THRESHOLDS
+    from mi_llm.miti.scoring import RatioDefinition, SessionScores, score_session
+    from mi_llm.miti.session import load_sessions
+
+    if group_by not in ("none", "style", "language", "source"):
+        raise MiLlmError(f"--group-by must be none, style, language or source (got {group_by!r})")
+    ratio = RatioDefinition.parse(definition)
+    systems: dict[str, list[SessionScores]] = {}
+    files: dict[str, list[str]] = {}
+    for spec in inputs:
+        name, path = _labelled(spec)
+        name = name or path.stem
+        for s in load_sessions(path, allow_uncoded=allow_uncoded):
+            label = name if group_by == "none" else f"{name}/{getattr(s, group_by)}"
+            systems.setdefault(label, []).append(score_session(s, ratio))
+            files.setdefault(label, [])
+            if str(path) not in files[label]:
+                files[label].append(str(path))
+    table = comparison_table(systems, paper=paper)
+    notes = []
+    for label, scores in systems.items():
+        agg = aggregate(scores)
+        for key, why in (("pct_cr", "no reflection"), ("r_q", "no question"),
+                         ("mi_adherent_ratio", "no adherent or non-adherent code"), ("technical", "no global ratings")):
+            if agg[key]["missing"]:
+                notes.append(f"{label}: {key} undefined in {agg[key]['missing']} of {len(scores)} session(s) "
+                             f"({why}); left out of its statistics")
+    result = {
+        "miti_version": "4.2.1",
+        "mi_adherent_ratio": {"definition": ratio.name, "formula": ratio.describe(),
+                              "adherent": list(ratio.adherent), "non_adherent": list(ratio.non_adherent)},
+        "thresholds": {k: {"fair": f, "good": g} for k, (f, g) in THRESHOLDS.items()},
+        "systems": {
+            label: {
+                "files": files[label],
+                "n_sessions": len(scores),
+                "aggregate": aggregate(scores),
+                "pooled": pooled(scores),
+                "sessions": [s.report_dict() for s in scores],
+            }
+            for label, scores in systems.items()
+        },
+        "comparison": table.to_dict(),
+        "notes": notes,
+    }
+    write_json(output, result)
+    console.print(table.to_rich())
+    for n in notes:
+        console.print(f"[dim]note: {n}[/]")
+    console.print(f"wrote {output}")
+
+
+@miti_app.command("agree")
+def agree_cmd(
+    files: list[str] = typer.Argument(..., help="two or more coders' coded Dialogue JSONL files; 'NAME=FILE' names a coder"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="JSON file to write"),
+    align: str = typer.Option("strict", help="utterance matching: strict (same segmentation required) | text (pair identical texts)"),
+    definition: str = typer.Option("default", "--ratio", help="MI-adherent ratio definition (see `miti score --help`)"),
+) -> None:
+    """Inter-coder reliability: ICC per score, Cohen's kappa and Krippendorff's alpha per code."""
+    from mi_llm.io import write_json
+    from mi_llm.miti.reliability import agreement, load_coder
+    from mi_llm.miti.scoring import RatioDefinition
+
+    if len(files) < 2:
+        raise MiLlmError("give at least two coders' files")
+    ratio = RatioDefinition.parse(definition)
+    coders = []
+    for spec in files:
+        name, path = _labelled(spec)
+        coders.append(load_coder(path, name))
+    # Two files with the same stem (a/coded.jsonl, b/coded.jsonl): tell them apart.
+    stems = [c.name for c in coders]
+    for c in coders:
+        if stems.count(c.name) > 1:
+            c.name = str(c.path)
+    result = agreement(coders, mode=align, definition=ratio)
+    _print_agreement(result)
+    if output:
+        write_json(output, result)
+        console.print(f"wrote {output}")
+
+
+_ABBR = {"Persuade": "Pers", "Confront": "Conf"}
+
+
+def _print_agreement(r: dict) -> None:
+    u = r["utterances"]
+    ov = u["overall"]
+    s = r["sessions"]
+    console.print(
+        f"sessions matched: {s['matched']}"
+        + "".join(f"; only in {k}: {len(v)}" for k, v in s["only_in"].items() if v)
+        + f" · utterances compared: {ov['units']} ({r['alignment']['mode']} alignment"
+        + "".join(f"; {k} unmatched {n}" for k, n in r["alignment"]["unmatched"].items() if n) + ")")
+    t = Table(title="Utterance level (codes; null = 'none')")
+    for col in ("code", *(f"n {c['name']}" for c in r["coders"]), "% agree", "Cohen's kappa", "Kripp. alpha"):
+        t.add_column(col)
+    t.add_row("[b]all codes[/]", *["" for _ in r["coders"]], _fmt(ov["percent_agreement"]),
+              _fmt(ov["cohen_kappa"]), _fmt(ov["krippendorff_alpha"]))
+    for code, row in u["per_code"].items():
+        t.add_row(code, *[str(row["count"][c["name"]]) for c in r["coders"]], _fmt(row["percent_agreement"]),
+                  _fmt(row["cohen_kappa"]), _fmt(row["krippendorff_alpha"]))
+    console.print(t)
+    for pair, cm in u["confusion"].items():
+        ct = Table(title=f"Confusion: rows {cm['rows']}, columns {cm['columns']}")
+        ct.add_column("")
+        for lab in cm["labels"]:
+            ct.add_column(_ABBR.get(lab, lab), justify="right")
+        for lab, row in zip(cm["labels"], cm["matrix"]):
+            ct.add_row(lab, *[f"[b]{v}[/]" if i == cm["labels"].index(lab) and v else (str(v) if v else "·")
+                              for i, v in enumerate(row)])
+        console.print(ct)
+    it = Table(title="Session level ICC", caption="; ".join(r["session_scores"]["forms"].values()))
+    for col in ("score", "sessions", "ICC(2,1)", "95% CI", "ICC(3,1)", "note"):
+        it.add_column(col)
+    for key, row in r["session_scores"]["scores"].items():
+        ci = row["icc2_1_ci95"]
+        it.add_row(key, str(row["n"]), _fmt(row["icc2_1"]), "" if not ci else f"{ci[0]:.2f} to {ci[1]:.2f}",
+                   _fmt(row["icc3_1"]), row["note"] or "")
+    console.print(it)
+    b = r["benchmarks"]
+    console.print(f"[dim]human benchmarks: session ICC {b['session_icc']}; utterance kappa {b['utterance_kappa']}[/]")
+
+
+@miti_app.command("annotate")
+def annotate_cmd(
+    sessions: Path = typer.Argument(..., help="Dialogue JSONL to code (coded or not)"),
+    coder_name: str = typer.Option(..., "--coder-name", help="your name or initials (one autosave file per coder)"),
+    port: int = typer.Option(8765, help="port of the local page"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (keep 127.0.0.1: the sessions are health data)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="coded JSONL to export to (default SESSIONS.<coder>.coded.jsonl; the autosave file lies beside it)"),
+    keep_codes: bool = typer.Option(False, "--keep-codes", help="start from the codes and globals already in SESSIONS (default: only their segmentation)"),
+    export_only: bool = typer.Option(False, "--export", help="write the export from the autosave file and exit, without serving"),
+) -> None:
+    """Serve a local page to code sessions by hand (MITI 4.2.1); autosaves every change."""
+    from mi_llm.miti.annotate.app import AnnotationProject, serve
+
+    project = AnnotationProject(sessions, coder_name, out, keep_codes=keep_codes)
+    if export_only:
+        r = project.export()
+        console.print(f"exported {r['sessions']} session(s) ({r['done']} done, {r['without_globals']} without all "
+                      f"4 globals; {r['not_saved']} never saved) to {r['path']}")
+        return
+    console.print(f"coding {len(project.dialogues)} session(s) as [b]{project.coder}[/]; autosave {project.autosave}")
+    console.print(f"open [b]http://{host}:{port}/[/] in a browser; export writes {project.out}; Ctrl+C stops")
+    serve(project, host=host, port=port)

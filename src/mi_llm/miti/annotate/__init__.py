@@ -1,0 +1,1 @@
+"""The human MITI coding tool: a local web page served by FastAPI (`mi-llm miti annotate`)."""

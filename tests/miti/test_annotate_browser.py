@@ -1,0 +1,212 @@
+"""The human coding tool end to end in headless Chromium: open, split/merge, code with keys,
+rate globals, save, reload (state kept), restart the server (state kept), export, agree."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mi_llm.corpus.schema import read_dialogues
+from mi_llm.miti.reliability import agreement, load_coder
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium absent: install the Debian packages chromium chromium-driver (make browser)"),
+    pytest.mark.timeout(180),
+    pytest.mark.slow,
+]
+
+SESSIONS = [
+    {
+        "id": "s1", "source": "test", "language": "en", "topic": "smoking", "style": "mi",
+        "meta": {"target_behaviour": "quit smoking"},
+        "turns": [
+            {"role": "client", "text": "I smoke about a pack a day."},
+            {"role": "counselor", "text": "You smoke a pack a day. What worries you about it?"},
+            {"role": "client", "text": "My kids see me do it."},
+            {"role": "counselor", "text": "Your kids matter a lot to you. It's your choice what happens next. Thanks for telling me."},
+            {"role": "client", "text": "I quit once for a month."},
+            {"role": "counselor", "text": "That took real effort and you kept going for a month"},
+        ],
+    },
+    {
+        "id": "s2", "source": "test", "language": "zh", "topic": "饮酒", "style": "mi",
+        "turns": [
+            {"role": "client", "text": "我每天都喝一点。"},
+            {"role": "counselor", "text": "喝酒已经成了你每天的习惯。你自己怎么看？"},
+        ],
+    },
+]
+
+EXPECTED_S1 = {
+    1: [("You smoke a pack a day.", "SR"), ("What worries you about it?", "Q")],
+    3: [("Your kids matter a lot to you.", "CR"), ("It's your choice what happens next.", "EA"), ("Thanks for telling me.", None)],
+    5: [("That took real effort", "AF"), ("and you kept going for a month", "CR")],
+}
+EXPECTED_GLOBALS = {"cct": 4, "sst": 3, "partnership": 5, "empathy": 4}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, sessions: Path, out: Path, port: int):
+        self.args = [sys.executable, "-m", "mi_llm", "miti", "annotate", str(sessions), "--coder-name", "alice",
+                     "--port", str(port), "--out", str(out)]
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                if httpx.get(self.url + "/api/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("server did not start within 30 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _badges(page) -> dict[int, list[tuple[str, str | None]]]:
+    out: dict[int, list[tuple[str, str | None]]] = {}
+    for row in page.query_selector_all(".utt"):
+        t = int(row.get_attribute("data-t"))
+        text = "".join(s.inner_text() for s in row.query_selector_all(".tok")).strip()
+        badge = row.query_selector(".badge").inner_text().strip()
+        out.setdefault(t, []).append((text, None if badge == "–" else badge))
+    return out
+
+
+def _globals(page) -> dict[str, int | None]:
+    out = {}
+    for row in page.query_selector_all(".grow"):
+        sel = row.query_selector("button.selected")
+        out[row.get_attribute("data-key")] = int(sel.inner_text()) if sel else None
+    return out
+
+
+def _wait_saved(page) -> None:
+    page.wait_for_selector('#save-status[data-state="saved"]', timeout=10_000)
+
+
+def test_code_save_reload_restart_export(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    sessions = tmp_path / "sessions.jsonl"
+    sessions.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in SESSIONS), encoding="utf-8")
+    out = tmp_path / "alice.jsonl"
+    server = Server(sessions, out, _free_port())
+    server.start()
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url + "/")
+            page.wait_for_selector(".utt.active")
+            assert page.inner_text("#session-title") == "s1 · smoking"
+            assert page.inner_text("#session-target") == "Target behaviour: quit smoking"
+            # Pre-split at sentence punctuation, nothing coded yet.
+            before = _badges(page)
+            assert [t for t, _ in before[1]] == ["You smoke a pack a day.", "What worries you about it?"]
+            assert len(before[3]) == 3 and len(before[5]) == 1
+            assert all(c is None for us in before.values() for _, c in us)
+
+            # Merge the first two utterances (m), then split them again with the keyboard (s, ->, Enter).
+            page.keyboard.press("m")
+            assert [t for t, _ in _badges(page)[1]] == ["You smoke a pack a day. What worries you about it?"]
+            page.keyboard.press("s")
+            page.wait_for_selector(".utt.splitting")
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("Enter")
+            assert [t for t, _ in _badges(page)[1]] == ["You smoke a pack a day.", "What worries you about it?"]
+
+            # Code with the number keys (cursor advances after each code): SR, Q, CR, EA, not coded.
+            for key in ("5", "4", "6", "9", "x"):
+                page.keyboard.press(key)
+            # Split the last turn by clicking between "effort" and "and", then AF, CR.
+            page.click('.utt[data-t="5"] .gap[data-k="4"]')
+            page.keyboard.press("7")
+            page.keyboard.press("6")
+            # Globals: g, then 1-5 for CCT, SST, Partnership, Empathy in turn; done.
+            page.keyboard.press("g")
+            for key in ("4", "3", "5", "4"):
+                page.keyboard.press(key)
+            page.keyboard.press("Escape")
+            page.keyboard.press("d")
+            _wait_saved(page)
+            assert _badges(page) == EXPECTED_S1
+            assert _globals(page) == EXPECTED_GLOBALS
+            assert "6/7 coded" in page.inner_text('#session-list li[data-index="0"]')
+
+            # Next session and back with ] and [.
+            page.keyboard.press("]")
+            page.wait_for_function("document.querySelector('#session-title').textContent.startsWith('s2')")
+            assert [t for t, _ in _badges(page)[1]] == ["喝酒已经成了你每天的习惯。", "你自己怎么看？"]
+            page.keyboard.press("[")
+            page.wait_for_function("document.querySelector('#session-title').textContent.startsWith('s1')")
+
+            # Reload: the state comes back from the server's autosave.
+            page.reload()
+            page.wait_for_selector(".utt.active")
+            assert _badges(page) == EXPECTED_S1
+            assert _globals(page) == EXPECTED_GLOBALS
+            assert page.is_checked("#done-box")
+
+            # Restart the server: the state comes back from the SQLite file.
+            server.stop()
+            server.start()
+            page.reload()
+            page.wait_for_selector(".utt.active")
+            assert _badges(page) == EXPECTED_S1
+            assert _globals(page) == EXPECTED_GLOBALS
+
+            # Export from the page.
+            page.click("#export-btn")
+            page.wait_for_selector('#export-status[data-state="done"]')
+            assert "exported 1 session(s)" in page.inner_text("#export-status")
+            assert errors == []  # no script errors, no missing assets (nothing from a CDN)
+            browser.close()
+    finally:
+        server.stop()
+
+    exported = read_dialogues(out)
+    assert [d.id for d in exported] == ["s1"]  # s2 was never saved, so it is not exported
+    d = exported[0]
+    assert d.miti_globals is not None and d.miti_globals.model_dump() == EXPECTED_GLOBALS
+    assert d.meta["miti_coder"] == "alice" and d.meta["miti_done"] is True
+    got = {i: [(u.text, u.code) for u in t.codes] for i, t in enumerate(d.turns) if t.codes is not None}
+    assert got == EXPECTED_S1
+
+    # The export feeds `miti agree`: against a hand-written copy of the same coding, kappa is 1.
+    ref = tmp_path / "bob.jsonl"
+    ref.write_text(d.model_copy(update={"meta": {}}).model_dump_json() + "\n", encoding="utf-8")
+    agree = agreement([load_coder(out), load_coder(ref)])
+    assert agree["utterances"]["overall"]["units"] == 7
+    assert agree["utterances"]["overall"]["cohen_kappa"] == pytest.approx(1.0)
