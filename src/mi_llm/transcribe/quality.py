@@ -1,0 +1,70 @@
+"""`--code`: MITI-code the rewritten dialogues with the automatic coder and score them, so
+the transcription's quality is measured, not assumed.
+
+The coder comes from `mi_llm.miti.coders` (issue 6). The interface used here:
+
+    coder = mi_llm.miti.coders.get_coder(name)            # name: "default" or a coder folder
+    coded = coder.code_dialogues(dialogues)              # list[Dialogue]: counselor turns get
+                                                         # `codes`, dialogues may get `miti_globals`
+Scores: `mi_llm.miti.scoring.score_session` per dialogue, `mi_llm.miti.aggregate.pooled`
+(ratios of summed counts) and `aggregate` (mean, median, IQR per session).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from mi_llm.corpus.schema import Dialogue, read_dialogues, write_dialogues
+from mi_llm.errors import MiLlmError
+from mi_llm.io import write_json
+
+log = logging.getLogger(__name__)
+
+CODER_API = "mi_llm.miti.coders.get_coder(name).code_dialogues(list[Dialogue]) -> list[Dialogue]"
+REPORTED = ("pct_cr", "r_q", "mi_adherent_ratio")
+
+
+def load_coder(name: str = "default") -> Any:
+    try:
+        from mi_llm.miti.coders import get_coder  # type: ignore[attr-defined]
+    except ImportError:
+        raise MiLlmError(
+            f"--code needs the automatic MITI coder, which this installation does not have yet "
+            f"(expected {CODER_API}); run without --code, or code later with `mi-llm miti code`") from None
+    coder = get_coder(name)
+    if not hasattr(coder, "code_dialogues"):
+        raise MiLlmError(f"the MITI coder {name!r} has no code_dialogues(); expected {CODER_API}")
+    return coder
+
+
+def score(coded: Sequence[Dialogue]) -> dict[str, Any]:
+    from mi_llm.miti.aggregate import aggregate, pooled
+    from mi_llm.miti.scoring import score_session
+
+    scores = [score_session(d) for d in coded]
+    if not scores:
+        return {"sessions": 0}
+    agg = aggregate(scores)
+    return {
+        "sessions": len(scores),
+        "pooled": pooled(scores),
+        "per_session": {k: agg[k] for k in REPORTED},
+        "ratio_definition": scores[0].ratio.formula,
+    }
+
+
+def code_output(output: Path, coder_name: str = "default", coder: Any = None) -> dict[str, Any]:
+    """Code every dialogue in `output`; writes `<output>.coded.jsonl` and `<output>.miti.json`."""
+    dialogues = read_dialogues(output)
+    coder = coder or load_coder(coder_name)
+    log.info("coding %d rewritten dialogue(s) with the MITI coder %r", len(dialogues), coder_name)
+    coded = list(coder.code_dialogues(dialogues))
+    if len(coded) != len(dialogues):
+        raise MiLlmError(f"the MITI coder returned {len(coded)} dialogues for {len(dialogues)}")
+    coded_path = output.with_name(output.name + ".coded.jsonl")
+    write_dialogues(coded_path, coded)
+    result = {"coder": coder_name, "coded": str(coded_path), **score(coded)}
+    write_json(output.with_name(output.name + ".miti.json"), result)
+    return result

@@ -1,0 +1,65 @@
+"""`--code`: the rewritten dialogues are coded and scored with mi_llm.miti's scoring."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mi_llm.corpus.schema import Turn, Utterance, write_dialogues
+from mi_llm.errors import MiLlmError
+from mi_llm.transcribe import quality
+from tests.transcribe.conftest import make_dialogue
+
+
+class SentenceCoder:
+    """Codes the first sentence of each counselor turn `first`, the second `Q`."""
+
+    def __init__(self, first: dict[str, str]):
+        self.first = first
+
+    def code_dialogues(self, dialogues):
+        out = []
+        for d in dialogues:
+            turns = []
+            for t in d.turns:
+                if t.role == "counselor":
+                    a, b = t.text.split(". ", 1)
+                    t = Turn(role="counselor", text=t.text, codes=[Utterance(text=a + ".", code=self.first[d.id]),
+                                                                     Utterance(text=b, code="Q")])
+                turns.append(t)
+            out.append(d.model_copy(update={"turns": turns}))
+        return out
+
+
+def test_code_output_scores_pct_cr_rq_and_ratio(tmp_path):
+    ds = [make_dialogue("a"), make_dialogue("b")]
+    for d in ds:
+        for t in d.turns:
+            if t.role == "counselor":
+                t.text = "It sounds like this matters. What would you like to do?"
+    out = tmp_path / "mi.jsonl"
+    write_dialogues(out, ds)
+    r = quality.code_output(out, "fake", SentenceCoder({"a": "SR", "b": "CR"}))
+    assert r["sessions"] == 2
+    assert r["pooled"]["pct_cr"] == pytest.approx(0.5) and r["pooled"]["r_q"] == pytest.approx(1.0)
+    assert r["pooled"]["mi_adherent_ratio"] is None  # no adherent or non-adherent code: undefined, not 0
+    assert r["per_session"]["pct_cr"]["mean"] == pytest.approx(0.5)
+    assert json.loads((tmp_path / "mi.jsonl.miti.json").read_text())["pooled"]["r_q"] == pytest.approx(1.0)
+    coded = [json.loads(x) for x in (tmp_path / "mi.jsonl.coded.jsonl").read_text().splitlines()]
+    assert coded[0]["turns"][1]["codes"][0]["code"] == "SR"
+
+
+def test_missing_coder_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_coders(name, *a, **k):
+        if name == "mi_llm.miti.coders" and a and a[2] and "get_coder" in a[2]:
+            raise ImportError("no get_coder")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_coders)
+    with pytest.raises(MiLlmError, match="needs the automatic MITI coder"):
+        quality.load_coder()
