@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mi_llm.errors import InputError, MiLlmError
+
+if TYPE_CHECKING:
+    from mi_llm.llm.backends.base import GenerationConfig
+    from mi_llm.train.config import TrainConfig as TrainOptions
 
 
 class _Strict(BaseModel):
@@ -57,25 +61,9 @@ class ModelConfig(_Strict):
         return (self.label or self.name).replace("/", "_")
 
 
-class TrainConfig(_Strict):
-    """The paper's LoRA hyper-parameters are the defaults."""
-
-    enabled: bool = True
-    epochs: float = 3
-    max_steps: int | None = None
-    learning_rate: float = 1e-4
-    batch_size: int = 1
-    grad_accum: int = 8
-    warmup_ratio: float = 0.1
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: str = "all-linear"
-    max_length: int = 1024
-    seed: int = 42
-
-
 class GenerationSettings(_Strict):
+    """A preset of mi_llm.llm.backends (greedy by default) with a few fields changed."""
+
     preset: str = "greedy"
     max_new_tokens: int = 128
     batch_size: int = 8
@@ -94,7 +82,9 @@ class ExperimentConfig(_Strict):
     transcribe: TranscribeConfig = TranscribeConfig()
     split: SplitConfig = SplitConfig()
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
-    train: TrainConfig = TrainConfig()
+    # Options of mi_llm.train.config.TrainConfig (the paper's defaults live there) plus
+    # `enabled`; validated against it when the config is loaded.
+    train: dict[str, Any] = Field(default_factory=dict)
     generation: GenerationSettings = GenerationSettings()
     miti: MitiSettings = MitiSettings()
 
@@ -104,6 +94,38 @@ class ExperimentConfig(_Strict):
         if len(set(keys)) != len(keys):
             raise ValueError(f"model labels must be unique: {keys}")
         return self
+
+    @model_validator(mode="after")
+    def _train_options(self) -> "ExperimentConfig":
+        self.train_options("model", "data", "output")  # raises on unknown or bad options
+        return self
+
+    @model_validator(mode="after")
+    def _generation_preset(self) -> "ExperimentConfig":
+        self.generation_config()
+        return self
+
+    @property
+    def train_enabled(self) -> bool:
+        return bool(self.train.get("enabled", True))
+
+    def train_options(self, model: str, data: str, output: str) -> "TrainOptions":
+        from mi_llm.train.config import TrainConfig as TrainOptions
+
+        opts = {k: v for k, v in self.train.items() if k != "enabled"}
+        for fixed in ("model", "data", "output"):
+            if fixed in opts:
+                raise ValueError(f"train.{fixed} is set by the pipeline; remove it")
+        return TrainOptions(model=model, data=data, output=output, **opts)
+
+    def generation_config(self) -> "GenerationConfig":
+        from mi_llm.llm.backends.base import preset
+
+        g = self.generation
+        try:
+            return preset(g.preset, max_new_tokens=g.max_new_tokens, seed=g.seed)
+        except MiLlmError as e:
+            raise ValueError(str(e)) from None
 
 
 def _line_of(text: str, loc: tuple) -> int | None:

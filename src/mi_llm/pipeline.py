@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from mi_llm.config import ExperimentConfig, SourceConfig
+from mi_llm.config import ExperimentConfig, ModelConfig, SourceConfig
 from mi_llm.corpus.normalize import NormalizeStats
 from mi_llm.corpus.schema import Dialogue, write_dialogues
 from mi_llm.io import write_json
@@ -103,9 +103,190 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
     ]
 
 
-def run_experiment(cfg: ExperimentConfig, run_dir: Path, force: bool = False) -> StageRunner:
+SYSTEMS = ("base", "finetuned")
+
+
+def predictions_file(paths: RunPaths, key: str, system: str) -> Path:
+    return paths.model_dir(key) / system / "predictions.jsonl"
+
+
+def metrics_file(paths: RunPaths, key: str, system: str) -> Path:
+    return paths.model_dir(key) / system / "metrics.json"
+
+
+def adapter_dir(paths: RunPaths, key: str) -> Path:
+    return paths.model_dir(key) / "adapter"
+
+
+def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list[Stage]:
+    """predict base -> train -> predict fine-tuned -> evaluate both, for one model."""
+    key = m.key
+    test_file = paths.build / "samples.test.jsonl"
+    gen = cfg.generation
+
+    def do_predict(system: str) -> None:
+        from mi_llm.evaluate.predict import predict
+        from mi_llm.llm.backends import get_backend
+
+        adapter = adapter_dir(paths, key) if system == "finetuned" else None
+        with get_backend(m.backend, m.name, adapter=adapter) as backend:
+            predict(backend, test_file, predictions_file(paths, key, system), cfg.generation_config(),
+                    batch_size=gen.batch_size, limit=gen.limit)
+
+    def do_train() -> None:
+        from mi_llm.train.sft import train
+
+        opts = cfg.train_options(m.name, str(paths.build), str(adapter_dir(paths, key)))
+        result = train(opts, resume=True)
+        if result.interrupted:
+            raise KeyboardInterrupt
+
+    def do_evaluate(system: str) -> None:
+        from mi_llm.evaluate.metrics import evaluate_file
+
+        evaluate_file(predictions_file(paths, key, system), metrics_file(paths, key, system))
+
+    gen_params = {"model": m.model_dump(), "generation": gen.model_dump()}
+    stages = [Stage(f"{key}/predict-base", lambda: do_predict("base"), [predictions_file(paths, key, "base")],
+                    inputs=[test_file], params=gen_params)]
+    systems = ["base"]
+    if cfg.train_enabled:
+        train_params = {"model": m.name, "train": cfg.train}
+        stages += [
+            Stage(f"{key}/train", do_train, [adapter_dir(paths, key) / "adapter_config.json"],
+                  inputs=[paths.build / "samples.train.jsonl"], params=train_params),
+            Stage(f"{key}/predict-finetuned", lambda: do_predict("finetuned"),
+                  [predictions_file(paths, key, "finetuned")],
+                  inputs=[test_file, adapter_dir(paths, key) / "adapter_model.safetensors"], params=gen_params),
+        ]
+        systems.append("finetuned")
+    for system in systems:
+        stages.append(Stage(f"{key}/evaluate-{system}", lambda s=system: do_evaluate(s),  # type: ignore[misc]
+                            [metrics_file(paths, key, system)], inputs=[predictions_file(paths, key, system)]))
+    return stages
+
+
+def systems_of(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
+    """(label, model key, system) of every system whose predictions the run makes."""
+    out = []
+    for m in cfg.models:
+        for system in SYSTEMS if cfg.train_enabled else ("base",):
+            out.append((f"{m.key} {system}", m.key, system))
+    return out
+
+
+def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
+    """Code every system's replies in their test dialogues with one coder, and score them.
+
+    The reference dialogues are coded by the same coder (comparable across systems); when
+    they carry human codes, those are scored too, as "reference (human codes)".
+    """
+    miti_dir = paths.root / "miti"
+    test_file = paths.build / "samples.test.jsonl"
+    systems = systems_of(cfg)
+
+    def do_miti() -> None:
+        from mi_llm.miti.aggregate import aggregate, pooled
+        from mi_llm.miti.coders import load_coder
+        from mi_llm.miti.scoring import score_session
+        from mi_llm.samples import read_samples
+        from mi_llm.corpus.schema import read_dialogues
+        from mi_llm.sessions import read_predictions_by_round, system_sessions
+
+        test_ids = {s.dialogue_id for s in read_samples(test_file)}
+        test = [d for d in read_dialogues(paths.dialogues) if d.id in test_ids]
+        sets: dict[str, list[Dialogue]] = {}
+        human = [d for d in test if d.miti_globals and all(t.codes is not None for t in d.turns if t.role == "counselor")]
+        plain_ref = [d.model_copy(update={"turns": [t.model_copy(update={"codes": None}) for t in d.turns],
+                                          "miti_globals": None}) for d in test]
+        coder = load_coder(cfg.miti.coder)
+        coded: dict[str, list[Dialogue]] = {"reference": coder.code_dialogues(plain_ref)}
+        if human:
+            coded["reference (human codes)"] = human
+        for label, key, system in systems:
+            preds = read_predictions_by_round(predictions_file(paths, key, system))
+            sets[label] = system_sessions(test, preds, label)
+            coded[label] = coder.code_dialogues(sets[label])
+        result = {}
+        for label, dialogues in coded.items():
+            write_dialogues(miti_dir / f"{label.replace(' ', '_')}.coded.jsonl", dialogues)
+            scores = [score_session(d) for d in dialogues]
+            result[label] = {"sessions": [sc.report_dict() for sc in scores],
+                             "aggregate": aggregate(scores) if scores else {}, "pooled": pooled(scores) if scores else {}}
+        write_json(miti_dir / "miti.json", {"coder": str(cfg.miti.coder), "systems": result})
+
+    inputs = [test_file, paths.dialogues] + [predictions_file(paths, k, s) for _, k, s in systems]
+    return Stage("miti", do_miti, [miti_dir / "miti.json"], inputs=inputs, params=cfg.miti.model_dump())
+
+
+def report_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
+    from mi_llm.report.collect import collect
+
+    systems = systems_of(cfg)
+    inputs = [paths.build / "samples.test.jsonl"]
+    inputs += [metrics_file(paths, k, s) for _, k, s in systems] + [predictions_file(paths, k, s) for _, k, s in systems]
+    if cfg.miti.enabled:
+        inputs.append(paths.root / "miti" / "miti.json")
+    if cfg.train_enabled:
+        inputs += [adapter_dir(paths, m.key) / "train_log.jsonl" for m in cfg.models]
+
+    def do_report() -> None:
+        from mi_llm.report import write_report
+
+        write_report(collect(cfg, paths), paths.report)
+
+    return Stage("report", do_report, [paths.report / "index.html", paths.report / "summary.json"],
+                 inputs=inputs, params={"name": cfg.name})
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: Path, force: bool = False,
+                   config_path: Path | None = None) -> StageRunner:
     paths = RunPaths(Path(run_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_json(paths.root / "config.json", cfg.model_dump(mode="json"))
     runner = StageRunner(paths.root, force=force)
-    for stage in data_stages(cfg, paths):
+    stages = data_stages(cfg, paths)
+    for m in cfg.models:
+        stages += model_stages(cfg, paths, m)
+    if cfg.miti.enabled:
+        stages.append(miti_stage(cfg, paths))
+    stages.append(report_stage(cfg, paths))
+    for stage in stages:
         runner(stage)
     return runner
+
+
+def print_summary(runner: StageRunner, run_dir: Path, seconds: float) -> None:
+    """The key table at the end of a run: Table 1 figures and the MITI headline scores."""
+    import json
+
+    from rich.table import Table
+
+    from mi_llm.console import console
+
+    summary_file = RunPaths(Path(run_dir)).report / "summary.json"
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    t = Table(title=f"{summary['name']}: automatic evaluation (paper definitions)")
+    for col in ("model", "lang", "system", "pairs", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L"):
+        t.add_column(col, justify="right" if col not in ("model", "lang", "system") else "left")
+    for r in summary["automatic"]:
+        sc = r["scores"]
+        t.add_row(r["model"], r["language"], r["system"], str(r["n"]),
+                  *(f"{sc.get(k, float('nan')):.2f}" for k in ("bleu-4", "rouge-1", "rouge-2", "rouge-l")))
+    console.print(t)
+    if summary.get("miti"):
+        m = Table(title="MITI 4.2.1 (automatic coder; mean per session)")
+        for col in ("system", "sessions", "R:Q", "%CR", "MI-adherent ratio", "technical", "relational"):
+            m.add_column(col)
+
+        def fmt(agg: dict, key: str) -> str:
+            v = agg.get(key, {}).get("mean")
+            return "n/a" if v is None else f"{v:.2f}"
+
+        for system, agg in summary["miti"].items():
+            n = agg.get("r_q", {}).get("n", 0) + agg.get("r_q", {}).get("missing", 0)
+            m.add_row(system, str(n), *(fmt(agg, k) for k in ("r_q", "pct_cr", "mi_adherent_ratio", "technical", "relational")))
+        console.print(m)
+    ran = sum(not r.skipped for r in runner.results)
+    console.print(f"{ran} stage(s) ran, {len(runner.results) - ran} up to date; {seconds:.0f} s; "
+                  f"report: {RunPaths(Path(run_dir)).report / 'index.html'}")

@@ -50,16 +50,6 @@ def test_code_output_scores_pct_cr_rq_and_ratio(tmp_path):
     assert coded[0]["turns"][1]["codes"][0]["code"] == "SR"
 
 
-def test_missing_coder_is_a_clear_error(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_coders(name, *a, **k):
-        if name == "mi_llm.miti.coders" and a and a[2] and "get_coder" in a[2]:
-            raise ImportError("no get_coder")
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_coders)
-    with pytest.raises(MiLlmError, match="needs the automatic MITI coder"):
-        quality.load_coder()
+def test_missing_coder_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(MiLlmError, match="no such coder folder"):
+        quality.load_coder(str(tmp_path / "nope"))

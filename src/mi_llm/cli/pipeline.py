@@ -1,7 +1,51 @@
-"""CLI commands of this stage (to be filled in by the stage's owner)."""
+"""`mi-llm run CONFIG.yaml` and `mi-llm demo`: a whole experiment into a run directory."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from mi_llm.console import console, setup_logging
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("run")(run_cmd)
+    app.command("demo")(demo_cmd)
+
+
+def _run(config_path: Path, run_dir: Path | None, force: bool) -> None:
+    import time
+
+    from mi_llm.config import load_config
+    from mi_llm.pipeline import print_summary, run_experiment
+
+    setup_logging()
+    cfg = load_config(config_path)
+    run_dir = run_dir or Path("runs") / cfg.name
+    t0 = time.monotonic()
+    runner = run_experiment(cfg, run_dir, force=force, config_path=config_path)
+    print_summary(runner, run_dir, time.monotonic() - t0)
+
+
+def run_cmd(
+    config: Path = typer.Argument(..., help="experiment config (YAML); see configs/"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where every output goes (default runs/<name>)"),
+    force: bool = typer.Option(False, help="rerun every stage even when up to date"),
+) -> None:
+    """Run an experiment: import, (transcribe), build, predict, train, evaluate, MITI, report."""
+    _run(config, run_dir, force)
+
+
+def demo_config() -> Path:
+    return Path(str(resources.files("mi_llm.resources").joinpath("demo.yaml")))
+
+
+def demo_cmd(
+    run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="where every output goes"),
+    force: bool = typer.Option(False, help="rerun every stage even when up to date"),
+) -> None:
+    """The embedded demo: bundled corpus (zh + en), embedded gemma-3-270m, offline, on a CPU."""
+    _run(demo_config(), run_dir, force)

@@ -3,7 +3,7 @@ the transcription's quality is measured, not assumed.
 
 The coder comes from `mi_llm.miti.coders` (issue 6). The interface used here:
 
-    coder = mi_llm.miti.coders.get_coder(name)            # name: "default" or a coder folder
+    coder = mi_llm.miti.coders.load_coder(name)           # name: "default" or a coder folder
     coded = coder.code_dialogues(dialogues)              # list[Dialogue]: counselor turns get
                                                          # `codes`, dialogues may get `miti_globals`
 Scores: `mi_llm.miti.scoring.score_session` per dialogue, `mi_llm.miti.aggregate.pooled`
@@ -22,18 +22,14 @@ from mi_llm.io import write_json
 
 log = logging.getLogger(__name__)
 
-CODER_API = "mi_llm.miti.coders.get_coder(name).code_dialogues(list[Dialogue]) -> list[Dialogue]"
+CODER_API = "mi_llm.miti.coders.load_coder(name).code_dialogues(list[Dialogue]) -> list[Dialogue]"
 REPORTED = ("pct_cr", "r_q", "mi_adherent_ratio")
 
 
 def load_coder(name: str = "default") -> Any:
-    try:
-        from mi_llm.miti.coders import get_coder  # type: ignore[attr-defined]
-    except ImportError:
-        raise MiLlmError(
-            f"--code needs the automatic MITI coder, which this installation does not have yet "
-            f"(expected {CODER_API}); run without --code, or code later with `mi-llm miti code`") from None
-    coder = get_coder(name)
+    from mi_llm.miti import coders
+
+    coder = coders.load_coder(name)
     if not hasattr(coder, "code_dialogues"):
         raise MiLlmError(f"the MITI coder {name!r} has no code_dialogues(); expected {CODER_API}")
     return coder
