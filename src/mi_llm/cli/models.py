@@ -1,7 +1,132 @@
-"""CLI commands of this stage (to be filled in by the stage's owner)."""
+"""`mi-llm predict` and `mi-llm models ...`: resolve models, generate test-set predictions."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.table import Table
+
+from mi_llm.console import console
+
+models_app = typer.Typer(help="Models: list the known names, prepare (convert) the embedded model.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(models_app, name="models")
+    app.command("predict")(predict_cmd)
+
+
+@models_app.command("list")
+def list_cmd() -> None:
+    """Known model names and what they resolve to."""
+    from mi_llm.llm.models import DEFAULT_MODEL, KNOWN_MODELS, mi_llm_home
+
+    table = Table(title=f"models (cache: {mi_llm_home()})")
+    for col in ("name", "resolves to", "family / notes"):
+        table.add_column(col)
+    converted = sorted((mi_llm_home() / "models").glob(f"{DEFAULT_MODEL}-*/config.json"))
+    where = str(converted[-1].parent) if converted else "not converted yet (mi-llm models prepare)"
+    table.add_row(DEFAULT_MODEL + " (default)", where, "gemma; embedded GGUF (Q4_K_M), converted once")
+    for name, hub in sorted(KNOWN_MODELS.items()):
+        table.add_row(name, hub, "Hugging Face cache or hub")
+    table.add_row("org/name", "any Hugging Face id", "family from config.json")
+    table.add_row("PATH", "a local model folder with config.json", "its own chat template, else its family's")
+    console.print(table)
+
+
+@models_app.command("prepare")
+def prepare_cmd(
+    model: str = typer.Argument("gemma-3-270m", help="model name, HF id or folder"),
+    force: bool = typer.Option(False, "--force", help="convert the embedded model again"),
+) -> None:
+    """Resolve a model (converting the embedded one once) and print where it lies."""
+    from mi_llm.llm.models import DEFAULT_MODEL, prepare_embedded, resolve_model
+
+    rm = prepare_embedded(force=force) if model == DEFAULT_MODEL else resolve_model(model)
+    typer.echo(json.dumps(rm.describe(), indent=2))
+
+
+def _parse_json_option(value: Optional[str], name: str) -> Optional[dict]:
+    from mi_llm.errors import MiLlmError
+
+    if value is None:
+        return None
+    try:
+        obj = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise MiLlmError(f"--{name}: invalid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise MiLlmError(f"--{name}: expected a JSON object")
+    return obj
+
+
+def predict_cmd(
+    data: Path = typer.Option(..., "--data", help="samples.test.jsonl, or a build folder"),
+    output: Path = typer.Option(..., "-o", "--output", help="predictions JSONL to write"),
+    model: str = typer.Option("gemma-3-270m", "--model", help="model name, HF id, folder, or .gguf (llamacpp); the served model name for openai"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
+    backend: str = typer.Option("hf", "--backend", help="hf | llamacpp | openai | vllm"),
+    preset: str = typer.Option("greedy", "--preset", help="greedy | llamafactory (do_sample, T 0.95, top-p 0.7, top-k 50, 1024 tokens)"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="override the preset's"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    top_k: Optional[int] = typer.Option(None, "--top-k"),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="sampling seed (default 42)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="conversations per generate call, written together (default: hf 16; llamacpp 4 x parallel; openai 4 x concurrency; vllm 256)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N samples"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start over instead of resuming"),
+    device: Optional[str] = typer.Option(None, "--device", help="hf/vllm: cpu | cuda (default: cuda when available)"),
+    gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load (default: the model's own)"),
+    parallel: int = typer.Option(1, "--parallel", help="llamacpp: sequences decoded together (1 = single stream)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1 (key from OPENAI_API_KEY)"),
+    concurrency: int = typer.Option(8, "--concurrency", help="openai: requests in flight"),
+    extra_body: Optional[str] = typer.Option(None, "--extra-body", help="openai: JSON object merged into each request"),
+) -> None:
+    """Generate a counselor reply for every test sample (resumable)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from mi_llm.evaluate.predict import predict, resolve_test_file
+    from mi_llm.llm.backends import get_backend
+    from mi_llm.llm.backends import preset as make_preset
+    from mi_llm.samples import read_samples
+
+    config = make_preset(preset, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                         repetition_penalty=repetition_penalty, seed=seed)
+    test_file = resolve_test_file(data)
+    total = len(read_samples(test_file))
+    if limit is not None:
+        total = min(total, limit)
+    if batch_size is None:
+        batch_size = {"llamacpp": max(16, 4 * parallel), "openai": 4 * concurrency, "vllm": 256}.get(backend, 16)
+    opts: dict = {}
+    if backend == "hf":
+        opts = {"device": device, "batch_size": batch_size}
+    elif backend == "llamacpp":
+        opts = {"gguf": gguf, "parallel": parallel, "n_threads": threads, "seed": config.seed}
+    elif backend == "openai":
+        opts = {"base_url": base_url, "concurrency": concurrency, "extra_body": _parse_json_option(extra_body, "extra-body")}
+    elif backend == "vllm":
+        opts = {"device": device}
+    with console.status(f"loading {model} ({backend})"):
+        be = get_backend(backend, model, adapter=str(adapter) if adapter else None, **opts)
+    with be, Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tps]}"),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("predict", total=total, tps="")
+        stats = {"tokens": 0}
+        t0 = time.monotonic()
+
+        def on_batch(n: int, tokens: int) -> None:
+            stats["tokens"] += tokens
+            dt = time.monotonic() - t0
+            bar.update(task, advance=n, tps=f"{stats['tokens'] / dt:.1f} tok/s" if dt > 0 else "")
+
+        res = predict(be, test_file, output, config, batch_size=batch_size, limit=limit, overwrite=overwrite, progress=on_batch)
+        bar.update(task, completed=total)
+    console.print(f"wrote {res.output} ({res.samples} samples, {res.generated_now} generated now, "
+                  f"{res.completion_tokens} tokens in {res.seconds:.1f} s, {res.tokens_per_s:.1f} tok/s)")

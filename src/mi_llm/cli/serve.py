@@ -1,7 +1,250 @@
-"""CLI commands of this stage (to be filled in by the stage's owner)."""
+"""`mi-llm chat`, `mi-llm serve` and `mi-llm safety ...`: talk to the counselor behind the safety layer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from mi_llm.console import console, setup_logging
+
+safety_app = typer.Typer(help="The crisis safety layer: classify messages, measure the classifier.", no_args_is_help=True)
+
+BACKEND_HELP = "llamacpp (default when llama-cpp-python is installed, else hf) | hf | openai | vllm | echo (no model: repeats the message; for testing)"
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("chat")(chat_cmd)
+    app.command("serve")(serve_cmd)
+    app.add_typer(safety_app, name="safety")
+
+
+def _default_db() -> Path:
+    from mi_llm.llm.models import mi_llm_home
+
+    return mi_llm_home() / "serve" / "sessions.sqlite3"
+
+
+def _engine_opts(gguf: Optional[Path], n_ctx: int, threads: Optional[int]) -> dict:
+    return {"gguf": str(gguf) if gguf else None, "n_ctx": n_ctx, "n_threads": threads}
+
+
+def chat_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="model name, HF id or folder (default: the embedded gemma-3-270m)"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+    language: Optional[str] = typer.Option(None, "--language", help="zh | en (default: from your first message)"),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="longest reply, in tokens"),
+    temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy"),
+    top_p: float = typer.Option(0.9, "--top-p"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    session: Optional[str] = typer.Option(None, "--session", help="keep the conversation under this id in --db and resume it"),
+    db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
+    safety_resources: Optional[Path] = typer.Option(None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"),
+    gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
+    n_ctx: int = typer.Option(4096, "--n-ctx", help="llamacpp: context length"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
+) -> None:
+    """Chat with the counselor in the terminal (streaming; /reset, /save FILE, /quit)."""
+    from mi_llm.errors import MiLlmError
+    from mi_llm.llm.backends.base import GenerationConfig
+    from mi_llm.serve.chat import ChatSession, run_chat
+    from mi_llm.serve.engine import build_engine
+    from mi_llm.serve.safety.layer import SafetyLayer
+    from mi_llm.serve.sessions import SessionStore, check_session_id
+
+    setup_logging(verbose)
+    if language not in (None, "zh", "en"):
+        raise MiLlmError("--language must be zh or en")
+    if session is not None:
+        check_session_id(session)
+    safety = SafetyLayer(resources_dir=safety_resources)
+    config = GenerationConfig(max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
+                              top_p=top_p, top_k=40, repetition_penalty=1.1, seed=seed)
+    with console.status("loading the model"):
+        engine = build_engine(backend, model, str(adapter) if adapter else None, **_engine_opts(gguf, n_ctx, threads))
+    store = SessionStore(db or _default_db()) if session else None
+    try:
+        chat = ChatSession(engine, safety, config, language=language, store=store, session_id=session)
+        run_chat(chat, banner=f"mi-llm chat: {engine.model_id} ({engine.name})")
+    finally:
+        engine.close()
+        if store is not None:
+            store.close()
+
+
+def serve_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="model name, HF id or folder (default: the embedded gemma-3-270m)"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; beyond localhost an API key is required"),
+    port: int = typer.Option(8000, "--port"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="require Authorization: Bearer KEY (default: $MI_LLM_API_KEY)"),
+    db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
+    language: Optional[str] = typer.Option(None, "--language", help="zh | en for every request (default: per message)"),
+    max_tokens_limit: int = typer.Option(512, "--max-tokens-limit", help="largest max_tokens a request may ask for"),
+    default_max_tokens: Optional[int] = typer.Option(None, "--default-max-tokens", help="max_tokens when a request gives none (default: 256, at most --max-tokens-limit)"),
+    max_request_bytes: int = typer.Option(65536, "--max-request-bytes", help="largest request body"),
+    rate_limit: float = typer.Option(60, "--rate-limit", help="requests per minute per client (0 = no limit)"),
+    rate_burst: int = typer.Option(20, "--rate-burst", help="requests a client may make at once"),
+    max_queue: int = typer.Option(64, "--max-queue", help="requests waiting or running before 503"),
+    temperature: float = typer.Option(0.7, "--temperature", help="default sampling temperature (0 = greedy)"),
+    safety_resources: Optional[Path] = typer.Option(None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"),
+    log_text: bool = typer.Option(False, "--log-text", help="also log conversation text (off by default: health data)"),
+    gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
+    n_ctx: int = typer.Option(4096, "--n-ctx", help="llamacpp: context length"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
+) -> None:
+    """OpenAI-compatible server (/v1/chat/completions, /v1/models) and a web chat page at /."""
+    from mi_llm.errors import MiLlmError
+    from mi_llm.serve.api import ServerSettings, create_app, run_server
+    from mi_llm.serve.auth import check_bind
+    from mi_llm.serve.engine import build_engine
+    from mi_llm.serve.safety.layer import SafetyLayer
+    from mi_llm.serve.sessions import SessionStore
+
+    setup_logging(verbose)
+    api_key = api_key or os.environ.get("MI_LLM_API_KEY") or None
+    check_bind(host, api_key)  # before loading anything
+    if language not in (None, "zh", "en"):
+        raise MiLlmError("--language must be zh or en")
+    if max_tokens_limit < 1:
+        raise MiLlmError("--max-tokens-limit must be at least 1")
+    if default_max_tokens is None:
+        default_max_tokens = min(256, max_tokens_limit)
+    if not 1 <= default_max_tokens <= max_tokens_limit:
+        raise MiLlmError("--default-max-tokens must be between 1 and --max-tokens-limit")
+    safety = SafetyLayer(resources_dir=safety_resources)
+    safety.warn_unreviewed()
+    store = SessionStore(db or _default_db())
+    with console.status("loading the model"):
+        engine = build_engine(backend, model, str(adapter) if adapter else None, **_engine_opts(gguf, n_ctx, threads))
+    settings = ServerSettings(
+        api_key=api_key, max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens,
+        max_request_bytes=max_request_bytes, rate_per_minute=rate_limit, rate_burst=rate_burst, max_queue=max_queue,
+        language=language, log_text=log_text, temperature=temperature,
+    )
+    app = create_app(engine, settings, store, safety)
+    shown = "[::1]" if host == "::1" else host
+    console.print(f"serving {engine.model_id} ({engine.name}) on http://{shown}:{port}/ "
+                  f"(auth {'on' if api_key else 'off'}, sessions in {store.path})", soft_wrap=True)
+    try:
+        run_server(app, host, port)
+    finally:
+        engine.close()
+        store.close()
+
+
+@safety_app.command("check")
+def safety_check_cmd(
+    input: Path = typer.Argument(..., help="JSONL lines {id, text, language?}"),
+    output: Path = typer.Option(..., "-o", "--output", help="JSONL lines {id, crisis, category, matched, ...}"),
+    language: Optional[str] = typer.Option(None, "--language", help="zh | en for lines without one (default: detected)"),
+) -> None:
+    """Classify messages for crisis content (the text is never printed or logged)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mi_llm.errors import InputError, MiLlmError
+    from mi_llm.io import iter_jsonl, write_jsonl
+    from mi_llm.serve.safety.classifier import default_classifier
+
+    if language not in (None, "zh", "en"):
+        raise MiLlmError("--language must be zh or en")
+    clf = default_classifier()
+    rows = []
+    for lineno, obj in iter_jsonl(input):  # check every line before starting
+        if not isinstance(obj.get("text"), str):
+            raise InputError(input, "'text' must be a string", lineno)
+        if "id" not in obj:
+            raise InputError(input, "missing 'id'", lineno)
+        lang = obj.get("language") or language
+        if lang not in (None, "zh", "en"):
+            raise InputError(input, "'language' must be zh or en", lineno)
+        rows.append((obj["id"], obj["text"], lang))
+    results = []
+    counts: dict[str, int] = {}
+    with Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("classify", total=len(rows))
+        for rid, text, lang in rows:
+            res = clf.classify(text, lang)
+            d = res.to_dict()
+            d.pop("suppressed", None)
+            results.append({"id": rid, **d})
+            counts[res.category] = counts.get(res.category, 0) + 1
+            progress.advance(task)
+    n = write_jsonl(output, results)
+    crisis = sum(v for k, v in counts.items() if k != "none")
+    console.print(f"{n} lines -> {output}: {crisis} crisis ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+
+
+@safety_app.command("eval")
+def safety_eval_cmd(
+    data: Optional[Path] = typer.Option(None, "--data", help="your own labelled JSONL {id, text, language, category}"),
+    split: str = typer.Option("test", "--split", help="bundled set: dev | test | test2 | test3 | all"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the metrics as JSON"),
+) -> None:
+    """Precision and recall of the crisis classifier per language (bundled labelled sets by default)."""
+    from rich.table import Table
+
+    from mi_llm.errors import MiLlmError
+    from mi_llm.io import write_json
+    from mi_llm.serve.safety.evaluate import SPLITS, bundled_set, evaluate, read_labelled
+
+    if data is not None:
+        rows, label = read_labelled(data), str(data)
+    else:
+        splits = SPLITS if split == "all" else (split,)
+        if any(s not in SPLITS for s in splits):
+            raise MiLlmError(f"--split must be one of {', '.join(SPLITS)} or all")
+        rows = [r for s in splits for lang in ("zh", "en") for r in read_labelled(bundled_set(s, lang))]
+        label = f"bundled {split} split"
+    metrics = evaluate(rows)
+    table = Table(title=f"crisis detection on {label}")
+    for col in ("language", "n", "crisis", "precision", "recall", "F1", "category acc.", "FP", "FN"):
+        table.add_column(col, justify="right")
+    for name, m in [*metrics["languages"].items(), ("all", metrics["all"])]:
+        table.add_row(name, str(m["n"]), str(m["crisis"]), _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]),
+                      _fmt(m["category_accuracy"]), str(m["fp"]), str(m["fn"]))
+    console.print(table)
+    if metrics["errors"]:
+        console.print("errors (ids): " + ", ".join(f"{e['id']} ({e['gold']}->{e['predicted']})" for e in metrics["errors"]))
+    if output is not None:
+        write_json(output, metrics)
+
+
+@safety_app.command("flagged")
+def safety_flagged_cmd(
+    db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
+) -> None:
+    """Sessions the safety layer flagged, for human follow-up (ids, categories, times; no text)."""
+    import datetime as dt
+
+    from rich.table import Table
+
+    from mi_llm.errors import MiLlmError
+    from mi_llm.serve.sessions import SessionStore
+
+    path = db or _default_db()
+    if not path.is_file():
+        raise MiLlmError(f"{path}: no session database")
+    store = SessionStore(path)
+    try:
+        table = Table(title=f"flagged sessions in {path}")
+        for col in ("session", "first category", "flags", "first flagged (UTC)", "rules"):
+            table.add_column(col)
+        rows = store.flagged_sessions()
+        for s in rows:
+            when = dt.datetime.fromtimestamp(s.flagged_at or 0, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+            rules = sorted({e["rule"] or "" for e in store.events(s.id)})
+            table.add_row(s.id, s.flag_category or "", str(s.flag_count), when, ", ".join(rules))
+        console.print(table if rows else "no flagged sessions")
+    finally:
+        store.close()
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.3f}"

@@ -1,0 +1,169 @@
+"""`mi-llm miti code | code-utterances | train-coder`: the automatic MITI coders."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mi_llm.cli.miti import miti_app
+from mi_llm.console import console
+from mi_llm.errors import InputError, MiLlmError
+
+_CODER_HELP = ("'default' (trained once under $MI_LLM_HOME/coders/default), a folder from `mi-llm miti train-coder`, "
+               "or llm:<backend>:<model> (e.g. llm:openai:gpt-4o, llm:hf:<model folder>)")
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
+
+
+def _load(coder: str, base_url: str | None, retries: int) -> Any:
+    from mi_llm.miti.coders import load_coder
+
+    if coder.startswith("llm:"):
+        c = load_coder(coder, base_url=base_url)
+        c.retries = max(0, retries)
+        return c
+    if base_url:
+        raise MiLlmError("--base-url applies to an llm:<backend>:<model> coder only")
+    with console.status("loading the coder (training a quick default one first if there is none)"):
+        return load_coder(coder)
+
+
+def _summary(codes: list[str | None], errors: int, seconds: float, what: str) -> None:
+    c = Counter(x or "null" for x in codes)
+    dist = ", ".join(f"{k} {v}" for k, v in c.most_common())
+    console.print(f"coded {len(codes)} {what} in {seconds:.1f} s: {dist or 'nothing'}"
+                  + (f"; [red]{errors} failed[/red] (recorded, code null)" if errors else ""))
+
+
+@miti_app.command("code")
+def code_cmd(
+    input: Path = typer.Argument(..., help="Dialogue JSONL to code"),
+    output: Path = typer.Option(..., "-o", "--output", help="coded Dialogue JSONL (Turn.codes and miti_globals filled)"),
+    coder: str = typer.Option("default", "--coder", "-c", help=_CODER_HELP),
+    resegment: bool = typer.Option(False, "--resegment", help="split counselor turns again even when they already have utterances"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="LLM coder: the OpenAI-compatible server's URL"),
+    retries: int = typer.Option(2, "--retries", help="LLM coder: times to re-ask after an invalid answer"),
+) -> None:
+    """Split counselor turns into utterances, code each one, and rate the 4 globals per session."""
+    from mi_llm.corpus.schema import read_dialogues, write_dialogues
+
+    dialogues = read_dialogues(input)
+    if not dialogues:
+        raise InputError(input, "no dialogues in the file")
+    if not any(t.role == "counselor" and t.text.strip() for d in dialogues for t in d.turns):
+        raise InputError(input, "no counselor turns to code")
+    c = _load(coder, base_url, retries)
+    t0 = time.monotonic()
+    with _progress() as progress:
+        task = progress.add_task(f"coding {len(dialogues)} dialogue(s)", total=None)
+        coded = c.code_dialogues(dialogues, resegment=resegment,
+                                 progress=lambda d, n: progress.update(task, completed=d, total=n))
+    write_dialogues(output, coded)
+    codes = [u.code for d in coded for t in d.turns for u in (t.codes or [])]
+    errors = sum(d.meta.get("miti_coder", {}).get("utterance_errors", 0) for d in coded)
+    no_globals = sum(1 for d in coded if d.miti_globals is None)
+    _summary(codes, errors, time.monotonic() - t0, "utterances")
+    if no_globals:
+        console.print(f"[yellow]{no_globals} session(s) without global ratings[/yellow] (see meta.miti_coder.globals_error)")
+    console.print(f"wrote {output}")
+
+
+def _read_items(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    from mi_llm.io import iter_jsonl
+
+    rows: list[tuple[int, dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for lineno, obj in iter_jsonl(path):
+        if "id" not in obj or not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool):
+            raise InputError(path, "each line needs an 'id' (string or integer)", lineno)
+        text = obj.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(path, "'text' must be a non-empty string", lineno)
+        lang = obj.get("language")
+        if lang is not None and lang not in ("zh", "en"):
+            raise InputError(path, f"'language' must be zh or en (got {lang!r})", lineno)
+        ctx = obj.get("context")
+        if ctx is not None and not isinstance(ctx, str):
+            raise InputError(path, "'context' must be a string (the client's previous turn)", lineno)
+        key = str(obj["id"])
+        if key in seen:
+            raise InputError(path, f"id {obj['id']!r} repeats line {seen[key]}", lineno)
+        seen[key] = lineno
+        rows.append((lineno, obj))
+    return rows
+
+
+@miti_app.command("code-utterances")
+def code_utterances_cmd(
+    input: Path = typer.Argument(..., help="JSONL lines {id, text, language?, context?}"),
+    output: Path = typer.Option(..., "-o", "--output", help="the same lines plus 'code' (a MITI key or null)"),
+    coder: str = typer.Option("default", "--coder", "-c", help=_CODER_HELP),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="LLM coder: the OpenAI-compatible server's URL"),
+    retries: int = typer.Option(2, "--retries", help="LLM coder: times to re-ask after an invalid answer"),
+) -> None:
+    """Code single utterances (context = the client's previous turn, when given)."""
+    from mi_llm.io import write_jsonl
+    from mi_llm.miti.coders.base import Item
+
+    rows = _read_items(input)
+    if not rows:
+        raise InputError(input, "no utterances in the file")
+    c = _load(coder, base_url, retries)
+    items = [Item(o["text"], o.get("context") or "", o.get("language")) for _, o in rows]
+    t0 = time.monotonic()
+    with _progress() as progress:
+        task = progress.add_task(f"coding {len(items)} utterance(s)", total=len(items))
+        results = c.code_items(items, progress=lambda d, n: progress.update(task, completed=d, total=n))
+    out = []
+    for (_, obj), r in zip(rows, results):
+        rec = {**obj, "code": r.code}
+        rec.pop("coder_error", None)
+        if r.error:
+            rec["coder_error"] = r.error
+        out.append(rec)
+    write_jsonl(output, out)
+    _summary([r.code for r in results], sum(1 for r in results if r.error), time.monotonic() - t0, "utterances")
+    console.print(f"wrote {output}")
+
+
+@miti_app.command("train-coder")
+def train_coder_cmd(
+    output: Path = typer.Option(..., "-o", "--output", help="coder folder to write"),
+    data: list[str] = typer.Option([], "--data", help="KIND=PATH, repeatable: annomi=AnnoMI-full.csv, "
+                                   "welivita=CC_Augmented.csv, mibot=DIR, dialogues=coded.jsonl"),
+    quick: bool = typer.Option(False, "--quick", help="n-gram, context and surface features only (no embedded-model features)"),
+    embeddings: Optional[bool] = typer.Option(None, "--embeddings/--no-embeddings",
+                                              help="use the embedded model's hidden states (default: on unless --quick)"),
+) -> None:
+    """Train the offline coder on the bundled demo codes plus the given labelled data."""
+    from mi_llm.miti.coders import train_coder
+    from mi_llm.miti.coders.labels import parse_sources
+
+    sources = parse_sources(data)
+    t0 = time.monotonic()
+    with _progress() as progress:
+        tasks: dict[str, Any] = {}
+
+        def on(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                names = {"loading": "loading labelled data", "embeddings": "embedded-model features", "features": "n-gram features",
+                         "classifier": "fitting the classifier", "globals": "global-ratings model"}
+                tasks[stage] = progress.add_task(names.get(stage, stage), total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        folder = train_coder(output, sources, quick=quick, embeddings=embeddings, progress=on)
+    import json
+
+    info = json.loads((folder / "coder.json").read_text())["info"]
+    console.print(f"trained on {info['n_examples']} utterances ({', '.join(f'{k} {v}' for k, v in info['sources'].items())}) "
+                  f"in {time.monotonic() - t0:.0f} s")
+    console.print(f"wrote {folder}")

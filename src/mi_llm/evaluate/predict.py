@@ -1,0 +1,212 @@
+"""Test-set prediction: one generated counselor reply per round sample, resumable.
+
+Lines are appended to the output batch by batch (flushed), so an interrupted run keeps
+what it finished; a rerun skips the sample ids already there (when the settings are the
+same) and, at the end, rewrites the file whole, in test-set order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mi_llm.errors import InputError, MiLlmError
+from mi_llm.io import write_json, write_jsonl
+from mi_llm.llm.backends.base import Backend, GenerationConfig
+from mi_llm.samples import Sample, read_samples
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]  # (samples done now, tokens generated now)
+
+
+def resolve_test_file(data: str | Path) -> Path:
+    """A samples JSONL file, or a build folder (its samples.test.jsonl)."""
+    p = Path(data)
+    if p.is_dir():
+        f = p / "samples.test.jsonl"
+        if not f.is_file():
+            raise MiLlmError(f"{p}: a build folder must contain samples.test.jsonl")
+        return f
+    if not p.is_file():
+        raise MiLlmError(f"{p}: no such file")
+    return p
+
+
+def meta_path(output: Path) -> Path:
+    return output.with_name(output.name + ".meta.json")
+
+
+def read_done(output: Path) -> dict[str, dict[str, Any]]:
+    """Records already in `output` by sample id; a torn last line (killed mid-write) is dropped."""
+    done: dict[str, dict[str, Any]] = {}
+    if not output.is_file():
+        return done
+    lines = output.read_bytes().split(b"\n")
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if lineno >= len(lines) - 1:  # the last line, cut short by an interruption
+                log.warning("%s:%d: dropping an incomplete last line", output, lineno)
+                break
+            raise InputError(output, "not a predictions line (invalid JSON); remove the file or choose another -o", lineno) from None
+        if not isinstance(obj, dict) or "sample_id" not in obj or "prediction" not in obj:
+            raise InputError(output, "not a predictions line (no sample_id/prediction)", lineno)
+        done[obj["sample_id"]] = obj
+    return done
+
+
+@dataclass
+class PredictResult:
+    output: Path
+    samples: int
+    generated_now: int  # samples generated in this run (the rest were resumed)
+    completion_tokens: int  # generated tokens in this run
+    prompt_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def settings_key(backend_info: dict[str, Any], config: GenerationConfig) -> dict[str, Any]:
+    """What must match for a rerun to resume (not batch size, concurrency or timing)."""
+    model = backend_info.get("model")
+    if isinstance(model, dict):
+        model = {k: model.get(k) for k in ("name", "sha256", "path")}
+    return {"backend": backend_info.get("backend"), "model": model, "adapter": backend_info.get("adapter"),
+            "gguf": backend_info.get("gguf"), "generation": config.to_dict()}
+
+
+def predict(
+    backend: Backend,
+    data: str | Path,
+    output: str | Path,
+    config: GenerationConfig,
+    batch_size: int = 16,
+    limit: int | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    order: str | None = None,
+) -> PredictResult:
+    """Generate a prediction for each test sample of `data` into `output` (JSONL)."""
+    test_file = resolve_test_file(data)
+    samples = read_samples(test_file)
+    if limit is not None:
+        samples = samples[: max(0, limit)]
+    if not samples:
+        raise MiLlmError(f"{test_file}: no samples")
+    ids = [s.sample_id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise MiLlmError(f"{test_file}: duplicate sample ids")
+    output = Path(output)
+    info = backend.describe()
+    key = settings_key(info, config)
+    meta_file = meta_path(output)
+    if overwrite:
+        for f in (output, meta_file):
+            f.unlink(missing_ok=True)
+    done = read_done(output)
+    if done and meta_file.is_file():
+        old = json.loads(meta_file.read_text(encoding="utf-8")).get("settings")
+        if old != key:
+            raise MiLlmError(f"{output} holds predictions made with other settings ({_diff(old, key)}); "
+                             "pass --overwrite or choose another -o")
+    wanted = set(ids)
+    done = {k: v for k, v in done.items() if k in wanted}
+    todo = [s for s in samples if s.sample_id not in done]
+    if done:
+        log.info("resuming: %d of %d samples already predicted in %s", len(done), len(samples), output)
+    meta: dict[str, Any] = {
+        "settings": key, "backend": info, "data": str(test_file), "samples": len(samples),
+        "batch_size": batch_size, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": False,
+    }
+    write_json(meta_file, meta)
+    # Length-sorted batches pad least (hf); dialogue order lets llama.cpp reuse the cached
+    # prefix of the previous round (same system prompt and history).
+    order = order or getattr(backend, "preferred_order", "length")
+    if order == "length":
+        todo.sort(key=lambda s: sum(len(m["content"]) for m in s.messages()))
+    generation = {**config.to_dict(), "backend": info.get("backend"), "model": _model_name(info),
+                  "adapter": info.get("adapter")}
+    t0 = time.monotonic()
+    n_tokens = n_prompt = 0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "a", encoding="utf-8") as f:
+        if output.stat().st_size and not _ends_with_newline(output):
+            _drop_torn_tail(output, f)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            completions = backend.generate([s.messages() for s in chunk], config)
+            if len(completions) != len(chunk):
+                raise MiLlmError(f"backend {info.get('backend')} returned {len(completions)} completions for {len(chunk)} prompts")
+            for s, c in zip(chunk, completions):
+                rec = _record(s, c.text, generation)
+                rec.update(prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, finish_reason=c.finish_reason)
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                done[s.sample_id] = rec
+                n_tokens += c.completion_tokens
+                n_prompt += c.prompt_tokens
+            f.flush()
+            os.fsync(f.fileno())
+            if progress:
+                progress(len(chunk), sum(c.completion_tokens for c in completions))
+    seconds = time.monotonic() - t0
+    write_jsonl(output, (done[i] for i in ids))  # whole, in test-set order
+    meta.update(complete=True, finished=time.strftime("%Y-%m-%dT%H:%M:%S"), generated_now=len(todo),
+                seconds=round(seconds, 2), completion_tokens=n_tokens, prompt_tokens=n_prompt,
+                tokens_per_s=round(n_tokens / seconds, 2) if seconds > 0 else None)
+    write_json(meta_file, meta)
+    return PredictResult(output, len(samples), len(todo), n_tokens, n_prompt, seconds)
+
+
+def _record(s: Sample, prediction: str, generation: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sample_id": s.sample_id, "dialogue_id": s.dialogue_id, "round": s.round, "language": s.language,
+        "source": s.source, "topic": s.topic, "prediction": prediction, "reference": s.response,
+        "generation": generation,
+    }
+
+
+def _model_name(info: dict[str, Any]) -> Any:
+    m = info.get("model")
+    return m.get("name") if isinstance(m, dict) else m
+
+
+def _diff(old: Any, new: dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return "unknown settings"
+    keys = [k for k in new if old.get(k) != new.get(k)]
+    return "differs in " + ", ".join(keys) if keys else "same"
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _drop_torn_tail(path: Path, f: Any) -> None:
+    """Cut an unfinished last line (the run was killed mid-write) before appending."""
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    f.flush()
+    os.truncate(path, keep)
+    f.seek(0, os.SEEK_END)
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Token counts over prediction records (for reports)."""
+    toks = [r.get("completion_tokens", 0) or 0 for r in results]
+    return {"samples": len(results), "completion_tokens": sum(toks),
+            "stopped": sum(1 for r in results if r.get("finish_reason") == "stop")}

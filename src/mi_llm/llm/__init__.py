@@ -1,0 +1,1 @@
+"""Models, chat templates and generation backends."""

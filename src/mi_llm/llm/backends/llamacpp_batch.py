@@ -1,0 +1,214 @@
+"""Continuous batching on llama.cpp: several conversations decoded in one `llama_decode`.
+
+Single-stream llama.cpp reads every weight once per generated token; decoding `slots`
+sequences together reads them once per step for all of them, which on a CPU turns a
+memory-bound loop into a compute-bound one. Each slot is a llama.cpp sequence id in one
+unified KV cache:
+
+- a new prompt reuses the longest cached prefix of any slot (`llama_memory_seq_cp`
+  shares the cells; no recomputation): round t+1 of a dialogue starts with the whole
+  prompt of round t, and every prompt starts with the same system prompt;
+- prompts are fed in chunks beside the single tokens of the slots already generating
+  (at most `n_batch` tokens per decode), and a finished slot takes the next prompt at once.
+
+Greedy decoding takes the argmax; sampling follows transformers' order (repetition
+penalty, temperature, top-k, top-p) with a generator seeded per request.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mi_llm.errors import MiLlmError
+from mi_llm.llm.backends.base import GenerationConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    index: int
+    prompt: list[int]
+    pending: list[int]  # prompt tokens not yet in the KV cache
+    pos: int  # position of the next token fed
+    out: list[int] = field(default_factory=list)
+    last: int | None = None  # sampled, not yet fed
+    rng: Any = None
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class BatchEngine:
+    def __init__(self, llm: Any, slots: int, n_ctx: int, stop_ids: Sequence[int], n_batch: int = 512):
+        import llama_cpp
+        from llama_cpp import _internals as internals
+
+        self.lib = llama_cpp
+        self.slots = slots
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.stop_ids = set(stop_ids)
+        self.vocab = llm._model.vocab  # noqa: SLF001 - llama-cpp-python exposes no public handle
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = slots * n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_batch, 512)
+        params.n_seq_max = slots
+        params.n_threads = llm.n_threads
+        params.n_threads_batch = llm.n_threads_batch
+        params.kv_unified = True  # one pool: a shared prefix occupies its cells once
+        params.swa_full = True  # keep sliding-window layers' history, so prefixes stay reusable
+        params.no_perf = True
+        self.ctx = internals.LlamaContext(model=llm._model, params=params, verbose=False)  # noqa: SLF001
+        adapter = getattr(llm, "_lora_adapter", None)
+        if adapter is not None:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+            scales = (ctypes.c_float * 1)(llm.lora_scale)
+            if llama_cpp.llama_set_adapters_lora(self.ctx.ctx, adapters, 1, scales):
+                raise MiLlmError("llama.cpp could not apply the LoRA adapter to the batch context")
+        self.mem = llama_cpp.llama_get_memory(self.ctx.ctx)
+        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.n_vocab = llm.n_vocab()
+        self.cached: list[list[int]] = [[] for _ in range(slots)]  # tokens held in each slot's KV
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.batch = None
+        self.ctx.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # ---------------------------------------------------------------- slots
+
+    def _start(self, slot: int, req: _Request) -> None:
+        """Place a prompt in `slot`, reusing the longest cached prefix of any slot."""
+        lib, p = self.lib, req.prompt
+        best, best_len = slot, _lcp(self.cached[slot], p)
+        for other in range(self.slots):
+            if other != slot:
+                n = _lcp(self.cached[other], p)
+                if n > best_len:
+                    best, best_len = other, n
+        best_len = min(best_len, len(p) - 1)  # feed at least the last token: its logits are needed
+        if best == slot:
+            if not lib.llama_memory_seq_rm(self.mem, slot, best_len, -1):
+                lib.llama_memory_seq_rm(self.mem, slot, -1, -1)
+                best_len = 0
+        else:
+            lib.llama_memory_seq_rm(self.mem, slot, -1, -1)
+            if best_len > 0:
+                lib.llama_memory_seq_cp(self.mem, best, slot, 0, best_len)
+        self.cached[slot] = list(p[:best_len])
+        req.pending = list(p[best_len:])
+        req.pos = best_len
+
+    # ---------------------------------------------------------------- decoding
+
+    def generate(self, prompts: Sequence[list[int]], config: GenerationConfig) -> list[tuple[list[int], bool]]:
+        import numpy as np
+
+        lib = self.lib
+        queue = deque(range(len(prompts)))
+        active: dict[int, _Request] = {}
+        results: list[tuple[list[int], bool] | None] = [None] * len(prompts)
+        batch = self.batch
+        while queue or active:
+            for slot in range(self.slots):
+                if slot not in active and queue:
+                    i = queue.popleft()
+                    req = _Request(i, list(prompts[i]), [], 0)
+                    if config.do_sample:
+                        req.rng = np.random.default_rng([config.seed or 0, i])
+                    self._start(slot, req)
+                    active[slot] = req
+            # one decode: a token for each generating slot, then prompt chunks
+            n = 0
+            outputs: list[tuple[int, int]] = []  # (batch index, slot) whose logits we read
+            for slot, req in active.items():
+                if req.last is not None:
+                    self._put(batch, n, req.last, req.pos, slot, True)
+                    self.cached[slot].append(req.last)
+                    req.pos += 1
+                    outputs.append((n, slot))
+                    n += 1
+            for slot, req in active.items():
+                if req.last is None and req.pending and n < self.n_batch:
+                    take = req.pending[: self.n_batch - n]
+                    del req.pending[: len(take)]
+                    for k, tok in enumerate(take):
+                        last = not req.pending and k == len(take) - 1
+                        self._put(batch, n, tok, req.pos, slot, last)
+                        if last:
+                            outputs.append((n, slot))
+                        req.pos += 1
+                        n += 1
+                    self.cached[slot].extend(take)
+            batch.n_tokens = n
+            rc = lib.llama_decode(self.ctx.ctx, batch)
+            if rc != 0:
+                raise MiLlmError(f"llama_decode failed ({rc}): the KV cache is full; lower --parallel or raise n_ctx")
+            for idx, slot in outputs:
+                req = active[slot]
+                logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.n_vocab,))
+                tok = self._sample(logits, req, config)
+                if tok in self.stop_ids or lib.llama_vocab_is_eog(self.vocab, tok):
+                    results[req.index] = (req.out, True)
+                    del active[slot]
+                    continue
+                req.out.append(tok)
+                if len(req.out) >= config.max_new_tokens:
+                    results[req.index] = (req.out, False)
+                    del active[slot]
+                else:
+                    req.last = tok
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+
+    @staticmethod
+    def _sample(logits: Any, req: _Request, config: GenerationConfig) -> int:
+        import numpy as np
+
+        if config.repetition_penalty == 1.0 and not config.do_sample:
+            return int(logits.argmax())
+        x = logits.astype(np.float64)
+        if config.repetition_penalty != 1.0:
+            seen = np.unique(np.asarray(req.prompt + req.out, dtype=np.int64))
+            v = x[seen]
+            x[seen] = np.where(v > 0, v / config.repetition_penalty, v * config.repetition_penalty)
+        if not config.do_sample:
+            return int(x.argmax())
+        x = x / config.temperature
+        if config.top_k > 0 and config.top_k < x.size:
+            kth = np.partition(x, -config.top_k)[-config.top_k]
+            x[x < kth] = -np.inf
+        order = np.argsort(-x)
+        probs = np.exp(x[order] - x[order[0]])
+        probs /= probs.sum()
+        if config.top_p < 1.0:
+            keep = np.cumsum(probs) - probs < config.top_p  # always keeps the first
+            probs = np.where(keep, probs, 0.0)
+            probs /= probs.sum()
+        return int(order[req.rng.choice(probs.size, p=probs)])

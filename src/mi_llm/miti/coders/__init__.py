@@ -1,0 +1,94 @@
+"""Automatic MITI 4.2.1 coders: a trained one (offline, CPU) and an LLM-prompted one.
+
+    coder = load_coder("default")            # or a coder folder, or "llm:openai:gpt-4o"
+    codes = coder.code_utterances([{"text": "What brings you here?", "language": "en"}])
+    coded = coder.code_dialogues(dialogues)   # Turn.codes and miti_globals filled
+
+    train_coder("coders/en", [("annomi", "AnnoMI-full.csv")])   # + the bundled demo codes
+
+See docs/miti-coder.md for the label mappings, the validity table and how to reproduce it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mi_llm.errors import MiLlmError
+from mi_llm.miti.coders.base import Coder, Item, Result
+from mi_llm.miti.coders.segment import split_utterances
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Coder", "Item", "Result", "default_coder_dir", "load_coder", "split_utterances", "train_coder"]
+
+
+def default_coder_dir() -> Path:
+    from mi_llm.llm.models import mi_llm_home
+
+    return mi_llm_home() / "coders" / "default"
+
+
+def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] = (), quick: bool = False,
+                embeddings: bool | None = None, config: Any = None, progress: Any = None) -> Path:
+    """Train a coder on the bundled demo codes plus `sources` [(kind, path)]; save it in `out_dir`.
+
+    `quick` leaves out the embedded model's representations (about a minute on a CPU with
+    the shared data; seconds on the demo corpus alone). `embeddings` overrides that choice.
+    """
+    from mi_llm.miti.coders.labels import load_sources
+    from mi_llm.miti.coders.trained import TrainedCoder, default_config
+    from mi_llm.resources import demo_dialogues
+
+    sources = list(sources)
+    if progress:
+        progress("loading", 0, 1)
+    examples = load_sources(sources, demo=True)
+    if progress:
+        progress("loading", 1, 1)
+    if config is None:
+        config = default_config(quick=quick, embeddings=not quick if embeddings is None else embeddings)
+    coder = TrainedCoder.fit(examples, config, dialogues_for_globals=demo_dialogues(), progress=progress)
+    coder.info["data"] = [{"kind": k, "path": str(p)} for k, p in sources] + [{"kind": "demo", "path": "bundled"}]
+    coder.info["quick"] = quick
+    out = coder.save(out_dir)
+    log.info("trained a coder on %d utterances in %.0f s: %s", coder.info["n_examples"], coder.info["seconds"], out)
+    return out
+
+
+def load_coder(spec: str | Path = "default", *, train_if_missing: bool = True, **llm_opts: Any) -> Coder:
+    """A coder from `default`, a trained coder folder, or `llm:<backend>:<model>`.
+
+    `default` is `$MI_LLM_HOME/coders/default`; when it does not exist yet a quick one is
+    trained there first (bundled demo codes + the shared data when present), unless
+    `train_if_missing` is false. `llm_opts` (e.g. base_url) go to the LLM backend.
+    """
+    from mi_llm.miti.coders.trained import TrainedCoder
+
+    s = str(spec)
+    if s.startswith("llm:"):
+        from mi_llm.miti.coders.llm import LLMCoder
+
+        return LLMCoder.from_spec(s, **llm_opts)
+    if s == "default":
+        folder = default_coder_dir()
+        if not (folder / "coder.json").is_file():
+            if not train_if_missing:
+                raise MiLlmError(f"no default coder at {folder}: train one with `mi-llm miti train-coder -o {folder}`")
+            from mi_llm.miti.coders.labels import shared_sources
+
+            log.info("no default coder yet: training a quick one into %s", folder)
+            train_coder(folder, shared_sources(), quick=True)
+        return TrainedCoder.load(folder)
+    folder = Path(s).expanduser()
+    if not folder.exists():
+        raise MiLlmError(f"{folder}: no such coder folder (use a folder from `mi-llm miti train-coder`, "
+                         "`default`, or llm:<backend>:<model>)")
+    return TrainedCoder.load(folder)
+
+
+def code_dialogues(dialogues: Sequence[Any], spec: str | Path = "default", **kw: Any) -> list[Any]:
+    """Convenience: load a coder and code dialogues with it."""
+    return load_coder(spec).code_dialogues(dialogues, **kw)

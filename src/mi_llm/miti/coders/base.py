@@ -1,0 +1,129 @@
+"""What every coder does: code single utterances, and code whole dialogues.
+
+A coder implements `code_items` (utterances with their context -> codes). Coding a
+dialogue is shared: split each counselor turn into utterances (or keep the split it
+already has), code them with the client's previous turn as context, then rate the 4
+globals (`rate_globals`; by default the regression model of `globals_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mi_llm.corpus.schema import Dialogue, GlobalRatings, Turn, Utterance
+from mi_llm.miti.coders.segment import detect_language, split_utterances
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass
+class Item:
+    """One utterance to code: its text, the client's previous turn, its language."""
+
+    text: str
+    context: str = ""
+    language: str | None = None
+
+    @property
+    def lang(self) -> str:
+        return self.language or detect_language(self.text)
+
+
+@dataclass
+class Result:
+    """A code (a MITI key or None) and, when the coder failed on it, why."""
+
+    code: str | None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Coder:
+    """Base class. Subclasses implement `code_items` and set `name`."""
+
+    name = "coder"
+
+    def code_items(self, items: Sequence[Item], progress: Progress | None = None) -> list[Result]:
+        raise NotImplementedError
+
+    def code_volleys(self, volleys: Sequence[tuple[str, list[str], str | None]],
+                     progress: Progress | None = None) -> list[list[Result]]:
+        """Codes of each volley's utterances; a volley is (client's previous turn, texts, language)."""
+        items = [Item(x, ctx, lang) for ctx, texts, lang in volleys for x in texts]
+        flat = self.code_items(items, progress) if items else []
+        out, k = [], 0
+        for _, texts, _ in volleys:
+            out.append(flat[k: k + len(texts)])
+            k += len(texts)
+        return out
+
+    def code_utterances(self, items: Iterable[dict[str, Any] | Item], progress: Progress | None = None) -> list[str | None]:
+        """Codes of utterances given as `Item`s or dicts {text, context?, language?}."""
+        return [r.code for r in self.code_items(_as_items(items), progress)]
+
+    # ------------------------------------------------------------- dialogues
+    def rate_globals(self, dialogue: Dialogue) -> tuple[GlobalRatings | None, str | None]:
+        """The 4 global ratings of a coded dialogue, and an error message when none."""
+        model = getattr(self, "globals_model", None)
+        if model is None:
+            return None, "this coder has no global-ratings model"
+        return model.predict(dialogue), None
+
+    def rate_globals_many(self, dialogues: Sequence[Dialogue]) -> list[tuple[GlobalRatings | None, str | None]]:
+        return [self.rate_globals(d) for d in dialogues]
+
+    def code_dialogues(self, dialogues: Sequence[Dialogue], resegment: bool = False,
+                       progress: Progress | None = None) -> list[Dialogue]:
+        """Copies of the dialogues with every counselor turn split, coded, and globals rated.
+
+        A counselor turn that already has `codes` keeps its utterance split (only the codes
+        are replaced) unless `resegment`.
+        """
+        volleys: list[tuple[str, list[str], str | None]] = []
+        where: list[tuple[int, int]] = []  # (dialogue, turn) of each volley
+        for di, d in enumerate(dialogues):
+            prev_client = ""
+            for ti, t in enumerate(d.turns):
+                if t.role == "client":
+                    prev_client = t.text
+                    continue
+                if t.codes and not resegment:
+                    texts = [u.text for u in t.codes]
+                else:
+                    texts = split_utterances(t.text, d.language)
+                where.append((di, ti))
+                volleys.append((prev_client, texts, d.language))
+        results = self.code_volleys(volleys, progress) if volleys else []
+        out = [d.model_copy(deep=True) for d in dialogues]
+        for (di, ti), (_, texts, _), res in zip(where, volleys, results):
+            turn: Turn = out[di].turns[ti]
+            turn.codes = [Utterance(text=x, code=r.code) for x, r in zip(texts, res)] if texts else None
+            errors = [r.error for r in res if r.error]
+            meta = {kk: v for kk, v in turn.meta.items() if kk != "miti_coder_errors"}
+            if errors:
+                meta["miti_coder_errors"] = errors
+            turn.meta = meta
+        rated = self.rate_globals_many(out)
+        for d, (ratings, err) in zip(out, rated):
+            d.miti_globals = ratings
+            n_err = sum(len(t.meta.get("miti_coder_errors", [])) for t in d.turns)
+            info: dict[str, Any] = {"coder": self.name, "utterance_errors": n_err}
+            if err:
+                info["globals_error"] = err
+            d.meta = {**d.meta, "miti_coder": info}
+        return out
+
+
+def _as_items(items: Iterable[dict[str, Any] | Item]) -> list[Item]:
+    out = []
+    for it in items:
+        if isinstance(it, Item):
+            out.append(it)
+        else:
+            out.append(Item(text=str(it["text"]), context=str(it.get("context") or ""), language=it.get("language")))
+    return out

@@ -1,0 +1,217 @@
+"""Sentence vectors from the embedded model's hidden states, cached on disk.
+
+The vector of an utterance is the mean of one layer's hidden states over the utterance's
+own tokens. With `context`, the client's previous turn is written before it
+("Client: ... / Counselor: ...") so the utterance's states can attend to what it answers
+(a reflection echoes the client), but only the utterance's tokens are pooled.
+
+Running only the first `layer` transformer blocks keeps it affordable on a CPU: the blocks
+above the chosen layer are never computed. The cache is keyed by model, layer, max length,
+context mode and the exact text, so re-training and cross-validation pay once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def _key(*parts: str) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Vectors by key, in .npz shards under a folder; each shard written atomically."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._mem: dict[str, np.ndarray] = {}
+        self._loaded = False
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        if not self.folder.is_dir():
+            return
+        for f in sorted(self.folder.glob("shard-*.npz")):
+            try:
+                with np.load(f) as z:
+                    keys, vecs = z["keys"], z["vecs"]
+            except (OSError, ValueError, KeyError):
+                log.warning("skipping an unreadable embedding cache shard %s", f)
+                continue
+            for k, v in zip(keys.tolist(), vecs):
+                self._mem[str(k)] = v
+
+    def get(self, key: str) -> np.ndarray | None:
+        self._load()
+        return self._mem.get(key)
+
+    def put_many(self, keys: Sequence[str], vecs: np.ndarray) -> None:
+        self._load()
+        if not len(keys):
+            return
+        for k, v in zip(keys, vecs):
+            self._mem[k] = v
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-{_key(*keys)[:10]}.npz"
+        tmp = self.folder / f".{name}.tmp.npz"
+        np.savez(tmp, keys=np.array(list(keys)), vecs=np.asarray(vecs, dtype=np.float32))
+        os.replace(tmp, self.folder / name)
+
+
+class Embedder:
+    """Mean-pooled hidden states of layer `layer` of a causal LM (default: the embedded model)."""
+
+    def __init__(self, model: str = "gemma-3-270m", layer: int = 9, max_tokens: int = 96,
+                 context: bool = True, context_tokens: int = 64, batch_size: int = 16,
+                 cache_dir: Path | None = None):
+        self.model_name = model
+        self.layer = layer
+        self.max_tokens = max_tokens
+        self.context = context
+        self.context_tokens = context_tokens
+        self.batch_size = batch_size
+        self._cache_dir = cache_dir
+        self._model = None
+        self._tok = None
+        self._tag: str | None = None
+        self._cache: EmbeddingCache | None = None
+
+    def config(self) -> dict:
+        return {"model": self.model_name, "layer": self.layer, "max_tokens": self.max_tokens,
+                "context": self.context, "context_tokens": self.context_tokens}
+
+    @classmethod
+    def from_config(cls, cfg: dict, cache_dir: Path | None = None) -> "Embedder":
+        return cls(cache_dir=cache_dir, **cfg)
+
+    # -- model
+    def _ensure(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+
+        from mi_llm.llm.models import load_model, resolve_model
+
+        rm = resolve_model(self.model_name)
+        model, tok = load_model(rm, dtype=torch.float32, device="cpu")
+        inner = _decoder(model)
+        n = len(inner.layers)
+        if not 1 <= self.layer <= n:
+            from mi_llm.errors import MiLlmError
+
+            raise MiLlmError(f"embedding layer {self.layer} out of range 1..{n} for {self.model_name}")
+        # Only the first `layer` blocks are ever needed: drop the rest (and the LM head's use).
+        inner.layers = inner.layers[: self.layer]
+        self._model, self._tok = inner, tok
+        ident = rm.sha256 or str(rm.path)
+        self._tag = _key(ident, str(self.config()))[:16]
+        from mi_llm.llm.models import mi_llm_home
+
+        root = self._cache_dir or mi_llm_home() / "cache" / "embeddings"
+        self._cache = EmbeddingCache(Path(root) / self._tag)
+
+    @property
+    def dim(self) -> int:
+        self._ensure()
+        return int(self._model.config.hidden_size)  # type: ignore[union-attr]
+
+    # -- encoding
+    def _encode_one(self, text: str, context: str) -> tuple[list[int], int]:
+        """Token ids and the index where the utterance's own tokens start."""
+        tok = self._tok
+        body = tok(" " + text.strip(), add_special_tokens=False)["input_ids"][: self.max_tokens]
+        head = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        if self.context:
+            ctx = tok(context.strip(), add_special_tokens=False)["input_ids"] if context.strip() else []
+            ctx = ctx[-self.context_tokens:]  # the end of the client's turn matters most
+            head += tok("Client:", add_special_tokens=False)["input_ids"] + ctx
+            head += tok("\nCounselor:", add_special_tokens=False)["input_ids"]
+        else:
+            head += tok("Counselor:", add_special_tokens=False)["input_ids"]
+        return head + body, len(head)
+
+    def embed(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
+              progress: Progress | None = None) -> np.ndarray:
+        """(n, hidden) float32 vectors; cached ones are not recomputed."""
+        import torch
+
+        self._ensure()
+        contexts = list(contexts) if contexts is not None else [""] * len(texts)
+        if not self.context:
+            contexts = [""] * len(texts)
+        keys = [_key(t, c) for t, c in zip(texts, contexts)]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        todo: list[int] = []
+        for i, k in enumerate(keys):
+            v = self._cache.get(k)  # type: ignore[union-attr]
+            if v is None:
+                todo.append(i)
+            else:
+                out[i] = v
+        done = len(texts) - len(todo)
+        if progress:
+            progress(done, len(texts))
+        if not todo:
+            return out
+        t0 = time.monotonic()
+        encoded = {i: self._encode_one(texts[i], contexts[i]) for i in todo}
+        # Similar lengths together: less padding, much less work.
+        order = sorted(todo, key=lambda i: len(encoded[i][0]))
+        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
+        new_keys: list[str] = []
+        new_vecs: list[np.ndarray] = []
+        with torch.inference_mode():
+            for b in range(0, len(order), self.batch_size):
+                idx = order[b: b + self.batch_size]
+                seqs = [encoded[i][0] for i in idx]
+                width = max(len(s) for s in seqs)
+                ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+                att = torch.zeros((len(seqs), width), dtype=torch.long)
+                pool = torch.zeros((len(seqs), width), dtype=torch.float32)
+                for r, (s, i) in enumerate(zip(seqs, idx)):
+                    ids[r, : len(s)] = torch.tensor(s)
+                    att[r, : len(s)] = 1
+                    pool[r, encoded[i][1]: len(s)] = 1.0
+                hs = self._model(input_ids=ids, attention_mask=att).last_hidden_state  # type: ignore[misc]
+                vec = (hs * pool.unsqueeze(-1)).sum(1) / pool.sum(1, keepdim=True).clamp(min=1.0)
+                vec = vec.float().numpy()
+                for r, i in enumerate(idx):
+                    out[i] = vec[r]
+                    new_keys.append(keys[i])
+                    new_vecs.append(vec[r])
+                done += len(idx)
+                if progress:
+                    progress(done, len(texts))
+                if len(new_keys) >= 2048:  # flush now and then: an interrupted run keeps its work
+                    self._cache.put_many(new_keys, np.stack(new_vecs))  # type: ignore[union-attr]
+                    new_keys, new_vecs = [], []
+        self._cache.put_many(new_keys, np.stack(new_vecs) if new_vecs else np.zeros((0, self.dim)))  # type: ignore[union-attr]
+        log.info("embedded %d utterances in %.1f s (%d from cache)", len(todo), time.monotonic() - t0,
+                 len(texts) - len(todo))
+        return out
+
+
+def _decoder(model):  # the transformer stack of a *ForCausalLM (layers + final norm)
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "layers"):
+        return inner
+    if inner is not None and hasattr(inner, "language_model"):
+        return inner.language_model
+    raise TypeError(f"cannot find the decoder layers of {type(model).__name__}")

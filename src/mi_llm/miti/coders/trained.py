@@ -1,0 +1,228 @@
+"""The trained coder: features (see `features.py`) and a class-weighted logistic regression.
+
+Runs offline on a CPU. A coder folder holds:
+- `coder.json`: what it is (features, training sources and counts, time, versions);
+- `model.joblib`: the fitted featurizer and classifier (a pickle: load only folders you trust);
+- `globals.json`: the global-ratings regression (`globals_model.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mi_llm.errors import MiLlmError
+from mi_llm.miti.coders.base import Coder, Item, Progress, Result
+from mi_llm.miti.coders.embed import Embedder
+from mi_llm.miti.coders.features import FeatureConfig, Featurizer
+from mi_llm.miti.coders.globals_model import GlobalsModel
+from mi_llm.miti.coders.labels import NULL, Example
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mi-llm-miti-coder"
+VERSION = 1
+
+# (stage, done, total): stages are "embeddings", "features", "classifier", "globals".
+StageProgress = Callable[[str, int, int], None]
+
+# Automatic labels (Welivita: propagated; MIBot: GPT-4o) count less than expert/author codes.
+DEFAULT_SOURCE_WEIGHTS = {"annomi": 1.0, "demo": 1.0, "welivita": 0.5, "mibot": 0.5}
+
+
+@dataclass
+class ModelConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    C: float = 4.0
+    class_weight: str | None = "balanced"
+    max_iter: int = 300
+    source_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["features"] = self.features.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        d["features"] = FeatureConfig.from_dict(d.get("features", {}))
+        return cls(**d)
+
+
+def default_config(quick: bool = False, embeddings: bool = True) -> ModelConfig:
+    """The shipped recipe; `quick` (no embeddings) trains in about a minute."""
+    feats = FeatureConfig()
+    if embeddings and not quick:
+        feats.embeddings = Embedder().config()
+    return ModelConfig(features=feats)
+
+
+def _one_thread() -> Any:
+    """BLAS/OpenMP limited to one thread: a sparse linear model gains nothing from more, and
+    on a busy machine their spinning threads made fitting several times slower (measured)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
+class TrainedCoder(Coder):
+    def __init__(self, config: ModelConfig, featurizer: Featurizer, classifier: Any,
+                 globals_model: GlobalsModel | None = None, info: dict[str, Any] | None = None,
+                 folder: Path | None = None):
+        self.config = config
+        self.featurizer = featurizer
+        self.classifier = classifier
+        self.globals_model = globals_model
+        self.info = info or {}
+        self.folder = folder
+        self.name = f"trained:{folder}" if folder else "trained"
+        self._embedder: Embedder | None = None
+
+    # ------------------------------------------------------------- training
+    @classmethod
+    def fit(cls, examples: Sequence[Example], config: ModelConfig | None = None,
+            dialogues_for_globals: Sequence[Any] = (), progress: StageProgress | None = None,
+            embedder: Embedder | None = None) -> "TrainedCoder":
+        from sklearn.linear_model import LogisticRegression
+
+        config = config or default_config()
+        if not examples:
+            raise MiLlmError("no labelled utterances to train on")
+        t0 = time.monotonic()
+        texts = [e.text for e in examples]
+        contexts = [e.context for e in examples]
+        y = np.array([e.code or NULL for e in examples])
+        if len(set(y)) < 2:
+            raise MiLlmError("training needs at least two different codes")
+        emb = None
+        self_embedder = None
+        if config.features.embeddings is not None:
+            self_embedder = embedder or Embedder.from_config(config.features.embeddings)
+            emb = self_embedder.embed(texts, contexts,
+                                      progress=(lambda d, n: progress("embeddings", d, n)) if progress else None)
+        if progress:
+            progress("features", 0, 1)
+        feat = Featurizer(config.features)
+        X = feat.fit_transform(texts, contexts, emb)
+        if progress:
+            progress("features", 1, 1)
+            progress("classifier", 0, 1)
+        weights = np.array([config.source_weights.get(e.source, 1.0) for e in examples])
+        clf = LogisticRegression(C=config.C, class_weight=config.class_weight, max_iter=config.max_iter)
+        with _one_thread():
+            clf.fit(X, y, sample_weight=weights)
+        if progress:
+            progress("classifier", 1, 1)
+        gm = None
+        if dialogues_for_globals:
+            if progress:
+                progress("globals", 0, 1)
+            gm = GlobalsModel.fit(dialogues_for_globals)
+            if progress:
+                progress("globals", 1, 1)
+        import sklearn
+
+        info = {
+            "sources": dict(Counter(e.source for e in examples)),
+            "languages": dict(Counter(e.language for e in examples)),
+            "label_counts": {k: int(v) for k, v in Counter(y.tolist()).items()},
+            "n_examples": len(examples),
+            "seconds": round(time.monotonic() - t0, 1),
+            "sklearn": sklearn.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        coder = cls(config, feat, clf, gm, info)
+        coder._embedder = self_embedder
+        return coder
+
+    # ------------------------------------------------------------- coding
+    @property
+    def labels(self) -> list[str]:
+        return [str(c) for c in self.classifier.classes_]
+
+    def _embed(self, texts: list[str], contexts: list[str], progress: Progress | None) -> np.ndarray | None:
+        if self.config.features.embeddings is None:
+            return None
+        if self._embedder is None:
+            self._embedder = Embedder.from_config(self.config.features.embeddings)
+        return self._embedder.embed(texts, contexts, progress=progress)
+
+    def predict_proba(self, items: Sequence[Item], progress: Progress | None = None) -> np.ndarray:
+        texts = [it.text for it in items]
+        contexts = [it.context for it in items]
+        emb = self._embed(texts, contexts, progress)
+        X = self.featurizer.transform(texts, contexts, emb)
+        with _one_thread():
+            return self.classifier.predict_proba(X)
+
+    def code_items(self, items: Sequence[Item], progress: Progress | None = None) -> list[Result]:
+        if not items:
+            return []
+        proba = self.predict_proba(items, progress)
+        labels = self.labels
+        out = []
+        for row in proba:
+            k = int(np.argmax(row))
+            code = None if labels[k] == NULL else labels[k]
+            out.append(Result(code=code, extra={"confidence": round(float(row[k]), 4)}))
+        if progress and self.config.features.embeddings is None:
+            progress(len(items), len(items))
+        return out
+
+    # ------------------------------------------------------------- storage
+    def save(self, folder: str | Path) -> Path:
+        import joblib
+
+        from mi_llm.io import atomic_writer, write_json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(folder / "model.joblib", "wb") as f:
+            joblib.dump({"featurizer": self.featurizer, "classifier": self.classifier}, f, compress=3)
+        if self.globals_model is not None:
+            self.globals_model.save(folder / "globals.json")
+        write_json(folder / "coder.json", {
+            "format": FORMAT, "version": VERSION, "kind": "trained", "labels": self.labels,
+            "config": self.config.to_dict(), "info": self.info,
+        })
+        self.folder = folder
+        self.name = f"trained:{folder}"
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TrainedCoder":
+        import joblib
+
+        folder = Path(folder)
+        meta_path = folder / "coder.json"
+        if not meta_path.is_file():
+            raise MiLlmError(f"{folder}: not a coder folder (no coder.json); train one with `mi-llm miti train-coder -o {folder}`")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise MiLlmError(f"{meta_path}: unreadable ({e})") from None
+        if meta.get("format") != FORMAT or meta.get("kind") != "trained":
+            raise MiLlmError(f"{meta_path}: not a trained MITI coder")
+        if meta.get("version") != VERSION:
+            raise MiLlmError(f"{meta_path}: coder format version {meta.get('version')} (this mi-llm reads {VERSION}); retrain it")
+        import sklearn
+
+        saved = meta.get("info", {}).get("sklearn")
+        if saved and saved != sklearn.__version__:
+            log.warning("coder %s was trained with scikit-learn %s, this is %s", folder, saved, sklearn.__version__)
+        try:
+            blob = joblib.load(folder / "model.joblib")
+        except (OSError, EOFError, ValueError, KeyError, AttributeError, ImportError) as e:
+            raise MiLlmError(f"{folder / 'model.joblib'}: unreadable ({type(e).__name__}: {e}); retrain the coder") from None
+        gm = GlobalsModel.load(folder / "globals.json") if (folder / "globals.json").is_file() else None
+        return cls(ModelConfig.from_dict(meta["config"]), blob["featurizer"], blob["classifier"], gm,
+                   meta.get("info", {}), folder)

@@ -1,0 +1,13 @@
+"""The safety layer in front of the counselor model: crisis detection and safe responses."""
+
+from mi_llm.serve.safety.classifier import (
+    CATEGORIES,
+    NONE,
+    CrisisClassifier,
+    SafetyResult,
+    classify,
+    default_classifier,
+    detect_language,
+)
+
+__all__ = ["CATEGORIES", "NONE", "CrisisClassifier", "SafetyResult", "classify", "default_classifier", "detect_language"]

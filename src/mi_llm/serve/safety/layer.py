@@ -1,0 +1,116 @@
+"""The safety layer: checks each new user message before the model sees it.
+
+A crisis message (suicide, self-harm, harm to others, abuse) is answered with a fixed
+safe response made of the category's message, the crisis resources of the locale and a
+closing line, all from `safety/data/resources.<lang>.yaml` (or a reviewed copy in the
+folder given by `--safety-resources`). The model is not called for that turn.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mi_llm.errors import MiLlmError
+from mi_llm.serve.safety.classifier import (
+    CATEGORIES,
+    LANGUAGES,
+    CrisisClassifier,
+    SafetyResult,
+    default_classifier,
+    detect_language,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CrisisResources:
+    language: str
+    messages: dict[str, str]
+    resources: list[dict[str, Any]]
+    closing: str
+    reviewed: bool
+    source: str
+    item_format: str = "- {name}: {contact}"
+
+    def response(self, category: str) -> str:
+        """The fixed safe response for `category`."""
+        lines = [self.messages.get(category) or self.messages.get("suicide", "")]
+        items = [r for r in self.resources if not r.get("categories") or category in r["categories"]]
+        if items:
+            lines.append("\n".join(self.item_format.format(name=r["name"], contact=r["contact"]) for r in items))
+        if self.closing:
+            lines.append(self.closing)
+        return "\n\n".join(x.strip() for x in lines if x and x.strip())
+
+
+def load_resources(language: str, directory: str | Path | None = None) -> CrisisResources:
+    """`resources.<language>.yaml` from `directory` when it has one, else the bundled file."""
+    if directory is not None and (Path(directory) / f"resources.{language}.yaml").is_file():
+        path = Path(directory) / f"resources.{language}.yaml"
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    else:
+        if directory is not None and not Path(directory).is_dir():
+            raise MiLlmError(f"{directory}: no such folder (expected resources.<lang>.yaml files in it)")
+        res = resources.files("mi_llm.serve.safety").joinpath("data", f"resources.{language}.yaml")
+        if not res.is_file():
+            raise MiLlmError(f"no crisis resources for language {language!r}")
+        text, source = res.read_text(encoding="utf-8"), f"bundled resources.{language}.yaml"
+    try:
+        data = yaml.safe_load(text) or {}
+        msgs = {k: str(v) for k, v in (data.get("messages") or {}).items()}
+        items = list(data.get("resources") or [])
+        for r in items:
+            if not isinstance(r, dict) or not r.get("name") or not r.get("contact"):
+                raise ValueError("each resource needs a name and a contact")
+            r["contact"] = str(r["contact"])
+    except (yaml.YAMLError, ValueError, AttributeError, TypeError) as e:
+        raise MiLlmError(f"{source}: invalid crisis resources ({e})") from None
+    missing = [c for c in CATEGORIES if c not in msgs]
+    if missing:
+        raise MiLlmError(f"{source}: messages missing for {', '.join(missing)}")
+    fmt = str(data.get("item_format") or "- {name}: {contact}")
+    if "{name}" not in fmt or "{contact}" not in fmt:
+        raise MiLlmError(f"{source}: item_format must contain {{name}} and {{contact}}")
+    return CrisisResources(language, msgs, items, str(data.get("closing") or ""), bool(data.get("reviewed")), source, fmt)
+
+
+@dataclass
+class SafetyDecision:
+    result: SafetyResult
+    response: str | None  # the safe response when the message is a crisis
+
+    @property
+    def crisis(self) -> bool:
+        return self.result.crisis
+
+    def public(self) -> dict[str, Any]:
+        """What the client is told (no rule internals)."""
+        return {"crisis": self.result.crisis, "category": self.result.category}
+
+
+class SafetyLayer:
+    def __init__(self, classifier: CrisisClassifier | None = None, resources_dir: str | Path | None = None):
+        self.classifier = classifier or default_classifier()
+        self.resources = {lang: load_resources(lang, resources_dir) for lang in LANGUAGES}
+
+    def warn_unreviewed(self) -> None:
+        for r in self.resources.values():
+            if not r.reviewed:
+                log.warning("crisis resources for %r (%s) are not marked reviewed: have them checked for this "
+                            "deployment (see docs/serve.md)", r.language, r.source)
+
+    def check(self, text: str, language: str | None = None) -> SafetyDecision:
+        result = self.classifier.classify(text, language)
+        if not result.crisis:
+            return SafetyDecision(result, None)
+        # A message written in Chinese gets the Chinese resources whatever the session's language.
+        lang = "zh" if detect_language(text) == "zh" else result.language
+        lang = lang if lang in self.resources else "en"
+        return SafetyDecision(result, self.resources[lang].response(result.category))

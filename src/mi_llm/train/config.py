@@ -1,0 +1,93 @@
+"""The training options, with the paper's defaults, saved as `train_config.json`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mi_llm.errors import MiLlmError
+
+CONFIG_FILE = "train_config.json"
+LOG_FILE = "train_log.jsonl"
+
+# Options that change what is learned: a resumed run must keep them all.
+RESULT_KEYS = (
+    "model", "data", "epochs", "max_steps", "seed", "max_length", "lr", "lr_scheduler", "grad_accum",
+    "batch_size", "warmup_ratio", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout",
+    "target_modules", "records", "on_overflow", "share_prefix",
+)
+
+
+class TrainConfig(BaseModel):
+    """LoRA SFT options. Defaults are the paper's (Hu et al. 2025, section Methods):
+    lr 1e-4 with a cosine schedule and 10% warmup, per-device batch 1, gradient
+    accumulation 8, 3 epochs; LoRA rank 8, alpha 16, dropout 0.05 on every linear layer.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "gemma-3-270m"
+    data: str
+    output: str
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides --epochs")
+    seed: int = 42
+    max_length: int = Field(1024, ge=16, description="tokens per sequence, prompt + reply")
+    lr: float = Field(1e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    grad_accum: int = Field(8, ge=1)
+    batch_size: int = Field(1, ge=1, description="sequences per device per micro-step")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
+    records: Literal["rounds", "dialogues"] = Field(
+        "rounds",
+        description="rounds: one record per sample, loss on the target reply r_t only (the paper); "
+        "dialogues: one record per dialogue (its last sample), loss on every counselor turn",
+    )
+    on_overflow: Literal["error", "skip"] = Field(
+        "error", description="a sample whose target does not fit --max-length even without history"
+    )
+    share_prefix: bool = Field(
+        True, description="compute the prompt prefix shared by a window's samples once (single process, batch 1)"
+    )
+    save_steps: int = Field(50, ge=1, description="checkpoint every N optimizer steps")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
+    log_steps: int = Field(1, ge=1)
+    logits_chunk: int = Field(0, ge=0, description="positions per LM-head chunk; 0 = from a memory budget")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must name modules or be 'all-linear'")
+        return v
+
+    def lora_targets(self) -> str | list[str]:
+        if self.target_modules == "all-linear":
+            return "all-linear"
+        return [m.strip() for m in self.target_modules.split(",") if m.strip()]
+
+    def result_view(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in RESULT_KEYS}
+
+
+def check_resume_compatible(saved: dict[str, Any], current: TrainConfig, path: Path) -> None:
+    """A resumed run must learn the same thing: refuse if a result-changing option moved."""
+    diffs = [
+        f"{k} {saved.get(k)!r} -> {getattr(current, k)!r}"
+        for k in RESULT_KEYS
+        if k in saved and saved.get(k) != getattr(current, k)
+    ]
+    if diffs:
+        raise MiLlmError(
+            f"{path}: --resume with other options than the interrupted run ({'; '.join(diffs)}); "
+            "use the same options or another --output"
+        )

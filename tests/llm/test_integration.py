@@ -1,0 +1,100 @@
+"""The real embedded gemma-3-270m: conversion (cached), generation with hf and llama.cpp."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from mi_llm.llm.backends import get_backend, preset
+
+pytestmark = pytest.mark.integration
+
+CONV = [{"role": "system", "content": "You are a counselor."}, {"role": "user", "content": "I want to stop smoking."}]
+needs_llamacpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed")
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    from mi_llm.llm.models import resolve_model
+
+    return resolve_model("gemma-3-270m")  # converts once (about a minute), then cached
+
+
+def test_embedded_resolves_to_a_clean_cached_folder(embedded) -> None:
+    from mi_llm.llm.models import resolve_model
+
+    assert embedded.family == "gemma" and embedded.source == "embedded"
+    assert embedded.path.name == f"gemma-3-270m-{embedded.sha256[:12]}"
+    cfg = json.loads((embedded.path / "config.json").read_text())
+    assert "quantization_config" not in cfg
+    assert list(embedded.path.glob("*.safetensors"))
+    assert embedded.gguf is not None and embedded.gguf.is_file()
+    # second resolution: no conversion, no re-hashing
+    import time
+
+    t0 = time.monotonic()
+    again = resolve_model("gemma-3-270m")
+    assert again.path == embedded.path and time.monotonic() - t0 < 5
+
+
+def test_tokenizer_turn_markers(embedded) -> None:
+    from mi_llm.llm.models import load_tokenizer, stop_token_ids
+
+    tok = load_tokenizer(embedded)
+    assert tok.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"]) == [105, 106]
+    assert 106 in stop_token_ids(tok)
+    ids = tok(tok.apply_chat_template(CONV, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    assert ids[:2] == [2, 105] and ids[-3:-1] == [105, 4368]  # <bos><start_of_turn> ... <start_of_turn>model
+
+
+def test_hf_greedy_generates(embedded) -> None:
+    with get_backend("hf", embedded, batch_size=2) as be:
+        out = be.generate([CONV, CONV[:1] + [{"role": "user", "content": "Hi"}]], preset("greedy", max_new_tokens=6))
+    assert all(0 < c.completion_tokens <= 6 for c in out)
+    assert all(c.text for c in out)
+
+
+@needs_llamacpp
+def test_llamacpp_single_and_parallel_agree(embedded) -> None:
+    cfg = preset("greedy", max_new_tokens=8)
+    convs = [CONV, CONV + [{"role": "assistant", "content": "Tell me more."}, {"role": "user", "content": "It is hard."}]]
+    with get_backend("llamacpp", embedded, n_ctx=512) as single:
+        a = single.generate(convs, cfg)
+    par = get_backend("llamacpp", embedded, n_ctx=512, parallel=2)
+    b = par.generate(convs, cfg)
+    b2 = par.generate(convs, cfg)  # second pass reuses cached prefixes
+    assert all(c.text and 0 < c.completion_tokens <= 8 for c in a + b + b2)
+    # Greedy on the same GGUF; batch shapes change llama.cpp's float rounding, so later
+    # tokens may flip at near-ties (single-stream llama.cpp itself differs with and
+    # without a cached prefix), but the first token comes from clear-cut logits.
+    first = [par.llm.tokenize(c.text.encode(), add_bos=False)[0] for c in a]
+    assert first == [par.llm.tokenize(c.text.encode(), add_bos=False)[0] for c in b]
+    assert first == [par.llm.tokenize(c.text.encode(), add_bos=False)[0] for c in b2]
+    par.close()
+
+
+@needs_llamacpp
+def test_llamacpp_applies_a_peft_lora(embedded, tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(str(embedded.path))
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    peft.save_pretrained(str(tmp_path / "lora"))
+    del peft, base
+    cfg = preset("greedy", max_new_tokens=8)
+    with get_backend("llamacpp", embedded, n_ctx=512) as plain:
+        base_out = plain.generate([CONV], cfg)[0].text
+    with get_backend("llamacpp", embedded, adapter=str(tmp_path / "lora"), n_ctx=512) as adapted:
+        lora_out = adapted.generate([CONV], cfg)[0].text
+        assert adapted.lora_gguf is not None and adapted.lora_gguf.is_file()
+    assert lora_out != base_out
