@@ -129,16 +129,25 @@ class ExperimentConfig(_Strict):
 
 
 def _line_of(text: str, loc: tuple) -> int | None:
-    """Best-effort line number of a config key for error messages."""
-    if not loc:
-        return None
-    key = str(loc[-1]) if not isinstance(loc[-1], int) else str(loc[-2]) if len(loc) > 1 else None
-    if key is None:
-        return None
-    for i, line in enumerate(text.splitlines(), start=1):
-        if line.strip().startswith(f"{key}:") or line.strip().startswith(f"- {key}:"):
-            return i
-    return None
+    """Line of the YAML node at pydantic's error location (the deepest node that exists)."""
+    node = yaml.compose(text)
+    line = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == part), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

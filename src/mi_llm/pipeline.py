@@ -80,27 +80,46 @@ def import_sources(sources: list[SourceConfig]) -> tuple[list[Dialogue], dict[st
     return dialogues, stats
 
 
+def built_dialogues(cfg: ExperimentConfig, paths: RunPaths) -> Path:
+    """The dialogues the samples are built from: the MI rewrites when transcription is on."""
+    return paths.mi_dialogues if cfg.transcribe.enabled else paths.dialogues
+
+
 def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
     def do_import() -> None:
         dialogues, stats = import_sources(cfg.sources)
         write_dialogues(paths.dialogues, dialogues)
         write_json(paths.import_stats, stats)
 
+    def do_transcribe() -> None:
+        from mi_llm.transcribe.runner import TranscribeSettings, transcribe_file
+
+        t = cfg.transcribe
+        transcribe_file(paths.dialogues, paths.mi_dialogues, TranscribeSettings(
+            backend=t.backend, model=t.model, base_url=t.base_url, concurrency=t.concurrency))
+
+    built_from = built_dialogues(cfg, paths)
+
     def do_build() -> None:
         from mi_llm.build import build
 
         build(
-            [paths.dialogues], paths.build, train=cfg.split.train, test=cfg.split.test, seed=cfg.split.seed,
+            [built_from], paths.build, train=cfg.split.train, test=cfg.split.test, seed=cfg.split.seed,
             history_budget=cfg.split.history_budget, tokenizer=cfg.split.tokenizer,
         )
 
-    return [
+    stages = [
         Stage("import", do_import, [paths.dialogues, paths.import_stats],
               inputs=[p for s in cfg.sources for p in source_inputs(s)],
               params=[s.model_dump() for s in cfg.sources]),
-        Stage("build", do_build, [paths.build / "samples.train.jsonl", paths.build / "samples.test.jsonl"],
-              inputs=[paths.dialogues], params=cfg.split.model_dump()),
     ]
+    if cfg.transcribe.enabled:
+        # Resumable by itself (append-only output, call cache): rerunning it continues.
+        stages.append(Stage("transcribe", do_transcribe, [paths.mi_dialogues], inputs=[paths.dialogues],
+                            params=cfg.transcribe.model_dump()))
+    stages.append(Stage("build", do_build, [paths.build / "samples.train.jsonl", paths.build / "samples.test.jsonl"],
+                        inputs=[built_from], params=cfg.split.model_dump()))
+    return stages
 
 
 SYSTEMS = ("base", "finetuned")
@@ -194,8 +213,7 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
         from mi_llm.sessions import read_predictions_by_round, system_sessions
 
         test_ids = {s.dialogue_id for s in read_samples(test_file)}
-        test = [d for d in read_dialogues(paths.dialogues) if d.id in test_ids]
-        sets: dict[str, list[Dialogue]] = {}
+        test = [d for d in read_dialogues(built_dialogues(cfg, paths)) if d.id in test_ids]
         human = [d for d in test if d.miti_globals and all(t.codes is not None for t in d.turns if t.role == "counselor")]
         plain_ref = [d.model_copy(update={"turns": [t.model_copy(update={"codes": None}) for t in d.turns],
                                           "miti_globals": None}) for d in test]
@@ -205,8 +223,7 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
             coded["reference (human codes)"] = human
         for label, key, system in systems:
             preds = read_predictions_by_round(predictions_file(paths, key, system))
-            sets[label] = system_sessions(test, preds, label)
-            coded[label] = coder.code_dialogues(sets[label])
+            coded[label] = coder.code_dialogues(system_sessions(test, preds, label))
         result = {}
         for label, dialogues in coded.items():
             write_dialogues(miti_dir / f"{label.replace(' ', '_')}.coded.jsonl", dialogues)
@@ -215,7 +232,7 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
                              "aggregate": aggregate(scores) if scores else {}, "pooled": pooled(scores) if scores else {}}
         write_json(miti_dir / "miti.json", {"coder": str(cfg.miti.coder), "systems": result})
 
-    inputs = [test_file, paths.dialogues] + [predictions_file(paths, k, s) for _, k, s in systems]
+    inputs = [test_file, built_dialogues(cfg, paths)] + [predictions_file(paths, k, s) for _, k, s in systems]
     return Stage("miti", do_miti, [miti_dir / "miti.json"], inputs=inputs, params=cfg.miti.model_dump())
 
 
