@@ -109,7 +109,7 @@ def tokenizer(name: str, fast: bool = True) -> Callable[[str], str]:
     if fast:
         try:
             return FastTokenizerZh() if name == "zh" else FastTokenizer13a()
-        except RuntimeError:
+        except (RuntimeError, ImportError, AttributeError):  # sacreBLEU's internals moved
             log.warning("sacreBLEU's tokenizer changed; using its own (slower) implementation")
     return _library_tokenizer(name)
 
