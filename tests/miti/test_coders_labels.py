@@ -149,8 +149,12 @@ def test_demo_examples_cover_every_code_in_both_languages():
     assert all(e.group.startswith("demo-") for e in ex)
 
 
-def test_parse_sources():
-    assert L.parse_sources(["annomi=/x/a.csv", "MIBOT=/y"]) == [("annomi", L.Path("/x/a.csv")), ("mibot", L.Path("/y"))]
+def test_parse_sources(tmp_path):
+    (tmp_path / "a.csv").write_text("x")
+    assert L.parse_sources([f"annomi={tmp_path}/a.csv", f"MIBOT={tmp_path}"]) == [
+        ("annomi", tmp_path / "a.csv"), ("mibot", tmp_path)]
+    with pytest.raises(MiLlmError, match="no such file"):
+        L.parse_sources([f"welivita={tmp_path}/none.csv"])
     with pytest.raises(MiLlmError, match="KIND=PATH"):
         L.parse_sources(["annomi"])
     with pytest.raises(MiLlmError, match="unknown source"):

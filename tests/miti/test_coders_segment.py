@@ -29,6 +29,7 @@ def test_english(text, expected):
     ("你说“我做不到。”然后呢？", ["你说“我做不到。”", "然后呢？"]),
     ("好的……那我们继续", ["好的……", "那我们继续"]),
     ("听起来你已经想了很久", ["听起来你已经想了很久"]),
+    ("You said it. 你说过的。", ["You said it.", "你说过的。"]),
 ])
 def test_chinese(text, expected):
     assert split_utterances(text, "zh") == expected

@@ -21,7 +21,7 @@ def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console)
+                    TimeElapsedColumn(), console=console, transient=True)
 
 
 def _load(coder: str, base_url: str | None, retries: int) -> Any:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mi_llm.errors import MiLlmError
@@ -340,5 +341,6 @@ def build_engine(backend: str | None, model: str | None = None, adapter: str | N
     if backend not in ENGINES:
         raise MiLlmError(f"unknown backend {backend!r}; choose one of: {', '.join(ENGINES)}")
     b = get_backend(backend, name, adapter=adapter, **{k: v for k, v in opts.items() if v is not None})
-    model_id = str(name) + (f"+{adapter}" if adapter else "")
+    # The id clients see: the model name, and the adapter's folder name (not its full path).
+    model_id = str(name) + (f"+{Path(adapter).name}" if adapter else "")
     return BackendEngine(b, model_id=model_id)

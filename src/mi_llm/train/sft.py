@@ -305,6 +305,8 @@ def train(
         log.info("resumed from %s (step %d of %d)", ckpt, step, sched.total_steps)
         if main:
             _truncate_log(log_path, step)
+    elif main and log_path.exists():
+        log_path.unlink()  # a run restarted from scratch logs from step 1 again
 
     base_name = rm.name if rm.source != "local" else str(rm.path)
     summary: dict[str, Any] = {
@@ -333,8 +335,9 @@ def train(
             return
         tmp = final.with_name(f".tmp-{final.name}")
         acc.wait_for_everyone()
-        acc.save_state(str(tmp), exclude_frozen_parameters=True) if acc.distributed_type.name == "DEEPSPEED" \
-            else acc.save_state(str(tmp))
+        # DeepSpeed saves the engine's own checkpoint: leave the frozen base weights out.
+        extra = {"exclude_frozen_parameters": True} if acc.distributed_type.name == "DEEPSPEED" else {}
+        acc.save_state(str(tmp), **extra)
         acc.wait_for_everyone()
         if main:
             write_json(tmp / ck.STATE_FILE, {"step": at, "tokens": tokens_done, "target_tokens": targets_done,

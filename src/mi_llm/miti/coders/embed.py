@@ -6,8 +6,9 @@ own tokens. With `context`, the client's previous turn is written before it
 (a reflection echoes the client), but only the utterance's tokens are pooled.
 
 Running only the first `layer` transformer blocks keeps it affordable on a CPU: the blocks
-above the chosen layer are never computed. The cache is keyed by model, layer, max length,
-context mode and the exact text, so re-training and cross-validation pay once.
+above the chosen layer are never computed. The cache ($MI_LLM_EMBED_CACHE, default $MI_LLM_HOME/cache/embeddings) is keyed by
+model, layer, lengths, context mode and the exact texts, so re-training and
+cross-validation pay once.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class Embedder:
         self._tag = _key(ident, str(self.config()))[:16]
         from mi_llm.llm.models import mi_llm_home
 
-        root = self._cache_dir or mi_llm_home() / "cache" / "embeddings"
+        root = self._cache_dir or os.environ.get("MI_LLM_EMBED_CACHE") or mi_llm_home() / "cache" / "embeddings"
         self._cache = EmbeddingCache(Path(root) / self._tag)
 
     @property

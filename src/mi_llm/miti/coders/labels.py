@@ -276,7 +276,10 @@ def parse_sources(specs: Iterable[str]) -> list[tuple[str, Path]]:
             raise MiLlmError(f"--data {spec!r}: expected KIND=PATH with KIND one of {', '.join(SOURCES)}")
         if kind not in LOADERS:
             raise MiLlmError(f"--data {spec!r}: unknown source {kind!r}; choose one of {', '.join(SOURCES)}")
-        out.append((kind, Path(p.strip()).expanduser()))
+        path = Path(p.strip()).expanduser()
+        if not path.exists():
+            raise MiLlmError(f"{path}: no such {'folder' if kind == 'mibot' else 'file'} (--data {spec})")
+        out.append((kind, path))
     return out
 
 

@@ -14,7 +14,7 @@ import re
 
 # English: a sentence ends at . ! ? (or an ellipsis), maybe followed by closing quotes or
 # brackets, then whitespace and something that can start a sentence.
-_EN_END = re.compile(r"""(?:[.!?]+|\u2026)["'\u201d\u2019)\]]*(?=\s+["'\u201c\u2018(\[]?[A-Z0-9\u00c0-\u024f])""")
+_EN_END = re.compile(r"""(?:[.!?]+|\u2026)["'\u201d\u2019)\]]*(?=\s+["'\u201c\u2018(\[]?[A-Z0-9\u00c0-\u024f\u4e00-\u9fff])""")
 # Words whose trailing period does not end a sentence.
 _EN_ABBREV = {
     "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "eg", "ie",
@@ -49,12 +49,9 @@ def _en_cuts(text: str) -> list[int]:
 
 
 def _zh_cuts(text: str) -> list[int]:
-    cuts = []
-    for m in _ZH_END.finditer(text):
-        end = m.end()
-        if end < len(text):
-            cuts.append(end)
-    return cuts
+    # English sentences inside a Chinese turn (mixed text) split on the English rule too.
+    cuts = {m.end() for m in _ZH_END.finditer(text)} | set(_en_cuts(text))
+    return sorted(c for c in cuts if 0 < c < len(text))
 
 
 def split_utterances(text: str, language: str | None = None) -> list[str]:

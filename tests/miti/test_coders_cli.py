@@ -1,0 +1,144 @@
+"""`mi-llm miti code | code-utterances | train-coder`: outputs, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mi_llm.corpus.schema import read_dialogues
+from mi_llm.miti.codebook import CODES
+from mi_llm.resources import demo_dialogues, demo_files
+
+from tests.miti.test_coders_llm import FakeOpenAI, _is_globals, _n_utterances
+
+
+def run(*args, env=None):
+    """The real command line in a subprocess, as users see it."""
+    return subprocess.run([sys.executable, "-m", "mi_llm", "miti", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def coder_dir(tmp_path_factory):
+    """A quick coder trained by the CLI on the demo corpus only."""
+    out = tmp_path_factory.mktemp("coder") / "c"
+    r = run("train-coder", "-o", str(out), "--quick")
+    assert r.returncode == 0, r.stderr
+    assert "trained on" in r.stderr and (out / "coder.json").is_file()
+    return out
+
+
+def _one_line_error(r, code=2):
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def test_code_dialogues(coder_dir, tmp_path):
+    src = demo_files("en", "raw")[0]
+    out = tmp_path / "coded.jsonl"
+    r = run("code", str(src), "--coder", str(coder_dir), "-o", str(out), "--resegment")
+    assert r.returncode == 0, r.stderr
+    coded = read_dialogues(out)  # validates: utterances add up to turns, codes are keys
+    assert len(coded) == len(read_dialogues(src))
+    assert all(d.miti_globals is not None for d in coded)
+    assert all(t.codes for d in coded for t in d.turns if t.role == "counselor")
+    assert "coded" in r.stderr and "wrote" in r.stderr
+
+
+def test_code_utterances(coder_dir, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    rows = [{"id": 1, "text": "What brings you in today?", "language": "en"},
+            {"id": "b", "text": "你觉得戒烟对你意味着什么？", "context": "我老婆让我来的。", "note": "kept"}]
+    inp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
+    out = tmp_path / "out.jsonl"
+    r = run("code-utterances", str(inp), "--coder", str(coder_dir), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == [1, "b"] and got[1]["note"] == "kept"
+    assert [g["code"] for g in got] == ["Q", "Q"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"id": 1}\n', "in.jsonl:1: 'text' must be a non-empty string"),
+    ('{"text": "hi"}\n', "in.jsonl:1: each line needs an 'id'"),
+    ('{"id": 1, "text": "hi"}\n{"id": 1, "text": "yo"}\n', "in.jsonl:2: id 1 repeats line 1"),
+    ('{"id": 1, "text": "hi", "language": "fr"}\n', "in.jsonl:1: 'language' must be zh or en"),
+    ('{"id": 1, "text": "hi", "context": 5}\n', "in.jsonl:1: 'context' must be a string"),
+    ('{"id": 1, "text": "hi"\n', "in.jsonl:1: invalid JSON"),
+    ("\n", "in.jsonl: no utterances in the file"),
+])
+def test_code_utterances_bad_input(coder_dir, tmp_path, content, message):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(content)
+    line = _one_line_error(run("code-utterances", str(inp), "--coder", str(coder_dir), "-o", str(tmp_path / "o.jsonl")))
+    assert message in line and line.startswith(str(tmp_path)), line
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_bad_coder_and_data_specs(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": 1, "text": "hi"}\n')
+    line = _one_line_error(run("code-utterances", str(inp), "--coder", str(tmp_path / "nope"), "-o", str(tmp_path / "o")))
+    assert "no such coder folder" in line
+    line = _one_line_error(run("code-utterances", str(inp), "--coder", "llm:openai", "-o", str(tmp_path / "o")))
+    assert "expected llm:<backend>:<model>" in line
+    line = _one_line_error(run("train-coder", "-o", str(tmp_path / "c"), "--data", "foo=bar"))
+    assert "unknown source 'foo'" in line
+    line = _one_line_error(run("train-coder", "-o", str(tmp_path / "c"), "--data", f"annomi={tmp_path / 'none.csv'}"))
+    assert "no such file" in line
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "d", "source": "x", "language": "en", "turns": []}\n')
+    line = _one_line_error(run("code", str(bad), "--coder", str(tmp_path / "nope"), "-o", str(tmp_path / "o")))
+    assert line.startswith(f"{bad}:1:") and "turns" in line
+
+
+def test_llm_coder_cli_retries_and_records(tmp_path):
+    """An LLM that answers an unknown code, then a valid one; and one that never gets it right."""
+
+    def reply(messages):
+        if _is_globals(messages):
+            return '{"cct": 3, "sst": 3, "partnership": 4, "empathy": 4}'
+        if len(messages) == 2:
+            return '{"codes": ["Reframe"]}'
+        return json.dumps({"codes": ["GI"] * _n_utterances(messages[:2])})
+
+    server = FakeOpenAI(reply)
+    try:
+        d = demo_dialogues("en", "raw")[0]
+        src = tmp_path / "d.jsonl"
+        src.write_text(d.model_dump_json() + "\n")
+        out = tmp_path / "coded.jsonl"
+        r = run("code", str(src), "--coder", "llm:openai:fake", "--base-url", server.url, "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        coded = read_dialogues(out)[0]
+        assert {u.code for t in coded.turns for u in t.codes or []} == {"GI"}
+        assert coded.miti_globals.partnership == 4
+        n_volleys = sum(t.role == "counselor" for t in d.turns)
+        assert len(server.requests) == 2 * n_volleys + 1  # every volley asked twice; globals once
+    finally:
+        server.close()
+
+    server = FakeOpenAI(lambda m: "no JSON here")
+    try:
+        inp = tmp_path / "in.jsonl"
+        inp.write_text('{"id": 1, "text": "How are you?"}\n')
+        out = tmp_path / "out.jsonl"
+        r = run("code-utterances", str(inp), "--coder", "llm:openai:fake", "--base-url", server.url,
+                "--retries", "1", "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        got = json.loads(out.read_text())
+        assert got["code"] is None and "not a JSON object" in got["coder_error"]
+        assert "1 failed" in r.stderr
+        assert len(server.requests) == 2
+    finally:
+        server.close()
+
+
+def test_codes_are_keys():
+    assert set(CODES) == {"GI", "Persuade", "PwP", "Q", "SR", "CR", "AF", "Seek", "EA", "Confront"}
