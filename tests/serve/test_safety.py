@@ -39,6 +39,7 @@ def test_crisis_detected(text, category):
     "我妈要是知道我没去健身，非得杀了我不可", "想死你了！", "我在双十一秒杀了一个跑步机",
     "I'm not suicidal, just stressed", "我没有想过自杀", "I read an article about suicide prevention",
     "I want to cut down on drinking", "I hit the gym four times this week",
+    "It's not like I'm out killing people or anything",
 ])
 def test_idioms_negations_and_health_talk_do_not_fire(text):
     r = classify(text)
@@ -86,6 +87,17 @@ def test_rule_file_errors_are_reported():
     with pytest.raises(MiLlmError, match="duplicate"):
         LanguageRules({"language": "en", "rules": [{"id": "x", "category": "suicide", "pattern": "a"},
                                                    {"id": "x", "category": "suicide", "pattern": "b"}]}, "t.yaml")
+
+
+def test_bundled_patterns_have_no_yaml_quoting_leftovers():
+    """'' is YAML's quoted apostrophe; inside a |- block it would stay doubled and never match."""
+    from mi_llm.serve.safety.classifier import load_rules
+
+    for lang in ("zh", "en"):
+        rules = load_rules(lang)
+        patterns = [r.regex.pattern for r in rules.rules] + [n.regex.pattern for n in rules.neutral]
+        patterns += [p.pattern for p in (rules.neg_prefix, rules.neg_within, rules.subject_tokens) if p is not None]
+        assert not [p for p in patterns if "''" in p]
 
 
 def test_custom_rules_and_definitions():
