@@ -80,7 +80,7 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path):
         "name: tiny\nsources:\n  - kind: demo\n    style: mi\n"
         "split: {train: 4, test: 1, seed: 3}\n"
         "models:\n  - name: gemma-3-270m\n    backend: hf\n"
-        "train: {max_steps: 1, max_length: 192, grad_accum: 1}\n"
+        "train: {max_steps: 1, max_length: 256, grad_accum: 1, on_overflow: skip}\n"
         "generation: {max_new_tokens: 4, limit: 3, batch_size: 4}\n"
         "miti: {enabled: false}\n"
     )

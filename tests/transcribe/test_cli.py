@@ -3,7 +3,6 @@ including a SIGKILL in the middle of a run and the rerun that must resume it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -90,14 +89,12 @@ def test_bad_input_is_one_line_exit_2(write_inputs, tmp_path, capsys, monkeypatc
     assert not out.exists() and not Path(str(out) + ".failed.jsonl").exists()  # no file touched
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mi_llm.miti.coders") is not None
-                    and hasattr(__import__("mi_llm.miti.coders", fromlist=["x"]), "get_coder"),
-                    reason="the MITI coder exists: --code is exercised for real elsewhere")
-def test_code_without_a_coder_fails_before_any_call(server, write_inputs, tmp_path):
+def test_code_with_a_missing_coder_fails_before_any_call(server, write_inputs, tmp_path):
     src = write_inputs([make_dialogue("x")])
-    r = subprocess.run(cli(str(src), "-o", str(tmp_path / "mi.jsonl"), "--base-url", server.base_url, "--code"),
+    r = subprocess.run(cli(str(src), "-o", str(tmp_path / "mi.jsonl"), "--base-url", server.base_url, "--code",
+                           "--coder", str(tmp_path / "no-coder")),
                        capture_output=True, text=True, env=env())
-    assert r.returncode == 2 and "needs the automatic MITI coder" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "no such coder folder" in r.stderr and "Traceback" not in r.stderr
     assert server.calls == []
 
 
