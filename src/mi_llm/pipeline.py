@@ -148,7 +148,7 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
         from mi_llm.llm.backends import get_backend
 
         adapter = adapter_dir(paths, key) if system == "finetuned" else None
-        with get_backend(m.backend, m.name, adapter=adapter) as backend:
+        with get_backend(m.backend, m.name, adapter=adapter, **m.backend_options) as backend:
             predict(backend, test_file, predictions_file(paths, key, system), cfg.generation_config(),
                     batch_size=gen.batch_size, limit=gen.limit)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from mi_llm.corpus.schema import Dialogue, Turn
+from mi_llm.io import iter_jsonl
 from mi_llm.errors import InputError, MiLlmError
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -111,16 +112,7 @@ def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise InputError(path, f"expected a JSON object, got {type(item).__name__}", line)
             yield line, item
         return
-    for lineno, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", lineno) from None
-        if not isinstance(obj, dict):
-            raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
-        yield lineno, obj
+    yield from iter_jsonl(path)
 
 
 def detect_language(texts: Iterable[str]) -> str:
