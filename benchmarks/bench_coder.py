@@ -47,7 +47,7 @@ from mi_llm.miti.coders.embed import Embedder  # noqa: E402
 from mi_llm.miti.coders.features import FeatureConfig  # noqa: E402
 from mi_llm.miti.coders.trained import ModelConfig, TrainedCoder, default_config  # noqa: E402
 
-console = Console(stderr=True)
+console = Console(stderr=True, width=160)
 SECTIONS = ("annomi", "ood", "crossling", "zh", "globals", "timing")
 
 
@@ -58,7 +58,7 @@ def recipes(embedder: Embedder | None) -> dict[str, ModelConfig]:
     }
     if embedder is not None:
         emb = embedder.config()
-        out["embed"] = ModelConfig(features=FeatureConfig(words=False, chars=False, context=False, embeddings=emb), C=1.0)
+        out["embed"] = ModelConfig(features=FeatureConfig(words=False, chars=False, context=False, embeddings=emb))
         full = default_config(quick=False)
         full.features.embeddings = emb
         out["full"] = full
@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--recipes", default="baseline,ngram+ctx,embed,full")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--no-embeddings", action="store_true", help="skip the recipes that need the embedded model")
+    ap.add_argument("--limit", type=int, default=None, help="keep the first N utterances of each source (a smoke test)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--md", type=Path, default=None)
     args = ap.parse_args()
@@ -127,6 +128,8 @@ def main() -> None:
     welivita = L.load_welivita(src["welivita"])
     mibot = L.load_mibot(src["mibot"])
     demo_en, demo_zh = L.demo_examples("en"), L.demo_examples("zh")
+    if args.limit:
+        annomi, welivita, mibot, demo_en, demo_zh = (x[: args.limit] for x in (annomi, welivita, mibot, demo_en, demo_zh))
     console.print(f"loaded AnnoMI {len(annomi)}, Welivita {len(welivita)}, MIBot {len(mibot)}, demo en {len(demo_en)}, "
                   f"demo zh {len(demo_zh)} utterances in {time.monotonic() - t_load:.1f} s")
     results: dict[str, Any] = {"data": str(data), "folds": args.folds, "embedder": embedder.config() if embedder else None,

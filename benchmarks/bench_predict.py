@@ -10,10 +10,13 @@ template) and the same token budget:
                       shared with the previous prompt, as llama.cpp does on its own)
   ours llamacpp xN    our llamacpp backend with N parallel slots: continuous batching
                       in one llama.cpp context with prefix sharing across slots
-  ours hf bB          our transformers backend, fp32, batches of B (length-sorted)
+  ours hf bB          our transformers backend, fp32, batches of B (length-sorted);
+                      only with --hf-batch B (it is the slowest on a CPU)
 
 Throughput = generated tokens / generation wall time (model loading excluded, prompt
-processing included), tokens counted without the end-of-turn marker. Also reported:
+processing included), tokens counted without the end-of-turn marker. The contenders
+take turns on groups of whole dialogues (`--rounds`), so a change of load on a shared
+machine hits them alike. Also reported:
 how many predictions are identical to the peer's (greedy on the same GGUF; batched
 arithmetic may flip a near-tie).
 
@@ -58,42 +61,60 @@ def demo_test_set(out: Path, limit: int | None) -> list[Any]:
     return samples[:limit] if limit else samples
 
 
-def run_peer(gguf: Path, prompts: list[list[int]], max_new: int, threads: int, n_ctx: int) -> dict[str, Any]:
-    import llama_cpp
+class Peer:
+    """llama-cpp-python as users call it: `create_completion`, one prompt at a time."""
 
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                          n_batch=512, verbose=False, seed=42)
-    texts, tokens = [], 0
-    t0 = time.perf_counter()
-    for p in prompts:
-        r = llm.create_completion(prompt=p, max_tokens=max_new, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0,
-                                  repeat_penalty=1.0)
-        texts.append(r["choices"][0]["text"].strip())
-        tokens += r["usage"]["completion_tokens"]
-    seconds = time.perf_counter() - t0
-    llm.close()
-    return {"texts": texts, "tokens": tokens, "seconds": seconds}
+    def __init__(self, gguf: Path, threads: int, n_ctx: int):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                   n_batch=512, verbose=False, seed=42)
+
+    def run(self, prompts: list[list[int]], max_new: int) -> tuple[list[str], int]:
+        texts, tokens = [], 0
+        for p in prompts:
+            r = self.llm.create_completion(prompt=p, max_tokens=max_new, temperature=0.0, top_k=1, top_p=1.0,
+                                           min_p=0.0, repeat_penalty=1.0)
+            texts.append(r["choices"][0]["text"].strip())
+            tokens += r["usage"]["completion_tokens"]
+        return texts, tokens
+
+    def close(self) -> None:
+        self.llm.close()
 
 
-def run_ours(backend: Any, samples: list[Any], max_new: int, batch: int) -> dict[str, Any]:
-    from mi_llm.llm.backends import preset
+class Ours:
+    def __init__(self, backend: Any, batch: int):
+        self.backend, self.batch = backend, batch
 
-    cfg = preset("greedy", max_new_tokens=max_new)
-    msgs = [s.messages() for s in samples]
-    order = getattr(backend, "preferred_order", "length")
-    idx = list(range(len(msgs)))
-    if order == "length":
-        idx.sort(key=lambda i: sum(len(m["content"]) for m in msgs[i]))
-    texts: list[str] = [""] * len(msgs)
-    tokens = 0
-    t0 = time.perf_counter()
-    for start in range(0, len(idx), batch):
-        part = idx[start : start + batch]
-        for i, c in zip(part, backend.generate([msgs[i] for i in part], cfg)):
-            texts[i] = c.text
-            tokens += c.completion_tokens
-    seconds = time.perf_counter() - t0
-    return {"texts": texts, "tokens": tokens, "seconds": seconds}
+    def run(self, msgs: list[Any], max_new: int) -> tuple[list[str], int]:
+        from mi_llm.llm.backends import preset
+
+        cfg = preset("greedy", max_new_tokens=max_new)
+        idx = list(range(len(msgs)))
+        if getattr(self.backend, "preferred_order", "length") == "length":
+            idx.sort(key=lambda i: sum(len(m["content"]) for m in msgs[i]))
+        texts, tokens = [""] * len(msgs), 0
+        for start in range(0, len(idx), self.batch):
+            part = idx[start : start + self.batch]
+            for i, c in zip(part, self.backend.generate([msgs[i] for i in part], cfg)):
+                texts[i] = c.text
+                tokens += c.completion_tokens
+        return texts, tokens
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def chunks_by_dialogue(samples: list[Any], n: int) -> list[list[int]]:
+    """Sample indices in `n` groups of whole dialogues (test-set order kept)."""
+    dialogues: list[str] = []
+    for s in samples:
+        if s.dialogue_id not in dialogues:
+            dialogues.append(s.dialogue_id)
+    size = -(-len(dialogues) // n)
+    groups = [set(dialogues[i : i + size]) for i in range(0, len(dialogues), size)]
+    return [[i for i, s in enumerate(samples) if s.dialogue_id in g] for g in groups]
 
 
 def main() -> int:
@@ -101,7 +122,8 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N test samples")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the demo experiment's")
     ap.add_argument("--parallel", type=int, nargs="+", default=[8, 16], help="slot counts of our llamacpp backend")
-    ap.add_argument("--hf-batch", type=int, default=16, help="batch size of the hf backend (0 = skip it)")
+    ap.add_argument("--hf-batch", type=int, default=0, help="also run the hf backend with this batch size (0 = skip it)")
+    ap.add_argument("--rounds", type=int, default=4, help="groups of dialogues the contenders take turns on")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
@@ -123,18 +145,29 @@ def main() -> int:
     console.print(f"{len(samples)} test samples, prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens "
                   f"(mean {sum(map(len, prompts)) / len(prompts):.0f}), max_new_tokens {max_new}, {args.threads} threads")
 
-    rows: list[dict[str, Any]] = []
-    console.print("llama.cpp single stream (peer) ...")
-    peer = run_peer(rm.gguf, prompts, max_new, args.threads, n_ctx)
-    rows.append({"name": "llama.cpp single stream (peer)", **peer})
+    contenders: list[tuple[str, Any]] = [("llama.cpp single stream (peer)", Peer(rm.gguf, args.threads, n_ctx))]
     for n in args.parallel:
-        console.print(f"ours: llamacpp --parallel {n} ...")
-        with get_backend("llamacpp", rm, parallel=n, n_ctx=n_ctx, n_threads=args.threads) as be:
-            rows.append({"name": f"ours: llamacpp --parallel {n}", **run_ours(be, samples, max_new, batch=len(samples))})
+        be = get_backend("llamacpp", rm, parallel=n, n_ctx=n_ctx, n_threads=args.threads)
+        contenders.append((f"ours: llamacpp --parallel {n}", Ours(be, batch=len(samples))))
     if args.hf_batch:
-        console.print(f"ours: hf --batch-size {args.hf_batch} ...")
-        with get_backend("hf", rm, batch_size=args.hf_batch, device="cpu") as be:
-            rows.append({"name": f"ours: hf fp32 --batch-size {args.hf_batch}", **run_ours(be, samples, max_new, args.hf_batch)})
+        be = get_backend("hf", rm, batch_size=args.hf_batch, device="cpu")
+        contenders.append((f"ours: hf fp32 --batch-size {args.hf_batch}", Ours(be, batch=args.hf_batch)))
+    # Interleaved by groups of dialogues, so that a load change on this shared machine
+    # hits every contender alike.
+    rows = [{"name": name, "texts": [""] * len(samples), "tokens": 0, "seconds": 0.0} for name, _ in contenders]
+    for g, group in enumerate(chunks_by_dialogue(samples, args.rounds)):
+        for row, (name, c) in zip(rows, contenders):
+            console.print(f"group {g + 1}/{args.rounds} ({len(group)} samples): {name}")
+            data = [prompts[i] for i in group] if isinstance(c, Peer) else [samples[i].messages() for i in group]
+            t0 = time.perf_counter()
+            texts, tokens = c.run(data, max_new)
+            row["seconds"] += time.perf_counter() - t0
+            row["tokens"] += tokens
+            for i, t in zip(group, texts):
+                row["texts"][i] = t
+    for _, c in contenders:
+        c.close()
+    peer = rows[0]
 
     base_tps = peer["tokens"] / peer["seconds"]
     table = Table(title=f"test-set prediction, gemma-3-270m Q4_K_M, {len(samples)} samples, greedy, {max_new} new tokens max")

@@ -126,7 +126,7 @@ def test_codes_a_dialogue_and_rates_globals(server):
     counselor = [t for t in out.turns if t.role == "counselor"]
     assert all(u.code == "CR" for t in counselor for u in t.codes)
     assert (out.miti_globals.cct, out.miti_globals.sst, out.miti_globals.empathy) == (4, 5, 3)
-    assert out.meta["miti_coder"]["utterance_errors"] == 0
+    assert out.meta["miti_coder"] == "llm:openai:fake-model" and "miti_coder_errors" not in out.meta
     # one request per volley plus one for the globals; Chinese prompts for a Chinese dialogue
     assert len(s.requests) == len(counselor) + 1
     assert all("咨询师" in r[0]["content"] for r in s.requests)
@@ -161,7 +161,7 @@ def test_answers_still_invalid_after_retries_are_recorded(server):
     assert len(s.requests) == 2  # asked, then asked once again
     d = demo_dialogues("en", "mi")[0]
     out = coder.code_dialogues([d])[0]
-    assert out.miti_globals is None and "between 1 and 5" in out.meta["miti_coder"]["globals_error"]
+    assert out.miti_globals is None and "between 1 and 5" in out.meta["miti_coder_errors"]["globals"]
     bad = [t for t in out.turns if t.meta.get("miti_coder_errors")]
     assert bad and all(u.code is None for t in bad for u in t.codes)
-    assert out.meta["miti_coder"]["utterance_errors"] == sum(len(t.codes) for t in bad)
+    assert out.meta["miti_coder_errors"]["utterances"] == sum(len(t.codes) for t in bad)

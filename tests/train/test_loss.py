@@ -48,15 +48,18 @@ def test_selective_loss_equals_full_logits_loss(kind, n, request):
             torch.testing.assert_close(p.grad, g_full[k], rtol=1e-4, atol=1e-6)
 
 
-def test_chunked_head_equals_single_pass(tiny_gemma):
+@pytest.mark.parametrize("fused", [True, False])
+def test_chunked_head_equals_single_pass(tiny_gemma, fused):
+    """Chunks of 3 positions (fused frozen-head loss, or checkpointed chunks) = one pass."""
     model = lora(tiny_gemma)
     model.eval()
     b = batch(tiny_gemma, 3)
-    one, _ = SelectiveLMLoss(model)(b["input_ids"], b["labels"], b["attention_mask"])
+    one, _ = SelectiveLMLoss(model, fused_head=False)(b["input_ids"], b["labels"], b["attention_mask"])
     one.backward()
     g1 = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
-    chunked, _ = SelectiveLMLoss(model, logits_chunk=3)(b["input_ids"], b["labels"], b["attention_mask"])
+    chunked, _ = SelectiveLMLoss(model, logits_chunk=3, fused_head=fused)(b["input_ids"], b["labels"],
+                                                                          b["attention_mask"])
     chunked.backward()
     torch.testing.assert_close(chunked, one, rtol=1e-5, atol=1e-5)
     for k, p in model.named_parameters():
@@ -110,3 +113,18 @@ def test_common_prefix_stops_before_the_first_target():
     assert common_prefix([a, b], min_len=1) == 2  # token 3 of a is a target: predicted at position 2
     assert common_prefix([a, b], min_len=3) == 0
     assert common_prefix([a], min_len=1) == 0
+
+
+def test_plan_window_groups_samples_by_system_prompt():
+    from mi_llm.train.data import Example
+    from mi_llm.train.prefix import plan_window
+
+    zh, en = list(range(100, 120)), list(range(200, 220))
+
+    def ex(prefix, tail):
+        ids = [1, 2] + prefix + tail
+        return Example("x", ids, [-100] * (len(ids) - len(tail)) + tail)
+
+    w = [ex(zh, [5, 6]), ex(en, [7]), ex(zh, [8, 9, 10]), ex(en, [11, 12]), ex([3] * 20, [4])]
+    plan = plan_window(w, max_len=None, min_len=16)
+    assert [(g.members, g.prefix) for g in plan] == [([0, 2], 21), ([1, 3], 21), ([4], 0)]  # 22 shared, the last predicts a target

@@ -69,11 +69,11 @@ def code_cmd(
                                  progress=lambda d, n: progress.update(task, completed=d, total=n))
     write_dialogues(output, coded)
     codes = [u.code for d in coded for t in d.turns for u in (t.codes or [])]
-    errors = sum(d.meta.get("miti_coder", {}).get("utterance_errors", 0) for d in coded)
+    errors = sum(d.meta.get("miti_coder_errors", {}).get("utterances", 0) for d in coded)
     no_globals = sum(1 for d in coded if d.miti_globals is None)
     _summary(codes, errors, time.monotonic() - t0, "utterances")
     if no_globals:
-        console.print(f"[yellow]{no_globals} session(s) without global ratings[/yellow] (see meta.miti_coder.globals_error)")
+        console.print(f"[yellow]{no_globals} session(s) without global ratings[/yellow] (see meta.miti_coder_errors)")
     console.print(f"wrote {output}")
 
 
@@ -155,8 +155,8 @@ def train_coder_cmd(
 
         def on(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                names = {"loading": "loading labelled data", "embeddings": "embedded-model features", "features": "n-gram features",
-                         "classifier": "fitting the classifier", "globals": "global-ratings model"}
+                names = {"loading": "loading labelled data", "embeddings": "embedded-model features",
+                         "classifier": "features and classifiers (per expert)", "globals": "global-ratings model"}
                 tasks[stage] = progress.add_task(names.get(stage, stage), total=total)
             progress.update(tasks[stage], completed=done, total=total)
 

@@ -21,7 +21,33 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
-LOGITS_BUDGET = 32 * 2**20  # logits elements per chunk (128 MiB in fp32)
+LOGITS_BUDGET = 8 * 2**20  # logits elements per chunk (32 MiB in fp32; 32 positions of Gemma 3)
+
+
+class _FrozenHeadLoss(torch.autograd.Function):
+    """Sum of token losses through a frozen LM head, one chunk of positions at a time: each
+    chunk's logits are made, turned into its loss and the loss's gradient w.r.t. the hidden
+    states, and freed. Backward returns the kept gradient (hidden-size per position), so no
+    logits outlive their chunk and nothing is recomputed."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, targets: torch.Tensor, fn: Any, chunk: int) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grads = torch.empty_like(hidden)
+        for i in range(0, hidden.shape[0], chunk):
+            with torch.enable_grad():
+                h = hidden[i : i + chunk].detach().requires_grad_(True)
+                loss = fn(h, targets[i : i + chunk])
+                (g,) = torch.autograd.grad(loss, h)
+            total += loss.detach().float()
+            grads[i : i + chunk] = g
+        ctx.save_for_backward(grads)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (grads,) = ctx.saved_tensors
+        return grads * grad_out.to(grads.dtype), None, None, None
 
 
 def cache_kwarg(decoder: nn.Module) -> str:
@@ -46,7 +72,9 @@ def causal_lm_of(model: nn.Module) -> nn.Module:
 class SelectiveLMLoss(nn.Module):
     """forward(input_ids, labels, attention_mask) -> (sum of token losses, number of tokens)."""
 
-    def __init__(self, model: nn.Module, logits_chunk: int = 0):
+    def __init__(self, model: nn.Module, logits_chunk: int = 0, fused_head: bool = True):
+        """`fused_head`: the chunked frozen-head loss (least memory); off, plain autograd
+        (used under FSDP and DeepSpeed, whose hooks expect the head in the graph)."""
         super().__init__()
         self.model = model  # registered, so its parameters are this module's
         lm = causal_lm_of(model)
@@ -58,6 +86,7 @@ class SelectiveLMLoss(nn.Module):
         self.logits_scaling = getattr(cfg, "logits_scaling", None)  # Granite divides
         vocab = lm.get_output_embeddings().weight.shape[0]
         self.chunk = logits_chunk or max(16, LOGITS_BUDGET // max(1, vocab))
+        self.fused_head = fused_head
 
     def _head_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         head = causal_lm_of(self.model).get_output_embeddings()
@@ -90,7 +119,10 @@ class SelectiveLMLoss(nn.Module):
         n = t.numel()
         if n == 0:  # keeps every parameter in the graph (DDP expects gradients)
             return hidden.sum() * 0.0, torch.zeros((), device=hidden.device)
-        if n <= self.chunk:
+        head = lm.get_output_embeddings()
+        if self.fused_head and not any(p.requires_grad for p in head.parameters()):
+            loss = _FrozenHeadLoss.apply(h, t, self._head_loss, self.chunk)
+        elif n <= self.chunk:
             loss = self._head_loss(h, t)
         else:
             # Recompute each chunk's logits in backward instead of keeping them all.

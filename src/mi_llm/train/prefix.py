@@ -14,6 +14,7 @@ DynamicCache); multi-process runs (DDP, FSDP, DeepSpeed) take the plain path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,6 +48,34 @@ def common_prefix(examples: Sequence[Example], min_len: int = MIN_PREFIX, max_le
     if max_len is not None:
         p = min(p, max_len)
     return p if p >= min_len else 0
+
+
+@dataclass
+class Group:
+    members: list[int]  # indices into the window's micro-batches, in run order
+    prefix: int  # tokens shared by all members (0: each member runs whole)
+
+
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    k = 0
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
+
+
+def plan_window(examples: Sequence[Example], max_len: int | None, min_len: int = MIN_PREFIX) -> list[Group]:
+    """Group a window's samples by shared prefix (e.g. one system prompt per language),
+    each group in order of first appearance."""
+    groups: list[list[int]] = []
+    for i, e in enumerate(examples):
+        for g in groups:
+            if _shared(examples[g[0]].input_ids, e.input_ids) >= min_len:
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return [Group(g, common_prefix([examples[i] for i in g], min_len, max_len)) for g in groups]
 
 
 def max_prefix_len(config: Any) -> int | None:

@@ -82,6 +82,16 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+def _release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
@@ -151,8 +161,13 @@ def _save_adapter(acc: Any, wrapper: Any, out: Path, base_name: str) -> None:
     sd = _adapter_state(acc, wrapper)
     if acc.is_main_process:
         peft_model = acc.unwrap_model(wrapper).model
-        peft_model.peft_config["default"].base_model_name_or_path = base_name
         peft_model.save_pretrained(str(out), state_dict=sd, safe_serialization=True)
+        # Name the base as the user did (e.g. `gemma-3-270m`, not its cache folder), so
+        # `mi-llm export --adapter` finds it wherever the cache is.
+        cfg_file = out / ADAPTER_FILES[0]
+        conf = json.loads(cfg_file.read_text(encoding="utf-8"))
+        conf["base_model_name_or_path"] = base_name
+        write_json(cfg_file, conf)
 
 
 def _register_hooks(acc: Any) -> None:
@@ -268,6 +283,9 @@ def train(
         log.info("%d samples lost %d history rounds (oldest first) to fit --max-length %d",
                  stats.truncated, stats.dropped_rounds, cfg.max_length)
     lengths = [len(e) for e in examples]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    del tok  # a 262k-entry tokenizer holds ~300 MB that training does not need
+    _release_memory()
     world, rank = acc.num_processes, acc.process_index
     sched = make_schedule(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.max_steps, world)
 
@@ -281,7 +299,8 @@ def train(
     dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
     t_load = time.monotonic()
     peft_model = _load_peft_model(cfg, rm, dtype, gradient_checkpointing)
-    wrapper = SelectiveLMLoss(peft_model, cfg.logits_chunk)
+    fused_head = acc.distributed_type.name not in ("FSDP", "DEEPSPEED")
+    wrapper = SelectiveLMLoss(peft_model, cfg.logits_chunk, fused_head=fused_head)
     params = [p for p in wrapper.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     n_total = sum(p.numel() for p in wrapper.parameters())
@@ -347,7 +366,7 @@ def train(
         acc.wait_for_everyone()
 
     from mi_llm.train.loss import causal_lm_of
-    from mi_llm.train.prefix import SharedPrefix, common_prefix, max_prefix_len, prefix_supported
+    from mi_llm.train.prefix import Group, SharedPrefix, max_prefix_len, plan_window, prefix_supported
 
     lm = causal_lm_of(peft_model)
     share_prefix = (cfg.share_prefix and world == 1 and cfg.batch_size == 1 and not gradient_checkpointing
@@ -355,7 +374,6 @@ def train(
     max_prefix = max_prefix_len(lm.config)
     prefix_tokens = 0  # forward/backward work saved by shared prefixes
     stream = micro_stream(lengths, cfg.batch_size, cfg.seed, step * cfg.grad_accum, sched, world, rank)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = acc.device
     interrupted = False
     last_loss: float | None = None
@@ -381,25 +399,33 @@ def train(
                 window_loss = torch.zeros((), dtype=torch.float64, device=device)
                 grad_norm = None
                 t_step = time.monotonic()
-                p_len = common_prefix([b[0] for b in batches], max_len=max_prefix) if share_prefix else 0
+                if share_prefix:
+                    plan = plan_window([b[0] for b in batches], max_prefix)
+                else:
+                    plan = [Group(list(range(len(batches))), 0)]
+                order = [(g, i) for g in plan for i in g.members]
                 shared = None
-                if p_len:
-                    with acc.autocast():
-                        shared = SharedPrefix(wrapper, torch.tensor([batches[0][0].input_ids[:p_len]], device=device))
-                prefix_tokens += p_len * (len(batches) - 1)
-                for j, b in enumerate(batches):
-                    batch = collate(b, pad_id)
+                for g, i in order:
+                    if g.prefix and g.members[0] == i:
+                        with acc.autocast():
+                            shared = SharedPrefix(wrapper, torch.tensor([batches[i][0].input_ids[:g.prefix]],
+                                                                        device=device))
+                        prefix_tokens += g.prefix * (len(g.members) - 1)
+                    batch = collate(batches[i], pad_id)
                     inputs = {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
                     with acc.accumulate(wrapper):
-                        if shared is not None:
-                            loss_sum, _ = wrapper(inputs["input_ids"][:, p_len:], inputs["labels"][:, p_len:], None,
-                                                  shared.cache())
+                        if g.prefix:
+                            assert shared is not None
+                            loss_sum, _ = wrapper(inputs["input_ids"][:, g.prefix:], inputs["labels"][:, g.prefix:],
+                                                  None, shared.cache())
                         else:
                             loss_sum, _ = wrapper(inputs["input_ids"], inputs["labels"], inputs["attention_mask"])
                         acc.backward(loss_sum * scale)
                         window_loss += loss_sum.detach().double()
-                        if shared is not None and j == len(batches) - 1:
+                        if g.prefix and g.members[-1] == i:  # the group's prefix, once, before any step
+                            assert shared is not None
                             shared.backward()
+                            shared = None
                         if acc.sync_gradients:
                             if cfg.max_grad_norm > 0:
                                 grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -50,7 +50,8 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class BatchEngine:
-    def __init__(self, llm: Any, slots: int, n_ctx: int, stop_ids: Sequence[int], n_batch: int = 512):
+    def __init__(self, llm: Any, slots: int, n_ctx: int, stop_ids: Sequence[int], n_batch: int = 512,
+                 unified: bool = False):
         import llama_cpp
         from llama_cpp import _internals as internals
 
@@ -67,7 +68,11 @@ class BatchEngine:
         params.n_seq_max = slots
         params.n_threads = llm.n_threads
         params.n_threads_batch = llm.n_threads_batch
-        params.kv_unified = True  # one pool: a shared prefix occupies its cells once
+        # Separate KV streams: each sequence attends over its own cells only (in one unified
+        # pool every token attends over the whole pool, masked, which costs more than the
+        # shared prefixes save); a prefix is shared by copying a whole stream.
+        self.unified = unified
+        params.kv_unified = unified
         params.swa_full = True  # keep sliding-window layers' history, so prefixes stay reusable
         params.no_perf = True
         self.ctx = internals.LlamaContext(model=llm._model, params=params, verbose=False)  # noqa: SLF001
@@ -112,11 +117,29 @@ class BatchEngine:
                 best_len = 0
         else:
             lib.llama_memory_seq_rm(self.mem, slot, -1, -1)
-            if best_len > 0:
+            if best_len > 0 and self.unified:
                 lib.llama_memory_seq_cp(self.mem, best, slot, 0, best_len)
+            elif best_len > 0:  # across streams llama.cpp copies whole sequences only
+                lib.llama_memory_seq_cp(self.mem, best, slot, -1, -1)
+                if not lib.llama_memory_seq_rm(self.mem, slot, best_len, -1):
+                    lib.llama_memory_seq_rm(self.mem, slot, -1, -1)
+                    best_len = 0
         self.cached[slot] = list(p[:best_len])
         req.pending = list(p[best_len:])
         req.pos = best_len
+
+    def _should_wait(self, prompt: Sequence[int], active: dict[int, _Request]) -> bool:
+        """Whether a slot still feeding its prompt will soon hold a longer prefix of `prompt`.
+
+        Round t+1 of a dialogue contains round t's whole prompt: starting it while round t
+        is still being fed would compute that shared prefix twice. Waiting costs a step.
+        """
+        feeding = [r for r in active.values() if r.pending]
+        if not feeding:
+            return False
+        soon = max(_lcp(r.prompt, prompt) for r in feeding)
+        now = max(_lcp(c, prompt) for c in self.cached)
+        return soon > now + 32
 
     # ---------------------------------------------------------------- decoding
 
@@ -131,6 +154,8 @@ class BatchEngine:
         while queue or active:
             for slot in range(self.slots):
                 if slot not in active and queue:
+                    if self._should_wait(prompts[queue[0]], active):
+                        break
                     i = queue.popleft()
                     req = _Request(i, list(prompts[i]), [], 0)
                     if config.do_sample:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mi_llm.corpus.schema import Dialogue, GlobalRatings, Turn, Utterance
+from mi_llm.corpus.schema import Dialogue, GlobalRatings, Turn
 from mi_llm.miti.coders.segment import detect_language, split_utterances
 
 log = logging.getLogger(__name__)
@@ -101,21 +101,25 @@ class Coder:
         results = self.code_volleys(volleys, progress) if volleys else []
         out = [d.model_copy(deep=True) for d in dialogues]
         for (di, ti), (_, texts, _), res in zip(where, volleys, results):
-            turn: Turn = out[di].turns[ti]
-            turn.codes = [Utterance(text=x, code=r.code) for x, r in zip(texts, res)] if texts else None
+            old: Turn = out[di].turns[ti]
+            meta = {k: v for k, v in old.meta.items() if k != "miti_coder_errors"}
             errors = [r.error for r in res if r.error]
-            meta = {kk: v for kk, v in turn.meta.items() if kk != "miti_coder_errors"}
             if errors:
                 meta["miti_coder_errors"] = errors
-            turn.meta = meta
+            # validated: the utterances must add up to the turn's text
+            out[di].turns[ti] = Turn.model_validate({
+                "role": old.role, "text": old.text, "meta": meta,
+                "codes": [{"text": x, "code": r.code} for x, r in zip(texts, res)] if texts else None,
+            })
         rated = self.rate_globals_many(out)
         for d, (ratings, err) in zip(out, rated):
             d.miti_globals = ratings
             n_err = sum(len(t.meta.get("miti_coder_errors", [])) for t in d.turns)
-            info: dict[str, Any] = {"coder": self.name, "utterance_errors": n_err}
-            if err:
-                info["globals_error"] = err
-            d.meta = {**d.meta, "miti_coder": info}
+            meta = {k: v for k, v in d.meta.items() if k not in ("miti_coder", "miti_coder_errors")}
+            meta["miti_coder"] = self.name  # as the human coding tool writes it
+            if n_err or err:
+                meta["miti_coder_errors"] = {"utterances": n_err, **({"globals": err} if err else {})}
+            d.meta = meta
         return out
 
 

@@ -110,7 +110,10 @@ class Embedder:
 
         from mi_llm.llm.models import load_model, resolve_model
 
+        import transformers
+
         rm = resolve_model(self.model_name)
+        transformers.utils.logging.disable_progress_bar()  # our own progress bar is enough
         model, tok = load_model(rm, dtype=torch.float32, device="cpu")
         inner = _decoder(model)
         n = len(inner.layers)

@@ -1,8 +1,18 @@
-"""The trained coder: features (see `features.py`) and a class-weighted logistic regression.
+"""The trained coder: class-weighted logistic regressions over text features, run offline on a CPU.
 
-Runs offline on a CPU. A coder folder holds:
-- `coder.json`: what it is (features, training sources and counts, time, versions);
-- `model.joblib`: the fitted featurizer and classifier (a pickle: load only folders you trust);
+Two experts, each a multinomial logistic regression, combined as a product of experts
+(their log-probabilities added, then renormalised):
+- the n-gram expert: word and character n-grams of the utterance, n-grams of the
+  client's previous turn, surface cues (`features.py`);
+- the embedding expert: the embedded model's hidden states (`embed.py`) and the surface
+  cues; language-independent, so it is also what carries over to Chinese.
+Measured on AnnoMI (docs/miti-coder.md), the product beats one regression over all the
+blocks stacked together: the dense block is drowned by 100k sparse n-gram columns there.
+Without embeddings (`quick`) the n-gram expert is the coder.
+
+A coder folder holds:
+- `coder.json`: what it is (recipe, training sources and counts, time, versions);
+- `model.joblib`: the fitted featurizers and classifiers (a pickle: load only folders you trust);
 - `globals.json`: the global-ratings regression (`globals_model.py`).
 """
 
@@ -13,7 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +39,9 @@ from mi_llm.miti.coders.labels import NULL, Example
 log = logging.getLogger(__name__)
 
 FORMAT = "mi-llm-miti-coder"
-VERSION = 1
+VERSION = 2
 
-# (stage, done, total): stages are "embeddings", "features", "classifier", "globals".
+# (stage, done, total): stages are "loading", "embeddings", "classifier" (one step per expert), "globals".
 StageProgress = Callable[[str, int, int], None]
 
 # Automatic labels (Welivita: propagated; MIBot: GPT-4o) count less than expert/author codes.
@@ -41,7 +51,8 @@ DEFAULT_SOURCE_WEIGHTS = {"annomi": 1.0, "demo": 1.0, "welivita": 0.5, "mibot": 
 @dataclass
 class ModelConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
-    C: float = 4.0
+    C: float = 4.0  # the n-gram expert's inverse regularisation
+    C_embed: float = 3.0  # the embedding expert's
     class_weight: str | None = "balanced"
     max_iter: int = 300
     source_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS))
@@ -56,6 +67,19 @@ class ModelConfig:
         d = dict(d)
         d["features"] = FeatureConfig.from_dict(d.get("features", {}))
         return cls(**d)
+
+
+def expert_configs(config: ModelConfig) -> list[tuple[str, FeatureConfig, float]]:
+    """(name, features, C) of each expert the recipe asks for."""
+    f = config.features
+    out = []
+    if f.words or f.chars or f.context:
+        out.append(("ngram", replace(f, embeddings=None), config.C))
+    if f.embeddings is not None:
+        out.append(("embed", replace(f, words=False, chars=False, context=False), config.C_embed))
+    if not out:
+        raise MiLlmError("the recipe has no text features (words, chars, context or embeddings)")
+    return out
 
 
 def default_config(quick: bool = False, embeddings: bool = True) -> ModelConfig:
@@ -74,13 +98,18 @@ def _one_thread() -> Any:
     return threadpool_limits(limits=1)
 
 
+@dataclass
+class Expert:
+    name: str
+    featurizer: Featurizer
+    classifier: Any
+
+
 class TrainedCoder(Coder):
-    def __init__(self, config: ModelConfig, featurizer: Featurizer, classifier: Any,
-                 globals_model: GlobalsModel | None = None, info: dict[str, Any] | None = None,
-                 folder: Path | None = None):
+    def __init__(self, config: ModelConfig, experts: list[Expert], globals_model: GlobalsModel | None = None,
+                 info: dict[str, Any] | None = None, folder: Path | None = None):
         self.config = config
-        self.featurizer = featurizer
-        self.classifier = classifier
+        self.experts = experts
         self.globals_model = globals_model
         self.info = info or {}
         self.folder = folder
@@ -103,25 +132,26 @@ class TrainedCoder(Coder):
         y = np.array([e.code or NULL for e in examples])
         if len(set(y)) < 2:
             raise MiLlmError("training needs at least two different codes")
+        specs = expert_configs(config)
         emb = None
         self_embedder = None
         if config.features.embeddings is not None:
             self_embedder = embedder or Embedder.from_config(config.features.embeddings)
             emb = self_embedder.embed(texts, contexts,
                                       progress=(lambda d, n: progress("embeddings", d, n)) if progress else None)
-        if progress:
-            progress("features", 0, 1)
-        feat = Featurizer(config.features)
-        X = feat.fit_transform(texts, contexts, emb)
-        if progress:
-            progress("features", 1, 1)
-            progress("classifier", 0, 1)
         weights = np.array([config.source_weights.get(e.source, 1.0) for e in examples])
-        clf = LogisticRegression(C=config.C, class_weight=config.class_weight, max_iter=config.max_iter)
-        with _one_thread():
-            clf.fit(X, y, sample_weight=weights)
+        experts = []
+        for k, (name, fconf, C) in enumerate(specs):
+            if progress:
+                progress("classifier", k, len(specs))
+            feat = Featurizer(fconf)
+            X = feat.fit_transform(texts, contexts, emb if fconf.embeddings is not None else None)
+            clf = LogisticRegression(C=C, class_weight=config.class_weight, max_iter=config.max_iter)
+            with _one_thread():
+                clf.fit(X, y, sample_weight=weights)
+            experts.append(Expert(name, feat, clf))
         if progress:
-            progress("classifier", 1, 1)
+            progress("classifier", len(specs), len(specs))
         gm = None
         if dialogues_for_globals:
             if progress:
@@ -136,18 +166,19 @@ class TrainedCoder(Coder):
             "languages": dict(Counter(e.language for e in examples)),
             "label_counts": {k: int(v) for k, v in Counter(y.tolist()).items()},
             "n_examples": len(examples),
+            "experts": [x.name for x in experts],
             "seconds": round(time.monotonic() - t0, 1),
             "sklearn": sklearn.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        coder = cls(config, feat, clf, gm, info)
+        coder = cls(config, experts, gm, info)
         coder._embedder = self_embedder
         return coder
 
     # ------------------------------------------------------------- coding
     @property
     def labels(self) -> list[str]:
-        return [str(c) for c in self.classifier.classes_]
+        return [str(c) for c in self.experts[0].classifier.classes_]
 
     def _embed(self, texts: list[str], contexts: list[str], progress: Progress | None) -> np.ndarray | None:
         if self.config.features.embeddings is None:
@@ -157,12 +188,18 @@ class TrainedCoder(Coder):
         return self._embedder.embed(texts, contexts, progress=progress)
 
     def predict_proba(self, items: Sequence[Item], progress: Progress | None = None) -> np.ndarray:
+        """Class probabilities (columns: `labels`): the experts' normalised product."""
         texts = [it.text for it in items]
         contexts = [it.context for it in items]
         emb = self._embed(texts, contexts, progress)
-        X = self.featurizer.transform(texts, contexts, emb)
+        logp = np.zeros((len(items), len(self.labels)))
         with _one_thread():
-            return self.classifier.predict_proba(X)
+            for x in self.experts:
+                X = x.featurizer.transform(texts, contexts, emb if x.featurizer.config.embeddings is not None else None)
+                logp += np.log(np.clip(x.classifier.predict_proba(X), 1e-12, 1.0))
+        logp -= logp.max(axis=1, keepdims=True)
+        p = np.exp(logp)
+        return p / p.sum(axis=1, keepdims=True)
 
     def code_items(self, items: Sequence[Item], progress: Progress | None = None) -> list[Result]:
         if not items:
@@ -187,7 +224,7 @@ class TrainedCoder(Coder):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_writer(folder / "model.joblib", "wb") as f:
-            joblib.dump({"featurizer": self.featurizer, "classifier": self.classifier}, f, compress=3)
+            joblib.dump({"experts": [(x.name, x.featurizer, x.classifier) for x in self.experts]}, f, compress=3)
         if self.globals_model is not None:
             self.globals_model.save(folder / "globals.json")
         write_json(folder / "coder.json", {
@@ -224,5 +261,5 @@ class TrainedCoder(Coder):
         except (OSError, EOFError, ValueError, KeyError, AttributeError, ImportError) as e:
             raise MiLlmError(f"{folder / 'model.joblib'}: unreadable ({type(e).__name__}: {e}); retrain the coder") from None
         gm = GlobalsModel.load(folder / "globals.json") if (folder / "globals.json").is_file() else None
-        return cls(ModelConfig.from_dict(meta["config"]), blob["featurizer"], blob["classifier"], gm,
-                   meta.get("info", {}), folder)
+        experts = [Expert(n, f, c) for n, f, c in blob["experts"]]
+        return cls(ModelConfig.from_dict(meta["config"]), experts, gm, meta.get("info", {}), folder)
