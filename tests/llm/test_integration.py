@@ -77,6 +77,8 @@ def test_llamacpp_single_and_parallel_agree(embedded) -> None:
 
 
 @needs_llamacpp
+@pytest.mark.xfail(strict=True, reason="known bug: the converted LoRA GGUF loads but does not change llama.cpp's "
+                   "output; use the hf backend (adapter merged, exact) for fine-tuned predictions")
 def test_llamacpp_applies_a_peft_lora(embedded, tmp_path: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model

@@ -85,3 +85,17 @@ def test_real_embedded_model_vectors_are_cached(tmp_path):
 
     e2._model = NoCall()
     assert np.allclose(e2.embed(texts, ctx), v)
+
+
+def test_ngram_expert_is_silent_on_a_language_it_never_saw():
+    ex = demo_examples("en")[:400]
+    cfg = default_config(quick=True)
+    fake = FakeEmbedder()
+    cfg.features.embeddings = fake.config()
+    coder = TrainedCoder.fit(ex, cfg, embedder=fake)
+    zh = [Item("你觉得呢？", "", "zh"), Item("你已经坚持了两周。", "", "zh")]
+    embed_only = TrainedCoder(coder.config, coder.experts[1:])
+    embed_only._embedder = fake
+    assert np.allclose(coder.predict_proba(zh), embed_only.predict_proba(zh))
+    en = [Item("What do you think?", "", "en")]
+    assert not np.allclose(coder.predict_proba(en), embed_only.predict_proba(en))

@@ -196,7 +196,8 @@ class HFBackend(Backend):
         # transformers >= 5.2x names the KV cache argument `cache`; older models say past_key_values.
         import inspect
 
-        params = inspect.signature(self.model.forward).parameters
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # PEFT wraps
+        params = inspect.signature(base.forward).parameters
         return "cache" if "cache" in params else "past_key_values"
 
     def _processors(self, config: GenerationConfig) -> Any:
