@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch lies on this disk; naming it exactly keeps pip off the CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# llama.cpp's HF -> GGUF converter (for `mi-llm export --gguf`), from the llama-cpp-python sdist.
+	$(PY) -m mi_llm.train.gguf --fetch
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -52,8 +52,6 @@ def _converter_available() -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: llama.cpp's converter rejects our Converter subclass "
-                   "(Missing property 'model_arch') with llama-cpp-python 0.3.36's conversion code")
 def test_export_merged_and_gguf_q8_0_loads_in_llama_cpp(trained, tmp_path):
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")

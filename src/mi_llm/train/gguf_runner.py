@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         vocab_from = a.vocab_from
 
         class Converter(base_cls):  # type: ignore[misc, valid-type]
+            # The converter insists every subclass names its architecture itself.
+            model_arch = base_cls.model_arch
+
             def set_vocab(self) -> None:
                 if vocab_from is not None:
                     reader = gguf.GGUFReader(vocab_from)
