@@ -2,7 +2,7 @@
 
 Both train the embedded gemma-3-270m (the same safetensors folder) on exactly the same
 samples (the demo experiment's training split, or --data), with the same hyper-parameters
-(LoRA r 8 / alpha 16 / dropout 0.05 on all linear layers, lr 1e-4 cosine, warm-up 0.1,
+(LoRA r 8 / alpha 16 / dropout 0 on all linear layers, lr 1e-4 cosine, warm-up 0.1,
 batch 1, gradient accumulation 8, cut-off --max-length), for --steps optimizer steps:
 steps x grad-accum samples, each seen once. Samples longer than --max-length are left out
 so that neither engine truncates and both see the same tokens.

@@ -22,6 +22,17 @@ def test_shipped_configs_validate():
         1e-4, "cosine", 1, 8, 3, 0.1)
 
 
+def test_transcription_rewrites_only_what_the_split_uses():
+    from mi_llm.config import ExperimentConfig
+    from mi_llm.pipeline import dialogues_to_transcribe
+
+    paper = load_config(ROOT / "configs" / "paper.yaml")
+    assert dialogues_to_transcribe(paper) == 2142  # 2,040 + 5% for rewrites that fail validation
+    src = [{"kind": "demo"}]
+    assert dialogues_to_transcribe(ExperimentConfig(sources=src, split={"train": 0.8, "test": 0.2})) is None
+    assert dialogues_to_transcribe(ExperimentConfig(sources=src, transcribe={"dialogues": 7})) == 7
+
+
 @pytest.mark.parametrize("body, where, what", [
     ("sources:\n  - kind: demo\ntrain:\n  lr: -1\n", None, "lr"),
     ("sources:\n  - kind: cpsycound\n", 2, "needs a path"),

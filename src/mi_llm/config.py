@@ -41,6 +41,10 @@ class TranscribeConfig(_Strict):
     model: str = "gpt-4o"
     base_url: str | None = None
     concurrency: int = 4
+    dialogues: int | None = Field(
+        None, ge=1,
+        description="how many imported dialogues to rewrite (a seeded sample); default: what a split given "
+                    "in counts needs plus 5% for rewrites that fail validation, else all")
 
 
 class SplitConfig(_Strict):

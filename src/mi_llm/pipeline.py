@@ -8,12 +8,14 @@ outputs are up to date with its inputs and settings, so a crashed run resumes.
 from __future__ import annotations
 
 import logging
+import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from mi_llm.config import ExperimentConfig, ModelConfig, SourceConfig
 from mi_llm.corpus.normalize import NormalizeStats
-from mi_llm.corpus.schema import Dialogue, write_dialogues
+from mi_llm.corpus.schema import Dialogue, read_dialogues, write_dialogues
 from mi_llm.io import write_json
 from mi_llm.stages import Stage, StageRunner
 
@@ -33,6 +35,10 @@ class RunPaths:
     @property
     def import_stats(self) -> Path:
         return self.root / "data" / "import_stats.json"
+
+    @property
+    def to_transcribe(self) -> Path:
+        return self.root / "data" / "to_transcribe.jsonl"
 
     @property
     def mi_dialogues(self) -> Path:
@@ -85,6 +91,16 @@ def built_dialogues(cfg: ExperimentConfig, paths: RunPaths) -> Path:
     return paths.mi_dialogues if cfg.transcribe.enabled else paths.dialogues
 
 
+def dialogues_to_transcribe(cfg: ExperimentConfig) -> int | None:
+    """How many dialogues the transcribe stage rewrites (None: all of them)."""
+    if cfg.transcribe.dialogues is not None:
+        return cfg.transcribe.dialogues
+    train, test = cfg.split.train, cfg.split.test
+    if train >= 1 and test >= 1:  # counts, not fractions
+        return math.ceil((train + test) * 1.05)
+    return None
+
+
 def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
     def do_import() -> None:
         dialogues, stats = import_sources(cfg.sources)
@@ -95,7 +111,16 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
         from mi_llm.transcribe.runner import TranscribeSettings, transcribe_file
 
         t = cfg.transcribe
-        transcribe_file(paths.dialogues, paths.mi_dialogues, TranscribeSettings(
+        source = paths.dialogues
+        n = dialogues_to_transcribe(cfg)
+        dialogues = read_dialogues(paths.dialogues)
+        if n is not None and n < len(dialogues):
+            # Rewriting is the paid step: only as many dialogues as the split will use.
+            keep = set(random.Random(cfg.split.seed).sample(range(len(dialogues)), n))
+            write_dialogues(paths.to_transcribe, [d for i, d in enumerate(dialogues) if i in keep])
+            log.info("rewriting %d of %d imported dialogues (seeded sample)", n, len(dialogues))
+            source = paths.to_transcribe
+        transcribe_file(source, paths.mi_dialogues, TranscribeSettings(
             backend=t.backend, model=t.model, base_url=t.base_url, concurrency=t.concurrency))
 
     built_from = built_dialogues(cfg, paths)
@@ -116,7 +141,8 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
     if cfg.transcribe.enabled:
         # Resumable by itself (append-only output, call cache): rerunning it continues.
         stages.append(Stage("transcribe", do_transcribe, [paths.mi_dialogues], inputs=[paths.dialogues],
-                            params=cfg.transcribe.model_dump()))
+                            params={**cfg.transcribe.model_dump(), "n": dialogues_to_transcribe(cfg),
+                                    "seed": cfg.split.seed}))
     stages.append(Stage("build", do_build, [paths.build / "samples.train.jsonl", paths.build / "samples.test.jsonl"],
                         inputs=[built_from], params=cfg.split.model_dump()))
     return stages

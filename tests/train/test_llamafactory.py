@@ -21,7 +21,7 @@ def test_yaml_from_build_folder(tiny_gemma, build_dir, tmp_path):
     c = yaml.safe_load(path.read_text())
     assert c["stage"] == "sft" and c["finetuning_type"] == "lora" and c["do_train"] is True
     assert c["template"] == "gemma" and c["lora_target"] == "all"
-    assert (c["lora_rank"], c["lora_alpha"], c["lora_dropout"]) == (16, 32, 0.05)
+    assert (c["lora_rank"], c["lora_alpha"], c["lora_dropout"]) == (16, 32, 0.0)
     assert c["dataset"] == "mi_train" and c["dataset_dir"] == str((build_dir / "llamafactory").resolve())
     assert c["mask_history"] is True and c["cutoff_len"] == 512
     assert (c["learning_rate"], c["lr_scheduler_type"], c["warmup_ratio"]) == (1e-4, "cosine", 0.1)

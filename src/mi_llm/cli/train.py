@@ -46,7 +46,7 @@ def train_cmd(
     max_grad_norm: float = typer.Option(1.0, help="gradient clipping; 0 disables"),
     lora_r: int = typer.Option(8, help="LoRA rank"),
     lora_alpha: float = typer.Option(16, help="LoRA alpha (scale = alpha / r)"),
-    lora_dropout: float = typer.Option(0.05, help="dropout on the LoRA input"),
+    lora_dropout: float = typer.Option(0.0, help="dropout on the LoRA input (LLaMA-Factory's default: 0)"),
     target_modules: str = typer.Option("all-linear", help="'all-linear' or comma-separated module names (q_proj,v_proj)"),
     records: str = typer.Option("rounds", help="rounds: loss on the target reply r_t only (paper); dialogues: one record per dialogue, loss on every counselor turn"),
     skip_long: bool = typer.Option(False, "--skip-long", help="skip (and count) samples whose query + reply exceed --max-length instead of failing"),

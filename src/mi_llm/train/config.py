@@ -23,7 +23,7 @@ RESULT_KEYS = (
 class TrainConfig(BaseModel):
     """LoRA SFT options. Defaults are the paper's (Hu et al. 2025, section Methods):
     lr 1e-4 with a cosine schedule and 10% warmup, per-device batch 1, gradient
-    accumulation 8, 3 epochs; LoRA rank 8, alpha 16, dropout 0.05 on every linear layer.
+    accumulation 8, 3 epochs; LoRA rank 8, alpha 16, dropout 0 (LLaMA-Factory's default) on every linear layer.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -44,7 +44,7 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(16, gt=0)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
     records: Literal["rounds", "dialogues"] = Field(
         "rounds",
