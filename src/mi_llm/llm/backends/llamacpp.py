@@ -114,8 +114,11 @@ class LlamaCppBackend(Backend):
         )
         if self.lora_gguf:
             kwargs.update(lora_path=str(self.lora_gguf), lora_scale=lora_scale)
+        from llama_cpp._utils import suppress_stdout_stderr
+
         try:
-            self.llm = llama_cpp.Llama(**kwargs)
+            with suppress_stdout_stderr(disable=False):  # llama.cpp's context warnings bypass verbose=False
+                self.llm = llama_cpp.Llama(**kwargs)
         except (ValueError, RuntimeError) as e:
             raise MiLlmError(f"{self.gguf}: llama.cpp could not load it ({e})") from None
         self._setup_template()

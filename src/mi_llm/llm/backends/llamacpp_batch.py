@@ -75,7 +75,12 @@ class BatchEngine:
         params.kv_unified = unified
         params.swa_full = True  # keep sliding-window layers' history, so prefixes stay reusable
         params.no_perf = True
-        self.ctx = internals.LlamaContext(model=llm._model, params=params, verbose=False)  # noqa: SLF001
+        # llama.cpp prints a warning per context about the full-size SWA cache (asked for
+        # above) past its log callback: silence it at the file-descriptor level.
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        with suppress_stdout_stderr(disable=False):
+            self.ctx = internals.LlamaContext(model=llm._model, params=params, verbose=False)  # noqa: SLF001
         adapter = getattr(llm, "_lora_adapter", None)
         if adapter is not None:
             adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
