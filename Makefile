@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch lies on this disk; naming it exactly keeps pip off the CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	# llama.cpp's HF -> GGUF converter (for `mi-llm export --gguf`), from the llama-cpp-python sdist.
-	$(PY) -m mi_llm.train.gguf --fetch
+	# llama.cpp's HF -> GGUF converter (for `mi-llm export --gguf`), from the llama-cpp-python sdist;
+	# without it only GGUF export is missing (its test skips), so a failed fetch does not stop set-up.
+	$(PY) -m mi_llm.train.gguf --fetch || echo "warning: llama.cpp's GGUF converter not fetched; mi-llm export --gguf will retry"
 	touch $(STAMP)
 
 venv: $(STAMP)
