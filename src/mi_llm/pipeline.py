@@ -113,7 +113,7 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
         t = cfg.transcribe
         source = paths.dialogues
         n = dialogues_to_transcribe(cfg)
-        dialogues = read_dialogues(paths.dialogues)
+        dialogues = read_dialogues(paths.dialogues) if n is not None else []
         if n is not None and n < len(dialogues):
             # Rewriting is the paid step: only as many dialogues as the split will use.
             keep = set(random.Random(cfg.split.seed).sample(range(len(dialogues)), n))

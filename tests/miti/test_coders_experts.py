@@ -38,12 +38,17 @@ def test_recipe_experts():
     assert names == [("ngram", True, False), ("embed", False, True)]
 
 
-def test_product_of_experts_is_a_distribution():
+def _fit_two_experts():
+    """A coder with both experts, the embedding one on a fake embedder (no model load)."""
     ex = demo_examples("en")[:400]
     cfg = default_config(quick=True)
     fake = FakeEmbedder()
     cfg.features.embeddings = fake.config()
-    coder = TrainedCoder.fit(ex, cfg, embedder=fake)
+    return ex, fake, TrainedCoder.fit(ex, cfg, embedder=fake)
+
+
+def test_product_of_experts_is_a_distribution():
+    ex, fake, coder = _fit_two_experts()
     assert [x.name for x in coder.experts] == ["ngram", "embed"]
     items = [Item(e.text, e.context, e.language) for e in ex[:30]]
     p = coder.predict_proba(items)
@@ -88,11 +93,7 @@ def test_real_embedded_model_vectors_are_cached(tmp_path):
 
 
 def test_ngram_expert_is_silent_on_a_language_it_never_saw():
-    ex = demo_examples("en")[:400]
-    cfg = default_config(quick=True)
-    fake = FakeEmbedder()
-    cfg.features.embeddings = fake.config()
-    coder = TrainedCoder.fit(ex, cfg, embedder=fake)
+    ex, fake, coder = _fit_two_experts()
     zh = [Item("你觉得呢？", "", "zh"), Item("你已经坚持了两周。", "", "zh")]
     embed_only = TrainedCoder(coder.config, coder.experts[1:])
     embed_only._embedder = fake

@@ -450,6 +450,15 @@ def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]], add_genera
         raise MiLlmError(f"chat template failed: {e}") from None
 
 
+def shared_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids two prompts share (what a KV cache of one can serve the other)."""
+    n = min(len(a), len(b))
+    k = 0
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
+
+
 def encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
     """Token ids of the prompt that asks for the next assistant reply."""
     text = render_prompt(tokenizer, messages, add_generation_prompt=True)

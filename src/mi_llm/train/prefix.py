@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from mi_llm.llm.models import shared_prefix_len
 from mi_llm.train.data import IGNORE_INDEX, Example
 
 MIN_PREFIX = 16  # below this, the bookkeeping costs more than it saves
@@ -37,11 +38,7 @@ def common_prefix(examples: Sequence[Example], min_len: int = MIN_PREFIX, max_le
     first = examples[0].input_ids
     p = min(len(e) for e in examples) - 1  # keep at least one token after the prefix
     for e in examples[1:]:
-        ids = e.input_ids
-        k = 0
-        while k < p and ids[k] == first[k]:
-            k += 1
-        p = k
+        p = min(p, shared_prefix_len(e.input_ids, first))
     for e in examples:
         f = next((i for i, lab in enumerate(e.labels) if lab != IGNORE_INDEX), len(e.labels))
         p = min(p, f - 1)  # the prediction of token f comes from position f-1: outside the prefix
@@ -56,21 +53,13 @@ class Group:
     prefix: int  # tokens shared by all members (0: each member runs whole)
 
 
-def _shared(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    k = 0
-    while k < n and a[k] == b[k]:
-        k += 1
-    return k
-
-
 def plan_window(examples: Sequence[Example], max_len: int | None, min_len: int = MIN_PREFIX) -> list[Group]:
     """Group a window's samples by shared prefix (e.g. one system prompt per language),
     each group in order of first appearance."""
     groups: list[list[int]] = []
     for i, e in enumerate(examples):
         for g in groups:
-            if _shared(examples[g[0]].input_ids, e.input_ids) >= min_len:
+            if shared_prefix_len(examples[g[0]].input_ids, e.input_ids) >= min_len:
                 g.append(i)
                 break
         else:

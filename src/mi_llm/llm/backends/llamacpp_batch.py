@@ -26,6 +26,7 @@ from typing import Any
 
 from mi_llm.errors import MiLlmError
 from mi_llm.llm.backends.base import GenerationConfig
+from mi_llm.llm.models import shared_prefix_len
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,6 @@ class _Request:
     out: list[int] = field(default_factory=list)
     last: int | None = None  # sampled, not yet fed
     rng: Any = None
-
-
-def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class BatchEngine:
@@ -109,10 +102,10 @@ class BatchEngine:
     def _start(self, slot: int, req: _Request) -> None:
         """Place a prompt in `slot`, reusing the longest cached prefix of any slot."""
         lib, p = self.lib, req.prompt
-        best, best_len = slot, _lcp(self.cached[slot], p)
+        best, best_len = slot, shared_prefix_len(self.cached[slot], p)
         for other in range(self.slots):
             if other != slot:
-                n = _lcp(self.cached[other], p)
+                n = shared_prefix_len(self.cached[other], p)
                 if n > best_len:
                     best, best_len = other, n
         best_len = min(best_len, len(p) - 1)  # feed at least the last token: its logits are needed
@@ -142,8 +135,8 @@ class BatchEngine:
         feeding = [r for r in active.values() if r.pending]
         if not feeding:
             return False
-        soon = max(_lcp(r.prompt, prompt) for r in feeding)
-        now = max(_lcp(c, prompt) for c in self.cached)
+        soon = max(shared_prefix_len(r.prompt, prompt) for r in feeding)
+        now = max(shared_prefix_len(c, prompt) for c in self.cached)
         return soon > now + 32
 
     # ---------------------------------------------------------------- decoding
