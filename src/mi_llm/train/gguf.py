@@ -55,7 +55,9 @@ def fetch_converter(version: str, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         log.info("fetching llama.cpp's converter from the llama-cpp-python %s source distribution", version)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+        # Only llama-cpp-python itself as source: `:all:` would also build every one of its
+        # build dependencies from source (cmake included) when pip has no cache.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python", "--quiet",
                "-d", tmp, f"llama-cpp-python=={version}"]
         r = subprocess.run(cmd, capture_output=True, text=True)
         sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
