@@ -20,7 +20,9 @@ Recipes compared:
   baseline   word (1-2) + char (2-5) n-gram TF-IDF, logistic regression (the issue's baseline)
   ngram+ctx  + the client's previous turn (n-grams), overlap/surface cues, class weights
   embed      surface cues + the embedded model's hidden states only (language-independent)
-  full       ngram+ctx + the embedded model's hidden states (the shipped recipe)
+  full       ngram+ctx x the embedded model's frozen hidden states (`--recipe embed`)
+  tuned      ngram+ctx x the tuned expert: 2 blocks of the embedded model adapted with LoRA,
+             and a head (the shipped recipe, `--recipe tuned`)
 
     flock /tmp/mi-llm-heavy.lock .venv/bin/python benchmarks/bench_coder.py --json bench_coder.json --md bench_coder.md
 """
@@ -48,6 +50,7 @@ from mi_llm.miti.coders import labels as L  # noqa: E402
 from mi_llm.miti.coders.embed import Embedder  # noqa: E402
 from mi_llm.miti.coders.features import FeatureConfig  # noqa: E402
 from mi_llm.miti.coders.trained import ModelConfig, TrainedCoder, default_config  # noqa: E402
+from mi_llm.miti.coders.tuned import TunedConfig  # noqa: E402
 
 console = Console(stderr=True, width=160)
 SECTIONS = ("annomi", "annomi_only", "ood", "crossling", "zh", "globals", "timing")
@@ -64,12 +67,14 @@ def recipes(embedder: Embedder | None) -> dict[str, ModelConfig]:
         full = default_config(quick=False)
         full.features.embeddings = emb
         out["full"] = full
+        out["tuned"] = default_config(recipe="tuned")
     return out
 
 
-def fitter(config: ModelConfig, embedder: Embedder | None):
+def fitter(config: ModelConfig, embedder: Embedder | None, tuned_embedder: Embedder | None = None):
     def fit(train: list[L.Example]) -> TrainedCoder:
-        return TrainedCoder.fit(train, config, embedder=embedder if config.features.embeddings else None)
+        return TrainedCoder.fit(train, config, embedder=embedder if config.features.embeddings else None,
+                                tuned_embedder=tuned_embedder if config.tuned else None)
     return fit
 
 
@@ -104,7 +109,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=None, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    ap.add_argument("--recipes", default="baseline,ngram+ctx,embed,full")
+    ap.add_argument("--recipes", default="baseline,ngram+ctx,embed,full,tuned")
+    ap.add_argument("--timing-recipes", default="ngram,tuned", help="recipes timed by the timing section")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--no-embeddings", action="store_true", help="skip the recipes that need the embedded model")
     ap.add_argument("--weights", default=None, help="source weights, e.g. welivita=0.2,mibot=0.2 (default: the recipe's)")
@@ -121,7 +127,9 @@ def main() -> None:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown sections {unknown}")
-    embedder = None if args.no_embeddings else Embedder.from_config(default_config().features.embeddings)
+    embedder = None if args.no_embeddings else Embedder.from_config(default_config(recipe="embed").features.embeddings)
+    # one embedded model for every fold's tuned expert: its frozen blocks run once per utterance
+    tuned_embedder = None if args.no_embeddings else TunedConfig().embedder(keep_states=True)
     all_recipes = recipes(embedder)
     chosen = {k: v for k, v in all_recipes.items() if k in args.recipes.split(",")}
     if args.weights:
@@ -145,7 +153,7 @@ def main() -> None:
                                           "demo_en": len(demo_en), "demo_zh": len(demo_zh)}, "sections": {}}
     md: list[str] = []
 
-    if embedder is not None and {"annomi", "annomi_only", "ood", "crossling", "zh"} & set(sections):
+    if embedder is not None and {"full", "embed"} & set(chosen) and {"annomi", "annomi_only", "ood", "crossling", "zh"} & set(sections):
         # Fill the cache once, with a progress bar (later fits read it).
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -162,7 +170,7 @@ def main() -> None:
         rows = []
         for rname, cfg in chosen.items():
             extra = extra_by_recipe(rname)
-            _, m = ev.cross_validate(examples, fitter(cfg, embedder), n_folds=args.folds, extra_train=extra)
+            _, m = ev.cross_validate(examples, fitter(cfg, embedder, tuned_embedder), n_folds=args.folds, extra_train=extra)
             rows.append(row(rname, m))
             console.print(f"{name} {rname}: kappa {m['kappa']:.3f} macro-F1 {m['macro_f1']:.3f} ({m['seconds']:.0f} s)")
         results["sections"][name] = rows
@@ -172,7 +180,7 @@ def main() -> None:
     def run_held(name: str, title: str, train_by_recipe, test) -> None:
         rows = []
         for rname, cfg in chosen.items():
-            _, m = ev.held_out(train_by_recipe(rname), test, fitter(cfg, embedder))
+            _, m = ev.held_out(train_by_recipe(rname), test, fitter(cfg, embedder, tuned_embedder))
             rows.append(row(rname, m))
             console.print(f"{name} {rname}: kappa {m['kappa']:.3f} macro-F1 {m['macro_f1']:.3f} ({m['seconds']:.0f} s)")
         results["sections"][name] = rows
@@ -201,7 +209,7 @@ def main() -> None:
                                                        annomi + welivita + mibot)
         md.append(results["sections"]["globals"]["md"])
     if "timing" in sections:
-        results["sections"]["timing"] = bench_timing(Path(data), embedder is not None)
+        results["sections"]["timing"] = bench_timing(Path(data), [] if embedder is None else args.timing_recipes.split(","))
         md.append(results["sections"]["timing"]["md"])
 
     if args.json:
@@ -273,7 +281,7 @@ def bench_globals(folds: int, cfg: ModelConfig, embedder: Embedder | None, engli
     return out
 
 
-def bench_timing(data: Path, embeddings: bool) -> dict[str, Any]:
+def bench_timing(data: Path, recipes: list[str]) -> dict[str, Any]:
     """The real `train_coder` on all shared data, with an empty embedding cache, timed; then coding speed."""
     from mi_llm.miti.coders import load_coder, train_coder
     from mi_llm.resources import demo_dialogues
@@ -288,16 +296,16 @@ def bench_timing(data: Path, embeddings: bool) -> dict[str, Any]:
             if done == total:
                 stage_t[stage] = time.monotonic() - stage_t[stage + "_start"]
 
-        for quick in ([True, False] if embeddings else [True]):
+        for recipe in recipes or ["ngram"]:
             t0 = time.monotonic()
-            folder = train_coder(Path(tmp) / ("quick" if quick else "full"), L.shared_sources(data), quick=quick, progress=on)
+            folder = train_coder(Path(tmp) / recipe, L.shared_sources(data), recipe=recipe, progress=on)
             total = time.monotonic() - t0
             coder = load_coder(folder)
             ds = demo_dialogues()
             t1 = time.monotonic()
             coder.code_dialogues(ds)
             n = sum(len(t.codes or []) for d in ds for t in d.turns)
-            out["quick" if quick else "full"] = {
+            out[recipe] = {
                 "train_seconds": round(total, 1), "n_examples": coder.info["n_examples"],
                 "stages": {k: round(v, 1) for k, v in stage_t.items() if not k.endswith("_start")},
                 "code_utterances_per_second": round(n / (time.monotonic() - t1), 1),

@@ -140,7 +140,9 @@ def train_coder_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="coder folder to write"),
     data: list[str] = typer.Option([], "--data", help="KIND=PATH, repeatable: annomi=AnnoMI-full.csv, "
                                    "welivita=CC_Augmented.csv, mibot=DIR, dialogues=coded.jsonl"),
-    quick: bool = typer.Option(False, "--quick", help="n-gram, context and surface features only (no embedded-model features)"),
+    recipe: str = typer.Option("tuned", "--recipe", help="tuned: n-grams x blocks of the embedded model tuned to the codes "
+                               "(default); embed: n-grams x its frozen hidden states; ngram: n-grams only"),
+    quick: bool = typer.Option(False, "--quick", help="= --recipe ngram: n-gram, context and surface features only"),
     embeddings: Optional[bool] = typer.Option(None, "--embeddings/--no-embeddings",
                                               help="use the embedded model's hidden states (default: on unless --quick)"),
 ) -> None:
@@ -156,11 +158,12 @@ def train_coder_cmd(
         def on(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
                 names = {"loading": "loading labelled data", "embeddings": "embedded-model features",
+                         "tuning": "tuning the embedded model's blocks (steps)",
                          "classifier": "features and classifiers (per expert)", "globals": "global-ratings model"}
                 tasks[stage] = progress.add_task(names.get(stage, stage), total=total)
             progress.update(tasks[stage], completed=done, total=total)
 
-        folder = train_coder(output, sources, quick=quick, embeddings=embeddings, progress=on)
+        folder = train_coder(output, sources, quick=quick, embeddings=embeddings, progress=on, recipe=recipe)
     import json
 
     info = json.loads((folder / "coder.json").read_text())["info"]

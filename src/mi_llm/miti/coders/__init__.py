@@ -32,11 +32,14 @@ def default_coder_dir() -> Path:
 
 
 def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] = (), quick: bool = False,
-                embeddings: bool | None = None, config: Any = None, progress: Any = None) -> Path:
+                embeddings: bool | None = None, config: Any = None, progress: Any = None,
+                recipe: str = "tuned") -> Path:
     """Train a coder on the bundled demo codes plus `sources` [(kind, path)]; save it in `out_dir`.
 
-    `quick` leaves out the embedded model's representations (about a minute on a CPU with
-    the shared data; seconds on the demo corpus alone). `embeddings` overrides that choice.
+    `recipe` (`trained.RECIPES`): `tuned` (the default) adapts blocks of the embedded model to
+    the codes, `embed` reads its frozen hidden states, `ngram` neither. `quick` (= `ngram`)
+    trains in about a minute on a CPU with the shared data, seconds on the demo corpus
+    alone; `embeddings=False` also means `ngram`.
     """
     from mi_llm.miti.coders.labels import load_sources
     from mi_llm.miti.coders.trained import TrainedCoder, default_config
@@ -49,7 +52,7 @@ def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] =
     if progress:
         progress("loading", 1, 1)
     if config is None:
-        config = default_config(quick=quick, embeddings=not quick if embeddings is None else embeddings)
+        config = default_config(quick=quick, embeddings=not quick if embeddings is None else embeddings, recipe=recipe)
     coder = TrainedCoder.fit(examples, config, dialogues_for_globals=demo_dialogues(), progress=progress)
     coder.info["data"] = [{"kind": k, "path": str(p)} for k, p in sources] + [{"kind": "demo", "path": "bundled"}]
     coder.info["quick"] = quick

@@ -81,7 +81,7 @@ class Embedder:
 
     def __init__(self, model: str = "gemma-3-270m", layer: int = 9, max_tokens: int = 96,
                  context: bool = True, context_tokens: int = 64, batch_size: int = 16,
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, keep_states: bool = False):
         self.model_name = model
         self.layer = layer
         self.max_tokens = max_tokens
@@ -93,6 +93,8 @@ class Embedder:
         self._tok = None
         self._tag: str | None = None
         self._cache: EmbeddingCache | None = None
+        # token states kept in memory by (text, context): cross-validation runs the frozen blocks once
+        self._states: dict[str, tuple[object, int]] | None = {} if keep_states else None
 
     def config(self) -> dict:
         return {"model": self.model_name, "layer": self.layer, "max_tokens": self.max_tokens,
@@ -121,8 +123,14 @@ class Embedder:
             from mi_llm.errors import MiLlmError
 
             raise MiLlmError(f"embedding layer {self.layer} out of range 1..{n} for {self.model_name}")
-        # Only the first `layer` blocks are ever needed: drop the rest (and the LM head's use).
+        # Only the first `layer` blocks run: the rest (and the LM head) are dropped from the
+        # forward; the blocks just above stay at hand for the tuned expert (`tuned.py`).
+        self.upper_layers = list(inner.layers[self.layer:])
         inner.layers = inner.layers[: self.layer]
+        # The stack returns the raw residual stream (what the next block reads); the final
+        # norm is applied here for the pooled vectors.
+        self.final_norm = inner.norm
+        inner.norm = torch.nn.Identity()
         self._model, self._tok = inner, tok
         ident = rm.sha256 or str(rm.path)
         self._tag = _key(ident, str(self.config()))[:16]
@@ -175,25 +183,11 @@ class Embedder:
         if not todo:
             return out
         t0 = time.monotonic()
-        encoded = {i: self._encode_one(texts[i], contexts[i]) for i in todo}
-        # Similar lengths together: less padding, much less work.
-        order = sorted(todo, key=lambda i: len(encoded[i][0]))
-        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
         new_keys: list[str] = []
         new_vecs: list[np.ndarray] = []
         with torch.inference_mode():
-            for b in range(0, len(order), self.batch_size):
-                idx = order[b: b + self.batch_size]
-                seqs = [encoded[i][0] for i in idx]
-                width = max(len(s) for s in seqs)
-                ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-                att = torch.zeros((len(seqs), width), dtype=torch.long)
-                pool = torch.zeros((len(seqs), width), dtype=torch.float32)
-                for r, (s, i) in enumerate(zip(seqs, idx)):
-                    ids[r, : len(s)] = torch.tensor(s)
-                    att[r, : len(s)] = 1
-                    pool[r, encoded[i][1]: len(s)] = 1.0
-                hs = self._model(input_ids=ids, attention_mask=att).last_hidden_state  # type: ignore[misc]
+            for idx, hs, pool, _ in self._forward(texts, contexts, todo):
+                hs = self.final_norm(hs)
                 vec = (hs * pool.unsqueeze(-1)).sum(1) / pool.sum(1, keepdim=True).clamp(min=1.0)
                 vec = vec.float().numpy()
                 for r, i in enumerate(idx):
@@ -209,6 +203,59 @@ class Embedder:
         self._cache.put_many(new_keys, np.stack(new_vecs) if new_vecs else np.zeros((0, self.dim)))  # type: ignore[union-attr]
         log.info("embedded %d utterances in %.1f s (%d from cache)", len(todo), time.monotonic() - t0,
                  len(texts) - len(todo))
+        return out
+
+    def _forward(self, texts: Sequence[str], contexts: Sequence[str], todo: Sequence[int]):
+        """Per batch: indices, raw hidden states (b, t, h), utterance-token mask (b, t), and
+        (utterance start, length) of each sequence."""
+        import torch
+
+        encoded = {i: self._encode_one(texts[i], contexts[i]) for i in todo}
+        # Similar lengths together: less padding, much less work.
+        order = sorted(todo, key=lambda i: len(encoded[i][0]))
+        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b: b + self.batch_size]
+            seqs = [encoded[i][0] for i in idx]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            att = torch.zeros((len(seqs), width), dtype=torch.long)
+            pool = torch.zeros((len(seqs), width), dtype=torch.float32)
+            for r, (s, i) in enumerate(zip(seqs, idx)):
+                ids[r, : len(s)] = torch.tensor(s)
+                att[r, : len(s)] = 1
+                pool[r, encoded[i][1]: len(s)] = 1.0
+            hs = self._model(input_ids=ids, attention_mask=att).last_hidden_state  # type: ignore[misc]
+            yield idx, hs, pool, [(encoded[i][1], len(encoded[i][0])) for i in idx]
+
+    def token_states(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
+                     progress: Progress | None = None) -> list[tuple[object, int]]:
+        """Per utterance: (the raw hidden states of layer `layer` over its tokens, bf16 tensor
+        (tokens, hidden); the index of the utterance's first own token). Kept in memory with
+        `keep_states`, never on disk (about 1.3 KB a token)."""
+        import torch
+
+        self._ensure()
+        contexts = list(contexts) if contexts is not None and self.context else [""] * len(texts)
+        out: list[tuple[object, int]] = [(None, 0)] * len(texts)
+        keys = [_key(t, c) for t, c in zip(texts, contexts)]
+        todo = []
+        for i, k in enumerate(keys):
+            if self._states is not None and k in self._states:
+                out[i] = self._states[k]
+            else:
+                todo.append(i)
+        done = len(texts) - len(todo)
+        with torch.inference_mode():
+            for idx, hs, _, spans in self._forward(texts, contexts, todo):
+                for r, (i, (start, n)) in enumerate(zip(idx, spans)):
+                    # bf16, not fp16: the residual stream of some positions exceeds fp16's range.
+                    out[i] = (hs[r, :n].to(torch.bfloat16).clone(), start)
+                    if self._states is not None:
+                        self._states[keys[i]] = out[i]
+                done += len(idx)
+                if progress:
+                    progress(done, len(texts))
         return out
 
 

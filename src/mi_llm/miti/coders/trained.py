@@ -35,6 +35,7 @@ from mi_llm.miti.coders.embed import Embedder
 from mi_llm.miti.coders.features import FeatureConfig, Featurizer
 from mi_llm.miti.coders.globals_model import GlobalsModel
 from mi_llm.miti.coders.labels import NULL, Example
+from mi_llm.miti.coders.tuned import TunedConfig, TunedExpert
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class ModelConfig:
     # from 0.60 down to 0.47), while the embedded model's representations carry over.
     min_language_examples: int = 300
     source_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS))
+    tuned: dict[str, Any] | None = None  # TunedConfig of the tuned expert; None = none
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -89,12 +91,22 @@ def expert_configs(config: ModelConfig) -> list[tuple[str, FeatureConfig, float]
     return out
 
 
-def default_config(quick: bool = False, embeddings: bool = True) -> ModelConfig:
-    """The shipped recipe; `quick` (no embeddings) trains in about a minute."""
+RECIPES = ("tuned", "embed", "ngram")
+
+
+def default_config(quick: bool = False, embeddings: bool = True, recipe: str = "tuned") -> ModelConfig:
+    """The shipped recipes: `tuned` (n-grams x the tuned expert, the default), `embed` (n-grams x
+    frozen embeddings), `ngram` (n-grams only: about a minute; also what `quick` or no
+    `embeddings` give)."""
+    if recipe not in RECIPES:
+        raise MiLlmError(f"unknown coder recipe {recipe!r}; one of {', '.join(RECIPES)}")
     feats = FeatureConfig()
-    if embeddings and not quick:
+    if quick or not embeddings or recipe == "ngram":
+        return ModelConfig(features=feats)
+    if recipe == "embed":
         feats.embeddings = Embedder().config()
-    return ModelConfig(features=feats)
+        return ModelConfig(features=feats)
+    return ModelConfig(features=feats, tuned=TunedConfig().to_dict())
 
 
 def _one_thread() -> Any:
@@ -114,9 +126,10 @@ class Expert:
 
 class TrainedCoder(Coder):
     def __init__(self, config: ModelConfig, experts: list[Expert], globals_model: GlobalsModel | None = None,
-                 info: dict[str, Any] | None = None, folder: Path | None = None):
+                 info: dict[str, Any] | None = None, folder: Path | None = None, tuned: TunedExpert | None = None):
         self.config = config
         self.experts = experts
+        self.tuned = tuned
         self.globals_model = globals_model
         self.info = info or {}
         self.folder = folder
@@ -127,7 +140,9 @@ class TrainedCoder(Coder):
     @classmethod
     def fit(cls, examples: Sequence[Example], config: ModelConfig | None = None,
             dialogues_for_globals: Sequence[Any] = (), progress: StageProgress | None = None,
-            embedder: Embedder | None = None) -> "TrainedCoder":
+            embedder: Embedder | None = None, tuned_embedder: Embedder | None = None) -> "TrainedCoder":
+        """`embedder`, `tuned_embedder`: the embedded model for the embedding expert and for the
+        tuned expert's frozen blocks, when the caller keeps one (cross-validation reuses them)."""
         from sklearn.linear_model import LogisticRegression
 
         config = config or default_config()
@@ -159,6 +174,11 @@ class TrainedCoder(Coder):
             experts.append(Expert(name, feat, clf))
         if progress:
             progress("classifier", len(specs), len(specs))
+        tuned = None
+        if config.tuned is not None:
+            tuned = TunedExpert(TunedConfig.from_dict(config.tuned), [str(c) for c in experts[0].classifier.classes_],
+                                embedder=tuned_embedder)
+            tuned.fit(texts, contexts, y.tolist(), weights, progress=progress)
         gm = None
         if dialogues_for_globals:
             if progress:
@@ -173,12 +193,12 @@ class TrainedCoder(Coder):
             "languages": dict(Counter(e.language for e in examples)),
             "label_counts": {k: int(v) for k, v in Counter(y.tolist()).items()},
             "n_examples": len(examples),
-            "experts": [x.name for x in experts],
+            "experts": [x.name for x in experts] + (["tuned"] if tuned else []),
             "seconds": round(time.monotonic() - t0, 1),
             "sklearn": sklearn.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        coder = cls(config, experts, gm, info)
+        coder = cls(config, experts, gm, info, tuned=tuned)
         coder._embedder = self_embedder
         return coder
 
@@ -200,12 +220,14 @@ class TrainedCoder(Coder):
         contexts = [it.context for it in items]
         emb = self._embed(texts, contexts, progress)
         logp = np.zeros((len(items), len(self.labels)))
-        weights = self._ngram_weights(items) if len(self.experts) > 1 else np.ones(len(items))
+        weights = self._ngram_weights(items) if len(self.experts) > 1 or self.tuned else np.ones(len(items))
         with _one_thread():
             for x in self.experts:
                 X = x.featurizer.transform(texts, contexts, emb if x.featurizer.config.embeddings is not None else None)
                 lp = np.log(np.clip(x.classifier.predict_proba(X), 1e-12, 1.0))
                 logp += lp * weights[:, None] if x.name == "ngram" else lp
+        if self.tuned is not None:
+            logp += self.tuned.log_proba(texts, contexts, progress=progress)
         logp -= logp.max(axis=1, keepdims=True)
         p = np.exp(logp)
         return p / p.sum(axis=1, keepdims=True)
@@ -225,7 +247,7 @@ class TrainedCoder(Coder):
             k = int(np.argmax(row))
             code = None if labels[k] == NULL else labels[k]
             out.append(Result(code=code, extra={"confidence": round(float(row[k]), 4)}))
-        if progress and self.config.features.embeddings is None:
+        if progress and self.config.features.embeddings is None and self.tuned is None:
             progress(len(items), len(items))
         return out
 
@@ -239,6 +261,8 @@ class TrainedCoder(Coder):
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_writer(folder / "model.joblib", "wb") as f:
             joblib.dump({"experts": [(x.name, x.featurizer, x.classifier) for x in self.experts]}, f, compress=3)
+        if self.tuned is not None:
+            self.tuned.save(folder / "tuned.safetensors")
         if self.globals_model is not None:
             self.globals_model.save(folder / "globals.json")
         write_json(folder / "coder.json", {
@@ -276,4 +300,14 @@ class TrainedCoder(Coder):
             raise MiLlmError(f"{folder / 'model.joblib'}: unreadable ({type(e).__name__}: {e}); retrain the coder") from None
         gm = GlobalsModel.load(folder / "globals.json") if (folder / "globals.json").is_file() else None
         experts = [Expert(n, f, c) for n, f, c in blob["experts"]]
-        return cls(ModelConfig.from_dict(meta["config"]), experts, gm, meta.get("info", {}), folder)
+        config = ModelConfig.from_dict(meta["config"])
+        tuned = None
+        if config.tuned is not None:
+            path = folder / "tuned.safetensors"
+            from safetensors import SafetensorError
+
+            try:
+                tuned = TunedExpert.load(path, TunedConfig.from_dict(config.tuned), meta["labels"])
+            except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+                raise MiLlmError(f"{path}: unreadable ({type(e).__name__}: {e}); retrain the coder") from None
+        return cls(config, experts, gm, meta.get("info", {}), folder, tuned=tuned)
