@@ -20,9 +20,9 @@ Recipes compared:
   baseline   word (1-2) + char (2-5) n-gram TF-IDF, logistic regression (the issue's baseline)
   ngram+ctx  + the client's previous turn (n-grams), overlap/surface cues, class weights
   embed      surface cues + the embedded model's hidden states only (language-independent)
-  full       ngram+ctx x the embedded model's frozen hidden states (`--recipe embed`)
+  full       ngram+ctx x the embedded model's frozen hidden states (the default, `--recipe embed`)
   tuned      ngram+ctx x the tuned expert: 2 blocks of the embedded model adapted with LoRA,
-             and a head (the shipped recipe, `--recipe tuned`)
+             and a head (`--recipe tuned`)
 
     flock /tmp/mi-llm-heavy.lock .venv/bin/python benchmarks/bench_coder.py --json bench_coder.json --md bench_coder.md
 """
@@ -64,7 +64,7 @@ def recipes(embedder: Embedder | None) -> dict[str, ModelConfig]:
     if embedder is not None:
         emb = embedder.config()
         out["embed"] = ModelConfig(features=FeatureConfig(words=False, chars=False, context=False, embeddings=emb))
-        full = default_config(quick=False)
+        full = default_config(recipe="embed")
         full.features.embeddings = emb
         out["full"] = full
         out["tuned"] = default_config(recipe="tuned")

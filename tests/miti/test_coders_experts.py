@@ -37,7 +37,7 @@ def test_recipe_experts():
     names = [(n, f.words, f.embeddings is not None) for n, f, _ in expert_configs(full)]
     assert names == [("ngram", True, False), ("embed", False, True)]
     # the tuned recipe: the n-gram expert here, the tuned expert beside it (test_coders_tuned.py)
-    assert [n for n, _, _ in expert_configs(default_config())] == ["ngram"]
+    assert [n for n, _, _ in expert_configs(default_config(recipe="tuned"))] == ["ngram"]
 
 
 def _fit_two_experts():

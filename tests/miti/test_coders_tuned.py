@@ -25,9 +25,10 @@ def tiny_cfg(tmp_path_factory) -> TunedConfig:
 
 
 def test_recipes():
-    assert default_config().tuned is not None and default_config().features.embeddings is None
-    assert default_config(quick=True).tuned is None
-    assert default_config(recipe="embed").features.embeddings is not None
+    tuned = default_config(recipe="tuned")
+    assert tuned.tuned is not None and tuned.features.embeddings is None
+    assert default_config(quick=True).tuned is None and default_config(quick=True).features.embeddings is None
+    assert default_config().features.embeddings is not None and default_config().tuned is None
     with pytest.raises(MiLlmError, match="unknown coder recipe"):
         default_config(recipe="bogus")
 

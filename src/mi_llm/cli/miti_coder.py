@@ -140,8 +140,9 @@ def train_coder_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="coder folder to write"),
     data: list[str] = typer.Option([], "--data", help="KIND=PATH, repeatable: annomi=AnnoMI-full.csv, "
                                    "welivita=CC_Augmented.csv, mibot=DIR, dialogues=coded.jsonl"),
-    recipe: str = typer.Option("tuned", "--recipe", help="tuned: n-grams x blocks of the embedded model tuned to the codes "
-                               "(default); embed: n-grams x its frozen hidden states; ngram: n-grams only"),
+    recipe: str = typer.Option("embed", "--recipe", help="embed: n-grams x the embedded model's frozen hidden states "
+                               "(default); tuned: n-grams x blocks of it tuned to the codes (better on English, "
+                               "worse on Chinese without Chinese training codes); ngram: n-grams only"),
     quick: bool = typer.Option(False, "--quick", help="= --recipe ngram: n-gram, context and surface features only"),
     embeddings: Optional[bool] = typer.Option(None, "--embeddings/--no-embeddings",
                                               help="use the embedded model's hidden states (default: on unless --quick)"),

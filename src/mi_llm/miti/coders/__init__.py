@@ -33,11 +33,11 @@ def default_coder_dir() -> Path:
 
 def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] = (), quick: bool = False,
                 embeddings: bool | None = None, config: Any = None, progress: Any = None,
-                recipe: str = "tuned") -> Path:
+                recipe: str = "embed") -> Path:
     """Train a coder on the bundled demo codes plus `sources` [(kind, path)]; save it in `out_dir`.
 
-    `recipe` (`trained.RECIPES`): `tuned` (the default) adapts blocks of the embedded model to
-    the codes, `embed` reads its frozen hidden states, `ngram` neither. `quick` (= `ngram`)
+    `recipe` (`trained.RECIPES`): `embed` (the default) reads the embedded model's frozen hidden
+    states, `tuned` adapts blocks of it to the codes, `ngram` neither. `quick` (= `ngram`)
     trains in about a minute on a CPU with the shared data, seconds on the demo corpus
     alone; `embeddings=False` also means `ngram`.
     """

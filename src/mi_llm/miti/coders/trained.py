@@ -1,18 +1,21 @@
 """The trained coder: class-weighted logistic regressions over text features, run offline on a CPU.
 
-Two experts, each a multinomial logistic regression, combined as a product of experts
-(their log-probabilities added, then renormalised):
-- the n-gram expert: word and character n-grams of the utterance, n-grams of the
-  client's previous turn, surface cues (`features.py`);
-- the embedding expert: the embedded model's hidden states (`embed.py`) and the surface
-  cues; language-independent, so it is also what carries over to Chinese.
+Experts combined as a product (their log-probabilities added, then renormalised):
+- the n-gram expert, a logistic regression: word and character n-grams of the utterance,
+  n-grams of the client's previous turn, surface cues (`features.py`);
+- the embedding expert (recipe `embed`, the default), a logistic regression over the
+  embedded model's frozen hidden states (`embed.py`) and the surface cues;
+- or the tuned expert (recipe `tuned`): blocks of the embedded model adapted to the codes
+  with LoRA, and a linear head (`tuned.py`).
+The model-based experts are language-independent: they are what carries over to Chinese.
 Measured on AnnoMI (docs/miti-coder.md), the product beats one regression over all the
 blocks stacked together: the dense block is drowned by 100k sparse n-gram columns there.
-Without embeddings (`quick`) the n-gram expert is the coder.
+Recipe `ngram` (`quick`): the n-gram expert alone.
 
 A coder folder holds:
 - `coder.json`: what it is (recipe, training sources and counts, time, versions);
 - `model.joblib`: the fitted featurizers and classifiers (a pickle: load only folders you trust);
+- `tuned.safetensors`: the tuned expert's adapters and head (recipe `tuned`);
 - `globals.json`: the global-ratings regression (`globals_model.py`).
 """
 
@@ -91,12 +94,13 @@ def expert_configs(config: ModelConfig) -> list[tuple[str, FeatureConfig, float]
     return out
 
 
-RECIPES = ("tuned", "embed", "ngram")
+RECIPES = ("embed", "tuned", "ngram")
 
 
-def default_config(quick: bool = False, embeddings: bool = True, recipe: str = "tuned") -> ModelConfig:
-    """The shipped recipes: `tuned` (n-grams x the tuned expert, the default), `embed` (n-grams x
-    frozen embeddings), `ngram` (n-grams only: about a minute; also what `quick` or no
+def default_config(quick: bool = False, embeddings: bool = True, recipe: str = "embed") -> ModelConfig:
+    """The shipped recipes: `embed` (n-grams x frozen embeddings, the default), `tuned` (n-grams x
+    the tuned expert: better on English, worse on Chinese when trained on English only, see
+    docs/miti-coder.md), `ngram` (n-grams only: about a minute; also what `quick` or no
     `embeddings` give)."""
     if recipe not in RECIPES:
         raise MiLlmError(f"unknown coder recipe {recipe!r}; one of {', '.join(RECIPES)}")
@@ -176,9 +180,11 @@ class TrainedCoder(Coder):
             progress("classifier", len(specs), len(specs))
         tuned = None
         if config.tuned is not None:
-            tuned = TunedExpert(TunedConfig.from_dict(config.tuned), [str(c) for c in experts[0].classifier.classes_],
-                                embedder=tuned_embedder)
-            tuned.fit(texts, contexts, y.tolist(), weights, progress=progress)
+            tconf = TunedConfig.from_dict(config.tuned)
+            tuned = TunedExpert(tconf, [str(c) for c in experts[0].classifier.classes_], embedder=tuned_embedder)
+            tw = weights if tconf.source_weights is None else np.array(
+                [tconf.source_weights.get(e.source, config.source_weights.get(e.source, 1.0)) for e in examples])
+            tuned.fit(texts, contexts, y.tolist(), tw, progress=progress)
         gm = None
         if dialogues_for_globals:
             if progress:

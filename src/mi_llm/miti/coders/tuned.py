@@ -50,6 +50,9 @@ class TunedConfig:
     warmup: float = 0.06
     class_weight_power: float = 0.5  # 0: none, 1: balanced; 0.5 (sqrt) scored best on AnnoMI
     seed: int = 0
+    # per source, for this expert only (e.g. {"welivita": 0} trains it without those labels);
+    # None: the coder's source weights
+    source_weights: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
