@@ -142,3 +142,9 @@ def test_llm_coder_cli_retries_and_records(tmp_path):
 
 def test_codes_are_keys():
     assert set(CODES) == {"GI", "Persuade", "PwP", "Q", "SR", "CR", "AF", "Seek", "EA", "Confront"}
+
+
+def test_train_coder_unknown_recipe_is_a_one_line_error(tmp_path):
+    r = run("train-coder", "-o", str(tmp_path / "c"), "--recipe", "bogus")
+    _one_line_error(r)
+    assert "unknown coder recipe 'bogus'" in r.stderr + r.stdout and not (tmp_path / "c").exists()
