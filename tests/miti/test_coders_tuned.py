@@ -8,7 +8,6 @@ import pytest
 from mi_llm.errors import MiLlmError
 from mi_llm.llm.tiny import make_tiny_model
 from mi_llm.miti.coders.base import Item
-from mi_llm.miti.coders.embed import Embedder
 from mi_llm.miti.coders.evaluate import metrics
 from mi_llm.miti.coders.labels import demo_examples
 from mi_llm.miti.coders.trained import TrainedCoder, default_config
@@ -35,7 +34,7 @@ def test_recipes():
 
 def test_low_weight_sources_are_sampled_not_all_embedded(tiny_cfg):
     ex = EN[:120]
-    emb = Embedder(model=tiny_cfg.model, layer=tiny_cfg.frozen_layers, keep_states=True)
+    emb = tiny_cfg.embedder(keep_states=True)
     x = TunedExpert(tiny_cfg, sorted({e.code or "null" for e in ex}), embedder=emb)
     weights = [0.0] * 60 + [1.0] * 60  # weight 0: never sampled, so never run through the model
     x.fit([e.text for e in ex], [e.context for e in ex], [e.code or "null" for e in ex], weights)

@@ -81,7 +81,7 @@ class Embedder:
 
     def __init__(self, model: str = "gemma-3-270m", layer: int = 9, max_tokens: int = 96,
                  context: bool = True, context_tokens: int = 64, batch_size: int = 16,
-                 cache_dir: Path | None = None, keep_states: bool = False):
+                 cache_dir: Path | None = None, keep_states: bool = False, keep_upper: int = 0):
         self.model_name = model
         self.layer = layer
         self.max_tokens = max_tokens
@@ -95,6 +95,7 @@ class Embedder:
         self._cache: EmbeddingCache | None = None
         # token states kept in memory by (text, context): cross-validation runs the frozen blocks once
         self._states: dict[str, tuple[object, int]] | None = {} if keep_states else None
+        self.keep_upper = keep_upper  # blocks above `layer` kept (not run) for the tuned expert
 
     def config(self) -> dict:
         return {"model": self.model_name, "layer": self.layer, "max_tokens": self.max_tokens,
@@ -123,9 +124,10 @@ class Embedder:
             from mi_llm.errors import MiLlmError
 
             raise MiLlmError(f"embedding layer {self.layer} out of range 1..{n} for {self.model_name}")
-        # Only the first `layer` blocks run: the rest (and the LM head) are dropped from the
-        # forward; the blocks just above stay at hand for the tuned expert (`tuned.py`).
-        self.upper_layers = list(inner.layers[self.layer:])
+        # Only the first `layer` blocks run: the rest (and the LM head) are dropped, except
+        # `keep_upper` blocks just above, kept at hand for the tuned expert (`tuned.py`).
+        self.n_layers = n
+        self.upper_layers = list(inner.layers[self.layer: self.layer + self.keep_upper])
         inner.layers = inner.layers[: self.layer]
         # The stack returns the raw residual stream (what the next block reads); the final
         # norm is applied here for the pooled vectors.
@@ -187,9 +189,7 @@ class Embedder:
         new_vecs: list[np.ndarray] = []
         with torch.inference_mode():
             for idx, hs, pool, _ in self._forward(texts, contexts, todo):
-                hs = self.final_norm(hs)
-                vec = (hs * pool.unsqueeze(-1)).sum(1) / pool.sum(1, keepdim=True).clamp(min=1.0)
-                vec = vec.float().numpy()
+                vec = mean_pool(self.final_norm(hs), pool).float().numpy()
                 for r, i in enumerate(idx):
                     out[i] = vec[r]
                     new_keys.append(keys[i])
@@ -257,6 +257,11 @@ class Embedder:
                 if progress:
                     progress(done, len(texts))
         return out
+
+
+def mean_pool(hs, mask):
+    """(b, t, h) states averaged over the positions where the (b, t) mask is 1."""
+    return (hs * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
 
 
 def _decoder(model):  # the transformer stack of a *ForCausalLM (layers + final norm)

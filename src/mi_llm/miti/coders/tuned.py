@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mi_llm.errors import MiLlmError
-from mi_llm.miti.coders.embed import Embedder
+from mi_llm.miti.coders.embed import Embedder, mean_pool
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class TunedConfig:
     def embedder(self, keep_states: bool = False) -> Embedder:
         """The frozen blocks; `keep_states` keeps their outputs in memory (cross-validation)."""
         return Embedder(model=self.model, layer=self.frozen_layers, max_tokens=self.max_tokens,
-                        context=True, context_tokens=self.context_tokens, keep_states=keep_states)
+                        context=True, context_tokens=self.context_tokens, keep_states=keep_states,
+                        keep_upper=self.tuned_layers)
 
 
 class TunedExpert:
@@ -90,7 +91,7 @@ class TunedExpert:
         e._ensure()
         c = self.config
         if len(e.upper_layers) < c.tuned_layers:
-            raise MiLlmError(f"{c.model} has {c.frozen_layers + len(e.upper_layers)} layers: cannot tune "
+            raise MiLlmError(f"{c.model} has {e.n_layers} layers: cannot tune "
                              f"{c.tuned_layers} above layer {c.frozen_layers}")
         inner = e._model
         cfg = copy.deepcopy(inner.config)
@@ -123,8 +124,7 @@ class TunedExpert:
             att[r, :n] = 1
             pool[r, start:n] = 1.0
         hs = self._top(inputs_embeds=x, attention_mask=att, use_cache=False).last_hidden_state
-        vec = (hs * pool.unsqueeze(-1)).sum(1) / pool.sum(1, keepdim=True).clamp(min=1.0)
-        return self._head(vec)
+        return self._head(mean_pool(hs, pool))
 
     def _batches(self, rows: Sequence[int], states, rng: np.random.Generator | None) -> list[list[int]]:
         """Batches of similar length (less padding); shuffled when `rng` is given."""
@@ -142,10 +142,8 @@ class TunedExpert:
 
     # ------------------------------------------------------------- training
     def fit(self, texts: Sequence[str], contexts: Sequence[str], y: Sequence[str], weights: Sequence[float],
-            progress: StageProgress | None = None, states: Sequence[tuple[Any, int]] | None = None) -> "TunedExpert":
-        """Train on utterances (with the client's previous turns), codes `y`, a weight per utterance.
-
-        `states` (from `embedder.token_states`) skips the frozen blocks' forward pass."""
+            progress: StageProgress | None = None) -> "TunedExpert":
+        """Train on utterances (with the client's previous turns), codes `y`, a weight per utterance."""
         import torch
 
         self._build()
@@ -162,14 +160,13 @@ class TunedExpert:
         rng = np.random.default_rng(c.seed)
         torch.manual_seed(c.seed)
         per_epoch = [np.flatnonzero(rng.random(len(w)) < keep_p) for _ in range(c.epochs)]
-        if states is None:  # the frozen blocks run only on what some epoch samples
-            need = sorted(set(np.concatenate(per_epoch).tolist())) if per_epoch else []
-            got = self.embedder.token_states([texts[i] for i in need], [contexts[i] for i in need],
-                                             progress=(lambda d, n: progress("embeddings", d, n)) if progress else None)
-            full: list[tuple[Any, int]] = [(None, 0)] * len(w)
-            for i, st in zip(need, got):
-                full[i] = st
-            states = full
+        # the frozen blocks run only on what some epoch samples
+        need = sorted(set(np.concatenate(per_epoch).tolist())) if per_epoch else []
+        got = self.embedder.token_states([texts[i] for i in need], [contexts[i] for i in need],
+                                         progress=(lambda d, n: progress("embeddings", d, n)) if progress else None)
+        states: list[tuple[Any, int]] = [(None, 0)] * len(w)
+        for i, st in zip(need, got):
+            states[i] = st
         plan = [self._batches(rows, states, rng) for rows in per_epoch]
         total = sum(len(p) for p in plan)
         if total == 0:
@@ -202,14 +199,12 @@ class TunedExpert:
         return self
 
     # ------------------------------------------------------------- coding
-    def log_proba(self, texts: Sequence[str], contexts: Sequence[str], progress: Progress | None = None,
-                  states: Sequence[tuple[Any, int]] | None = None) -> np.ndarray:
+    def log_proba(self, texts: Sequence[str], contexts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
         """(n, labels) log-probabilities."""
         import torch
 
         self._build()
-        if states is None:
-            states = self.embedder.token_states(texts, contexts, progress=progress)
+        states = self.embedder.token_states(texts, contexts, progress=progress)
         out = np.zeros((len(states), len(self.labels)))
         with torch.inference_mode():
             for rows in self._batches(range(len(states)), states, None):
