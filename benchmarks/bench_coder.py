@@ -23,6 +23,8 @@ Recipes compared:
   full       ngram+ctx x the embedded model's frozen hidden states (the default, `--recipe embed`)
   tuned      ngram+ctx x the tuned expert: 2 blocks of the embedded model adapted with LoRA,
              and a head (`--recipe tuned`)
+  encoder    ngram+ctx x the encoder expert: all-MiniLM-L6-v2 fine-tuned end to end, and a
+             head (`--recipe encoder`; English)
 
     flock /tmp/mi-llm-heavy.lock .venv/bin/python benchmarks/bench_coder.py --json bench_coder.json --md bench_coder.md
 """
@@ -60,6 +62,7 @@ def recipes(embedder: Embedder | None) -> dict[str, ModelConfig]:
     out = {
         "baseline": ModelConfig(features=FeatureConfig(context=False, surface=False), C=10.0, class_weight=None),
         "ngram+ctx": default_config(quick=True),
+        "encoder": default_config(recipe="encoder"),
     }
     if embedder is not None:
         emb = embedder.config()
@@ -109,8 +112,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=None, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    ap.add_argument("--recipes", default="baseline,ngram+ctx,embed,full,tuned")
-    ap.add_argument("--timing-recipes", default="ngram,tuned", help="recipes timed by the timing section")
+    ap.add_argument("--recipes", default="baseline,ngram+ctx,embed,full,tuned,encoder")
+    ap.add_argument("--timing-recipes", default="ngram,tuned,encoder", help="recipes timed by the timing section")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--no-embeddings", action="store_true", help="skip the recipes that need the embedded model")
     ap.add_argument("--weights", default=None, help="source weights, e.g. welivita=0.2,mibot=0.2 (default: the recipe's)")
@@ -309,7 +312,7 @@ def bench_timing(data: Path, recipes: list[str]) -> dict[str, Any]:
                 "train_seconds": round(total, 1), "n_examples": coder.info["n_examples"],
                 "stages": {k: round(v, 1) for k, v in stage_t.items() if not k.endswith("_start")},
                 "code_utterances_per_second": round(n / (time.monotonic() - t1), 1),
-                "model_mb": round(sum(f.stat().st_size for f in folder.iterdir()) / 1e6, 1),
+                "model_mb": round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6, 1),
             }
             stage_t.clear()
         del os.environ["MI_LLM_EMBED_CACHE"]

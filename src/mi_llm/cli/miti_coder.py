@@ -142,7 +142,10 @@ def train_coder_cmd(
                                    "welivita=CC_Augmented.csv, mibot=DIR, dialogues=coded.jsonl"),
     recipe: str = typer.Option("embed", "--recipe", help="embed: n-grams x the embedded model's frozen hidden states "
                                "(default); tuned: n-grams x blocks of it tuned to the codes (better on English, "
-                               "worse on Chinese without Chinese training codes); ngram: n-grams only"),
+                               "worse on Chinese without Chinese training codes); encoder: n-grams x a small English encoder "
+                               "fine-tuned end to end (best on English, no help on Chinese); ngram: n-grams only"),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="with --recipe encoder: the encoder to fine-tune, "
+                                          "a local folder or hub id (default: the bundled all-MiniLM-L6-v2)"),
     quick: bool = typer.Option(False, "--quick", help="= --recipe ngram: n-gram, context and surface features only"),
     embeddings: Optional[bool] = typer.Option(None, "--embeddings/--no-embeddings",
                                               help="use the embedded model's hidden states (default: on unless --quick)"),
@@ -160,11 +163,13 @@ def train_coder_cmd(
             if stage not in tasks:
                 names = {"loading": "loading labelled data", "embeddings": "embedded-model features",
                          "tuning": "tuning the embedded model's blocks (steps)",
+                         "fine-tuning": "fine-tuning the encoder (steps)",
                          "classifier": "features and classifiers (per expert)", "globals": "global-ratings model"}
                 tasks[stage] = progress.add_task(names.get(stage, stage), total=total)
             progress.update(tasks[stage], completed=done, total=total)
 
-        folder = train_coder(output, sources, quick=quick, embeddings=embeddings, progress=on, recipe=recipe)
+        folder = train_coder(output, sources, quick=quick, embeddings=embeddings, progress=on, recipe=recipe,
+                             encoder=encoder)
     import json
 
     info = json.loads((folder / "coder.json").read_text())["info"]

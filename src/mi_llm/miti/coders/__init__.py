@@ -33,11 +33,12 @@ def default_coder_dir() -> Path:
 
 def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] = (), quick: bool = False,
                 embeddings: bool | None = None, config: Any = None, progress: Any = None,
-                recipe: str = "embed") -> Path:
+                recipe: str = "embed", encoder: str | None = None) -> Path:
     """Train a coder on the bundled demo codes plus `sources` [(kind, path)]; save it in `out_dir`.
 
     `recipe` (`trained.RECIPES`): `embed` (the default) reads the embedded model's frozen hidden
-    states, `tuned` adapts blocks of it to the codes, `ngram` neither. `quick` (= `ngram`)
+    states, `tuned` adapts blocks of it to the codes, `encoder` fine-tunes a small English
+    sentence encoder (`encoder`: another one to fine-tune, a folder or hub id), `ngram` none of these. `quick` (= `ngram`)
     trains in about a minute on a CPU with the shared data, seconds on the demo corpus
     alone; `embeddings=False` also means `ngram`.
     """
@@ -53,6 +54,10 @@ def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] =
         progress("loading", 1, 1)
     if config is None:
         config = default_config(quick=quick, embeddings=not quick if embeddings is None else embeddings, recipe=recipe)
+        if encoder:
+            if config.encoder is None:
+                raise MiLlmError("--encoder goes with --recipe encoder")
+            config.encoder["model"] = encoder
     coder = TrainedCoder.fit(examples, config, dialogues_for_globals=demo_dialogues(), progress=progress)
     coder.info["data"] = [{"kind": k, "path": str(p)} for k, p in sources] + [{"kind": "demo", "path": "bundled"}]
     coder.info["quick"] = quick

@@ -6,8 +6,11 @@ Experts combined as a product (their log-probabilities added, then renormalised)
 - the embedding expert (recipe `embed`, the default), a logistic regression over the
   embedded model's frozen hidden states (`embed.py`) and the surface cues;
 - or the tuned expert (recipe `tuned`): blocks of the embedded model adapted to the codes
-  with LoRA, and a linear head (`tuned.py`).
-The model-based experts are language-independent: they are what carries over to Chinese.
+  with LoRA, and a linear head (`tuned.py`);
+- or the encoder expert (recipe `encoder`): a small English sentence encoder fine-tuned end
+  to end, and a linear head (`encoder.py`).
+The embedded model's experts are language-independent: they are what carries over to Chinese.
+The n-gram and encoder experts vote on a language in proportion to what they saw of it.
 Measured on AnnoMI (docs/miti-coder.md), the product beats one regression over all the
 blocks stacked together: the dense block is drowned by 100k sparse n-gram columns there.
 Recipe `ngram` (`quick`): the n-gram expert alone.
@@ -16,6 +19,7 @@ A coder folder holds:
 - `coder.json`: what it is (recipe, training sources and counts, time, versions);
 - `model.joblib`: the fitted featurizers and classifiers (a pickle: load only folders you trust);
 - `tuned.safetensors`: the tuned expert's adapters and head (recipe `tuned`);
+- `encoder/`: the fine-tuned encoder and its head (recipe `encoder`);
 - `globals.json`: the global-ratings regression (`globals_model.py`).
 """
 
@@ -35,6 +39,7 @@ import numpy as np
 from mi_llm.errors import MiLlmError
 from mi_llm.miti.coders.base import Coder, Item, Progress, Result
 from mi_llm.miti.coders.embed import Embedder
+from mi_llm.miti.coders.encoder import EncoderConfig, EncoderExpert
 from mi_llm.miti.coders.features import FeatureConfig, Featurizer
 from mi_llm.miti.coders.globals_model import GlobalsModel
 from mi_llm.miti.coders.labels import NULL, Example
@@ -68,6 +73,7 @@ class ModelConfig:
     min_language_examples: int = 300
     source_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS))
     tuned: dict[str, Any] | None = None  # TunedConfig of the tuned expert; None = none
+    encoder: dict[str, Any] | None = None  # EncoderConfig of the encoder expert; None = none
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,14 +100,15 @@ def expert_configs(config: ModelConfig) -> list[tuple[str, FeatureConfig, float]
     return out
 
 
-RECIPES = ("embed", "tuned", "ngram")
+RECIPES = ("embed", "tuned", "encoder", "ngram")
 
 
 def default_config(quick: bool = False, embeddings: bool = True, recipe: str = "embed") -> ModelConfig:
     """The shipped recipes: `embed` (n-grams x frozen embeddings, the default), `tuned` (n-grams x
     the tuned expert: better on English, worse on Chinese when trained on English only, see
-    docs/miti-coder.md), `ngram` (n-grams only: about a minute; also what `quick` or no
-    `embeddings` give)."""
+    docs/miti-coder.md), `encoder` (n-grams x a fine-tuned English encoder: the best on
+    English, no help on Chinese), `ngram` (n-grams only: about a minute; also what `quick` or
+    no `embeddings` give)."""
     if recipe not in RECIPES:
         raise MiLlmError(f"unknown coder recipe {recipe!r}; one of {', '.join(RECIPES)}")
     feats = FeatureConfig()
@@ -110,7 +117,16 @@ def default_config(quick: bool = False, embeddings: bool = True, recipe: str = "
     if recipe == "embed":
         feats.embeddings = Embedder().config()
         return ModelConfig(features=feats)
+    if recipe == "encoder":
+        return ModelConfig(features=feats, encoder=EncoderConfig().to_dict())
     return ModelConfig(features=feats, tuned=TunedConfig().to_dict())
+
+
+def _weights(examples: Sequence[Example], config: ModelConfig,
+             override: dict[str, float] | None = None) -> np.ndarray:
+    """A training weight per utterance, from its source (`override` first: one expert's own)."""
+    override = override or {}
+    return np.array([override.get(e.source, config.source_weights.get(e.source, 1.0)) for e in examples])
 
 
 def _one_thread() -> Any:
@@ -130,10 +146,12 @@ class Expert:
 
 class TrainedCoder(Coder):
     def __init__(self, config: ModelConfig, experts: list[Expert], globals_model: GlobalsModel | None = None,
-                 info: dict[str, Any] | None = None, folder: Path | None = None, tuned: TunedExpert | None = None):
+                 info: dict[str, Any] | None = None, folder: Path | None = None, tuned: TunedExpert | None = None,
+                 encoder: EncoderExpert | None = None):
         self.config = config
         self.experts = experts
         self.tuned = tuned
+        self.encoder = encoder
         self.globals_model = globals_model
         self.info = info or {}
         self.folder = folder
@@ -165,7 +183,7 @@ class TrainedCoder(Coder):
             self_embedder = embedder or Embedder.from_config(config.features.embeddings)
             emb = self_embedder.embed(texts, contexts,
                                       progress=(lambda d, n: progress("embeddings", d, n)) if progress else None)
-        weights = np.array([config.source_weights.get(e.source, 1.0) for e in examples])
+        weights = _weights(examples, config)
         experts = []
         for k, (name, fconf, C) in enumerate(specs):
             if progress:
@@ -182,9 +200,12 @@ class TrainedCoder(Coder):
         if config.tuned is not None:
             tconf = TunedConfig.from_dict(config.tuned)
             tuned = TunedExpert(tconf, [str(c) for c in experts[0].classifier.classes_], embedder=tuned_embedder)
-            tw = weights if tconf.source_weights is None else np.array(
-                [tconf.source_weights.get(e.source, config.source_weights.get(e.source, 1.0)) for e in examples])
-            tuned.fit(texts, contexts, y.tolist(), tw, progress=progress)
+            tuned.fit(texts, contexts, y.tolist(), _weights(examples, config, tconf.source_weights), progress=progress)
+        encoder = None
+        if config.encoder is not None:
+            econf = EncoderConfig.from_dict(config.encoder)
+            encoder = EncoderExpert(econf, [str(c) for c in experts[0].classifier.classes_])
+            encoder.fit(texts, contexts, y.tolist(), _weights(examples, config, econf.source_weights), progress=progress)
         gm = None
         if dialogues_for_globals:
             if progress:
@@ -199,12 +220,12 @@ class TrainedCoder(Coder):
             "languages": dict(Counter(e.language for e in examples)),
             "label_counts": {k: int(v) for k, v in Counter(y.tolist()).items()},
             "n_examples": len(examples),
-            "experts": [x.name for x in experts] + (["tuned"] if tuned else []),
+            "experts": [x.name for x in experts] + [x.name for x in (tuned, encoder) if x],
             "seconds": round(time.monotonic() - t0, 1),
             "sklearn": sklearn.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        coder = cls(config, experts, gm, info, tuned=tuned)
+        coder = cls(config, experts, gm, info, tuned=tuned, encoder=encoder)
         coder._embedder = self_embedder
         return coder
 
@@ -226,7 +247,12 @@ class TrainedCoder(Coder):
         contexts = [it.context for it in items]
         emb = self._embed(texts, contexts, progress)
         logp = np.zeros((len(items), len(self.labels)))
-        weights = self._ngram_weights(items) if len(self.experts) > 1 or self.tuned else np.ones(len(items))
+        # language-bound experts (n-grams, the English encoder) vote in proportion to what they saw
+        # of the item's language, when a language-independent expert is there to carry the rest
+        language_free = len(self.experts) > 1 or self.tuned is not None
+        weights = self._language_weights(items) if language_free or self.encoder else np.ones(len(items))
+        if not language_free:
+            weights = np.where(weights > 0, weights, 1.0)  # an unseen language: some vote beats none
         with _one_thread():
             for x in self.experts:
                 X = x.featurizer.transform(texts, contexts, emb if x.featurizer.config.embeddings is not None else None)
@@ -234,11 +260,13 @@ class TrainedCoder(Coder):
                 logp += lp * weights[:, None] if x.name == "ngram" else lp
         if self.tuned is not None:
             logp += self.tuned.log_proba(texts, contexts, progress=progress)
+        if self.encoder is not None:
+            logp += self.encoder.log_proba(texts, contexts, progress=progress) * weights[:, None]
         logp -= logp.max(axis=1, keepdims=True)
         p = np.exp(logp)
         return p / p.sum(axis=1, keepdims=True)
 
-    def _ngram_weights(self, items: Sequence[Item]) -> np.ndarray:
+    def _language_weights(self, items: Sequence[Item]) -> np.ndarray:
         seen = self.info.get("languages", {})
         floor = max(1, self.config.min_language_examples)
         return np.array([min(1.0, seen.get(it.lang, 0) / floor) for it in items])
@@ -253,7 +281,7 @@ class TrainedCoder(Coder):
             k = int(np.argmax(row))
             code = None if labels[k] == NULL else labels[k]
             out.append(Result(code=code, extra={"confidence": round(float(row[k]), 4)}))
-        if progress and self.config.features.embeddings is None and self.tuned is None:
+        if progress and self.config.features.embeddings is None and self.tuned is None and self.encoder is None:
             progress(len(items), len(items))
         return out
 
@@ -269,6 +297,8 @@ class TrainedCoder(Coder):
             joblib.dump({"experts": [(x.name, x.featurizer, x.classifier) for x in self.experts]}, f, compress=3)
         if self.tuned is not None:
             self.tuned.save(folder / "tuned.safetensors")
+        if self.encoder is not None:
+            self.encoder.save(folder / "encoder")
         if self.globals_model is not None:
             self.globals_model.save(folder / "globals.json")
         write_json(folder / "coder.json", {
@@ -307,13 +337,20 @@ class TrainedCoder(Coder):
         gm = GlobalsModel.load(folder / "globals.json") if (folder / "globals.json").is_file() else None
         experts = [Expert(n, f, c) for n, f, c in blob["experts"]]
         config = ModelConfig.from_dict(meta["config"])
-        tuned = None
-        if config.tuned is not None:
-            path = folder / "tuned.safetensors"
-            from safetensors import SafetensorError
+        from safetensors import SafetensorError
 
+        def read(path: Path, load: Callable[[], Any]) -> Any:
             try:
-                tuned = TunedExpert.load(path, TunedConfig.from_dict(config.tuned), meta["labels"])
+                return load()
             except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
                 raise MiLlmError(f"{path}: unreadable ({type(e).__name__}: {e}); retrain the coder") from None
-        return cls(config, experts, gm, meta.get("info", {}), folder, tuned=tuned)
+
+        tuned = encoder = None
+        if config.tuned is not None:
+            path = folder / "tuned.safetensors"
+            tuned = read(path, lambda: TunedExpert.load(path, TunedConfig.from_dict(config.tuned), meta["labels"]))
+        if config.encoder is not None:
+            path = folder / "encoder"
+            encoder = read(path, lambda: EncoderExpert.load(path, EncoderConfig.from_dict(config.encoder),
+                                                           meta["labels"]))
+        return cls(config, experts, gm, meta.get("info", {}), folder, tuned=tuned, encoder=encoder)

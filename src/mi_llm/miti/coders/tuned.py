@@ -8,9 +8,7 @@ utterance in inference mode (`Embedder.token_states`, kept in memory as bf16), a
 adapters on every linear layer. The head reads the mean of the final states over the
 utterance's own tokens (the client's previous turn is in the sequence, not in the pool).
 
-Sources with a weight below 1 (automatic labels) are sampled with that probability in
-each epoch instead of down-weighted: the same expected gradient for a fraction of the
-compute, and a different sample each epoch.
+Training (sampling of low-weight sources, class weights, batches): `training.py`.
 """
 
 from __future__ import annotations
@@ -27,11 +25,11 @@ import numpy as np
 
 from mi_llm.errors import MiLlmError
 from mi_llm.miti.coders.embed import Embedder, mean_pool
+from mi_llm.miti.coders.training import StageProgress, epoch_samples, length_batches, train_classifier
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (done, total)
-StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -127,18 +125,7 @@ class TunedExpert:
         return self._head(mean_pool(hs, pool))
 
     def _batches(self, rows: Sequence[int], states, rng: np.random.Generator | None) -> list[list[int]]:
-        """Batches of similar length (less padding); shuffled when `rng` is given."""
-        rows = list(rows)
-        if rng is not None:
-            rng.shuffle(rows)
-        bs = self.config.batch_size
-        out = []
-        for c in range(0, len(rows), bs * 8):
-            chunk = sorted(rows[c: c + bs * 8], key=lambda i: int(states[i][0].shape[0]))
-            out += [chunk[b: b + bs] for b in range(0, len(chunk), bs)]
-        if rng is not None:
-            rng.shuffle(out)
-        return out
+        return length_batches(rows, lambda i: int(states[i][0].shape[0]), self.config.batch_size, rng)
 
     # ------------------------------------------------------------- training
     def fit(self, texts: Sequence[str], contexts: Sequence[str], y: Sequence[str], weights: Sequence[float],
@@ -148,53 +135,25 @@ class TunedExpert:
 
         self._build()
         c = self.config
-        index = {lab: k for k, lab in enumerate(self.labels)}
-        target = torch.tensor([index[v] for v in y])
-        w = np.asarray(weights, dtype=float)
-        keep_p = np.clip(w, 0.0, 1.0)  # sampled with probability w when w < 1
-        loss_w = np.maximum(w, 1.0)  # and weighted when w > 1
-        counts = np.bincount(target.numpy(), weights=w, minlength=len(self.labels))
-        cw = (counts.sum() / (len(self.labels) * np.maximum(counts, 1e-9))) ** c.class_weight_power
-        cw = torch.tensor(np.where(counts > 0, cw, 0.0), dtype=torch.float32)
-        lossf = torch.nn.CrossEntropyLoss(weight=cw, reduction="none")
         rng = np.random.default_rng(c.seed)
         torch.manual_seed(c.seed)
-        per_epoch = [np.flatnonzero(rng.random(len(w)) < keep_p) for _ in range(c.epochs)]
+        per_epoch = epoch_samples(weights, c.epochs, rng)
         # the frozen blocks run only on what some epoch samples
         need = sorted(set(np.concatenate(per_epoch).tolist())) if per_epoch else []
         got = self.embedder.token_states([texts[i] for i in need], [contexts[i] for i in need],
                                          progress=(lambda d, n: progress("embeddings", d, n)) if progress else None)
-        states: list[tuple[Any, int]] = [(None, 0)] * len(w)
+        states: list[tuple[Any, int]] = [(None, 0)] * len(weights)
         for i, st in zip(need, got):
             states[i] = st
         plan = [self._batches(rows, states, rng) for rows in per_epoch]
-        total = sum(len(p) for p in plan)
-        if total == 0:
-            raise MiLlmError("the tuned expert has no training utterances")
         params = [p for p in self._top.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW([{"params": params, "lr": c.lr},
-                                 {"params": self._head.parameters(), "lr": c.head_lr}], weight_decay=0.01)
-        warm = max(1, int(c.warmup * total))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (total - s) / max(1, total - warm)))
         self._top.train()
-        t0, step = time.monotonic(), 0
-        for batches in plan:
-            for rows in batches:
-                logits = self._logits(states, rows)
-                lw = torch.tensor(loss_w[rows], dtype=torch.float32)
-                per = lossf(logits, target[rows]) * lw
-                # normalised like CrossEntropyLoss(weight=...): by the batch's total weight
-                loss = per.sum() / (cw[target[rows]] * lw).sum().clamp(min=1e-9)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                if progress:
-                    progress("tuning", step, total)
+        t0 = time.monotonic()
+        train_classifier(plan, lambda rows: self._logits(states, rows), self.labels, y, weights,
+                         [{"params": params, "lr": c.lr}, {"params": list(self._head.parameters()), "lr": c.head_lr}],
+                         class_weight_power=c.class_weight_power, warmup=c.warmup, progress=progress)
         self._top.eval()
-        log.info("tuned %d blocks on %d utterances x %d epochs in %.0f s", c.tuned_layers, len(w), c.epochs,
+        log.info("tuned %d blocks on %d utterances x %d epochs in %.0f s", c.tuned_layers, len(y), c.epochs,
                  time.monotonic() - t0)
         return self
 
