@@ -86,10 +86,11 @@ def test_broken_encoder_folder_is_a_clear_error(tiny_encoder, tmp_path):
 
 @pytest.mark.integration
 def test_bundled_encoder_codes_held_out_dialogues():
-    """all-MiniLM-L6-v2 fine-tuned on 3/4 of the English demo codes (about two minutes)."""
+    """all-MiniLM-L6-v2 fine-tuned on 3/4 of the English demo codes (about three minutes; 4 epochs:
+    560 utterances are 35 steps an epoch, and 2 epochs stopped at kappa 0.496)."""
     train = [e for e in EN if e.group not in HELD_OUT]
     test = [e for e in EN if e.group in HELD_OUT]
-    x = EncoderExpert(EncoderConfig(epochs=2), sorted({e.code or "null" for e in EN}))
+    x = EncoderExpert(EncoderConfig(epochs=4), sorted({e.code or "null" for e in EN}))
     x.fit([e.text for e in train], [e.context for e in train], [e.code or "null" for e in train], [1.0] * len(train))
     lp = x.log_proba([e.text for e in test], [e.context for e in test])
     pred = [x.labels[k] for k in lp.argmax(1)]
