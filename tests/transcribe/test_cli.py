@@ -156,8 +156,9 @@ def test_sigkill_mid_run_then_resume(server, write_inputs, tmp_path):
 
 
 def test_ctrl_c_stops_cleanly(server, write_inputs, tmp_path):
-    ds = [make_dialogue(f"i{i}") for i in range(20)]
-    server.script.delay_s = 0.1
+    # enough work left after the second line (about 4 s) that the signal never comes after the end
+    ds = [make_dialogue(f"i{i}") for i in range(40)]
+    server.script.delay_s = 0.3
     src, out = write_inputs(ds), tmp_path / "mi.jsonl"
     proc = _start(src, out, server)
     _wait_for_lines(out, 2, proc)
