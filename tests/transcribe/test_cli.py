@@ -101,7 +101,10 @@ def test_code_with_a_missing_coder_fails_before_any_call(server, write_inputs, t
 def _start(src: Path, out: Path, server, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(cli(str(src), "-o", str(out), "--base-url", server.base_url, "--concurrency", "3",
                                 "--max-repairs", "1", *extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                            # as from a terminal: a job started in the background (`cmd &`) inherits
+                            # SIGINT ignored, and then Ctrl-C could not be tested
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_lines(out: Path, n: int, proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -156,7 +159,7 @@ def test_sigkill_mid_run_then_resume(server, write_inputs, tmp_path):
 
 
 def test_ctrl_c_stops_cleanly(server, write_inputs, tmp_path):
-    # enough work left after the second line (about 4 s) that the signal never comes after the end
+    # enough work left after the second line (about 4 s) that the signal comes before the end
     ds = [make_dialogue(f"i{i}") for i in range(40)]
     server.script.delay_s = 0.3
     src, out = write_inputs(ds), tmp_path / "mi.jsonl"
