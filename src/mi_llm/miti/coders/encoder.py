@@ -193,8 +193,9 @@ class EncoderExpert:
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
         shutil.rmtree(tmp, ignore_errors=True)
-        self._enc.to(torch.float16).save_pretrained(tmp)
-        self._enc.to(torch.float32)
+        # a half-precision copy of the weights: the model in memory stays fp32, unrounded
+        half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in self._enc.state_dict().items()}
+        self._enc.save_pretrained(tmp, state_dict=half)
         self._tok.save_pretrained(tmp)
         save_file({k: v.cpu().contiguous() for k, v in self._head.state_dict().items()}, str(tmp / "head.safetensors"))
         if folder.exists():
