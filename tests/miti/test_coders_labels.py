@@ -161,6 +161,13 @@ def test_parse_sources(tmp_path):
         L.parse_sources(["nope=/x"])
 
 
+def test_parse_weights():
+    assert L.parse_weights(["Welivita=1", "mine=0", " demo = 2.5"]) == {"welivita": 1.0, "mine": 0.0, "demo": 2.5}
+    for bad in ("welivita", "welivita=", "welivita=-0.1", "welivita=nan", "welivita=x", "=1"):
+        with pytest.raises(MiLlmError, match="expected SOURCE=W"):
+            L.parse_weights([bad])
+
+
 @pytest.mark.integration
 def test_shared_data_counts(shared_data):
     an = L.load_annomi(shared_data / "annomi" / "AnnoMI-full.csv")

@@ -146,15 +146,19 @@ def train_coder_cmd(
                                "fine-tuned end to end (best on English, no help on Chinese); ngram: n-grams only"),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="with --recipe encoder: the encoder to fine-tune, "
                                           "a local folder or hub id (default: the bundled all-MiniLM-L6-v2)"),
+    weight: list[str] = typer.Option([], "--weight", help="SOURCE=W, repeatable: how much one source's labels count "
+                                     "(default annomi=1 demo=1 welivita=0.2 mibot=0.2; welivita=1 codes written "
+                                     "counseling better and spoken sessions and Chinese a little worse, see docs/miti-coder.md)"),
     quick: bool = typer.Option(False, "--quick", help="= --recipe ngram: n-gram, context and surface features only"),
     embeddings: Optional[bool] = typer.Option(None, "--embeddings/--no-embeddings",
                                               help="use the embedded model's hidden states (default: on unless --quick)"),
 ) -> None:
     """Train the offline coder on the bundled demo codes plus the given labelled data."""
     from mi_llm.miti.coders import train_coder
-    from mi_llm.miti.coders.labels import parse_sources
+    from mi_llm.miti.coders.labels import parse_sources, parse_weights
 
     sources = parse_sources(data)
+    weights = parse_weights(weight)
     t0 = time.monotonic()
     with _progress() as progress:
         tasks: dict[str, Any] = {}
@@ -169,7 +173,7 @@ def train_coder_cmd(
             progress.update(tasks[stage], completed=done, total=total)
 
         folder = train_coder(output, sources, quick=quick, embeddings=embeddings, progress=on, recipe=recipe,
-                             encoder=encoder)
+                             encoder=encoder, weights=weights)
     import json
 
     info = json.loads((folder / "coder.json").read_text())["info"]

@@ -33,14 +33,15 @@ def default_coder_dir() -> Path:
 
 def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] = (), quick: bool = False,
                 embeddings: bool | None = None, config: Any = None, progress: Any = None,
-                recipe: str = "embed", encoder: str | None = None) -> Path:
+                recipe: str = "embed", encoder: str | None = None, weights: dict[str, float] | None = None) -> Path:
     """Train a coder on the bundled demo codes plus `sources` [(kind, path)]; save it in `out_dir`.
 
     `recipe` (`trained.RECIPES`): `embed` (the default) reads the embedded model's frozen hidden
     states, `tuned` adapts blocks of it to the codes, `encoder` fine-tunes a small English
     sentence encoder (`encoder`: another one to fine-tune, a folder or hub id), `ngram` none of these. `quick` (= `ngram`)
     trains in about a minute on a CPU with the shared data, seconds on the demo corpus
-    alone; `embeddings=False` also means `ngram`.
+    alone; `embeddings=False` also means `ngram`. `weights` {source: weight} override the
+    recipe's source weights (e.g. {"welivita": 1.0} to code written counseling text).
     """
     from mi_llm.miti.coders.labels import load_sources
     from mi_llm.miti.coders.trained import TrainedCoder, default_config
@@ -58,6 +59,13 @@ def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] =
             if config.encoder is None:
                 raise MiLlmError("--encoder goes with --recipe encoder")
             config.encoder["model"] = encoder
+    if weights:
+        present = sorted({e.source for e in examples})
+        unknown = sorted(set(weights) - set(present))
+        if unknown:
+            raise MiLlmError(f"--weight {unknown[0]}: no training utterances come from that source "
+                             f"(sources here: {', '.join(present)})")
+        config.source_weights.update(weights)
     coder = TrainedCoder.fit(examples, config, dialogues_for_globals=demo_dialogues(), progress=progress)
     coder.info["data"] = [{"kind": k, "path": str(p)} for k, p in sources] + [{"kind": "demo", "path": "bundled"}]
     coder.info["quick"] = quick

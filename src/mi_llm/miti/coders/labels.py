@@ -283,6 +283,23 @@ def parse_sources(specs: Iterable[str]) -> list[tuple[str, Path]]:
     return out
 
 
+def parse_weights(specs: Iterable[str]) -> dict[str, float]:
+    """`--weight SOURCE=W` values -> {source: weight}, checked (W a number >= 0)."""
+    out: dict[str, float] = {}
+    for spec in specs:
+        name, sep, w = spec.partition("=")
+        name = name.strip().lower()
+        try:
+            weight = float(w) if sep and name else -1.0
+        except ValueError:
+            weight = -1.0
+        if not weight >= 0:  # also rejects nan
+            raise MiLlmError(f"--weight {spec!r}: expected SOURCE=W with W a number >= 0 "
+                             f"(sources: {', '.join(s for s in SOURCES if s != 'dialogues')}, demo, or a dialogues file's name)")
+        out[name] = weight
+    return out
+
+
 def load_sources(sources: Iterable[tuple[str, str | Path]], demo: bool = True) -> list[Example]:
     """Examples of every (kind, path) source, plus the bundled demo corpus codes."""
     out: list[Example] = demo_examples() if demo else []
