@@ -155,12 +155,14 @@ def test_train_coder_source_weights(tmp_path):
     extra = tmp_path / "mine.jsonl"
     extra.write_text(demo_files("en")[0].read_text(encoding="utf-8"), encoding="utf-8")
     r = run("train-coder", "-o", str(tmp_path / "c"), "--quick", "--data", f"dialogues={extra}",
-            "--weight", "mine=3", "--weight", "demo=0.5")
+            "--weight", "MINE=3", "--weight", "demo=0.5")
     assert r.returncode == 0, r.stderr
     weights = json.loads((tmp_path / "c" / "coder.json").read_text())["config"]["source_weights"]
     assert weights["mine"] == 3.0 and weights["demo"] == 0.5 and weights["welivita"] == 0.2
     line = _one_line_error(run("train-coder", "-o", str(tmp_path / "d"), "--quick", "--weight", "welivita=1"))
     assert "--weight welivita: no training utterances come from that source" in line and not (tmp_path / "d").exists()
+    line = _one_line_error(run("train-coder", "-o", str(tmp_path / "z"), "--quick", "--weight", "demo=0"))
+    assert "every training utterance would weigh 0" in line and not (tmp_path / "z").exists()
     for bad in ("welivita", "welivita=-1", "welivita=lots", "=1"):
         line = _one_line_error(run("train-coder", "-o", str(tmp_path / "e"), "--quick", "--weight", bad))
         assert "expected SOURCE=W" in line

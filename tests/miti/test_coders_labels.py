@@ -162,8 +162,8 @@ def test_parse_sources(tmp_path):
 
 
 def test_parse_weights():
-    assert L.parse_weights(["Welivita=1", "mine=0", " demo = 2.5"]) == {"welivita": 1.0, "mine": 0.0, "demo": 2.5}
-    for bad in ("welivita", "welivita=", "welivita=-0.1", "welivita=nan", "welivita=x", "=1"):
+    assert L.parse_weights(["welivita=1", "Mine=0", " demo = 2.5"]) == {"welivita": 1.0, "Mine": 0.0, "demo": 2.5}
+    for bad in ("welivita", "welivita=", "welivita=-0.1", "welivita=nan", "welivita=inf", "welivita=x", "=1"):
         with pytest.raises(MiLlmError, match="expected SOURCE=W"):
             L.parse_weights([bad])
 

@@ -60,12 +60,14 @@ def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] =
                 raise MiLlmError("--encoder goes with --recipe encoder")
             config.encoder["model"] = encoder
     if weights:
-        present = sorted({e.source for e in examples})
-        unknown = sorted(set(weights) - set(present))
-        if unknown:
-            raise MiLlmError(f"--weight {unknown[0]}: no training utterances come from that source "
-                             f"(sources here: {', '.join(present)})")
-        config.source_weights.update(weights)
+        present = {e.source.casefold(): e.source for e in examples}
+        for name, w in weights.items():
+            if name.casefold() not in present:
+                raise MiLlmError(f"--weight {name}: no training utterances come from that source "
+                                 f"(sources here: {', '.join(sorted(present.values()))})")
+            config.source_weights[present[name.casefold()]] = w
+        if not any(config.source_weights.get(e.source, 1.0) > 0 for e in examples):
+            raise MiLlmError("--weight: every training utterance would weigh 0")
     coder = TrainedCoder.fit(examples, config, dialogues_for_globals=demo_dialogues(), progress=progress)
     coder.info["data"] = [{"kind": k, "path": str(p)} for k, p in sources] + [{"kind": "demo", "path": "bundled"}]
     coder.info["quick"] = quick

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -288,12 +289,12 @@ def parse_weights(specs: Iterable[str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for spec in specs:
         name, sep, w = spec.partition("=")
-        name = name.strip().lower()
+        name = name.strip()
         try:
             weight = float(w) if sep and name else -1.0
         except ValueError:
             weight = -1.0
-        if not weight >= 0:  # also rejects nan
+        if not (math.isfinite(weight) and weight >= 0):
             raise MiLlmError(f"--weight {spec!r}: expected SOURCE=W with W a number >= 0 "
                              f"(sources: {', '.join(s for s in SOURCES if s != 'dialogues')}, demo, or a dialogues file's name)")
         out[name] = weight
