@@ -6,6 +6,7 @@ Each pipeline stage registers its commands from its own module under `mi_llm.cli
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 import typer
@@ -33,6 +34,8 @@ def _register_all() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, no traceback."""
+    # peft reads a transformers attribute deprecated in 5.x: noise users cannot act on
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     _register_all()
     command = typer.main.get_command(app)
     try:
