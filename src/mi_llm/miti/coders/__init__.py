@@ -66,8 +66,6 @@ def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] =
                 raise MiLlmError(f"--weight {name}: no training utterances come from that source "
                                  f"(sources here: {', '.join(sorted(present.values()))})")
             config.source_weights[present[name.casefold()]] = w
-        if not any(config.source_weights.get(e.source, 1.0) > 0 for e in examples):
-            raise MiLlmError("--weight: every training utterance would weigh 0")
     coder = TrainedCoder.fit(examples, config, dialogues_for_globals=demo_dialogues(), progress=progress)
     coder.info["data"] = [{"kind": k, "path": str(p)} for k, p in sources] + [{"kind": "demo", "path": "bundled"}]
     coder.info["quick"] = quick

@@ -176,6 +176,9 @@ class TrainedCoder(Coder):
         y = np.array([e.code or NULL for e in examples])
         if len(set(y)) < 2:
             raise MiLlmError("training needs at least two different codes")
+        weights = _weights(examples, config)
+        if not weights.any():
+            raise MiLlmError(f"every training utterance would weigh 0 (source weights {config.source_weights})")
         specs = expert_configs(config)
         emb = None
         self_embedder = None
@@ -183,7 +186,6 @@ class TrainedCoder(Coder):
             self_embedder = embedder or Embedder.from_config(config.features.embeddings)
             emb = self_embedder.embed(texts, contexts,
                                       progress=(lambda d, n: progress("embeddings", d, n)) if progress else None)
-        weights = _weights(examples, config)
         experts = []
         for k, (name, fconf, C) in enumerate(specs):
             if progress:
