@@ -1,5 +1,6 @@
 # mi-llm: `make demo` runs the whole pipeline on the bundled corpus; `make test` runs every test.
-# Both create or refresh .venv first (idempotent; a no-op when pyproject.toml is unchanged).
+# Both create or refresh .venv first (idempotent; a no-op when pyproject.toml, constraints.txt and
+# tools/llama_cpp are unchanged).
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,14 +10,20 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test bench browser clean
+.PHONY: venv demo test bench browser clean lock
 
-$(STAMP): pyproject.toml
+# Every package is pinned in constraints.txt (regenerate: `make lock`). llama-cpp-python is built
+# by tools/llama_cpp/build.sh for every x86-64 CPU (runtime dispatch, no AMX kernels; never
+# -march=native), cached per version and flags under $MI_LLM_HOME/wheels.
+LLAMA_CPP_VERSION = $(shell sed -n 's/^llama_cpp_python==//p' constraints.txt)
+
+$(STAMP): pyproject.toml constraints.txt tools/llama_cpp/build.sh tools/llama_cpp/cpu_variants.cmake
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt pip
 	# The CPU build of torch lies on this disk; naming it exactly keeps pip off the CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	tools/llama_cpp/build.sh $(PY) $(LLAMA_CPP_VERSION)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	# llama.cpp's HF -> GGUF converter (for `mi-llm export --gguf`), from the llama-cpp-python sdist;
 	# without it only GGUF export is missing (its test skips), so a failed fetch does not stop set-up.
 	$(PY) -m mi_llm.train.gguf --fetch || echo "warning: llama.cpp's GGUF converter not fetched; mi-llm export --gguf will retry"
@@ -38,6 +45,10 @@ test: venv browser
 
 bench: venv
 	$(PY) benchmarks/run_all.py
+
+# Re-resolve every dependency at today's newest versions into constraints.txt (then test, commit).
+lock:
+	PYTHON=$(PYTHON) tools/lock.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build

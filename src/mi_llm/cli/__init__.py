@@ -32,6 +32,30 @@ def _register_all() -> None:
         importlib.import_module(f"mi_llm.cli.{name}").register(app)
 
 
+def _click_exception_types() -> tuple[type[Exception], ...]:
+    """Usage-error classes: click's, and the copy of click that typer >= 0.29 bundles."""
+    types: list[type[Exception]] = [click.exceptions.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        types.append(TyperClickException)
+    except ImportError:  # typer < 0.29 raises click's own exceptions
+        pass
+    return tuple(types)
+
+
+def _abort_types() -> tuple[type[BaseException], ...]:
+    return (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
+
+
+def usage_error_line(e: Exception) -> str:
+    """One line: the sub-command and what is wrong (click's message names the option)."""
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None and getattr(ctx, "command_path", None) else "mi-llm"
+    message = " ".join(str(e.format_message()).split()) if hasattr(e, "format_message") else str(e)
+    return f"{where}: {message}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, no traceback."""
     # peft reads a transformers attribute deprecated in 5.x: noise users cannot act on
@@ -43,10 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     except MiLlmError as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except _abort_types():
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+    except _click_exception_types() as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `mi-llm data` alone: the help is the answer
+            e.show()
+            sys.exit(2)
+        print(usage_error_line(e), file=sys.stderr)
+        sys.exit(2)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -318,11 +318,10 @@ class BackendEngine(ChatEngine):
 
 
 def llama_cpp_available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """llama-cpp-python is installed and its build passed the crash probe on this CPU."""
+    from mi_llm.llm.backends import resolve_auto_backend
+
+    return resolve_auto_backend() == "llamacpp"
 
 
 def build_engine(backend: str | None, model: str | None = None, adapter: str | None = None, **opts: Any) -> ChatEngine:
@@ -330,9 +329,9 @@ def build_engine(backend: str | None, model: str | None = None, adapter: str | N
     if backend == "echo":
         return EchoEngine(model_id=model or "echo", delay=float(opts.get("echo_delay", 0.0)))
     if backend is None:
-        backend = "llamacpp" if llama_cpp_available() else "hf"
-        if backend == "hf":
-            log.warning("llama-cpp-python is not installed: serving with the hf backend (pip install llama-cpp-python)")
+        from mi_llm.llm.backends import resolve_auto_backend
+
+        backend = resolve_auto_backend()  # warns in one line when it falls back to hf
     from mi_llm.llm.backends import get_backend
     from mi_llm.llm.models import DEFAULT_MODEL
 

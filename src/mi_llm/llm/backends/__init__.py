@@ -12,19 +12,29 @@ from typing import Any
 from mi_llm.errors import MiLlmError
 from mi_llm.llm.backends.base import PRESETS, Backend, Completion, GenerationConfig, Messages, preset
 
-BACKENDS = ("hf", "llamacpp", "openai", "vllm")
+BACKENDS = ("hf", "llamacpp", "openai", "vllm", "auto")
 
 __all__ = ["BACKENDS", "PRESETS", "Backend", "Completion", "GenerationConfig", "Messages", "get_backend", "preset"]
 
 
 def get_backend(name: str, model: Any, adapter: str | Path | None = None, **opts: Any) -> Backend:
-    """A loaded backend. `model` is a model name/folder (a served model name for `openai`)."""
+    """A loaded backend. `model` is a model name/folder (a served model name for `openai`).
+
+    `auto` is llamacpp where llama-cpp-python is installed and passes its crash probe on this
+    CPU, else hf (with a one-line warning). Asking for `llamacpp` by name on a machine where
+    the probe fails is an error (exit 2), never a segfault.
+    """
+    if name == "auto":
+        name = resolve_auto_backend()
     if name == "hf":
         from mi_llm.llm.backends.hf import HFBackend
 
         return HFBackend(model, adapter=adapter, **opts)
     if name == "llamacpp":
         from mi_llm.llm.backends.llamacpp import LlamaCppBackend
+        from mi_llm.llm.llamacpp_runtime import ensure_usable
+
+        ensure_usable(explicit=True)
 
         return LlamaCppBackend(model, adapter=adapter, **opts)
     if name == "openai":
@@ -38,3 +48,15 @@ def get_backend(name: str, model: Any, adapter: str | Path | None = None, **opts
 
         return VLLMBackend(model, adapter=adapter, **opts)
     raise MiLlmError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+
+
+def resolve_auto_backend() -> str:
+    """llamacpp when llama-cpp-python is installed and works on this CPU, else hf."""
+    from mi_llm.llm.llamacpp_runtime import build_fingerprint, ensure_usable
+
+    if build_fingerprint() is None:
+        import logging
+
+        logging.getLogger(__name__).warning("llama-cpp-python is not installed: using the hf backend (pip install llama-cpp-python)")
+        return "hf"
+    return "llamacpp" if ensure_usable(explicit=False) else "hf"

@@ -21,21 +21,13 @@ from typing import Any
 
 from mi_llm.errors import MiLlmError
 from mi_llm.llm.backends.base import Backend, Completion, GenerationConfig, Messages, first_stop
+from mi_llm.llm.llamacpp_runtime import import_llama_cpp
 
 log = logging.getLogger(__name__)
 
 # GGUF architecture -> our template family, for a bare GGUF without a chat template.
 _ARCH_FAMILY = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "llama": "llama3", "qwen2": "chatml",
                 "qwen3": "chatml", "glm4": "glm4", "chatglm": "glm4", "baichuan": "baichuan2"}
-
-
-def import_llama_cpp() -> Any:
-    try:
-        import llama_cpp
-    except ImportError:
-        raise MiLlmError("the llamacpp backend needs llama-cpp-python: pip install llama-cpp-python "
-                         "(or pip install 'mi-llm[llamacpp]')") from None
-    return llama_cpp
 
 
 def render_jinja(template: str, messages: Sequence[dict[str, str]], bos: str, eos: str, add_generation_prompt: bool = True) -> str:

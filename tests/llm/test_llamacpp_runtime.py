@@ -1,0 +1,134 @@
+"""llama.cpp safety: the build works on this CPU (a real decode in a child process), a crash in
+the child is a one-line error naming the signal and the CPU, and the backend choice follows."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from mi_llm.errors import MiLlmError
+from mi_llm.llm import llamacpp_runtime as rt
+
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MI_LLM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(rt.SKIP_ENV, raising=False)
+    return tmp_path / "home"
+
+
+def _crashing_child(tmp_path: Path, how: str) -> list[str]:
+    script = tmp_path / "child.py"
+    script.write_text("import os, signal, sys\n" + how + "\n")
+    return [sys.executable, str(script)]
+
+
+@pytest.mark.integration
+def test_a_real_decode_of_the_embedded_gguf_survives_in_a_child_process() -> None:
+    """The issue's crash (SIGSEGV in llama_decode on AMX CPUs): this fails with the signal and flags."""
+    if not HAS_LLAMA_CPP:
+        pytest.fail("llama-cpp-python is not installed (make venv builds it)") if os.environ.get("CI") == "true" \
+            else pytest.skip("llama-cpp-python not installed")
+    result = rt.run_probe()
+    assert result.ok, f"{result.detail} [CPU flags: {rt.simd_flags()}]"
+    assert "AVX" in result.system_info or "x86" not in os.uname().machine
+
+
+def test_a_crash_in_the_child_names_the_signal_and_the_cpu_flags(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(rt, "probe_command", lambda gguf: _crashing_child(tmp_path, "os.kill(os.getpid(), signal.SIGSEGV)"))
+    result = rt.run_probe(gguf=tmp_path / "x.gguf")
+    assert not result.ok
+    assert "SIGSEGV" in result.detail and "x.gguf" in result.detail
+    assert rt.simd_flags() in result.detail and "\n" not in result.detail
+
+
+def test_a_child_that_fails_without_a_signal_is_reported_in_one_line(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(rt, "probe_command", lambda gguf: _crashing_child(tmp_path, "print('boom\\nbad', file=sys.stderr); sys.exit(3)"))
+    result = rt.run_probe(gguf=tmp_path / "x.gguf")
+    assert not result.ok and "exit 3" in result.detail and "bad" in result.detail and "\n" not in result.detail
+
+
+def test_a_hung_child_is_a_timeout_not_a_hang(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(rt, "probe_command", lambda gguf: _crashing_child(tmp_path, "import time; time.sleep(60)"))
+    result = rt.run_probe(gguf=tmp_path / "x.gguf", timeout=1)
+    assert not result.ok and "did not finish" in result.detail
+
+
+@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="the probe cache is keyed by the installed llama-cpp-python")
+def test_the_probe_runs_once_per_build_and_cpu_and_a_crash_is_exit_2_or_a_fallback(home, monkeypatch, caplog) -> None:
+    calls = []
+
+    def fake_run_probe():
+        calls.append(1)
+        return rt.ProbeResult(False, "llama.cpp died with SIGSEGV in a test decode of m.gguf (CPU: x; flags: amx_int8)")
+
+    monkeypatch.setattr(rt, "run_probe", fake_run_probe)
+    with pytest.raises(MiLlmError, match="SIGSEGV.*--backend hf") as e:
+        rt.ensure_usable(explicit=True)
+    assert "\n" not in str(e.value)
+    with caplog.at_level(logging.WARNING):
+        assert rt.ensure_usable(explicit=False) is False
+    assert "using the hf backend" in caplog.text
+    assert len(calls) == 1, "the result is cached per build and CPU"
+    cached = list((home / "llamacpp-probe").glob("*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["ok"] is False
+
+    from mi_llm.llm.backends import get_backend, resolve_auto_backend
+
+    assert resolve_auto_backend() == "hf"
+    with pytest.raises(MiLlmError, match="not usable on this machine"):
+        get_backend("llamacpp", "gemma-3-270m")
+
+
+@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python installed")
+def test_a_timeout_is_not_cached(home, monkeypatch) -> None:
+    results = iter([rt.ProbeResult(False, "a test decode did not finish in 300 s"), rt.ProbeResult(True, "decoded 8 tokens")])
+    monkeypatch.setattr(rt, "run_probe", lambda: next(results))
+    assert not rt.probe().ok
+    assert rt.probe().ok and rt.probe().ok  # second ran the probe again; third came from the cache
+
+
+@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python installed")
+def test_cli_with_llamacpp_asked_by_name_stops_with_exit_2_when_the_probe_fails(home, monkeypatch, tmp_path, capsys) -> None:
+    from mi_llm.cli import main
+
+    monkeypatch.setattr(rt, "run_probe", lambda: rt.ProbeResult(False, "llama.cpp died with SIGSEGV (CPU: x; flags: amx_int8)"))
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("")
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--backend", "llamacpp", "--data", str(samples), "-o", str(tmp_path / "p.jsonl")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "SIGSEGV" in err and "Traceback" not in err
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+@pytest.mark.integration
+def test_the_build_dispatches_at_run_time_without_the_amx_variant() -> None:
+    """`make venv` installs tools/llama_cpp/build.sh's wheel: CPU variants, none with AMX kernels,
+    and the best one this CPU supports is the one loaded."""
+    if not HAS_LLAMA_CPP:
+        pytest.skip("llama-cpp-python not installed")
+    import llama_cpp
+
+    variants = [p.name for p in rt.cpu_variants(llama_cpp)]
+    marker = rt.lib_dir(llama_cpp) / rt.BUILD_MARKER
+    if not marker.is_file():
+        msg = "llama-cpp-python was not built by tools/llama_cpp/build.sh (run make venv)"
+        pytest.fail(msg) if os.environ.get("CI") == "true" else pytest.skip(msg)
+    assert "libggml-cpu-haswell.so" in variants and "libggml-cpu-x64.so" in variants
+    assert not any("sapphirerapids" in v for v in variants), variants
+    result = rt.run_probe()
+    assert result.ok, result.detail
+    flags = set(rt.cpu_flags())
+    if {"avx512f", "avx512_vnni", "avx512vbmi", "avx512_bf16"} <= flags:
+        assert "AVX512_BF16 = 1" in result.system_info and "AMX_INT8 = 1" not in result.system_info
+    elif "avx2" in flags:
+        assert "AVX2 = 1" in result.system_info
