@@ -58,7 +58,7 @@ class SplitConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = "gemma-3-270m"
     label: str | None = Field(None, description="short name in reports; defaults to the model name")
-    backend: str = Field("hf", description="generation backend for predictions (hf, llamacpp, openai, vllm)")
+    backend: str = Field("hf", description="generation backend for predictions (hf, llamacpp, openai, vllm; auto: llamacpp where it passes its crash probe on this CPU, else hf)")
     backend_options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend, e.g. parallel: 8")
 
     @property
