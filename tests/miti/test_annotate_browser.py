@@ -4,6 +4,7 @@ rate globals, save, reload (state kept), restart the server (state kept), export
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -167,10 +168,12 @@ def test_code_save_reload_restart_export(tmp_path):
 
             # Next session and back with ] and [.
             page.keyboard.press("]")
-            page.wait_for_function("document.querySelector('#session-title').textContent.startsWith('s2')")
+            # (a locator, not wait_for_function: the page's CSP forbids the eval that needs)
+            title = page.locator("#session-title")
+            sync_api.expect(title).to_have_text(re.compile(r"^s2"))
             assert [t for t, _ in _badges(page)[1]] == ["喝酒已经成了你每天的习惯。", "你自己怎么看？"]
             page.keyboard.press("[")
-            page.wait_for_function("document.querySelector('#session-title').textContent.startsWith('s1')")
+            sync_api.expect(title).to_have_text(re.compile(r"^s1"))
 
             # Reload: the state comes back from the server's autosave.
             page.reload()
@@ -210,3 +213,70 @@ def test_code_save_reload_restart_export(tmp_path):
     agree = agreement([load_coder(out), load_coder(ref)])
     assert agree["utterances"]["overall"]["units"] == 7
     assert agree["utterances"]["overall"]["cohen_kappa"] == pytest.approx(1.0)
+
+
+ATTACK = """<!doctype html><html><body><script>
+(async () => {
+  const target = "http://127.0.0.1:%(port)d";
+  const state = %(state)s;
+  const out = {};
+  // Cross-site writes a page may send without a preflight: a body with no type, a text/plain form.
+  await fetch(target + "/api/sessions/0", {method: "POST", mode: "no-cors", body: new Blob([JSON.stringify(state)])}).catch(() => {});
+  await fetch(target + "/api/export", {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body: "{}"}).catch(() => {});
+  // DNS rebinding: this page's own name now points at the server, so these are same-origin reads.
+  for (const path of ["/api/meta", "/api/sessions/0"]) {
+    try { const r = await fetch(path); out[path] = r.status + " " + (await r.text()).slice(0, 200); }
+    catch (e) { out[path] = "error " + e; }
+  }
+  document.body.dataset.result = JSON.stringify(out);
+})();
+</script></body></html>"""
+
+
+def test_other_sites_cannot_read_or_write_the_coding(tmp_path):
+    """A page on evil.example (made to resolve to 127.0.0.1, as DNS rebinding does) tries to
+    save, export and read; every request reaches the server and is refused."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    sessions = tmp_path / "sessions.jsonl"
+    sessions.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in SESSIONS), encoding="utf-8")
+    out = tmp_path / "alice.jsonl"
+    port = _free_port()
+    server = Server(sessions, out, port)
+    server.start()
+    state = {"turns": {str(t): [{"text": x, "code": c} for x, c in us] for t, us in EXPECTED_S1.items()},
+             "globals": EXPECTED_GLOBALS, "done": True}
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM),
+                # Chromium's own Private Network Access block is turned off: other browsers have
+                # none, so it is the server's checks that must hold.
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--host-resolver-rules=MAP evil.example 127.0.0.1",
+                      "--disable-features=BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessSendPreflights,"
+                      "PrivateNetworkAccessRespectPreflightResults,LocalNetworkAccessChecks"],
+            )
+            page = browser.new_page()
+            statuses: dict[str, int] = {}
+            page.on("response", lambda r: statuses.setdefault(r.request.method + " " + r.url, r.status))
+            page.route("**/attack.html", lambda route: route.fulfill(
+                content_type="text/html", body=ATTACK % {"port": port, "state": json.dumps(state)}))
+            page.goto(f"http://evil.example:{port}/attack.html")
+            page.wait_for_selector("body[data-result]", state="attached", timeout=15_000)
+            result = json.loads(page.get_attribute("body", "data-result"))
+            browser.close()
+    finally:
+        server.stop()
+    # The requests got to the server and were refused by its checks, not by the browser.
+    assert statuses[f"POST http://127.0.0.1:{port}/api/sessions/0"] == 415, statuses
+    assert statuses[f"POST http://127.0.0.1:{port}/api/export"] == 415, statuses
+    for path in ("/api/meta", "/api/sessions/0"):
+        assert result[path].startswith("421 "), result
+        assert "smoke" not in result[path] and "alice" not in result[path]
+    assert not out.exists()
+    server.start()  # nothing was saved
+    try:
+        meta = httpx.get(server.url + "/api/meta").json()
+    finally:
+        server.stop()
+    assert all(s["saved_at"] is None for s in meta["sessions"])

@@ -48,14 +48,16 @@ class BlockingEngine(EchoEngine):
 
 @pytest.fixture
 def start_server(tmp_path: Path):
-    """start_server(engine=None, db=None, **settings) -> (BackgroundServer, engine, store); all stopped at the end."""
+    """start_server(engine=None, db=None, safety=None, access_log=False, **settings) -> (BackgroundServer, engine, store);
+    all stopped at the end."""
     running: list[tuple[BackgroundServer, SessionStore]] = []
 
-    def start(engine=None, db: Path | None = None, **settings):
+    def start(engine=None, db: Path | None = None, safety=None, access_log: bool = False, **settings):
         engine = engine or RecordingEngine()
         store = SessionStore(db or tmp_path / "sessions.sqlite3")
         settings.setdefault("temperature", 0.0)
-        server = BackgroundServer(create_app(engine, ServerSettings(**settings), store)).start()
+        app = create_app(engine, ServerSettings(**settings), store, safety)
+        server = BackgroundServer(app, access_log=access_log, log_level="info" if access_log else "warning").start()
         running.append((server, store))
         return server, engine, store
 

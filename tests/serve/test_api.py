@@ -181,7 +181,7 @@ def test_session_persists_across_restart(start_server, tmp_path):
     assert seen[1]["content"] == "I smoke a pack a day" and seen[-1]["content"] == "maybe next week"
     hist = httpx.get(server2.url + "/v1/sessions/alice-1", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert len(hist["messages"]) == 6 and hist["session"]["flagged"] is False
-    # Another key does not see the session.
+    # A key this server does not know is refused (another owner's key: test_security.py).
     assert httpx.delete(server2.url + "/v1/sessions/alice-1", headers={"Authorization": "Bearer other-key-99"}).status_code == 401
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -82,7 +81,10 @@ def serve_cmd(
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; beyond localhost an API key is required"),
     port: int = typer.Option(8000, "--port"),
-    api_key: Optional[str] = typer.Option(None, "--api-key", help="require Authorization: Bearer KEY (default: $MI_LLM_API_KEY)"),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="keys file, one 'OWNER: KEY' (or bare KEY) a line, mode 600; each owner sees only their sessions (also: $MI_LLM_API_KEY)"),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", help="also answer to this Host name (NAME or NAME:PORT; repeatable), e.g. behind a reverse proxy"),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="uvicorn's access log (session ids shown as hashes)"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", hidden=True, help="removed: visible to every user in ps"),
     db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
     language: Optional[str] = typer.Option(None, "--language", help="zh | en for every request (default: per message)"),
     max_tokens_limit: int = typer.Option(512, "--max-tokens-limit", help="largest max_tokens a request may ask for"),
@@ -102,14 +104,19 @@ def serve_cmd(
     """OpenAI-compatible server (/v1/chat/completions, /v1/models) and a web chat page at /."""
     from mi_llm.errors import MiLlmError
     from mi_llm.serve.api import ServerSettings, create_app, run_server
-    from mi_llm.serve.auth import check_bind
+    from mi_llm.serve.auth import ENV_KEY, check_bind, keys_from_env, read_keys_file
+    from mi_llm.serve.hostguard import HostPolicy
     from mi_llm.serve.engine import build_engine
     from mi_llm.serve.safety.layer import SafetyLayer
     from mi_llm.serve.sessions import SessionStore
 
     setup_logging(verbose)
-    api_key = api_key or os.environ.get("MI_LLM_API_KEY") or None
-    check_bind(host, api_key)  # before loading anything
+    if api_key is not None:
+        raise MiLlmError(f"--api-key is no longer accepted: a key on the command line is visible to every user of "
+                         f"this machine (ps). Set {ENV_KEY} or pass --api-key-file FILE")
+    keys = {**keys_from_env(), **(read_keys_file(api_key_file) if api_key_file is not None else {})}
+    check_bind(host, bool(keys))  # before loading anything
+    HostPolicy(host, allowed_host)  # checks --allowed-host
     if language not in (None, "zh", "en"):
         raise MiLlmError("--language must be zh or en")
     if max_tokens_limit < 1:
@@ -124,16 +131,18 @@ def serve_cmd(
     with console.status("loading the model"):
         engine = build_engine(backend, model, str(adapter) if adapter else None, **_engine_opts(gguf, n_ctx, threads))
     settings = ServerSettings(
-        api_key=api_key, max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens,
+        api_keys=keys, host=host, allowed_hosts=list(allowed_host), max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens,
         max_request_bytes=max_request_bytes, rate_per_minute=rate_limit, rate_burst=rate_burst, max_queue=max_queue,
         language=language, log_text=log_text, temperature=temperature,
     )
     app = create_app(engine, settings, store, safety)
     shown = "[::1]" if host == "::1" else host
+    owners = len(set(keys.values()))
+    auth = f"auth on: {len(keys)} key(s), {owners} owner(s)" if keys else "auth off"
     console.print(f"serving {engine.model_id} ({engine.name}) on http://{shown}:{port}/ "
-                  f"(auth {'on' if api_key else 'off'}, sessions in {store.path})", soft_wrap=True)
+                  f"({auth}, sessions in {store.path})", soft_wrap=True)
     try:
-        run_server(app, host, port)
+        run_server(app, host, port, access_log=access_log)
     finally:
         engine.close()
         store.close()

@@ -1,13 +1,18 @@
 """The OpenAI-compatible server: /v1/chat/completions (plain and streaming), /v1/models,
 sessions, and the web chat page at /.
 
-Hardening, in the order a request meets it: request size limit (413), bearer-token auth
-(401), per-client token-bucket rate limit (429), validation and `max_tokens` limit (400),
-the safety layer (a crisis message gets the fixed safe response, never the model), a
-bounded generation queue (503). One engine serves all requests through one worker thread.
+Hardening, in the order a request meets it: the Host header must name this server (421,
+against DNS rebinding) and a body must be declared JSON (415, so no cross-site "simple
+request" gets through; `mi_llm.serve.hostguard`), request size limit (413), bearer-token
+auth (401; each key stands for an owner, who sees only their own sessions), per-client
+token-bucket rate limit (429), validation and `max_tokens` limit (400), the safety layer on
+every user message not checked before (a crisis gets the fixed safe response, never the
+model), a bounded generation queue (503). One engine serves all requests through one
+worker thread.
 
 Logs never contain conversation text unless `log_text` is set: requests are logged by id,
-a hash of the session id, token counts, timings and the safety category.
+a hash of the session id, token counts, timings and the safety category; uvicorn's access
+log shows session ids as the same hash.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,8 +36,9 @@ from fastapi.staticfiles import StaticFiles
 from mi_llm.errors import MiLlmError
 from mi_llm.llm.backends.base import GenerationConfig
 from mi_llm.prompts import load_prompt
-from mi_llm.serve.auth import bearer_token, key_id, token_ok
+from mi_llm.serve.auth import KeyRing, bearer_token, key_id
 from mi_llm.serve.engine import ChatEngine, Finish
+from mi_llm.serve.hostguard import HostPolicy, LocalServerGuard, add_security_headers
 from mi_llm.serve.protocol import (
     ApiError,
     ChatRequest,
@@ -45,19 +52,19 @@ from mi_llm.serve.protocol import (
 )
 from mi_llm.serve.ratelimit import TokenBucketLimiter
 from mi_llm.serve.safety.classifier import detect_language
-from mi_llm.serve.safety.layer import SafetyDecision, SafetyLayer
+from mi_llm.serve.safety.layer import CheckedMessages, SafetyDecision, SafetyLayer
 from mi_llm.serve.sessions import SessionNotFound, SessionStore, check_session_id
 from mi_llm.serve.worker import GenerationWorker, QueueFull
 
 log = logging.getLogger("mi_llm.serve")
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
-
 
 @dataclass
 class ServerSettings:
-    api_key: str | None = None
+    api_key: str | None = None  # one key, its own owner
+    api_keys: dict[str, str] | None = None  # key -> owner id (`auth.read_keys_file`), with api_key
+    host: str = "127.0.0.1"  # the address bound: which Host headers are accepted
+    allowed_hosts: list[str] = field(default_factory=list)  # more Host names (NAME or NAME:PORT)
     max_tokens_limit: int = 512  # largest max_tokens a request may ask for
     default_max_tokens: int = 256
     max_request_bytes: int = 64 * 1024
@@ -65,6 +72,7 @@ class ServerSettings:
     rate_per_minute: float = 60.0  # per client; 0 = no limit
     rate_burst: int = 20
     max_queue: int = 64  # requests waiting or running
+    max_checked_messages: int = 200_000  # digests of user messages the safety layer has checked
     language: str | None = None  # None: detected from each message
     log_text: bool = False
     temperature: float = 0.7
@@ -153,18 +161,22 @@ class ChatService:
         self.worker = GenerationWorker(engine, settings.max_queue)
         self.limiter = TokenBucketLimiter(settings.rate_per_minute, settings.rate_burst)
         self.started = int(time.time())
+        owners = dict(settings.api_keys or {})
+        if settings.api_key:
+            owners.setdefault(settings.api_key, key_id(settings.api_key))
+        self.keys = KeyRing(owners)
+        self.checked = CheckedMessages(settings.max_checked_messages)
 
     # ---------------------------------------------------------------- guards
 
     def guard(self, request: Request) -> Client:
-        key = self.settings.api_key
         host = request.client.host if request.client else "unknown"
-        if key:
-            token = bearer_token(request.headers.get("authorization"))
-            if not token_ok(token, key):
+        if self.keys:
+            owner = self.keys.owner(bearer_token(request.headers.get("authorization")))
+            if owner is None:
                 raise ApiError(401, "missing or invalid API key (send Authorization: Bearer KEY)",
                                "authentication_error", "invalid_api_key", {"WWW-Authenticate": "Bearer"})
-            client = Client(owner=key_id(key), rate_key=key_id(key) + "@" + host)
+            client = Client(owner=owner, rate_key=owner + "@" + host)
         else:
             client = Client(owner="local", rate_key="ip:" + host)
         wait = self.limiter.acquire(client.rate_key)
@@ -209,28 +221,37 @@ class ChatService:
         language = req.language or self.settings.language
         history: list[dict[str, str]] = [m for m in msgs[:-1] if m["role"] != "system"]
         seed: list[dict[str, str]] = []  # turns the client sent that a new session stores first
+        seen = history  # the earlier turns the model will see: their user messages are checked too
         if sid is not None:
             try:
                 session = self.store.open(sid, client.owner, language or detect_language(user))
             except SessionNotFound:
                 raise ApiError(404, f"no session {sid!r}", code="session_not_found") from None
-            stored = [{"role": m["role"], "content": m["content"]} for m in self.store.history(sid)]
+            stored = self.store.history(sid)
             if stored:
-                history = stored  # the server's copy wins: send only the new message
+                seen = stored  # with the marks of turns the safety layer answered
+                history = [{"role": m["role"], "content": m["content"]} for m in stored]  # the server's copy wins
             else:
                 seed = history
             language = language or session.language
         language = language or detect_language(user)
         system = next((m["content"] for m in msgs if m["role"] == "system"), None) or load_prompt("system", language)
         convo = conversation(system, history, user)
-        decision = self.safety.check(user, language)
+        # Earlier user messages too: a crisis in a client-sent history (or a new session's seed)
+        # must not reach the model. Turns already answered by the safety layer are not re-judged.
+        earlier = [m for m in seen if m["role"] == "user" and not m.get("safety")]
+        decision, which = self.safety.check_messages([*(m["content"] for m in earlier), user], language,
+                                                     self.checked, f"{client.owner}\0{sid or ''}")
+        if decision.crisis and which < len(earlier) and any(m is earlier[which] for m in seed):
+            earlier[which]["safety"] = decision.result.category  # stored marked: it was answered
         rid = new_id()
         ext: dict[str, Any] = {"session_id": sid, "safety": decision.public(), "language": language}
         headers = {"X-Session-Id": sid} if sid else {}
         if self.settings.log_text:
             log.info("request %s user text: %r", rid, user)
         if decision.crisis:
-            return self._safe_response(rid, req, decision, sid, seed, user, language, ext, headers)
+            where = "the new message" if which == len(earlier) else f"earlier user message {which + 1} of {len(earlier)} unanswered"
+            return self._safe_response(rid, req, decision, sid, seed, user, language, ext, headers, where)
         try:
             job = self.worker.submit(convo, config)
         except QueueFull:
@@ -289,15 +310,15 @@ class ChatService:
 
     def _safe_response(self, rid: str, req: ChatRequest, decision: SafetyDecision, sid: str | None,
                        seed: list[dict[str, str]], user: str, language: str, ext: dict[str, Any],
-                       headers: dict[str, str]) -> Response:
+                       headers: dict[str, str], where: str) -> Response:
         text = decision.response or ""
         cat = decision.result.category
         if sid is not None:
             self.store.flag(sid, cat, decision.result.matched)
             self.store.append(sid, [*seed, {"role": "user", "content": user, "safety": cat},
                                     {"role": "assistant", "content": text, "safety": cat}], language)
-        log.warning("safety: crisis response sent (request %s, category %s, rule %s, session %s)",
-                    rid, cat, decision.result.matched, short_hash(sid))
+        log.warning("safety: crisis response sent (request %s, category %s, rule %s, in %s, session %s)",
+                    rid, cat, decision.result.matched, where, short_hash(sid))
         if not req.stream:
             return JSONResponse(completion_body(rid, self.engine.model_id, text, "stop", usage(0, 0), ext), headers=headers)
 
@@ -347,6 +368,7 @@ def _finish_reason(finish: Finish) -> str:
 def create_app(engine: ChatEngine, settings: ServerSettings | None = None, store: SessionStore | None = None,
                safety: SafetyLayer | None = None) -> FastAPI:
     settings = settings or ServerSettings()
+    hosts = HostPolicy(settings.host, settings.allowed_hosts)  # bad --allowed-host fails before any set-up
     store = store or SessionStore(":memory:")
     safety = safety or SafetyLayer()
     service = ChatService(engine, settings, store, safety)
@@ -365,11 +387,7 @@ def create_app(engine: ChatEngine, settings: ServerSettings | None = None, store
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        if not request.url.path.startswith("/v1/"):
-            response.headers.setdefault("Content-Security-Policy", CSP)
-            response.headers.setdefault("X-Frame-Options", "DENY")
+        add_security_headers(response.headers, page=not request.url.path.startswith("/v1/"))
         return response
 
     @app.post("/v1/chat/completions")
@@ -403,7 +421,7 @@ def create_app(engine: ChatEngine, settings: ServerSettings | None = None, store
 
     @app.get("/healthz")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "queue": service.worker.pending, "auth": bool(settings.api_key)}
+        return {"status": "ok", "queue": service.worker.pending, "auth": bool(service.keys)}
 
     web = _web_dir()
 
@@ -413,20 +431,57 @@ def create_app(engine: ChatEngine, settings: ServerSettings | None = None, store
 
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
     app.router.on_shutdown.append(service.worker.close)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # outermost: before auth and parsing
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # before auth and parsing
+    # Outermost: a foreign Host or a non-JSON body is refused before the body is even read.
+    app.add_middleware(LocalServerGuard, policy=hosts,
+                       error_body=lambda status, message, code: ApiError(status, message, code=code).body())
     return app
 
 
 # ---------------------------------------------------------------- running
 
 
+_SESSION_PATH = re.compile(r"(/v1/sessions/)([^/?#\s]+)")
+
+
+def redact_path(path: str) -> str:
+    """A request path fit for a log: session ids as their hash (as in the server's own log
+    lines), no query string."""
+    path = _SESSION_PATH.sub(lambda m: m.group(1) + "~" + (short_hash(m.group(2)) or ""), path)
+    head, sep, _ = path.partition("?")
+    return head + ("?…" if sep else "")
+
+
+class RedactAccessLog(logging.Filter):
+    """uvicorn's access log records carry the path as an argument: redact it in place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_path(a) if isinstance(a, str) and a.startswith("/") else a for a in record.args)
+        return True
+
+
+_REDACT = RedactAccessLog()
+
+
+def uvicorn_config(app: Any, host: str, port: int, *, access_log: bool, log_level: str, **kwargs: Any) -> Any:
+    """uvicorn's config with its access log, if on, redacted (the config sets up uvicorn's loggers,
+    so the filter goes on after it)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level=log_level, **kwargs)
+    logging.getLogger("uvicorn.access").addFilter(_REDACT)  # once: addFilter skips a filter already there
+    return config
+
+
 class BackgroundServer:
     """uvicorn in a thread (tests, embedding): `with BackgroundServer(app) as s: s.url`."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 access_log: bool = False):
         import uvicorn
 
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False)
+        self.config = uvicorn_config(app, host, port, access_log=access_log, log_level=log_level, lifespan="on")
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="mi-llm-uvicorn", daemon=True)
         self.host = host
@@ -458,7 +513,15 @@ class BackgroundServer:
 
 
 def run_server(app: Any, host: str, port: int, access_log: bool = True) -> None:
-    """Serve until interrupted. uvicorn's access log has method, path and status only (no bodies)."""
+    """Serve until interrupted. uvicorn's access log has the client address, method, redacted
+    path and status (no bodies, no session ids)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uvicorn_config(app, host, port, access_log=access_log, log_level="info",
+                                           timeout_graceful_shutdown=5))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:  # uvicorn has logged why (most often: the port is taken)
+        raise MiLlmError(f"the server could not start on {host}:{port}; pick another --port or --host")

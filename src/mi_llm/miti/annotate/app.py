@@ -2,14 +2,18 @@
 
 Every change the page makes is sent here and committed to the SQLite autosave file at
 once; export turns the saved states into a coded Dialogue JSONL (the input of
-`mi-llm miti agree` and `mi-llm miti score`). Only 127.0.0.1 by default: the sessions
-are health data.
+`mi-llm miti agree` and `mi-llm miti score`). The sessions are health data and the page
+has no login, so the server listens on loopback only, answers only to the Host names it was
+bound for (DNS rebinding), takes writes only as JSON (no cross-site form or "simple
+request" can save or export) and sends a strict Content-Security-Policy, no framing, no
+sniffing and no referrer (`mi_llm.serve.hostguard`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -202,14 +206,35 @@ class AnnotationProject:
         return summary
 
 
-def create_app(project: AnnotationProject) -> Any:
-    """The FastAPI app: the page, its assets, and a small JSON API."""
-    from fastapi import FastAPI, HTTPException
+def check_host(host: str) -> str:
+    """Loopback only: the page has no login and shows health data."""
+    from mi_llm.serve.auth import is_loopback
+
+    if not is_loopback(host):
+        raise MiLlmError(f"--host {host}: the coding page has no login and shows health data, so it listens on "
+                         "this machine only (127.0.0.1, ::1 or localhost); reach it from elsewhere through an SSH tunnel")
+    return host
+
+
+def create_app(project: AnnotationProject, host: str = "127.0.0.1", allowed_hosts: Iterable[str] = ()) -> Any:
+    """The FastAPI app: the page, its assets, and a small JSON API, for a server bound to `host`."""
+    from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
 
+    from mi_llm.serve.hostguard import HostPolicy, LocalServerGuard, add_security_headers
+
+    policy = HostPolicy(host, allowed_hosts)
     app = FastAPI(title="mi-llm MITI coding", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        add_security_headers(response.headers, page=True)
+        if request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")  # health data: no copies in caches
+        return response
 
     def _index(i: int) -> int:
         if not 0 <= i < len(project.dialogues):
@@ -246,13 +271,18 @@ def create_app(project: AnnotationProject) -> Any:
         except MiLlmError as e:
             raise HTTPException(500, str(e)) from None
 
+    app.add_middleware(LocalServerGuard, policy=policy)  # outermost: before routing and body parsing
     return app
 
 
-def serve(project: AnnotationProject, host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve(project: AnnotationProject, host: str = "127.0.0.1", port: int = 8765,
+          allowed_hosts: Iterable[str] = ()) -> None:
     import socket
 
     import uvicorn
+
+    check_host(host)
+    app = create_app(project, host, allowed_hosts)
 
     # A clear message instead of uvicorn's log line and exit code 1.
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -262,4 +292,4 @@ def serve(project: AnnotationProject, host: str = "127.0.0.1", port: int = 8765)
         except OSError as e:
             raise MiLlmError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port") from None
 
-    uvicorn.run(create_app(project), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,15 +1,25 @@
-"""Autosave of a coder's work in SQLite, so nothing is lost on reload or server restart."""
+"""Autosave of a coder's work in SQLite, so nothing is lost on reload or server restart.
+
+The file holds health data (the counselor utterances and their codes): it is created
+readable by its owner only (mode 0600) before SQLite opens it, so it never exists with
+wider permissions; SQLite gives its journal the same mode.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
+import stat
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mi_llm.errors import MiLlmError
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -28,6 +38,7 @@ class AutosaveStore:
     def __init__(self, path: str | Path, coder: str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(self.path)
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
@@ -76,3 +87,23 @@ class AutosaveStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _create_private(path: Path) -> None:
+    """Create `path` with mode 0600 in one step (O_EXCL: no window with the umask's mode);
+    an existing file open to others (an autosave of an older version) is narrowed to 0600."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise MiLlmError(f"{path}: cannot create the autosave file ({e.strerror})") from None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        try:
+            os.chmod(path, 0o600)
+        except OSError as e:
+            raise MiLlmError(f"{path} is open to other users (mode {mode:04o}) and cannot be narrowed ({e.strerror}): "
+                             f"run chmod 600 {path}") from None
+        log.warning("%s was open to other users (mode %04o): now 0600", path, mode)

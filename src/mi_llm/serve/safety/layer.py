@@ -1,14 +1,23 @@
-"""The safety layer: checks each new user message before the model sees it.
+"""The safety layer: checks every user message before the model sees it.
 
 A crisis message (suicide, self-harm, harm to others, abuse) is answered with a fixed
 safe response made of the category's message, the crisis resources of the locale and a
 closing line, all from `safety/data/resources.<lang>.yaml` (or a reviewed copy in the
 folder given by `--safety-resources`). The model is not called for that turn.
+
+Not only the newest message: a client may send (or a new session may be seeded with) an
+earlier history, and a crisis there must not reach the model unanswered either.
+`CheckedMessages` remembers what was checked per conversation, so a long history is
+scanned once, not every turn, while any message a client rewrote is new and is checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -95,6 +104,39 @@ class SafetyDecision:
         return {"crisis": self.result.crisis, "category": self.result.category}
 
 
+class CheckedMessages:
+    """Which user messages each conversation (`scope`) has had checked: a bounded LRU of
+    digests of (scope, text), never the text. Forgetting one only means checking it again."""
+
+    def __init__(self, max_entries: int = 200_000):
+        self.max_entries = max_entries
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(scope: str, text: str) -> bytes:
+        return hashlib.sha256(scope.encode("utf-8") + b"\0" + text.encode("utf-8")).digest()
+
+    def seen(self, scope: str, text: str) -> bool:
+        key = self._key(scope, text)
+        with self._lock:
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                return True
+        return False
+
+    def add(self, scope: str, text: str) -> None:
+        key = self._key(scope, text)
+        with self._lock:
+            self._seen[key] = None
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.max_entries:
+                self._seen.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 class SafetyLayer:
     def __init__(self, classifier: CrisisClassifier | None = None, resources_dir: str | Path | None = None):
         self.classifier = classifier or default_classifier()
@@ -114,3 +156,27 @@ class SafetyLayer:
         lang = "zh" if detect_language(text) == "zh" else result.language
         lang = lang if lang in self.resources else "en"
         return SafetyDecision(result, self.resources[lang].response(result.category))
+
+    def check_messages(self, texts: Sequence[str], language: str | None = None,
+                       checked: CheckedMessages | None = None, scope: str = "") -> tuple[SafetyDecision, int]:
+        """The decision for a conversation's user messages (oldest first, the new one last) and
+        the index of the message it is about. The new message is checked first, then every
+        earlier one `checked` has not seen in `scope`, oldest first; the first crisis answers.
+        Each message checked is recorded in `checked`."""
+        if not texts:
+            raise ValueError("no user message to check")
+        newest = len(texts) - 1
+        latest = self.check(texts[newest], language)
+        if checked is not None:
+            checked.add(scope, texts[newest])
+        if latest.crisis:
+            return latest, newest
+        for i in range(newest):
+            if checked is not None and checked.seen(scope, texts[i]):
+                continue
+            d = self.check(texts[i], language)
+            if checked is not None:
+                checked.add(scope, texts[i])
+            if d.crisis:
+                return d, i
+        return latest, newest  # no crisis: the new message's result labels the turn

@@ -343,7 +343,7 @@ async function exportFile() {
   const box = $("#export-status");
   box.textContent = "exporting…";
   try {
-    const r = await api("POST", "/api/export");
+    const r = await api("POST", "/api/export", {});  // a JSON body: the server takes no other writes
     box.textContent = `exported ${r.sessions} session(s) (${r.done} done, ${r.without_globals} without all 4 globals) to ${r.path}`;
     box.dataset.state = "done";
   } catch (e) {
