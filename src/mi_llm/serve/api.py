@@ -72,7 +72,7 @@ class ServerSettings:
     rate_per_minute: float = 60.0  # per client; 0 = no limit
     rate_burst: int = 20
     max_queue: int = 64  # requests waiting or running
-    max_checked_messages: int = 200_000  # digests of user messages the safety layer has checked
+    max_checked_messages: int = 100_000  # digests of checked user messages kept (about 20 MB at most)
     language: str | None = None  # None: detected from each message
     log_text: bool = False
     temperature: float = 0.7

@@ -2,12 +2,14 @@
 other machines needs a key.
 
 Keys never come from the command line (argv is visible to every user in `ps`): they come
-from `$MI_LLM_API_KEY` (one key) or a keys file readable by its owner only, one key a line:
+from `$MI_LLM_API_KEY` (one key) or a keys file readable by its owner only, one key a line,
+`OWNER: KEY` (a colon and a space; an owner's sessions are theirs whichever of their keys
+opens them) or a bare `KEY` (its own owner); lines starting with # are comments:
 
-    # OWNER: KEY   (a colon and a space; the owner's sessions are theirs whatever key of theirs opens them)
+    # coaching team
     alice: 3f9c...e1
     bob: 77a0...5d
-    9b1e...c4      (a bare key: its own owner)
+    9b1e...c4
 """
 
 from __future__ import annotations

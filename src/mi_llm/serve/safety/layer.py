@@ -108,7 +108,7 @@ class CheckedMessages:
     """Which user messages each conversation (`scope`) has had checked: a bounded LRU of
     digests of (scope, text), never the text. Forgetting one only means checking it again."""
 
-    def __init__(self, max_entries: int = 200_000):
+    def __init__(self, max_entries: int = 100_000):
         self.max_entries = max_entries
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
