@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, TypeVar
@@ -20,14 +21,62 @@ def describe_validation_error(err: ValidationError) -> str:
     """One line from pydantic's error list: 'turns.2.role: Input should be ...'."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "record"
+        loc = ".".join(_loc_part(x) for x in e["loc"]) or "record"
         parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)
+    return " ".join("; ".join(parts).split())  # one line, whatever the messages hold
+
+
+def _loc_part(x: Any) -> str:
+    """A key of the input, quoted when it holds a newline or another unprintable character
+    (the message must stay one readable line)."""
+    s = str(x)
+    return s if s.isprintable() and s.strip() == s else repr(s)
+
+
+# A \uD800-\uDFFF escape that is not half of a pair decodes to a lone surrogate, which
+# no UTF-8 file can hold: every later write of that text would fail.
+_SURROGATE_ESCAPE = re.compile(r"(\\+)u([dD][89a-fA-F][0-9a-fA-F]{2})")
+_LOW_ESCAPE = re.compile(r"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    if isinstance(obj, str):
+        return any("\ud800" <= ch <= "\udfff" for ch in obj)
+    if isinstance(obj, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_has_lone_surrogate(v) for v in obj)
+    return False
+
+
+def _lone_surrogate_pos(text: str) -> int:
+    """Where the first unpaired surrogate escape is in a JSON text (0 if not found)."""
+    paired_until = -1
+    for m in _SURROGATE_ESCAPE.finditer(text):
+        if len(m.group(1)) % 2 == 0 or m.start() < paired_until:  # an escaped backslash, or a pair's low half
+            continue
+        code = int(m.group(2), 16)
+        if code <= 0xDBFF and _LOW_ESCAPE.match(text, m.end()):
+            paired_until = m.end() + 6
+            continue
+        return m.start() + len(m.group(1)) - 1
+    return 0
+
+
+def check_json_text(obj: Any, text: str, path: str | Path, line: int | None) -> None:
+    """Refuse decoded JSON holding a lone surrogate escape. `text` is its JSON source and
+    `line` the line `text` starts on. Cheap: it looks only when `text` has such an escape."""
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(obj):
+        if line is not None:
+            line += text.count("\n", 0, _lone_surrogate_pos(text))
+        raise InputError(path, "invalid JSON: a \\u escape of half a surrogate pair is not a character", line)
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; bad lines raise InputError."""
     path = Path(path)
+    if path.is_dir():
+        raise MiLlmError(f"{path}: is a folder, not a JSONL file")
     if not path.is_file():
         raise MiLlmError(f"{path}: no such file")
     with open(path, "rb") as f:
@@ -44,6 +93,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", lineno) from None
             if not isinstance(obj, dict):
                 raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
+            check_json_text(obj, text, path, lineno)
             yield lineno, obj
 
 
@@ -60,19 +110,53 @@ def iter_models(path: str | Path, model: type[M]) -> Iterator[M]:
             raise InputError(path, describe_validation_error(e), lineno) from None
 
 
+def _cannot_write(path: Path, e: OSError) -> MiLlmError:
+    return MiLlmError(f"{path}: cannot write ({e.strerror or e})")
+
+
+def check_writable(path: str | Path, what: str | None = None) -> None:
+    """Fail early, in one line, when `path` cannot become a file: it is a folder, a parent is
+    a file, or the nearest existing folder above it is not writable. `what` names the option.
+    Checked before slow work so that a typo in -o does not cost a whole run."""
+    path = Path(path)
+    where = f"{what} {path}" if what else str(path)
+    if path.is_dir():
+        raise MiLlmError(f"{where}: is a folder, not a file")
+    parent = path.parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise MiLlmError(f"{where}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MiLlmError(f"{where}: cannot write into {parent} (permission denied)")
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temp file beside `path`; rename over it only if the block succeeds."""
+    """Write to a temp file beside `path`; rename over it only if the block succeeds.
+
+    A path that cannot be written (a folder, no permission, a file where a folder should be)
+    is a one-line MiLlmError naming it, raised before anything is written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():  # os.replace would fail only after all the work
+        raise MiLlmError(f"{path}: is a folder, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _cannot_write(path, e) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

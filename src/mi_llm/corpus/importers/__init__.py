@@ -48,8 +48,17 @@ def import_corpus(
     opts = opts or NormalizeOptions()
     stats = NormalizeStats()
     out = []
+    seen: set[str] = set()
     for d in get_importer(source)(path):
+        # The importers locate repeats themselves; this keeps any new one from writing a
+        # dialogues file that the next stage would refuse.
+        if d.id in seen:
+            raise MiLlmError(f"{path}: dialogue id {d.id!r} occurs twice")
+        seen.add(d.id)
         nd = normalize(d, opts, stats)
         if nd is not None:
             out.append(nd)
+    if not out:  # an empty dialogues file would only fail later, further from the cause
+        why = f": all {stats.skipped_dialogues} had only blank turns" if stats.skipped_dialogues else ""
+        raise MiLlmError(f"{path}: no dialogues to import{why}")
     return out, stats

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from mi_llm.corpus.schema import Dialogue, Turn
-from mi_llm.io import iter_jsonl
+from mi_llm.io import check_json_text, iter_jsonl
 from mi_llm.errors import InputError, MiLlmError
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -55,14 +55,6 @@ def line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def load_json(path: Path) -> Any:
-    text = read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
-
-
 def iter_json_array(path: Path, text: str | None = None) -> Iterator[tuple[int, Any]]:
     """Yield (line where the item starts, item) for a file holding one top-level JSON array."""
     text = read_text(path) if text is None else text
@@ -79,6 +71,7 @@ def iter_json_array(path: Path, text: str | None = None) -> Iterator[tuple[int, 
             item, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+        check_json_text(item, text[pos:end], path, line_of(text, pos))
         yield line_of(text, pos), item
         pos = _skip_ws(text, end)
         if pos < len(text) and text[pos] == ",":
@@ -90,23 +83,65 @@ def iter_json_array(path: Path, text: str | None = None) -> Iterator[tuple[int, 
         raise InputError(path, "invalid JSON: expected ',' or ']' after an array item", line_of(text, pos))
 
 
+def iter_json_object(path: Path, text: str | None = None) -> Iterator[tuple[int, str, Any]]:
+    """Yield (line where the key is, key, value) for a file holding one top-level JSON object."""
+    text = read_text(path) if text is None else text
+    decoder = json.JSONDecoder()
+    pos = _skip_ws(text, 0)
+    if pos >= len(text) or text[pos] != "{":
+        raise InputError(path, "expected a JSON object", line_of(text, pos))
+    pos = _skip_ws(text, pos + 1)
+    if pos < len(text) and text[pos] == "}":
+        _expect_end(path, text, pos + 1, "object")
+        return
+    while True:
+        key_start, key_line = pos, line_of(text, pos)
+        if pos >= len(text) or text[pos] != '"':
+            raise InputError(path, "invalid JSON: expected a quoted key", key_line)
+        try:
+            key, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+        pos = _skip_ws(text, pos)
+        if pos >= len(text) or text[pos] != ":":
+            raise InputError(path, "invalid JSON: expected ':' after a key", line_of(text, pos))
+        pos = _skip_ws(text, pos + 1)
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+        check_json_text([key, value], text[key_start:pos], path, key_line)
+        yield key_line, key, value
+        pos = _skip_ws(text, pos)
+        if pos < len(text) and text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+            continue
+        if pos < len(text) and text[pos] == "}":
+            _expect_end(path, text, pos + 1, "object")
+            return
+        raise InputError(path, "invalid JSON: expected ',' or '}' after a member", line_of(text, pos))
+
+
 def _skip_ws(text: str, pos: int) -> int:
     while pos < len(text) and text[pos] in " \t\r\n":
         pos += 1
     return pos
 
 
-def _expect_end(path: Path, text: str, pos: int) -> None:
+def _expect_end(path: Path, text: str, pos: int, what: str = "array") -> None:
     pos = _skip_ws(text, pos)
     if pos < len(text):
-        raise InputError(path, "invalid JSON: extra data after the array", line_of(text, pos))
+        raise InputError(path, f"invalid JSON: extra data after the {what}", line_of(text, pos))
 
 
 def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, object) from a JSON array file or a JSONL file, whichever the content is."""
+    """(line, object) from a JSON array file or a JSONL file, whichever the content is.
+
+    A *.jsonl file is always JSON Lines: a first line that happens to be an array is a bad
+    line 1, not a whole-file array whose errors would point elsewhere."""
     text = read_text(path)
     start = _skip_ws(text, 0)
-    if start < len(text) and text[start] == "[":
+    if path.suffix.lower() != ".jsonl" and start < len(text) and text[start] == "[":
         for line, item in iter_json_array(path, text):
             if not isinstance(item, dict):
                 raise InputError(path, f"expected a JSON object, got {type(item).__name__}", line)
@@ -134,6 +169,21 @@ def require_str(obj: dict[str, Any], key: str, path: Path, line: int | None, whe
     if not isinstance(value, str):
         raise InputError(path, f"{where}{key!r} should be a string, got {type(value).__name__}", line)
     return value
+
+
+class SeenIds:
+    """Dialogue ids imported so far and where each came from: the dialogues file an import
+    writes must not repeat an id (the next stage refuses it), so a repeat is located here."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[Path, int | None]] = {}
+
+    def add(self, dialogue_id: str, path: Path, line: int | None) -> None:
+        if dialogue_id in self._seen:
+            p, ln = self._seen[dialogue_id]
+            where = p.name if ln is None else f"{p.name}:{ln}"
+            raise InputError(path, f"dialogue id {dialogue_id!r} repeats {where}", line)
+        self._seen[dialogue_id] = (path, line)
 
 
 def slug(text: str) -> str:
@@ -194,6 +244,9 @@ def chat_dialogue(
         if role_key not in m:
             raise InputError(path, f"{where}missing key {role_key!r}", line)
         role = m[role_key]
+        # An object or list as the role is unhashable: say so instead of a TypeError.
+        if not isinstance(role, str):
+            raise InputError(path, f"{where}{role_key!r} should be a string, got {json_type(role)}", line)
         content = _content(m.get(content_key, None), path, line, where, content_key)
         if role in system_roles:
             systems.append(content)
@@ -206,6 +259,8 @@ def chat_dialogue(
     if not turns:
         raise InputError(path, "no client or counselor messages", line)
     rid = rec.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
+        raise InputError(path, f"'id' should be a string or an integer, got {json_type(rid)}", line)
     language = rec.get("language")
     if language not in ("zh", "en"):
         language = detect_language(t.text for t in turns)
@@ -222,6 +277,23 @@ def chat_dialogue(
         turns=turns,
         meta=meta,
     )
+
+
+def json_type(value: Any) -> str:
+    """JSON's name for a value's type, as a user wrote it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def _content(value: Any, path: Path, line: int, where: str, key: str) -> str:

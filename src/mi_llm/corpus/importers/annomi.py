@@ -15,11 +15,13 @@ these lists when it merges consecutive turns, so each utterance keeps its own la
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
+from mi_llm.corpus.importers._common import read_text
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError, MiLlmError
 
@@ -80,36 +82,36 @@ def parse_csv(path: Path) -> Iterator[Dialogue]:
 
 
 def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    # Decoded up front so that a bad byte is located by its line (read_text does that).
+    text = read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            try:
-                header = [h.strip() for h in next(reader)]
-            except StopIteration:
-                raise InputError(path, "empty file", 1) from None
-            missing = [c for c in (*_BASE, *_SIMPLE_LABELS) if c not in header]
-            if "annotator_id" in header:
-                missing += [c for c in _FULL_EXTRA if c not in header]
-            if missing:
-                raise InputError(path, f"not an AnnoMI CSV: missing column(s) {', '.join(missing)}", 1)
-            start = reader.line_num + 1
-            for values in reader:
-                line, start = start, reader.line_num + 1
-                if not any(v.strip() for v in values):
-                    continue
-                if len(values) != len(header):
-                    raise InputError(path, f"{len(values)} fields, the header has {len(header)}", line)
-                yield line, dict(zip(header, values))
-    except UnicodeDecodeError as e:
-        raise InputError(path, f"not valid UTF-8 ({e.reason})") from None
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise InputError(path, "empty file", 1) from None
+        missing = [c for c in (*_BASE, *_SIMPLE_LABELS) if c not in header]
+        if "annotator_id" in header:
+            missing += [c for c in _FULL_EXTRA if c not in header]
+        if missing:
+            raise InputError(path, f"not an AnnoMI CSV: missing column(s) {', '.join(missing)}", 1)
+        start = reader.line_num + 1
+        for values in reader:
+            line, start = start, reader.line_num + 1
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                raise InputError(path, f"{len(values)} fields, the header has {len(header)}", line)
+            yield line, dict(zip(header, values))
     except csv.Error as e:
-        raise InputError(path, f"bad CSV: {e}") from None
+        raise InputError(path, f"bad CSV: {e}", reader.line_num or 1) from None
 
 
 def _labels(row: dict[str, str], role: str, full: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if full:
-        out["annotator_id"] = int(row["annotator_id"]) if row["annotator_id"].strip().isdigit() else _na(row["annotator_id"])
+        # isdecimal, not isdigit: int() refuses digits such as '²' that isdigit accepts
+        out["annotator_id"] = int(row["annotator_id"]) if row["annotator_id"].strip().isdecimal() else _na(row["annotator_id"])
     if role == "counselor":
         for col in _THERAPIST_LABELS if full else ("main_therapist_behaviour",):
             out[col] = _na(row[col])

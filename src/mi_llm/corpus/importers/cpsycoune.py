@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from mi_llm.corpus.importers._common import find_files, iter_json_array, slug
+from mi_llm.corpus.importers._common import SeenIds, find_files, iter_json_array, slug
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
 
@@ -20,8 +20,11 @@ _TAG = re.compile(r"^\s*([^\s：:]{1,10}?)\s*[：:]\s*")
 
 
 def import_path(path: Path) -> Iterator[Dialogue]:
+    seen = SeenIds()
     for f in find_files(path, ["*/*.json", "*.json"], "CPsyCounE JSON files"):
-        yield parse_file(f)
+        d = parse_file(f)
+        seen.add(d.id, f, None)  # two topic folders may slug to one name
+        yield d
 
 
 def parse_file(path: Path) -> Dialogue:

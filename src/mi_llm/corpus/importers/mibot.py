@@ -15,13 +15,15 @@ beside the transcripts, the participant's row goes to meta["survey"].
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from mi_llm.corpus.importers._common import array_item_line, find_files, read_text
+from mi_llm.corpus.importers._common import SeenIds, array_item_line, find_files, json_type, line_of, read_text
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
+from mi_llm.io import check_json_text
 
 SOURCE = "mibot"
 _ROLES = {"counsellor": "counselor", "counselor": "counselor", "client": "client"}
@@ -32,8 +34,10 @@ def import_path(path: Path) -> Iterator[Dialogue]:
         path = path / "transcripts"
     base = path.parent if path.is_dir() else path.parent.parent
     surveys = read_surveys(base / "data.csv") if (base / "data.csv").is_file() else {}
+    seen = SeenIds()
     for f in find_files(path, ["*.json"], "MIBot transcript JSON files"):
         d = parse_file(f)
+        seen.add(d.id, f, None)  # the participant id comes from the file's content
         survey = surveys.get(d.meta["participant_id"])
         if survey is not None:
             d.meta["survey"] = survey
@@ -46,9 +50,13 @@ def parse_file(path: Path) -> Dialogue:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+    check_json_text(obj, text, path, 1)
     if not isinstance(obj, dict) or not isinstance(obj.get("utterances"), list):
         raise InputError(path, "expected an object with an 'utterances' list", 1)
-    pid = str(obj.get("participant_id") or path.stem)
+    raw_pid = obj.get("participant_id")
+    if raw_pid is not None and (isinstance(raw_pid, bool) or not isinstance(raw_pid, (str, int))):
+        raise InputError(path, f"'participant_id' should be a string, got {json_type(raw_pid)}", line_of(text, text.find('"participant_id"')))
+    pid = str(raw_pid or path.stem)
     volleys: list[tuple[Any, str, list[dict[str, Any]]]] = []
     for i, u in enumerate(obj["utterances"]):
         where = f"utterances[{i}]"
@@ -114,18 +122,19 @@ def _value(v: str) -> Any:
 def read_surveys(path: Path) -> dict[str, dict[str, Any]]:
     """data.csv rows by participant id, values typed (numbers, booleans, text)."""
     out: dict[str, dict[str, Any]] = {}
+    # Decoded up front so that a bad byte is located by its line (read_text does that).
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            key = next((k for k in reader.fieldnames or [] if k.lower() == "participantid"), None)
-            if key is None:
-                raise InputError(path, "missing column ParticipantID", 1)
-            for row in reader:
-                if None in row or any(v is None for v in row.values()):
-                    raise InputError(path, "row has a different number of fields than the header", reader.line_num)
-                out[row[key].strip()] = {k: _value(v) for k, v in row.items() if k != key}
-    except UnicodeDecodeError as e:
-        raise InputError(path, f"not valid UTF-8 ({e.reason})") from None
+        key = next((k for k in reader.fieldnames or [] if k.lower() == "participantid"), None)
+        if key is None:
+            raise InputError(path, "missing column ParticipantID", 1)
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise InputError(path, "row has a different number of fields than the header", reader.line_num)
+            pid = row[key].strip()
+            if pid in out:
+                raise InputError(path, f"participant {pid!r} has a second row", reader.line_num)
+            out[pid] = {k: _value(v) for k, v in row.items() if k != key}
     except csv.Error as e:
-        raise InputError(path, f"bad CSV: {e}") from None
+        raise InputError(path, f"bad CSV: {e}", reader.line_num or 1) from None
     return out

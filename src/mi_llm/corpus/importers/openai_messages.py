@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from mi_llm.corpus.importers._common import chat_dialogue, find_files, iter_records
+from mi_llm.corpus.importers._common import SeenIds, chat_dialogue, find_files, iter_records
 from mi_llm.corpus.schema import Dialogue
 from mi_llm.errors import InputError
 
@@ -19,8 +19,11 @@ _SYSTEM = ("system", "developer")
 
 
 def import_path(path: Path) -> Iterator[Dialogue]:
+    seen = SeenIds()
     for f in find_files(path, ["*.jsonl", "*.json"], "OpenAI chat JSONL files"):
         for index, (line, rec) in enumerate(iter_records(f), start=1):
             if "messages" not in rec:
                 raise InputError(f, "missing key 'messages' (a list of {role, content})", line)
-            yield chat_dialogue(SOURCE, f, line, index, rec, rec["messages"], "role", "content", _ROLES, _SYSTEM)
+            d = chat_dialogue(SOURCE, f, line, index, rec, rec["messages"], "role", "content", _ROLES, _SYSTEM)
+            seen.add(d.id, f, line)
+            yield d

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from mi_llm.corpus.importers._common import detect_language, find_files, iter_records, require_str
+from mi_llm.corpus.importers._common import SeenIds, detect_language, find_files, iter_records, json_type, require_str
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
 
@@ -18,20 +18,23 @@ _ROLES = {"user": "client", "assistant": "counselor"}
 
 
 def import_path(path: Path) -> Iterator[Dialogue]:
-    seen: dict[str, tuple[Path, int]] = {}
+    seen = SeenIds()
     for f in find_files(path, ["*.json", "*.jsonl"], "PsyDTCorpus JSON/JSONL files"):
         for line, rec in iter_records(f):
             d = parse_record(rec, f, line)
-            if d.id in seen:
-                p, ln = seen[d.id]
-                raise InputError(f, f"dialogue id {d.id!r} repeats {p.name}:{ln}", line)
-            seen[d.id] = (f, line)
+            seen.add(d.id, f, line)
             yield d
 
 
 def parse_record(rec: dict[str, Any], path: Path, line: int) -> Dialogue:
     if "id" not in rec or rec["id"] in (None, ""):
         raise InputError(path, "missing key 'id'", line)
+    rid = rec["id"]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise InputError(path, f"'id' should be a string or an integer, got {json_type(rid)}", line)
+    tag = rec.get("normalizedTag")
+    if tag is not None and (isinstance(tag, bool) or not isinstance(tag, (str, int, float))):
+        raise InputError(path, f"'normalizedTag' should be a string, got {json_type(tag)}", line)
     messages = rec.get("messages")
     if not isinstance(messages, list):
         raise InputError(path, "missing key 'messages' (a list of {role, content})", line)
@@ -51,7 +54,6 @@ def parse_record(rec: dict[str, Any], path: Path, line: int) -> Dialogue:
             raise InputError(path, f"{where}unknown role {role!r} (expected system, user or assistant)", line)
     if not turns:
         raise InputError(path, "no user/assistant messages", line)
-    tag = rec.get("normalizedTag")
     meta: dict[str, Any] = {"file": path.name}
     if system:
         meta["system"] = "\n".join(system)

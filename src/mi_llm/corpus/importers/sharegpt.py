@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from mi_llm.corpus.importers._common import chat_dialogue, find_files, iter_records, load_json
+from mi_llm.corpus.importers._common import SeenIds, chat_dialogue, json_type, find_files, iter_json_object, iter_records, read_text
 from mi_llm.corpus.schema import Dialogue
-from mi_llm.errors import InputError, MiLlmError
+from mi_llm.errors import InputError
 
 SOURCE = "sharegpt"
 _SKIP = {"dataset_info.json", "mi_llm_export.json"}
@@ -36,37 +36,58 @@ class Spec:
         self.system_tag = {tags["system_tag"]} if "system_tag" in tags else {"system"}
 
 
+def _mapping(entry: dict[str, Any], key: str, path: Path, line: int, name: str) -> dict[str, str] | None:
+    """`columns` / `tags` of a dataset: an object of strings (a key or a speaker name), or absent."""
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InputError(path, f"dataset {name!r}: {key!r} should be an object, got {json_type(value)}", line)
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise InputError(path, f"dataset {name!r}: {key}.{k} should be a string, got {json_type(v)}", line)
+    return value
+
+
 def import_path(path: Path) -> Iterator[Dialogue]:
+    seen = SeenIds()
     if path.is_dir() and (path / "dataset_info.json").is_file():
         for f, spec in _registered(path):
-            yield from parse_file(f, spec)
+            yield from parse_file(f, spec, seen)
         return
     files = [f for f in find_files(path, ["*.json", "*.jsonl"], "sharegpt JSON/JSONL files") if f.name not in _SKIP]
     for f in files:
-        yield from parse_file(f, Spec())
+        yield from parse_file(f, Spec(), seen)
 
 
 def _registered(folder: Path) -> list[tuple[Path, Spec]]:
     info_path = folder / "dataset_info.json"
-    info = load_json(info_path)
-    if not isinstance(info, dict):
-        raise InputError(info_path, "expected an object of datasets", 1)
+    text = read_text(info_path)
     out = []
-    for name, entry in info.items():
-        if not isinstance(entry, dict) or "file_name" not in entry:
-            raise InputError(info_path, f"dataset {name!r}: missing 'file_name'")
+    for line, name, entry in iter_json_object(info_path, text):
+        if not isinstance(entry, dict):
+            raise InputError(info_path, f"dataset {name!r}: expected an object, got {json_type(entry)}", line)
+        if "file_name" not in entry:
+            raise InputError(info_path, f"dataset {name!r}: missing 'file_name'", line)
+        file_name = entry["file_name"]
+        if not isinstance(file_name, str) or not file_name.strip():
+            raise InputError(info_path, f"dataset {name!r}: 'file_name' should be a file name, got {json_type(file_name)}", line)
         if entry.get("formatting", "alpaca") != "sharegpt":
-            raise MiLlmError(f"{info_path}: dataset {name!r} is not in sharegpt format; only sharegpt is imported")
-        f = folder / entry["file_name"]
+            raise InputError(info_path, f"dataset {name!r} is not in sharegpt format; only sharegpt is imported", line)
+        spec = Spec(_mapping(entry, "columns", info_path, line, name), _mapping(entry, "tags", info_path, line, name))
+        f = folder / file_name
         if not f.is_file():
-            raise MiLlmError(f"{info_path}: dataset {name!r}: no file {f}")
-        out.append((f, Spec(entry.get("columns"), entry.get("tags"))))
+            raise InputError(info_path, f"dataset {name!r}: no file {f}", line)
+        out.append((f, spec))
     return out
 
 
-def parse_file(path: Path, spec: Spec) -> Iterator[Dialogue]:
+def parse_file(path: Path, spec: Spec, seen: SeenIds | None = None) -> Iterator[Dialogue]:
+    seen = seen if seen is not None else SeenIds()
     for index, (line, rec) in enumerate(iter_records(path), start=1):
-        yield parse_record(rec, path, line, index, spec)
+        d = parse_record(rec, path, line, index, spec)
+        seen.add(d.id, path, line)
+        yield d
 
 
 def parse_record(rec: dict[str, Any], path: Path, line: int, index: int, spec: Spec) -> Dialogue:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from mi_llm.corpus.importers._common import find_files, iter_json_array, require_str
+from mi_llm.corpus.importers._common import find_files, iter_json_array, json_type, require_str
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
 
@@ -36,7 +36,10 @@ def parse_file(path: Path) -> Dialogue:
             raise InputError(path, f"unknown role {role!r} (expected client or counselor)", line)
         text = require_str(item, "content", path, line)
         meta: dict[str, Any] = {}
-        labels = [a for a in item.get("annotation") or [] if isinstance(a, dict) and a.get("label")]
+        annotation = item.get("annotation")
+        if annotation is not None and not isinstance(annotation, list):
+            raise InputError(path, f"'annotation' should be a list, got {json_type(annotation)}", line)
+        labels = [a for a in annotation or [] if isinstance(a, dict) and a.get("label")]
         if labels:
             meta["annotation"] = labels
         turns.append(Turn(role=_ROLES[role], text=text, meta=meta))
