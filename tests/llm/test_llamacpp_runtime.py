@@ -14,6 +14,7 @@ import pytest
 
 from mi_llm.errors import MiLlmError
 from mi_llm.llm import llamacpp_runtime as rt
+from tests.conftest import needs_setup, require_setup
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 
@@ -34,9 +35,7 @@ def _crashing_child(tmp_path: Path, how: str) -> list[str]:
 @pytest.mark.integration
 def test_a_real_decode_of_the_embedded_gguf_survives_in_a_child_process() -> None:
     """The issue's crash (SIGSEGV in llama_decode on AMX CPUs): this fails with the signal and flags."""
-    if not HAS_LLAMA_CPP:
-        pytest.fail("llama-cpp-python is not installed (make venv builds it)") if os.environ.get("CI") == "true" \
-            else pytest.skip("llama-cpp-python not installed")
+    require_setup(HAS_LLAMA_CPP, "llama-cpp-python (make venv builds it)")
     result = rt.run_probe()
     assert result.ok, f"{result.detail} [CPU flags: {rt.simd_flags()}]"
     assert "AVX" in result.system_info or "x86" not in os.uname().machine
@@ -62,7 +61,7 @@ def test_a_hung_child_is_a_timeout_not_a_hang(tmp_path, monkeypatch) -> None:
     assert not result.ok and "did not finish" in result.detail
 
 
-@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="the probe cache is keyed by the installed llama-cpp-python")
+@needs_setup(HAS_LLAMA_CPP, "llama-cpp-python (the probe cache is keyed by the installed build)")
 def test_the_probe_runs_once_per_build_and_cpu_and_a_crash_is_exit_2_or_a_fallback(home, monkeypatch, caplog) -> None:
     calls = []
 
@@ -88,7 +87,7 @@ def test_the_probe_runs_once_per_build_and_cpu_and_a_crash_is_exit_2_or_a_fallba
         get_backend("llamacpp", "gemma-3-270m")
 
 
-@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python installed")
+@needs_setup(HAS_LLAMA_CPP, "llama-cpp-python (make venv builds it)")
 def test_a_timeout_is_not_cached(home, monkeypatch) -> None:
     results = iter([rt.ProbeResult(False, "a test decode did not finish in 300 s"), rt.ProbeResult(True, "decoded 8 tokens")])
     monkeypatch.setattr(rt, "run_probe", lambda: next(results))
@@ -96,7 +95,7 @@ def test_a_timeout_is_not_cached(home, monkeypatch) -> None:
     assert rt.probe().ok and rt.probe().ok  # second ran the probe again; third came from the cache
 
 
-@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python installed")
+@needs_setup(HAS_LLAMA_CPP, "llama-cpp-python (make venv builds it)")
 def test_cli_with_llamacpp_asked_by_name_stops_with_exit_2_when_the_probe_fails(home, monkeypatch, tmp_path, capsys) -> None:
     from mi_llm.cli import main
 
@@ -114,15 +113,12 @@ def test_cli_with_llamacpp_asked_by_name_stops_with_exit_2_when_the_probe_fails(
 def test_the_build_dispatches_at_run_time_without_the_amx_variant() -> None:
     """`make venv` installs tools/llama_cpp/build.sh's wheel: CPU variants, none with AMX kernels,
     and the best one this CPU supports is the one loaded."""
-    if not HAS_LLAMA_CPP:
-        pytest.skip("llama-cpp-python not installed")
+    require_setup(HAS_LLAMA_CPP, "llama-cpp-python (make venv builds it)")
     import llama_cpp
 
     variants = [p.name for p in rt.cpu_variants(llama_cpp)]
     marker = rt.lib_dir(llama_cpp) / rt.BUILD_MARKER
-    if not marker.is_file():
-        msg = "llama-cpp-python was not built by tools/llama_cpp/build.sh (run make venv)"
-        pytest.fail(msg) if os.environ.get("CI") == "true" else pytest.skip(msg)
+    require_setup(marker.is_file(), "llama-cpp-python was not built by tools/llama_cpp/build.sh (run make venv)")
     assert "libggml-cpu-haswell.so" in variants and "libggml-cpu-x64.so" in variants
     assert not any("sapphirerapids" in v for v in variants), variants
     result = rt.run_probe()
@@ -132,3 +128,73 @@ def test_the_build_dispatches_at_run_time_without_the_amx_variant() -> None:
         assert "AVX512_BF16 = 1" in result.system_info and "AMX_INT8 = 1" not in result.system_info
     elif "avx2" in flags:
         assert "AVX2 = 1" in result.system_info
+
+
+# The x86-64 level of each shipped CPU variant: the /proc/cpuinfo flags it needs, and a feature
+# llama.cpp's system info then reports (tools/llama_cpp/cpu_variants.cmake).
+VARIANT_NEEDS = {
+    "x64": ((), None),
+    "sse42": (("sse4_2",), "SSE3"),
+    "sandybridge": (("avx",), "AVX"),
+    "haswell": (("avx2", "fma", "f16c", "bmi2"), "AVX2"),
+    "alderlake": (("avx2", "fma", "f16c", "bmi2", "avx_vnni"), "AVX_VNNI"),
+    "skylakex": (("avx512f",), "AVX512"),
+    "cascadelake": (("avx512f", "avx512_vnni"), "AVX512_VNNI"),
+    "icelake": (("avx512f", "avx512vbmi", "avx512_vnni"), "AVX512_VBMI"),
+    "zen4": (("avx512f", "avx512vbmi", "avx512_vnni", "avx512_bf16"), "AVX512_BF16"),
+}
+
+
+def _installed_variants():
+    if not HAS_LLAMA_CPP:
+        return []
+    import llama_cpp
+
+    return rt.cpu_variants(llama_cpp)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _installed_variants(), reason="not a runtime-dispatch build (tools/llama_cpp/build.sh)")
+def test_every_shipped_variant_decodes_or_is_refused_cleanly(tmp_path, monkeypatch) -> None:
+    """What an AVX2-only, an AVX-512 or an older CPU would run, each forced in turn on this CPU:
+    the levels this CPU has decode; the others are refused with a message, never SIGILL."""
+    import llama_cpp
+
+    lib = rt.lib_dir(llama_cpp)
+    variants = {p.name[len("libggml-cpu-"):-len(".so")]: p for p in rt.cpu_variants(llama_cpp)}
+    assert set(variants) == set(VARIANT_NEEDS), "cpu_variants.cmake and this table must name the same levels"
+    flags = set(rt.cpu_flags())
+    for name, path in variants.items():
+        only = tmp_path / name
+        only.mkdir()
+        for p in lib.iterdir():
+            if p.name.startswith("lib") and not p.name.startswith("libggml-cpu-"):
+                (only / p.name).symlink_to(p)
+        (only / path.name).symlink_to(path)
+        monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(only))
+        result = rt.run_probe()
+        needs, feature = VARIANT_NEEDS[name]
+        if set(needs) <= flags:
+            assert result.ok, f"{name}: {result.detail}"
+            if feature:
+                assert f"{feature} = 1" in result.system_info, (name, result.system_info)
+        else:
+            assert not result.ok and "no llama.cpp CPU backend loads" in result.detail, (name, result.detail)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _installed_variants(), reason="not a runtime-dispatch build (tools/llama_cpp/build.sh)")
+def test_no_shipped_library_contains_amx_instructions() -> None:
+    """The AMX kernels (the segfault) are not in the build: no tile instruction in any library."""
+    import shutil
+
+    import llama_cpp
+
+    if shutil.which("objdump") is None:
+        pytest.skip("objdump (binutils) not installed")
+    import subprocess
+
+    for lib in sorted(rt.lib_dir(llama_cpp).glob("*.so")):
+        asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True, check=True).stdout
+        tile = [line for line in asm.splitlines() if any(op in line for op in ("ldtilecfg", "tdpbssd", "tdpbf16ps", "tileloadd"))]
+        assert not tile, f"{lib.name}: AMX instructions, e.g. {tile[0].strip()}"

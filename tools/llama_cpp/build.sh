@@ -20,7 +20,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # Flags that decide the build. x86-64 only: elsewhere (ARM, ...) llama.cpp's own build is used.
 FLAGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF"
 if [ "$(uname -m)" != x86_64 ]; then FLAGS="-DGGML_NATIVE=OFF"; fi
-KEY=$( { echo "$VERSION $FLAGS $(uname -m)"; cat "$HERE/cpu_variants.cmake" "$0"; } | sha256sum | cut -c1-16)
+# The key: what decides the wheel (comments left out, so editing one does not force a rebuild).
+KEY=$( { echo "$VERSION $FLAGS $(uname -m)"; grep -hv '^[[:space:]]*#' "$HERE/cpu_variants.cmake" "$HERE/strip_wheel.py"; } | sha256sum | cut -c1-16)
 HOME_DIR=${MI_LLM_HOME:-$HOME/.cache/mi-llm}
 WHEELS="$HOME_DIR/wheels/llama-cpp-python-$VERSION-$KEY"
 
@@ -31,12 +32,14 @@ if [ -f "$MARKER" ] && grep -q "\"$KEY\"" "$MARKER"; then
 fi
 
 if ! ls "$WHEELS"/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1; then
-  echo "building llama-cpp-python $VERSION with runtime CPU dispatch (once per machine: about 10 minutes on 2 cores)"
+  echo "building llama-cpp-python $VERSION with runtime CPU dispatch (once per machine and version: 15-25 minutes on 2 cores)"
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/llama-cpp-build.XXXXXX")
   trap 'rm -rf "$TMP"' EXIT
   "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$TMP/sdist"
   CMAKE_ARGS="$FLAGS -DCMAKE_PROJECT_INCLUDE=$HERE/cpu_variants.cmake" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-    "$PY" -m pip wheel -q --no-deps --no-cache-dir -w "$TMP/wheel" "$TMP"/sdist/llama_cpp_python-"$VERSION".tar.gz
+    "$PY" -m pip wheel -q --no-deps --no-cache-dir -w "$TMP/built" "$TMP"/sdist/llama_cpp_python-"$VERSION".tar.gz
+  mkdir -p "$TMP/wheel"
+  "$PY" "$HERE/strip_wheel.py" "$TMP"/built/llama_cpp_python-"$VERSION"-*.whl "$TMP/wheel"
   mkdir -p "$(dirname "$WHEELS")"
   rm -rf "$WHEELS.tmp" && mv "$TMP/wheel" "$WHEELS.tmp" && rm -rf "$WHEELS" && mv "$WHEELS.tmp" "$WHEELS"
 fi

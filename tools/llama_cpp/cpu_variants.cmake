@@ -9,19 +9,16 @@
 #   - install the variant libraries next to libllama.so (llama-cpp-python installs only a
 #     single `ggml-cpu` target, which a variants build does not have), and
 #   - leave out the variants we do not ship: `sapphirerapids` (the AMX one) and a few rare
-#     intermediate levels (each costs build minutes; a CPU without them gets the next level).
+#     intermediate levels (ivybridge, piledriver, cannonlake, cooperlake: a CPU of one of those
+#     gets the next level down). They are still compiled: in a GGML_BACKEND_DL build the ggml
+#     target depends on every backend, so they cannot be dropped from the build without
+#     patching llama.cpp; they are just not installed.
 # An AMX CPU then runs the `zen4` variant (AVX-512 VBMI/VNNI/BF16), the fastest path that works.
 
 set(MI_LLM_GGML_CPU_VARIANTS x64 sse42 sandybridge haswell alderlake skylakex cascadelake icelake zen4
     CACHE STRING "ggml CPU backend variants shipped in the llama-cpp-python wheel")
 
 function(mi_llm_install_ggml_cpu_variants)
-    foreach(tag ivybridge piledriver cannonlake cooperlake sapphirerapids)
-        if(TARGET ggml-cpu-${tag})
-            # not built by the default target, so not compiled at all
-            set_target_properties(ggml-cpu-${tag} PROPERTIES EXCLUDE_FROM_ALL TRUE)
-        endif()
-    endforeach()
     foreach(tag ${MI_LLM_GGML_CPU_VARIANTS})
         if(NOT TARGET ggml-cpu-${tag})
             message(FATAL_ERROR "mi-llm: ggml CPU variant ${tag} is not defined by this llama.cpp "

@@ -57,7 +57,8 @@ def import_llama_cpp() -> Any:
 
 
 def lib_dir(llama_cpp: Any) -> Path:
-    return Path(llama_cpp.__file__).parent / "lib"
+    """Where llama_cpp loaded its libraries from (LLAMA_CPP_LIB_PATH overrides the package's)."""
+    return Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(llama_cpp.__file__).parent / "lib")
 
 
 def cpu_variants(llama_cpp: Any) -> list[Path]:
@@ -73,7 +74,11 @@ def load_cpu_backend(llama_cpp: Any) -> None:
     global _loaded
     if _loaded or not cpu_variants(llama_cpp):
         return
-    ggml = ctypes.CDLL(str(lib_dir(llama_cpp) / "libggml.so"))  # the library llama_cpp already loaded
+    # The copy libllama loaded is the one named by its soname (libggml.so.0): a wheel stores
+    # libggml.so, .so.0 and .so.0.x as separate files, and loading another one would give a
+    # second ggml with its own, separate backend registry.
+    sonames = sorted(lib_dir(llama_cpp).glob("libggml.so.*"), key=lambda p: len(p.name))
+    ggml = ctypes.CDLL(str(sonames[0] if sonames else lib_dir(llama_cpp) / "libggml.so"))
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
     if ggml.ggml_backend_reg_count() == 0:
         ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
@@ -122,7 +127,7 @@ def build_fingerprint() -> dict[str, Any] | None:
     spec = importlib.util.find_spec("llama_cpp")  # without importing it (that loads the library)
     if spec is None or not spec.origin:
         return None
-    lib = Path(spec.origin).parent / "lib"
+    lib = Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(spec.origin).parent / "lib")
     files = sorted(p for p in lib.glob("*.so*")) if lib.is_dir() else []
     from importlib.metadata import PackageNotFoundError, version
 
