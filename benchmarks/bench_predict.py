@@ -65,7 +65,9 @@ class Peer:
     """llama-cpp-python as users call it: `create_completion`, one prompt at a time."""
 
     def __init__(self, gguf: Path, threads: int, n_ctx: int):
-        import llama_cpp
+        from mi_llm.llm.llamacpp_runtime import import_llama_cpp
+
+        llama_cpp = import_llama_cpp()  # a runtime-dispatch build loads its CPU backend first
 
         self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                                    n_batch=512, verbose=False, seed=42)
