@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from mi_llm.llm.backends import get_backend, preset
+from tests.conftest import needs_setup
 
 pytestmark = pytest.mark.integration
 
 CONV = [{"role": "system", "content": "You are a counselor."}, {"role": "user", "content": "I want to stop smoking."}]
-needs_llamacpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed")
+needs_llamacpp = needs_setup(importlib.util.find_spec("llama_cpp") is not None, "llama-cpp-python (make venv builds it)")
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,11 @@ import pytest
 
 from mi_llm.corpus.schema import read_dialogues
 from mi_llm.miti.reliability import agreement, load_coder
+from tests.conftest import import_setup, needs_setup
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium absent: install the Debian packages chromium chromium-driver (make browser)"),
+    needs_setup(CHROMIUM.exists(), "headless Chromium absent: install the Debian packages chromium chromium-driver (make browser)"),
     pytest.mark.timeout(180),
     pytest.mark.slow,
 ]
@@ -113,7 +114,7 @@ def _wait_saved(page) -> None:
 
 
 def test_code_save_reload_restart_export(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = import_setup("playwright.sync_api", "Python Playwright")
     sessions = tmp_path / "sessions.jsonl"
     sessions.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in SESSIONS), encoding="utf-8")
     out = tmp_path / "alice.jsonl"
@@ -236,7 +237,7 @@ ATTACK = """<!doctype html><html><body><script>
 def test_other_sites_cannot_read_or_write_the_coding(tmp_path):
     """A page on evil.example (made to resolve to 127.0.0.1, as DNS rebinding does) tries to
     save, export and read; every request reaches the server and is refused."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = import_setup("playwright.sync_api", "Python Playwright")
     sessions = tmp_path / "sessions.jsonl"
     sessions.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in SESSIONS), encoding="utf-8")
     out = tmp_path / "alice.jsonl"

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from tests.conftest import import_setup, require_setup
 from tests.serve.conftest import KEY, RecordingEngine
 
 CHROMIUM = os.environ.get("MI_LLM_CHROMIUM", "/usr/bin/chromium")
@@ -15,9 +16,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
-        pytest.skip(f"chromium not installed at {CHROMIUM} (apt-get install chromium chromium-driver)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Python Playwright is not installed")
+    require_setup(os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM), f"chromium not installed at {CHROMIUM} (apt-get install chromium chromium-driver)")
+    sync_api = import_setup("playwright.sync_api", "Python Playwright")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from tests.conftest import require_setup
+
 pytestmark = pytest.mark.integration
 
 
@@ -53,13 +55,12 @@ def _converter_available() -> bool:
 
 
 def test_export_merged_and_gguf_q8_0_loads_in_llama_cpp(trained, tmp_path):
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed")
-    if not _converter_available():
-        pytest.skip("llama.cpp's converter is not cached: run `python -m mi_llm.train.gguf --fetch` once")
-    from llama_cpp import Llama
-
+    require_setup(importlib.util.find_spec("llama_cpp") is not None, "llama-cpp-python (make venv builds it)")
+    require_setup(_converter_available(), "llama.cpp's converter is not cached: run `python -m mi_llm.train.gguf --fetch` once")
+    from mi_llm.llm.llamacpp_runtime import import_llama_cpp
     from mi_llm.train.export import export
+
+    Llama = import_llama_cpp().Llama  # a runtime-dispatch build loads its CPU backend first
 
     r = export(None, trained.output, tmp_path / "merged", gguf_types=["q8_0"])
     gguf = r.gguf["q8_0"]
