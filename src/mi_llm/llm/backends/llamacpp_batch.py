@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ class _Request:
     pos: int  # position of the next token fed
     out: list[int] = field(default_factory=list)
     last: int | None = None  # sampled, not yet fed
-    rng: Any = None
+    rng: Any = None  # sampling only: numpy Generator seeded by (seed, index)
 
 
 class BatchEngine:
@@ -142,12 +142,57 @@ class BatchEngine:
     # ---------------------------------------------------------------- decoding
 
     def generate(self, prompts: Sequence[list[int]], config: GenerationConfig) -> list[tuple[list[int], bool]]:
+        """(generated ids, stopped at an end-of-turn) per prompt, in the prompts' order."""
+        import numpy as np
+
+        results: list[tuple[list[int], bool] | None] = [None] * len(prompts)
+
+        def choose(req: _Request, logits: Any) -> int | None:
+            if config.do_sample and req.rng is None:
+                req.rng = np.random.default_rng([config.seed or 0, req.index])
+            tok = self._sample(logits, req, config)
+            if tok in self.stop_ids or self.lib.llama_vocab_is_eog(self.vocab, tok):
+                results[req.index] = (req.out, True)
+                return None
+            req.out.append(tok)
+            if len(req.out) >= config.max_new_tokens:
+                results[req.index] = (req.out, False)
+                return None
+            return tok
+
+        self._run(prompts, choose)
+        return [r for r in results if r is not None]
+
+    def teacher_forced_logits(self, prompts: Sequence[list[int]], continuations: Sequence[Sequence[int]]) -> list[Any]:
+        """Logits of each prompt followed by its given continuation, decoded exactly as
+        `generate` decodes (same slots, prefix reuse and batching), but feeding the given
+        tokens instead of sampled ones. Per prompt a float32 array of shape
+        (len(continuation) + 1, n_vocab): row j is the distribution of the token after
+        prompt + continuation[:j]. For tests that compare the engine with single-stream llama.cpp."""
+        import numpy as np
+
+        rows: list[list[Any]] = [[] for _ in prompts]
+
+        def choose(req: _Request, logits: Any) -> int | None:
+            rows[req.index].append(np.array(logits, dtype=np.float32))  # the buffer is reused by the next decode
+            cont = continuations[req.index]
+            if len(req.out) >= len(cont):
+                return None
+            req.out.append(int(cont[len(req.out)]))
+            return req.out[-1]
+
+        self._run(prompts, choose)
+        return [np.stack(r) for r in rows]
+
+    def _run(self, prompts: Sequence[list[int]], choose: Callable[[_Request, Any], int | None]) -> None:
+        """Decode all prompts through the slots. `choose(request, logits)` is called with the
+        logits after the prompt and after each fed token; it returns the next token to feed,
+        or None when that request is finished (its slot then takes the next prompt)."""
         import numpy as np
 
         lib = self.lib
         queue = deque(range(len(prompts)))
         active: dict[int, _Request] = {}
-        results: list[tuple[list[int], bool] | None] = [None] * len(prompts)
         batch = self.batch
         while queue or active:
             for slot in range(self.slots):
@@ -156,8 +201,6 @@ class BatchEngine:
                         break
                     i = queue.popleft()
                     req = _Request(i, list(prompts[i]), [], 0)
-                    if config.do_sample:
-                        req.rng = np.random.default_rng([config.seed or 0, i])
                     self._start(slot, req)
                     active[slot] = req
             # one decode: a token for each generating slot, then prompt chunks
@@ -189,18 +232,11 @@ class BatchEngine:
             for idx, slot in outputs:
                 req = active[slot]
                 logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.n_vocab,))
-                tok = self._sample(logits, req, config)
-                if tok in self.stop_ids or lib.llama_vocab_is_eog(self.vocab, tok):
-                    results[req.index] = (req.out, True)
-                    del active[slot]
-                    continue
-                req.out.append(tok)
-                if len(req.out) >= config.max_new_tokens:
-                    results[req.index] = (req.out, False)
+                tok = choose(req, logits)
+                if tok is None:
                     del active[slot]
                 else:
                     req.last = tok
-        return [r for r in results if r is not None]
 
     @staticmethod
     def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
