@@ -43,8 +43,15 @@ BUILD_MARKER = "mi-llm-build.json"
 SKIP_ENV = "MI_LLM_SKIP_LLAMACPP_PROBE"
 
 
-def import_llama_cpp() -> Any:
-    """`llama_cpp`, with a CPU backend loaded (see the module docstring)."""
+def import_llama_cpp(check: bool = True) -> Any:
+    """`llama_cpp`, with a CPU backend loaded (see the module docstring).
+
+    With `check` (the default) the build must first pass the crash probe on this CPU, else a
+    one-line MiLlmError (exit 2): every in-process use of llama.cpp comes through here, so a
+    build that would segfault is stopped before it can take the process down.
+    """
+    if check:
+        ensure_usable(explicit=True)
     try:
         import llama_cpp
     except ImportError:
@@ -222,6 +229,10 @@ def ensure_usable(explicit: bool) -> bool:
     """True when llama.cpp may be used here. A failed probe: exit 2 (explicit) or a warning and False."""
     if os.environ.get(SKIP_ENV) == "1":
         return True
+    if build_fingerprint() is None:
+        if explicit:
+            import_llama_cpp(check=False)  # raises the install hint
+        return False
     result = probe()
     if result.ok:
         return True
@@ -236,7 +247,7 @@ def ensure_usable(explicit: bool) -> bool:
 
 
 def _child(gguf: str) -> dict[str, Any]:
-    llama_cpp = import_llama_cpp()
+    llama_cpp = import_llama_cpp(check=False)  # this is the check
     from llama_cpp._utils import suppress_stdout_stderr
 
     with suppress_stdout_stderr(disable=False):

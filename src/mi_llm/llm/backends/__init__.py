@@ -31,10 +31,7 @@ def get_backend(name: str, model: Any, adapter: str | Path | None = None, **opts
 
         return HFBackend(model, adapter=adapter, **opts)
     if name == "llamacpp":
-        from mi_llm.llm.backends.llamacpp import LlamaCppBackend
-        from mi_llm.llm.llamacpp_runtime import ensure_usable
-
-        ensure_usable(explicit=True)
+        from mi_llm.llm.backends.llamacpp import LlamaCppBackend  # its import_llama_cpp runs the probe
 
         return LlamaCppBackend(model, adapter=adapter, **opts)
     if name == "openai":
