@@ -10,9 +10,11 @@ positions or stale cells make llama_decode fail, which fails the test too.)
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
-from tests.conftest import import_setup
+from tests.conftest import require_setup
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +43,13 @@ MAX_KL = 0.15
 
 @pytest.fixture(scope="module")
 def engines():
-    llama_cpp = import_setup("llama_cpp", "llama-cpp-python (make venv builds it)")
-    from llama_cpp._utils import suppress_stdout_stderr
-
+    require_setup(importlib.util.find_spec("llama_cpp") is not None, "llama-cpp-python (make venv builds it)")
     from mi_llm.llm.backends import get_backend
+    from mi_llm.llm.llamacpp_runtime import import_llama_cpp
     from mi_llm.llm.models import resolve_model
+
+    llama_cpp = import_llama_cpp()  # loads the CPU variant of a runtime-dispatch build
+    from llama_cpp._utils import suppress_stdout_stderr
 
     batched = get_backend("llamacpp", resolve_model("gemma-3-270m"), n_ctx=512, parallel=3, n_threads=2)
     with suppress_stdout_stderr(disable=False):
