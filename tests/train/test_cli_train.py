@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -27,25 +26,69 @@ def test_bad_option_is_one_line(tmp_path, build_dir):
     assert r.returncode == 2 and r.stderr.strip().startswith("bad option: records")
 
 
+# The command as users run it, except that after step 2 the run waits until SIGINT has been
+# handled: the signal lands mid-run on any machine, however fast (30 steps of a tiny model
+# can finish before a signal sent on a timer arrives). Production code is not changed.
+_PAUSE_AFTER_STEP_2 = """
+import signal, sys, time
+import mi_llm.train.sft as sft
+from mi_llm.cli import main
+
+real_train = sft.train
+
+
+def train(*args, **kwargs):
+    def on_step(step):
+        if step != 2:
+            return
+        handled = []
+        stop_flag = signal.getsignal(signal.SIGINT)  # the run's own handler
+
+        def note(signum, frame):
+            stop_flag(signum, frame)
+            handled.append(signum)
+
+        signal.signal(signal.SIGINT, note)
+        print("paused after step 2", flush=True)
+        deadline = time.monotonic() + 600  # a hang guard, not a timing
+        while not handled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.signal(signal.SIGINT, stop_flag)
+
+    return real_train(*args, on_step=on_step, **kwargs)
+
+
+sft.train = train
+main(sys.argv[1:])
+"""
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_gemma, build_dir, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--model", str(tiny_gemma), "--data", str(build_dir), "-o", str(out), "--max-steps", "30",
             "--grad-accum", "1", "--save-steps", "1000"]
-    p = subprocess.Popen([sys.executable, "-m", "mi_llm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
-    log = out / "train_log.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (log.is_file() and log.read_text().count("\n") >= 2):
-        time.sleep(0.2)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    with open(tmp_path / "stderr.txt", "w+") as err_file:  # a file: a full stderr pipe cannot block the run
+        p = subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER_STEP_2, *args], stdout=subprocess.PIPE,
+                             stderr=err_file, text=True)
+        for line in p.stdout:  # the event: step 2 is done (and logged)
+            if line.startswith("paused after step 2"):
+                break
+        else:
+            p.wait()
+            err_file.seek(0)  # the child wrote through the same open file: its offset moved
+            pytest.fail(f"the run ended (exit {p.returncode}) before step 2: {err_file.read()[-2000:]}")
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=300)
+        err_file.seek(0)
+        err = err_file.read()
     assert p.returncode == 130, err[-2000:]
     assert "--resume" in err
     state = json.loads(next((out / "checkpoints").glob("step-*/trainer_state.json")).read_text())
-    assert 2 <= state["step"] < 30
+    assert state["step"] == 2  # stopped before step 3: the signal came while step 2 was the last done
+    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
     r = run(*args, "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
-    steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
+    steps = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 31))  # each step logged once
     assert (out / "adapter_model.safetensors").is_file()
