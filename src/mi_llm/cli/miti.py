@@ -190,14 +190,19 @@ def annotate_cmd(
     sessions: Path = typer.Argument(..., help="Dialogue JSONL to code (coded or not)"),
     coder_name: str = typer.Option(..., "--coder-name", help="your name or initials (one autosave file per coder)"),
     port: int = typer.Option(8765, help="port of the local page"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on (keep 127.0.0.1: the sessions are health data)"),
+    host: str = typer.Option("127.0.0.1", help="loopback address to listen on (127.0.0.1, ::1, localhost): the page has no login and the sessions are health data"),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", help="also answer to this Host name (NAME or NAME:PORT; repeatable), e.g. an /etc/hosts alias"),
     out: Optional[Path] = typer.Option(None, "--out", help="coded JSONL to export to (default SESSIONS.<coder>.coded.jsonl; the autosave file lies beside it)"),
     keep_codes: bool = typer.Option(False, "--keep-codes", help="start from the codes and globals already in SESSIONS (default: only their segmentation)"),
     export_only: bool = typer.Option(False, "--export", help="write the export from the autosave file and exit, without serving"),
 ) -> None:
     """Serve a local page to code sessions by hand (MITI 4.2.1); autosaves every change."""
-    from mi_llm.miti.annotate.app import AnnotationProject, serve
+    from mi_llm.miti.annotate.app import AnnotationProject, check_host, serve
+    from mi_llm.serve.hostguard import HostPolicy
 
+    if not export_only:  # refuse bad serving options before touching any file
+        check_host(host)
+        HostPolicy(host, allowed_host)
     project = AnnotationProject(sessions, coder_name, out, keep_codes=keep_codes)
     if export_only:
         r = project.export()
@@ -205,5 +210,6 @@ def annotate_cmd(
                       f"4 globals; {r['not_saved']} never saved) to {r['path']}")
         return
     console.print(f"coding {len(project.dialogues)} session(s) as [b]{project.coder}[/]; autosave {project.autosave}")
-    console.print(f"open [b]http://{host}:{port}/[/] in a browser; export writes {project.out}; Ctrl+C stops")
-    serve(project, host=host, port=port)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"open [b]http://{shown}:{port}/[/] in a browser; export writes {project.out}; Ctrl+C stops")
+    serve(project, host=host, port=port, allowed_hosts=allowed_host)
