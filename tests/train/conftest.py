@@ -34,7 +34,8 @@ def make_tokenizer(path: Path):
     return fast
 
 
-def make_tiny_model(path: Path, kind: str = "gemma3", seed: int = 0, hidden: int = 32) -> Path:
+def make_tiny_model(path: Path, kind: str = "gemma3", seed: int = 0, hidden: int = 32,
+                    initializer_range: float = 0.02) -> Path:
     """A tiny model folder that mi_llm.llm.models.resolve_model accepts as a local model."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
@@ -43,7 +44,8 @@ def make_tiny_model(path: Path, kind: str = "gemma3", seed: int = 0, hidden: int
     tok = make_tokenizer(path)
     common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
-                  pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+                  pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  initializer_range=initializer_range)
     torch.manual_seed(seed)
     if kind == "gemma3":
         cfg = Gemma3TextConfig(**common, sliding_window=64, final_logit_softcapping=30.0)
@@ -82,6 +84,14 @@ def make_build(path: Path, n: int = 6, rounds: int = 3, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gemma(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-gemma3"), "gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_learnable(tmp_path_factory) -> Path:
+    """A tiny Gemma-3 whose (frozen, tied) head can express confident predictions: at the
+    default init (std 0.02, hidden 32) its logits stay within about +-1 whatever LoRA learns,
+    so the loss cannot fall far below ln(vocabulary)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-gemma3-learnable"), "gemma3", initializer_range=0.2)
 
 
 @pytest.fixture(scope="session")

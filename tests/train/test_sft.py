@@ -124,3 +124,41 @@ def test_ddp_two_cpu_processes_equal_one_process_with_double_accumulation(tiny_g
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
     assert losses(tmp_path / "ddp") == pytest.approx(losses(one), abs=1e-5)
     assert r.stderr.count("trained 3 steps") + r.stdout.count("trained 3 steps") == 1  # main process reports
+
+
+def _loss_of_adapter(model, adapter_dir, examples) -> float:
+    """Token loss of the saved adapter on `examples` (sum over target tokens / their count)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(model))
+    peft = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    total = 0.0
+    with torch.no_grad():
+        for e in examples:
+            out = peft(input_ids=torch.tensor([e.input_ids]), labels=torch.tensor([e.labels]))
+            total += float(out.loss) * e.n_targets  # transformers averages over the target tokens
+    return total / sum(e.n_targets for e in examples)
+
+
+def test_overfitting_four_samples_drives_the_loss_down(tiny_gemma_learnable, build_dir, tmp_path):
+    """Every step sees the same 4 samples (batch 1, grad-accum 4): a training loop that learns
+    drives their loss far down; one whose updates are lost, misdirected or not saved does not."""
+    from mi_llm.io import write_jsonl
+    from mi_llm.llm.models import load_tokenizer
+    from mi_llm.samples import read_samples
+    from mi_llm.train.data import encode_samples
+
+    four = read_samples(build_dir / "samples.train.jsonl")[:4]
+    data = tmp_path / "four.jsonl"
+    write_jsonl(data, [s.model_dump() for s in four])
+    out = tmp_path / "run"
+    r = train(cfg(tiny_gemma_learnable, data, out, max_steps=30, grad_accum=4, lr=1e-2, warmup_ratio=0.0,
+                  lr_scheduler="constant_with_warmup", lora_r=8, lora_alpha=16), show_progress=False)
+    log = losses(out)
+    assert r.steps == 30 and len(log) == 30
+    assert log[-1] < 0.5 * log[0], log  # measured: 7.1 -> 1.5
+    # the saved adapter carries what was learned (its loss is below the last step's, which
+    # was measured before that step's update)
+    examples, _ = encode_samples(four, load_tokenizer(str(tiny_gemma_learnable)), 1024, "rounds")
+    assert _loss_of_adapter(tiny_gemma_learnable, out, examples) < 0.5 * log[0]
