@@ -40,12 +40,17 @@ _LOW_ESCAPE = re.compile(r"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 
 
 def _has_lone_surrogate(obj: Any) -> bool:
-    if isinstance(obj, str):
-        return any("\ud800" <= ch <= "\udfff" for ch in obj)
-    if isinstance(obj, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in obj.items())
-    if isinstance(obj, list):
-        return any(_has_lone_surrogate(v) for v in obj)
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if any("\ud800" <= ch <= "\udfff" for ch in value):
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
     return False
 
 
@@ -63,9 +68,31 @@ def _lone_surrogate_pos(text: str) -> int:
     return 0
 
 
+# Deeper JSON than this is garbage for every schema here, and pydantic cannot write much
+# deeper values back (its serializer stops at a fixed depth): refuse it on read.
+MAX_JSON_DEPTH = 100
+NESTED_TOO_DEEPLY = f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels deep"
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def check_json_text(obj: Any, text: str, path: str | Path, line: int | None) -> None:
-    """Refuse decoded JSON holding a lone surrogate escape. `text` is its JSON source and
-    `line` the line `text` starts on. Cheap: it looks only when `text` has such an escape."""
+    """Refuse decoded JSON that no later stage could write back: nested deeper than
+    MAX_JSON_DEPTH, or holding a lone surrogate escape. `text` is its JSON source and `line`
+    the line `text` starts on. Cheap: each check runs only when `text` could fail it."""
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(obj, MAX_JSON_DEPTH):
+        raise InputError(path, NESTED_TOO_DEEPLY, line)
     if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(obj):
         if line is not None:
             line += text.count("\n", 0, _lone_surrogate_pos(text))
@@ -82,7 +109,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                text = raw.decode("utf-8")
+                # a byte-order mark (Windows editors write one) is not part of the first line
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise InputError(path, f"not valid UTF-8 ({e.reason} at byte {e.start})", lineno) from None
             if not text.strip():
@@ -91,6 +119,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
                 raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", lineno) from None
+            except RecursionError:
+                raise InputError(path, NESTED_TOO_DEEPLY, lineno) from None
             if not isinstance(obj, dict):
                 raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
             check_json_text(obj, text, path, lineno)

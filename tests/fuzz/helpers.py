@@ -48,6 +48,18 @@ def run_cli(argv: list[str]) -> Result:
     return Result(int(code) if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
 
 
+def record_exit(r: Result) -> None:
+    """Count exit codes in hypothesis' statistics (--hypothesis-show-statistics), to see how
+    many examples were accepted; a no-op outside a hypothesis test."""
+    from hypothesis import event
+    from hypothesis.errors import InvalidArgument
+
+    try:
+        event(f"exit {r.code}")
+    except InvalidArgument:
+        pass
+
+
 def error_line(r: Result) -> str:
     """The one stderr line of a failed run (asserts the contract's form)."""
     assert r.code == 2, f"exit code {r.code}, expected 2; stderr: {r.err!r}"

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from mi_llm.corpus.importers import SOURCES
 from mi_llm.corpus.schema import read_dialogues
 
-from tests.fuzz.helpers import FEW, FUZZ, bad_lines, dumps, error_line, json_values, located_at, mutated, run_cli
+from tests.fuzz.helpers import FEW, FUZZ, bad_lines, dumps, error_line, json_values, located_at, mutated, record_exit, run_cli
 
 # Every registered source is fuzzed below (llamafactory is sharegpt's registry form).
 FUZZED = {"cpsycound", "cpsycoune", "smile", "psydt", "annomi", "mibot", "sharegpt", "llamafactory", "openai", "dialogues"}
@@ -37,6 +37,7 @@ def test_every_source_is_fuzzed():
 def import_run(source: str, path: Path, out: Path):
     r = run_cli(["data", "import", source, str(path), "-o", str(out), "--language", "en"] if source in ("sharegpt", "openai")
                 else ["data", "import", source, str(path), "-o", str(out)])
+    record_exit(r)
     if r.code == 0:
         assert read_dialogues(out), "an import that succeeds writes dialogues the next stage reads"
     else:

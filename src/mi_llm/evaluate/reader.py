@@ -20,7 +20,7 @@ from typing import Any
 
 from mi_llm.errors import InputError
 from mi_llm.evaluate.extended import LANGUAGES
-from mi_llm.io import iter_jsonl
+from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ class PredictionFile:
 
 def _sidecar_generation(meta: dict[str, Any]) -> dict[str, Any] | None:
     # `mi-llm predict` keeps them under settings.generation; accept a top-level one too.
-    for gen in (meta.get("generation"), (meta.get("settings") or {}).get("generation")):
+    settings = meta.get("settings")
+    for gen in (meta.get("generation"), settings.get("generation") if isinstance(settings, dict) else None):
         if isinstance(gen, dict):
             return gen
     return None
@@ -128,14 +129,20 @@ def _find_sidecar(path: Path) -> Path | None:
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(path, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        raise InputError(path, f"not valid UTF-8 ({e.reason} at byte {e.start})", raw[: e.start].count(b"\n") + 1) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+    except RecursionError:
+        raise InputError(path, NESTED_TOO_DEEPLY, 1) from None
     if not isinstance(data, dict):
-        raise InputError(path, f"expected a JSON object, got {type(data).__name__}")
+        raise InputError(path, f"expected a JSON object, got {type(data).__name__}", 1)
+    check_json_text(data, text, path, 1)
     return data
 
 

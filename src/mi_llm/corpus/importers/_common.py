@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from mi_llm.corpus.schema import Dialogue, Turn
-from mi_llm.io import check_json_text, iter_jsonl
+from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, iter_jsonl
 from mi_llm.errors import InputError, MiLlmError
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -71,6 +71,8 @@ def iter_json_array(path: Path, text: str | None = None) -> Iterator[tuple[int, 
             item, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+        except RecursionError:
+            raise InputError(path, NESTED_TOO_DEEPLY, line_of(text, pos)) from None
         check_json_text(item, text[pos:end], path, line_of(text, pos))
         yield line_of(text, pos), item
         pos = _skip_ws(text, end)
@@ -102,6 +104,8 @@ def iter_json_object(path: Path, text: str | None = None) -> Iterator[tuple[int,
             key, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+        except RecursionError:
+            raise InputError(path, NESTED_TOO_DEEPLY, line_of(text, pos)) from None
         pos = _skip_ws(text, pos)
         if pos >= len(text) or text[pos] != ":":
             raise InputError(path, "invalid JSON: expected ':' after a key", line_of(text, pos))
@@ -110,6 +114,8 @@ def iter_json_object(path: Path, text: str | None = None) -> Iterator[tuple[int,
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+        except RecursionError:
+            raise InputError(path, NESTED_TOO_DEEPLY, line_of(text, pos)) from None
         check_json_text([key, value], text[key_start:pos], path, key_line)
         yield key_line, key, value
         pos = _skip_ws(text, pos)
