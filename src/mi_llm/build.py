@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from mi_llm.corpus.schema import Dialogue, read_dialogues
 from mi_llm.errors import MiLlmError
-from mi_llm.io import write_json, write_jsonl
+from mi_llm.io import check_writable, write_json, write_jsonl
 from mi_llm.samples import (
     TokenCounter,
     build_samples,
@@ -53,10 +53,17 @@ def build(
 ) -> dict[str, Any]:
     if export_mode not in ("rounds", "dialogues"):
         raise MiLlmError(f"--export-mode must be 'rounds' or 'dialogues' (got {export_mode!r})")
+    # A negative budget would silently drop every history round; bool is an int to Python.
+    if history_budget is not None and (isinstance(history_budget, bool) or not isinstance(history_budget, int) or history_budget < 0):
+        raise MiLlmError(f"--history-budget must be a whole number of tokens, at least 0 (got {history_budget!r})")
+    out = Path(out)
+    # Checked before reading the dialogues, so that a bad -o fails at once.
+    if out.exists() and not out.is_dir():
+        raise MiLlmError(f"{out}: is a file; -o names the build folder")
+    check_writable(out / "build.json")
     dialogues = load_all(paths)
     split = split_dialogues(dialogues, train=train, test=test, seed=seed)
     count = token_counter(tokenizer) if history_budget is not None else char_count
-    out = Path(out)
     summary: dict[str, Any] = {"seed": seed, "history_budget": history_budget, "tokenizer": tokenizer,
                                "export_mode": export_mode, "unused_dialogues": split.unused, "files": []}
     exports = {}

@@ -7,6 +7,7 @@ system prompt + the history h_t = {(c_i, r_i) | i < t} + c_t, and the target is 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,9 @@ def dialogue_samples(
 
 def _resolve_count(value: float, available: int, name: str) -> int:
     """A split size given as a count (>= 1) or a fraction (0 < x < 1), capped by what exists."""
+    # nan passes every comparison below and int(nan) / int(inf) would raise: refuse them first.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MiLlmError(f"--{name} must be a finite number: a count, or a fraction below 1 (got {value!r})")
     if value < 0:
         raise MiLlmError(f"--{name} must not be negative (got {value})")
     if 0 < value < 1:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from mi_llm.cli.options import number
 from mi_llm.console import console
 
 data_app = typer.Typer(help="Corpora: import, download, build samples.", no_args_is_help=True)
@@ -31,12 +32,15 @@ def import_cmd(
     from mi_llm.corpus.normalize import NormalizeOptions
     from mi_llm.corpus.schema import write_dialogues
     from mi_llm.errors import MiLlmError
+    from mi_llm.io import check_writable
 
+    # Options and the output path first: a big corpus takes a while to read.
+    if language and language not in ("zh", "en"):
+        raise MiLlmError(f"--language must be zh or en (got {language!r})")
+    check_writable(output, "-o")
     opts = NormalizeOptions(merge_same_role=not no_merge, drop_empty=not keep_empty)
     dialogues, stats = import_corpus(source, path, opts)
     if language:
-        if language not in ("zh", "en"):
-            raise MiLlmError(f"--language must be zh or en (got {language!r})")
         dialogues = [d.model_copy(update={"language": language}) for d in dialogues]
     write_dialogues(output, dialogues)
     table = Table(title=f"imported {source}", show_header=False)
@@ -68,10 +72,12 @@ def download_cmd(
 def build_cmd(
     dialogues: list[Path] = typer.Argument(..., help="dialogues JSONL file(s)"),
     output: Path = typer.Option(..., "-o", "--output", help="build folder"),
-    train: float = typer.Option(2000, help="training dialogues: a count, or a fraction below 1"),
-    test: float = typer.Option(40, help="test dialogues: a count, or a fraction below 1"),
+    train: float = typer.Option(2000, help="training dialogues: a count, or a fraction below 1", callback=number(ge=0)),
+    test: float = typer.Option(40, help="test dialogues: a count, or a fraction below 1", callback=number(ge=0)),
     seed: int = typer.Option(42, help="seed of the split"),
-    history_budget: Optional[int] = typer.Option(None, help="keep only the most recent rounds of history within this many tokens"),
+    history_budget: Optional[int] = typer.Option(
+        None, help="keep only the most recent rounds of history within this many tokens", callback=number(ge=0)
+    ),
     tokenizer: str = typer.Option("chars", help="unit of --history-budget: 'chars' or a model name/folder whose tokenizer counts"),
     export_mode: str = typer.Option("rounds", help="exports: 'rounds' (one record per sample) or 'dialogues' (one multi-turn record per dialogue)"),
 ) -> None:

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from mi_llm.cli.options import number
 from mi_llm.console import console
 
 
@@ -25,7 +26,9 @@ def evaluate_cmd(
     language: Optional[str] = typer.Option(
         None, "--language", help="zh | en for every pair (default: the file's language field, else detected)"
     ),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="processes (default: 2 from 2,000 pairs on)"),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="processes (default: 2 from 2,000 pairs on)", callback=number(ge=1)
+    ),
     reference_impl: bool = typer.Option(
         False, "--reference-impl", help="compute with the reference libraries as LLaMA-Factory calls them (slow; for audits)"
     ),
@@ -36,7 +39,13 @@ def evaluate_cmd(
     from mi_llm.evaluate.metrics import evaluate_file
     from mi_llm.evaluate.report_table import metrics_tables, settings_lines
 
+    from mi_llm.io import check_writable
+
     output = output or predictions.parent / "metrics.json"
+    # Before the scoring, so that a typo in a path fails at once, naming its option.
+    check_writable(output, "-o")
+    if per_sample is not None:
+        check_writable(per_sample, "--per-sample")
     with Progress(
         TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
     ) as bar:

@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from mi_llm.cli.options import number
 from mi_llm.console import console
 from mi_llm.errors import MiLlmError
 
@@ -189,7 +190,7 @@ def _print_agreement(r: dict) -> None:
 def annotate_cmd(
     sessions: Path = typer.Argument(..., help="Dialogue JSONL to code (coded or not)"),
     coder_name: str = typer.Option(..., "--coder-name", help="your name or initials (one autosave file per coder)"),
-    port: int = typer.Option(8765, help="port of the local page"),
+    port: int = typer.Option(8765, help="port of the local page", callback=number(ge=1, le=65535)),
     host: str = typer.Option("127.0.0.1", help="loopback address to listen on (127.0.0.1, ::1, localhost): the page has no login and the sessions are health data"),
     allowed_host: list[str] = typer.Option([], "--allowed-host", help="also answer to this Host name (NAME or NAME:PORT; repeatable), e.g. an /etc/hosts alias"),
     out: Optional[Path] = typer.Option(None, "--out", help="coded JSONL to export to (default SESSIONS.<coder>.coded.jsonl; the autosave file lies beside it)"),

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 
 from mi_llm.cli.miti import miti_app
+from mi_llm.cli.options import number
 from mi_llm.console import console
 from mi_llm.errors import InputError, MiLlmError
 
@@ -29,7 +30,7 @@ def _load(coder: str, base_url: str | None, retries: int) -> Any:
 
     if coder.startswith("llm:"):
         c = load_coder(coder, base_url=base_url)
-        c.retries = max(0, retries)
+        c.retries = retries
         return c
     if base_url:
         raise MiLlmError("--base-url applies to an llm:<backend>:<model> coder only")
@@ -51,7 +52,7 @@ def code_cmd(
     coder: str = typer.Option("default", "--coder", "-c", help=_CODER_HELP),
     resegment: bool = typer.Option(False, "--resegment", help="split counselor turns again even when they already have utterances"),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="LLM coder: the OpenAI-compatible server's URL"),
-    retries: int = typer.Option(2, "--retries", help="LLM coder: times to re-ask after an invalid answer"),
+    retries: int = typer.Option(2, "--retries", help="LLM coder: times to re-ask after an invalid answer", callback=number(ge=0, le=100)),
 ) -> None:
     """Split counselor turns into utterances, code each one, and rate the 4 globals per session."""
     from mi_llm.corpus.schema import read_dialogues, write_dialogues
@@ -108,7 +109,7 @@ def code_utterances_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="the same lines plus 'code' (a MITI key or null)"),
     coder: str = typer.Option("default", "--coder", "-c", help=_CODER_HELP),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="LLM coder: the OpenAI-compatible server's URL"),
-    retries: int = typer.Option(2, "--retries", help="LLM coder: times to re-ask after an invalid answer"),
+    retries: int = typer.Option(2, "--retries", help="LLM coder: times to re-ask after an invalid answer", callback=number(ge=0, le=100)),
 ) -> None:
     """Code single utterances (context = the client's previous turn, when given)."""
     from mi_llm.io import write_jsonl

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from mi_llm.cli.options import INT32_MAX, number, seed as seed_check
 from mi_llm.console import console
 
 models_app = typer.Typer(help="Models: list the known names, prepare (convert) the embedded model.", no_args_is_help=True)
@@ -71,21 +72,21 @@ def predict_cmd(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
     backend: str = typer.Option("hf", "--backend", help="hf | llamacpp | openai | vllm"),
     preset: str = typer.Option("greedy", "--preset", help="greedy | llamafactory (do_sample, T 0.95, top-p 0.7, top-k 50, 1024 tokens)"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="override the preset's"),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    top_k: Optional[int] = typer.Option(None, "--top-k"),
-    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="sampling seed (default 42)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="conversations per generate call, written together (default: hf 16; llamacpp 4 x parallel; openai 4 x concurrency; vllm 256)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N samples"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="override the preset's", callback=number(ge=1, le=INT32_MAX)),
+    temperature: Optional[float] = typer.Option(None, "--temperature", callback=number(ge=0)),
+    top_p: Optional[float] = typer.Option(None, "--top-p", callback=number(gt=0, le=1)),
+    top_k: Optional[int] = typer.Option(None, "--top-k", callback=number(ge=0, le=INT32_MAX)),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", callback=number(gt=0)),
+    seed: Optional[int] = typer.Option(None, "--seed", help="sampling seed (default 42)", callback=seed_check),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="conversations per generate call, written together (default: hf 16; llamacpp 4 x parallel; openai 4 x concurrency; vllm 256)", callback=number(ge=1, le=INT32_MAX)),
+    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N samples", callback=number(ge=1)),
     overwrite: bool = typer.Option(False, "--overwrite", help="start over instead of resuming"),
     device: Optional[str] = typer.Option(None, "--device", help="hf/vllm: cpu | cuda (default: cuda when available)"),
     gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load (default: the model's own)"),
-    parallel: int = typer.Option(1, "--parallel", help="llamacpp: sequences decoded together (1 = single stream)"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads"),
+    parallel: int = typer.Option(1, "--parallel", help="llamacpp: sequences decoded together (1 = single stream)", callback=number(ge=1, le=INT32_MAX)),
+    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX)),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1 (key from OPENAI_API_KEY)"),
-    concurrency: int = typer.Option(8, "--concurrency", help="openai: requests in flight"),
+    concurrency: int = typer.Option(8, "--concurrency", help="openai: requests in flight", callback=number(ge=1, le=INT32_MAX)),
     extra_body: Optional[str] = typer.Option(None, "--extra-body", help="openai: JSON object merged into each request"),
 ) -> None:
     """Generate a counselor reply for every test sample (resumable)."""

@@ -341,11 +341,17 @@ def evaluate_file(
     Returns the metrics (what `output` receives).
     """
     from mi_llm.evaluate.reader import read_predictions
-    from mi_llm.io import write_json, write_jsonl
+    from mi_llm.io import check_writable, write_json, write_jsonl
 
-    data = read_predictions(path)
     if language is not None and language not in LANGUAGES:
         raise MiLlmError(f"language must be one of {', '.join(LANGUAGES)} (got {language!r})")
+    # Outputs are checked before the (slow) scoring, so a bad path costs nothing.
+    for target in (output, per_sample):
+        if target is not None:
+            check_writable(target)
+    if output is not None and per_sample is not None and Path(output).resolve() == Path(per_sample).resolve():
+        raise MiLlmError(f"{output}: the metrics and the per-sample scores would overwrite each other")
+    data = read_predictions(path)
     if on_loaded:
         on_loaded(len(data.predictions))
     langs = [language] * len(data.predictions) if language else data.languages
@@ -360,8 +366,17 @@ def evaluate_file(
     )
     samples = metrics.pop("per_sample", None)
     result = {"input": data.describe(), **data.settings(), **metrics}
-    if output is not None:
-        write_json(output, result)
+    # metrics.json last: it marks a finished evaluation, so a failure leaves neither file new.
+    wrote_per_sample = False
     if per_sample is not None and samples is not None:
+        existed = Path(per_sample).exists()
         write_jsonl(per_sample, (data.sample_header(i) | s for i, s in enumerate(samples)))
+        wrote_per_sample = not existed
+    if output is not None:
+        try:
+            write_json(output, result)
+        except BaseException:
+            if wrote_per_sample:
+                Path(per_sample).unlink(missing_ok=True)  # type: ignore[arg-type]
+            raise
     return result
