@@ -102,3 +102,83 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture()
 def build_dir(tmp_path) -> Path:
     return make_build(tmp_path / "build")
+
+
+def slow_twin(fast):
+    """A slow (pure-Python, `is_fast` False) tokenizer with the same vocabulary and model as
+    `fast`: what Baichuan2's and GLM-4's own tokenizer classes are. Special tokens are split
+    off by transformers' slow-tokenizer code and the text between them goes through the same
+    normalizer, pre-tokenizer and BPE as the fast one, so the two tokenize any whole text
+    alike; only mi_llm's slow path (no character offsets) differs."""
+    from transformers import PreTrainedTokenizer
+
+    class SlowTwin(PreTrainedTokenizer):
+        def __init__(self) -> None:
+            self._model = fast.backend_tokenizer
+            self._vocab = fast.get_vocab()
+            self._inv = {i: t for t, i in self._vocab.items()}
+            added = sorted({t.content for t in fast.added_tokens_decoder.values()})
+            super().__init__(bos_token=fast.bos_token, eos_token=fast.eos_token, pad_token=fast.pad_token,
+                             unk_token=fast.unk_token, additional_special_tokens=added)
+            self.chat_template = fast.chat_template
+
+        @property
+        def vocab_size(self) -> int:
+            return len(self._vocab)
+
+        def get_vocab(self) -> dict[str, int]:
+            return dict(self._vocab)
+
+        def _tokenize(self, text: str, **kwargs) -> list[str]:
+            return self._model.encode(text, add_special_tokens=False).tokens
+
+        def _convert_token_to_id(self, token: str) -> int:
+            return self._vocab.get(token, self._vocab[fast.unk_token])
+
+        def _convert_id_to_token(self, index: int) -> str:
+            return self._inv[index]
+
+        def convert_tokens_to_string(self, tokens: list[str]) -> str:
+            return self._model.decode([self._vocab[t] for t in tokens], skip_special_tokens=False)
+
+    return SlowTwin()
+
+
+def mixed_samples():
+    """Round samples in English and Chinese, with and without history (the system prompt mixes both)."""
+    from mi_llm.samples import Sample
+
+    out = []
+    for lang in ("en", "zh"):
+        for rounds in (0, 2):
+            if lang == "en":
+                hist = [(f"I feel stressed about work {i}, and I can't sleep.", f"How do you feel about that {i}? It sounds hard.")
+                        for i in range(rounds)]
+                query, reply = "Maybe I could walk more.", "It sounds like you want change. What would help?"
+            else:
+                hist = [(f"我最近压力很大{i}，睡不好。", f"听起来你很辛苦{i}。你觉得什么最重要？") for i in range(rounds)]
+                query, reply = "也许我可以多走走路。", "听起来你想改变。什么会有帮助？"
+            out.append(Sample(sample_id=f"{lang}#{rounds + 1}", dialogue_id=lang, round=rounds + 1, language=lang,
+                              source="t", system="You are an MI counselor. 你是一位动机式访谈咨询师。", history=hist,
+                              query=query, response=reply))
+    return out
+
+
+def assert_slow_path_equals_fast(fast) -> None:
+    """encode_sample through the slow path gives exactly the fast path's ids and labels."""
+    from mi_llm.llm import models
+    from mi_llm.train.data import IGNORE_INDEX, encode_sample
+
+    slow = slow_twin(fast)
+    assert not slow.is_fast and models._encode_with_offsets(slow, "x") is None  # noqa: SLF001 - the slow path is taken
+    for s in mixed_samples():
+        for last_only in (True, False):  # rounds records (the reply) and dialogue records (every reply)
+            a = encode_sample(s, fast, 4096, last_only=last_only)
+            b = encode_sample(s, slow, 4096, last_only=last_only)
+            where = f"{s.sample_id} last_only={last_only}"
+            # the twin tokenizes the whole text as the fast tokenizer does (which the fast path uses)
+            text = models.render_prompt(fast, s.messages(with_response=True), add_generation_prompt=False)
+            assert slow(text, add_special_tokens=False)["input_ids"] == a.input_ids, where
+            assert b.input_ids == a.input_ids, where
+            assert b.labels == a.labels, where
+            assert sum(x != IGNORE_INDEX for x in a.labels) > 0, where

@@ -125,3 +125,12 @@ def test_collate_pads_right_and_masks():
     assert two["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
     assert two["labels"].tolist() == [[-100, 2, 3], [-100, 5, -100]]
     assert two["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_slow_tokenizer_path_gives_the_fast_paths_ids_and_labels(tok):
+    """Baichuan2 and GLM-4 ship slow tokenizers (no character offsets): their replies are found
+    by tokenizing the text between reply edges piece by piece. That must give the very ids and
+    labels the fast path gives, on a byte-level BPE as GLM-4's (zh and en, with history)."""
+    from tests.train.conftest import assert_slow_path_equals_fast
+
+    assert_slow_path_equals_fast(tok)

@@ -36,7 +36,10 @@ def trained(demo_build, tmp_path_factory):
 def test_two_steps_on_the_embedded_model(trained):
     r = trained
     assert r.steps == 2 and not r.interrupted
-    assert 0 < r.final_loss < 20  # a real language model: far below ln(262144) = 12.5 x 1.6
+    # The pretrained model already predicts these replies (measured 3.9); weights that were
+    # converted wrongly from the GGUF score near or above uniform, ln(262144) = 12.5. That
+    # the loss falls with training is tests/train/test_sft.py's overfitting test.
+    assert 0 < r.final_loss < 6
     assert r.peak_rss_mb > 0  # the 3 GB target is measured by benchmarks/bench_train.py, not asserted here
     conf = json.loads((r.output / "train_config.json").read_text())
     assert conf["model"]["name"] == "gemma-3-270m" and conf["data"]["max_tokens"] <= 256
@@ -75,3 +78,13 @@ def test_export_merged_and_gguf_q8_0_loads_in_llama_cpp(trained, tmp_path):
     tok = load_tokenizer("gemma-3-270m")
     for text in ("I want to stop smoking, but it's hard.", "我最近压力很大，睡不好。"):
         assert llm.tokenize(text.encode(), add_bos=False) == tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_slow_tokenizer_path_on_the_embedded_vocabulary():
+    """As tests/train/test_data.py, on Gemma's 262k-entry SentencePiece-style BPE (byte
+    fallback, no dummy prefix: as Baichuan2's): the pieces between reply edges tokenize as
+    they do inside the whole text."""
+    from mi_llm.llm.models import load_tokenizer
+    from tests.train.conftest import assert_slow_path_equals_fast
+
+    assert_slow_path_equals_fast(load_tokenizer("gemma-3-270m"))
