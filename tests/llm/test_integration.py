@@ -24,7 +24,10 @@ def embedded():
     return resolve_model("gemma-3-270m")  # converts once (about a minute), then cached
 
 
-def test_embedded_resolves_to_a_clean_cached_folder(embedded) -> None:
+def test_embedded_resolves_to_a_clean_cached_folder(embedded, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from mi_llm.llm import models
     from mi_llm.llm.models import resolve_model
 
     assert embedded.family == "gemma" and embedded.source == "embedded"
@@ -33,12 +36,15 @@ def test_embedded_resolves_to_a_clean_cached_folder(embedded) -> None:
     assert "quantization_config" not in cfg
     assert list(embedded.path.glob("*.safetensors"))
     assert embedded.gguf is not None and embedded.gguf.is_file()
-    # second resolution: no conversion, no re-hashing
-    import time
+    # second resolution: no conversion, no re-hashing (either would raise here; a time limit
+    # would pass on a fast machine that did both and fail on a slow one that did neither)
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the cached model was converted or hashed again")
 
-    t0 = time.monotonic()
+    monkeypatch.setattr(models, "convert_gguf", forbidden)
+    monkeypatch.setattr(models, "hashlib", SimpleNamespace(sha256=forbidden))
     again = resolve_model("gemma-3-270m")
-    assert again.path == embedded.path and time.monotonic() - t0 < 5
+    assert again.path == embedded.path and again.sha256 == embedded.sha256
 
 
 def test_tokenizer_turn_markers(embedded) -> None:

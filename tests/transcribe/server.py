@@ -5,8 +5,14 @@ the rendered prompt); the dialogue's script says what each successive call gets:
 
     good | malformed | wrong_order | meta | english | nousage | cut
     429[:retry_after_s] | 500 | 401 | 400 | slow[:seconds]   (slow answers well, late)
+    hang   (answers well once the test calls `server.release()`)
 
 The last action of a script repeats. Every request is recorded (`server.calls`).
+
+Tests that must act while a run is in progress hold the server instead of racing a clock:
+`Script.hold_after = N` answers the first N requests and holds every later one until
+`server.release()`; `Script.wait_for_peak = K` holds the first requests until K are in flight
+at once (so a concurrency limit of K is reached for sure, whatever the machine's speed).
 """
 
 from __future__ import annotations
@@ -61,7 +67,12 @@ class Call:
 class Script:
     scripts: dict[str, list[str]] = field(default_factory=dict)
     default: str = "good"
-    delay_s: float = 0.0  # added to every answer (crash test)
+    delay_s: float = 0.0  # added to every answer
+    hold_after: int | None = None  # requests after the first N wait for server.release()
+    wait_for_peak: int = 0  # early requests wait until this many have been in flight at once
+
+
+HANG_GUARD_S = 120.0  # a held request answers anyway after this long: a stuck test fails, never hangs
 
 
 class ScriptedServer:
@@ -70,6 +81,10 @@ class ScriptedServer:
         self.calls: list[Call] = []
         self._per_key: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._flight = threading.Condition()
+        self.in_flight = 0
+        self.peak_in_flight = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -108,7 +123,14 @@ class ScriptedServer:
         self.thread.start()
         return self
 
+    def release(self) -> None:
+        """Answer the requests held by `hold_after` and the `hang` action (and all later ones)."""
+        self._released.set()
+
     def stop(self) -> None:
+        self.release()
+        with self._flight:
+            self._flight.notify_all()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -128,6 +150,24 @@ class ScriptedServer:
             action = steps[min(n, len(steps) - 1)]
             call = Call(key, action, sha, messages, req, time.monotonic())
             self.calls.append(call)
+            held = self.script.hold_after is not None and len(self.calls) > self.script.hold_after
+        with self._flight:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            self._flight.notify_all()
+            self._flight.wait_for(lambda: self.peak_in_flight >= self.script.wait_for_peak or self._released.is_set(),
+                                  timeout=HANG_GUARD_S)
+        try:
+            if held:
+                self._released.wait(HANG_GUARD_S)
+            return self._respond(req, action, turns, language, call)
+        finally:
+            with self._flight:
+                self.in_flight -= 1
+
+    def _respond(self, req: dict[str, Any], action: str, turns: list[dict[str, str]], language: str,
+                 call: Call) -> tuple[int, dict[str, str], dict[str, Any]]:
+        messages = req["messages"]
         name, _, arg = action.partition(":")
         if self.script.delay_s:
             time.sleep(self.script.delay_s)
@@ -137,9 +177,11 @@ class ScriptedServer:
             return int(name), {}, {"error": {"message": f"scripted {name}", "type": "server_error"}}
         if name == "slow":
             time.sleep(float(arg or 1.0))
+        if name == "hang":
+            self._released.wait(HANG_GUARD_S)
         good = good_answer(turns, language)
         answer = {
-            "good": good, "slow": good, "nousage": good, "cut": good[: len(good) // 2],
+            "good": good, "slow": good, "hang": good, "nousage": good, "cut": good[: len(good) // 2],
             "malformed": good[:-3],
             "wrong_order": json.dumps({"turns": [{"role": "counselor", "text": REPLY[language]}, *json.loads(good)["turns"]]}, ensure_ascii=False),
             "meta": "Here is the rewritten dialogue:\n" + good,
