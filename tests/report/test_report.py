@@ -5,6 +5,7 @@ import pytest
 
 from mi_llm.report import ReportData, write_report
 from mi_llm.report.data import AutoRow, Example
+from tests.conftest import needs_setup
 
 
 def sample_data() -> ReportData:
@@ -42,7 +43,7 @@ def test_report_files_and_tables(tmp_path):
     assert 'class="num good"' in html  # R:Q 2.0 reaches the "good" threshold
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed")
+@needs_setup(shutil.which("chromium") is not None, "Debian chromium (make browser installs it)")
 def test_report_renders_in_chromium_without_console_errors(tmp_path):
     from playwright.sync_api import sync_playwright
 
