@@ -90,7 +90,7 @@ def test_worker_serves_in_order_and_bounds_the_queue():
         order: list[str] = []
 
         def stream(self, messages, config, cancel=None):
-            gate.wait(5)
+            gate.wait(60)  # set by the test once the queue is full
             self.order.append(messages[-1]["content"])
             yield from super().stream(messages, config, cancel)
 
@@ -106,7 +106,11 @@ def test_worker_serves_in_order_and_bounds_the_queue():
             return out
 
         tasks = [asyncio.create_task(one(t)) for t in ("a", "b", "c")]
-        await asyncio.sleep(0.05)
+        for _ in range(1000):  # until all three are submitted (an event, not a guess at timing)
+            if worker.pending == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.pending == 3
         with pytest.raises(QueueFull):
             worker.submit([{"role": "user", "content": "d"}], GenerationConfig())
         gate.set()
