@@ -57,9 +57,8 @@ def build(
     if history_budget is not None and (isinstance(history_budget, bool) or not isinstance(history_budget, int) or history_budget < 0):
         raise MiLlmError(f"--history-budget must be a whole number of tokens, at least 0 (got {history_budget!r})")
     out = Path(out)
-    # Checked before reading the dialogues, so that a bad -o fails at once.
-    if out.exists() and not out.is_dir():
-        raise MiLlmError(f"{out}: is a file; -o names the build folder")
+    # Checked before reading the dialogues, so that a bad -o (a file, not a folder; no
+    # permission) fails at once.
     check_writable(out / "build.json")
     dialogues = load_all(paths)
     split = split_dialogues(dialogues, train=train, test=test, seed=seed)

@@ -87,12 +87,38 @@ def _deeper_than(obj: Any, limit: int) -> bool:
     return False
 
 
+def too_deep_line(text: str, line: int | None, start: int = 0) -> int | None:
+    """The line (counted from `line`, where `text` starts) on which the JSON in `text` goes
+    deeper than MAX_JSON_DEPTH, for the error message; `line` itself if it never does."""
+    if line is None:
+        return None
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return line + text.count("\n", start, i)
+        elif ch in "]}":
+            depth -= 1
+    return line
+
+
 def check_json_text(obj: Any, text: str, path: str | Path, line: int | None) -> None:
     """Refuse decoded JSON that no later stage could write back: nested deeper than
     MAX_JSON_DEPTH, or holding a lone surrogate escape. `text` is its JSON source and `line`
     the line `text` starts on. Cheap: each check runs only when `text` could fail it."""
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(obj, MAX_JSON_DEPTH):
-        raise InputError(path, NESTED_TOO_DEEPLY, line)
+        raise InputError(path, NESTED_TOO_DEEPLY, too_deep_line(text, line))
     if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(obj):
         if line is not None:
             line += text.count("\n", 0, _lone_surrogate_pos(text))
@@ -102,7 +128,7 @@ def check_json_text(obj: Any, text: str, path: str | Path, line: int | None) -> 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; bad lines raise InputError."""
     path = Path(path)
-    if path.is_dir():
+    if _is_dir(path):
         raise MiLlmError(f"{path}: is a folder, not a JSONL file")
     if not path.is_file():
         raise MiLlmError(f"{path}: no such file")
@@ -144,19 +170,31 @@ def _cannot_write(path: Path, e: OSError) -> MiLlmError:
     return MiLlmError(f"{path}: cannot write ({e.strerror or e})")
 
 
+def _is_dir(path: Path) -> bool:
+    """Path.is_dir, except that a path the system refuses to look up (a name too long)
+    is a one-line error instead of an OSError."""
+    try:
+        return path.is_dir()
+    except OSError as e:
+        raise MiLlmError(f"{path}: {e.strerror or e}") from None
+
+
 def check_writable(path: str | Path, what: str | None = None) -> None:
     """Fail early, in one line, when `path` cannot become a file: it is a folder, a parent is
     a file, or the nearest existing folder above it is not writable. `what` names the option.
     Checked before slow work so that a typo in -o does not cost a whole run."""
     path = Path(path)
     where = f"{what} {path}" if what else str(path)
-    if path.is_dir():
-        raise MiLlmError(f"{where}: is a folder, not a file")
-    parent = path.parent
-    while not parent.exists():
-        if parent == parent.parent:
-            break
-        parent = parent.parent
+    try:
+        if path.is_dir():
+            raise MiLlmError(f"{where}: is a folder, not a file")
+        parent = path.parent
+        while not parent.exists():
+            if parent == parent.parent:
+                break
+            parent = parent.parent
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise MiLlmError(f"{where}: {e.strerror or e}") from None
     if parent.exists() and not parent.is_dir():
         raise MiLlmError(f"{where}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -170,7 +208,7 @@ def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     A path that cannot be written (a folder, no permission, a file where a folder should be)
     is a one-line MiLlmError naming it, raised before anything is written."""
     path = Path(path)
-    if path.is_dir():  # os.replace would fail only after all the work
+    if _is_dir(path):  # os.replace would fail only after all the work
         raise MiLlmError(f"{path}: is a folder, not a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,12 @@ def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
+def _at(value: Any, path: tuple) -> Any:
+    for step in path:
+        value = value[step]
+    return value
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
@@ -155,6 +161,27 @@ _of_kind = {
 }
 
 
+# Stands for a value nested DEEP levels deep: dumps() writes it as text, since json.dumps
+# itself cannot write what it is there to test.
+DEEP = "\x00deep-nesting\x00"
+DEEP_LEVELS = (150, 5000)
+
+# Values of the same JSON type that are still wrong, or hard to carry through: the other
+# half of the corruptions (a string where a string goes, but not one a file can hold).
+_nasty = {
+    "str": st.sampled_from(["", "a\nb", "\ud800", "x\udfff", "x" * 5000, DEEP]),
+    "number": st.sampled_from([float("nan"), float("inf"), -1, 0, 2**64, 0.5, DEEP]),
+    "bool": st.sampled_from([True, False, DEEP]),
+    "null": st.sampled_from([DEEP, ""]),
+    "list": st.sampled_from([[], [None], [[]], DEEP]),
+    "dict": st.sampled_from([{}, {"": None}, {"\n": 1}, DEEP]),
+}
+
+
+def nasty(value: Any) -> st.SearchStrategy[Any]:
+    return _nasty[_kind(value)]
+
+
 def other_kind(value: Any) -> st.SearchStrategy[Any]:
     """A value of any JSON type but the one `value` has: the commonest corruption."""
     return st.one_of([s for k, s in _of_kind.items() if k != _kind(value)])
@@ -166,16 +193,19 @@ def mutated(draw: st.DrawFn, value: Any) -> Any:
     replaced by a value of another type or by any garbage, deleted (a key or an item), an
     unknown key added, an item duplicated."""
     value = json.loads(json.dumps(value))  # a deep copy to change in place
-    path = draw(st.sampled_from(_paths(value)))
+    action = draw(st.sampled_from(["other type", "other type", "nasty", "nasty", "garbage", "delete", "add key", "duplicate"]))
+    paths = _paths(value)
+    if action == "nasty":  # a wrong value of the right type: where the values are, the leaves
+        paths = [p for p in paths if p and not isinstance(_at(value, p), (dict, list))] or paths
+    path = draw(st.sampled_from(paths))
     if not path:
-        return draw(other_kind(value) | json_values)
-    parent = value
-    for step in path[:-1]:
-        parent = parent[step]
+        return draw(other_kind(value) | nasty(value) | json_values)
+    parent = _at(value, path[:-1])
     last = path[-1]
-    action = draw(st.sampled_from(["other type", "other type", "garbage", "delete", "add key", "duplicate"]))
     if action == "other type":
         parent[last] = draw(other_kind(parent[last]))
+    elif action == "nasty":
+        parent[last] = draw(nasty(parent[last]))
     elif action == "garbage":
         parent[last] = draw(json_values)
     elif action == "delete":
@@ -196,5 +226,11 @@ def dumps(obj: Any) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(obj)
+        text = json.dumps(obj)
+    deep = json.dumps(DEEP)
+    if deep in text:  # alternately a little too deep to write back, and too deep to parse
+        parts = text.split(deep)
+        text = parts[0] + "".join(
+            "[" * DEEP_LEVELS[i % 2] + "]" * DEEP_LEVELS[i % 2] + part for i, part in enumerate(parts[1:])
+        )
     return text

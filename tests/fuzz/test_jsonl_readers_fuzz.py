@@ -37,6 +37,15 @@ DIALOGUES = [
     _session(3, "en", ["SR", "CR", "Q", "Confront"], [1, 2, 1, 2], meta={"note": [1, 2]}),
     _session(4, "en", ["CR", "Q", "Q", "EA"], [4, 4, 5, 5]),
 ]
+# Uncoded dialogues, for the commands that carry their texts into what they write.
+PLAIN_DIALOGUES = [
+    {"id": "p1", "source": "demo", "language": "en", "topic": "smoking", "style": "raw",
+     "turns": [{"role": "client", "text": "I smoke."}, {"role": "counselor", "text": "Tell me more."}, {"role": "client", "text": "Daily."}]},
+    {"id": "p2", "source": "demo", "language": "zh", "turns": [{"role": "client", "text": "我失眠。"}, {"role": "counselor", "text": "多久了？"}],
+     "meta": {"file": "a.txt", "line": 3}},
+    {"id": "p3", "source": "other", "language": "en", "turns": [{"role": "counselor", "text": "Hi."}, {"role": "client", "text": "Hello."},
+                                                                 {"role": "counselor", "text": "How are you?"}]},
+]
 SAMPLES = [
     {"sample_id": "d1#1", "dialogue_id": "d1", "round": 1, "language": "en", "source": "demo", "topic": "smoking",
      "system": "You are an MI counselor.", "history": [], "query": "I smoke.", "response": "Tell me more.", "truncated_rounds": 0},
@@ -73,8 +82,9 @@ def _write(tmp: Path, lines: list[str], name: str = "in.jsonl") -> Path:
 # A command whose valid input would start slow work (a model) is stopped right after the
 # read by an option that fails only then: a harmless change gives that one-line error.
 READERS: dict[str, tuple[list[dict[str, Any]], Callable[[Path, Path], list[str]], str | None]] = {
-    "dialogues (data build)": (DIALOGUES, lambda f, out: ["data", "build", f, "-o", out, "--test", "1"], None),
-    "dialogues (data import dialogues)": (DIALOGUES, lambda f, out: ["data", "import", "dialogues", f, "-o", out], None),
+    "dialogues (data build)": (PLAIN_DIALOGUES, lambda f, out: ["data", "build", f, "-o", out, "--test", "1"], None),
+    "dialogues (data import dialogues)": (PLAIN_DIALOGUES, lambda f, out: ["data", "import", "dialogues", f, "-o", out], None),
+    "coded dialogues (data import dialogues)": (DIALOGUES, lambda f, out: ["data", "import", "dialogues", f, "-o", out], None),
     "coded sessions (miti score)": (DIALOGUES, lambda f, out: ["miti", "score", f, "-o", out], None),
     "coded sessions (miti agree)": (DIALOGUES, lambda f, out: ["miti", "agree", f, f"B={f}", "-o", out], None),
     "coded sessions (miti code)": (DIALOGUES, lambda f, out: ["miti", "code", f, "-o", out, "--base-url", "http://127.0.0.1:9"],

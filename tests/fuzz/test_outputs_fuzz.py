@@ -35,6 +35,8 @@ def layout(tmp: Path, kind: str) -> Path:
     if kind == "under a file":
         (tmp / "plain.txt").write_text("x")
         return tmp / "plain.txt" / "sub" / "out.json"
+    if kind == "name too long":
+        return tmp / ("x" * 300 + ".json")
     if kind == "read-only folder":
         d = tmp / "ro"
         d.mkdir()
@@ -43,7 +45,7 @@ def layout(tmp: Path, kind: str) -> Path:
     raise AssertionError(kind)
 
 
-KINDS = ["folder", "under a file", "read-only folder"]
+KINDS = ["folder", "under a file", "name too long", "read-only folder"]
 
 
 def _skip_if_root(kind: str) -> None:

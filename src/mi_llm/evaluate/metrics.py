@@ -234,7 +234,7 @@ def _versions() -> dict[str, str]:
 def _check_languages(languages: Sequence[str | None], n: int) -> None:
     if len(languages) != n:
         raise MiLlmError(f"{len(languages)} languages for {n} pairs")
-    bad = sorted({str(lang) for lang in languages if lang is not None and lang not in LANGUAGES})
+    bad = sorted({repr(lang) for lang in languages if lang is not None and lang not in LANGUAGES})
     if bad:
         raise MiLlmError(f"unsupported language(s) {', '.join(bad)}: expected one of {', '.join(LANGUAGES)}")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from mi_llm.errors import InputError
 from mi_llm.evaluate.extended import LANGUAGES
-from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, iter_jsonl
+from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, iter_jsonl, too_deep_line
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
     except RecursionError:
-        raise InputError(path, NESTED_TOO_DEEPLY, 1) from None
+        raise InputError(path, NESTED_TOO_DEEPLY, too_deep_line(text, 1)) from None
     if not isinstance(data, dict):
         raise InputError(path, f"expected a JSON object, got {type(data).__name__}", 1)
     check_json_text(data, text, path, 1)

@@ -43,7 +43,11 @@ def import_corpus(
 ) -> tuple[list[Dialogue], NormalizeStats]:
     """Import every dialogue under `path` and normalise it; returns dialogues and counts."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name too long to look up
+        raise MiLlmError(f"{path}: {e.strerror or e}") from None
+    if not exists:
         raise MiLlmError(f"{path}: no such file or folder")
     opts = opts or NormalizeOptions()
     stats = NormalizeStats()

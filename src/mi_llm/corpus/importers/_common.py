@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from mi_llm.corpus.schema import Dialogue, Turn
-from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, iter_jsonl
+from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, iter_jsonl, too_deep_line
 from mi_llm.errors import InputError, MiLlmError
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -72,7 +72,7 @@ def iter_json_array(path: Path, text: str | None = None) -> Iterator[tuple[int, 
         except json.JSONDecodeError as e:
             raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
         except RecursionError:
-            raise InputError(path, NESTED_TOO_DEEPLY, line_of(text, pos)) from None
+            raise InputError(path, NESTED_TOO_DEEPLY, too_deep_line(text, line_of(text, pos), pos)) from None
         check_json_text(item, text[pos:end], path, line_of(text, pos))
         yield line_of(text, pos), item
         pos = _skip_ws(text, end)
@@ -105,7 +105,7 @@ def iter_json_object(path: Path, text: str | None = None) -> Iterator[tuple[int,
         except json.JSONDecodeError as e:
             raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
         except RecursionError:
-            raise InputError(path, NESTED_TOO_DEEPLY, line_of(text, pos)) from None
+            raise InputError(path, NESTED_TOO_DEEPLY, too_deep_line(text, line_of(text, pos), pos)) from None
         pos = _skip_ws(text, pos)
         if pos >= len(text) or text[pos] != ":":
             raise InputError(path, "invalid JSON: expected ':' after a key", line_of(text, pos))
@@ -115,7 +115,7 @@ def iter_json_object(path: Path, text: str | None = None) -> Iterator[tuple[int,
         except json.JSONDecodeError as e:
             raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
         except RecursionError:
-            raise InputError(path, NESTED_TOO_DEEPLY, line_of(text, pos)) from None
+            raise InputError(path, NESTED_TOO_DEEPLY, too_deep_line(text, line_of(text, pos), pos)) from None
         check_json_text([key, value], text[key_start:pos], path, key_line)
         yield key_line, key, value
         pos = _skip_ws(text, pos)
@@ -260,7 +260,8 @@ def chat_dialogue(
             meta = {"weight": m["weight"]} if "weight" in m else {}
             turns.append(Turn(role=roles[role], text=content, meta=meta))  # type: ignore[arg-type]
         else:
-            known = ", ".join([*roles, *sorted(system_roles)])
+            # speaker names may come from dataset_info.json: keep the message on one line
+            known = ", ".join(r if r.isprintable() else repr(r) for r in [*roles, *sorted(system_roles)])
             raise InputError(path, f"{where}unknown speaker {role!r} (expected one of {known})", line)
     if not turns:
         raise InputError(path, "no client or counselor messages", line)

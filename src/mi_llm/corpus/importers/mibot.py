@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from mi_llm.corpus.importers._common import SeenIds, array_item_line, find_files, json_type, line_of, read_text
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
-from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text
+from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, too_deep_line
 
 SOURCE = "mibot"
 _ROLES = {"counsellor": "counselor", "counselor": "counselor", "client": "client"}
@@ -51,7 +51,7 @@ def parse_file(path: Path) -> Dialogue:
     except json.JSONDecodeError as e:
         raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
     except RecursionError:
-        raise InputError(path, NESTED_TOO_DEEPLY, 1) from None
+        raise InputError(path, NESTED_TOO_DEEPLY, too_deep_line(text, 1)) from None
     check_json_text(obj, text, path, 1)
     if not isinstance(obj, dict) or not isinstance(obj.get("utterances"), list):
         raise InputError(path, "expected an object with an 'utterances' list", 1)

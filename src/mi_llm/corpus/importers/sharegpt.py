@@ -76,8 +76,13 @@ def _registered(folder: Path) -> list[tuple[Path, Spec]]:
             raise InputError(info_path, f"dataset {name!r} is not in sharegpt format; only sharegpt is imported", line)
         spec = Spec(_mapping(entry, "columns", info_path, line, name), _mapping(entry, "tags", info_path, line, name))
         f = folder / file_name
-        if not f.is_file():
-            raise InputError(info_path, f"dataset {name!r}: no file {f}", line)
+        try:
+            found = f.is_file()
+        except OSError:  # a name too long for the file system is not a file either
+            found = False
+        if not found:
+            # repr: the name comes from the file and may hold a newline
+            raise InputError(info_path, f"dataset {name!r}: no file {file_name!r} in {folder}", line)
         out.append((f, spec))
     return out
 
