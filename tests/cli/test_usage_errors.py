@@ -41,3 +41,16 @@ def test_help_is_not_an_error(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "Usage" in capsys.readouterr().out
+
+
+def test_main_registers_the_commands_once_per_process(capsys) -> None:
+    """In-process callers (tests, embedding programs) call main() many times: the command tree
+    must not grow with each call."""
+    import mi_llm.cli as cli
+
+    for _ in range(3):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+    capsys.readouterr()
+    names = [c.name for c in cli.app.registered_commands] + [g.name for g in cli.app.registered_groups]
+    assert len(names) == len(set(names)), sorted(names)

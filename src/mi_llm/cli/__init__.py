@@ -25,11 +25,20 @@ app = typer.Typer(
 _STAGES = ("data", "evaluate", "models", "train", "transcribe", "miti", "pipeline", "serve")
 
 
+_registered = False
+
+
 def _register_all() -> None:
+    """Add every stage's commands to `app`, once per process (main() may be called many times
+    in one process, by tests or by a program that embeds the CLI)."""
+    global _registered
+    if _registered:
+        return
     import importlib
 
     for name in _STAGES:
         importlib.import_module(f"mi_llm.cli.{name}").register(app)
+    _registered = True
 
 
 def _click_exception_types() -> tuple[type[Exception], ...]:
