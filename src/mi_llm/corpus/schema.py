@@ -10,8 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mi_llm.errors import InputError
 from mi_llm.io import describe_validation_error, iter_jsonl, write_jsonl
-from mi_llm.miti.codebook import Code
 
+# The 10 MITI 4.2.1 behaviour codes an utterance can carry; `None` in data means "not
+# coded". Defined here, with the data that carries them, so that the corpus layer needs
+# nothing above it; mi_llm.miti.codebook re-exports it with the rest of the codebook.
+Code = Literal["GI", "Persuade", "PwP", "Q", "SR", "CR", "AF", "Seek", "EA", "Confront"]
 Role = Literal["client", "counselor"]
 Language = Literal["zh", "en"]
 Style = Literal["raw", "mi"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import get_args
 
-# The 10 behaviour codes; `None` in data means "not coded".
-Code = Literal["GI", "Persuade", "PwP", "Q", "SR", "CR", "AF", "Seek", "EA", "Confront"]
+# The 10 behaviour codes; `None` in data means "not coded". The dialogue schema (a lower
+# layer) owns the Literal; it is re-exported here.
+from mi_llm.corpus.schema import Code
+
 CODES: tuple[str, ...] = get_args(Code)
 
 CODE_NAMES: dict[str, str] = {
