@@ -1,7 +1,8 @@
 """`mi-llm miti ...`: MITI 4.2.1 scores, coder agreement, and the human coding tool.
 
 The automatic coders' commands (`code`, `code-utterances`, `train-coder`) live in
-`mi_llm.cli.miti_coder`, which adds them to `miti_app`.
+`mi_llm.cli.miti_coder`; register() adds them to `miti_app` (that module does not import
+this one).
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ miti_app = typer.Typer(
 def register(app: typer.Typer) -> None:
     app.add_typer(miti_app, name="miti")
     try:
-        import mi_llm.cli.miti_coder  # noqa: F401  (adds the automatic coders' commands)
+        from mi_llm.cli.miti_coder import coder_app
     except ModuleNotFoundError as e:
         if e.name != "mi_llm.cli.miti_coder":
             raise
+    else:
+        # The automatic coders' commands, after this module's own; once, however often this runs.
+        miti_app.registered_commands += [c for c in coder_app.registered_commands
+                                         if c not in miti_app.registered_commands]
 
 
 def _labelled(spec: str) -> tuple[str | None, Path]:

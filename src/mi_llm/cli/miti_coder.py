@@ -1,4 +1,7 @@
-"""`mi-llm miti code | code-utterances | train-coder`: the automatic MITI coders."""
+"""`mi-llm miti code | code-utterances | train-coder`: the automatic MITI coders.
+
+The commands are defined on `coder_app`; mi_llm.cli.miti.register adds them to `mi-llm miti`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,11 @@ from typing import Any, Optional
 
 import typer
 
-from mi_llm.cli.miti import miti_app
 from mi_llm.cli.options import number
 from mi_llm.console import console
 from mi_llm.errors import InputError, MiLlmError
+
+coder_app = typer.Typer()
 
 _CODER_HELP = ("'default' (trained once under $MI_LLM_HOME/coders/default), a folder from `mi-llm miti train-coder`, "
                "or llm:<backend>:<model> (e.g. llm:openai:gpt-4o, llm:hf:<model folder>)")
@@ -45,7 +49,7 @@ def _summary(codes: list[str | None], errors: int, seconds: float, what: str) ->
                   + (f"; [red]{errors} failed[/red] (recorded, code null)" if errors else ""))
 
 
-@miti_app.command("code")
+@coder_app.command("code")
 def code_cmd(
     input: Path = typer.Argument(..., help="Dialogue JSONL to code"),
     output: Path = typer.Option(..., "-o", "--output", help="coded Dialogue JSONL (Turn.codes and miti_globals filled)"),
@@ -103,7 +107,7 @@ def _read_items(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-@miti_app.command("code-utterances")
+@coder_app.command("code-utterances")
 def code_utterances_cmd(
     input: Path = typer.Argument(..., help="JSONL lines {id, text, language?, context?}"),
     output: Path = typer.Option(..., "-o", "--output", help="the same lines plus 'code' (a MITI key or null)"),
@@ -136,7 +140,7 @@ def code_utterances_cmd(
     console.print(f"wrote {output}")
 
 
-@miti_app.command("train-coder")
+@coder_app.command("train-coder")
 def train_coder_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="coder folder to write"),
     data: list[str] = typer.Option([], "--data", help="KIND=PATH, repeatable: annomi=AnnoMI-full.csv, "
