@@ -7,14 +7,39 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from mi_llm.corpus.schema import Dialogue, Turn
-from mi_llm.io import iter_jsonl
+from mi_llm.errors import InputError
+from mi_llm.io import describe_validation_error, iter_jsonl
 
 
-def read_predictions_by_round(path: Path) -> dict[tuple[str, int], str]:
-    out = {}
-    for _, rec in iter_jsonl(path):
-        out[(str(rec["dialogue_id"]), int(rec["round"]))] = str(rec["prediction"])
+class RoundPrediction(BaseModel):
+    """The fields of a `mi-llm predict` line that place its reply in a test dialogue; the
+    others (reference, generation, ...) are evaluate's business and are not checked here."""
+
+    # strict: `predict` writes a string id and an integer round, so a round of "2", 2.5 or
+    # true is a broken file, not something to coerce into another dialogue's round
+    model_config = ConfigDict(extra="ignore", strict=True)
+    dialogue_id: str
+    round: int = Field(ge=1)
+    prediction: str
+
+
+def read_predictions_by_round(path: str | Path) -> dict[tuple[str, int], str]:
+    """{(dialogue id, round): predicted reply}; a bad or repeated line is an InputError at its line."""
+    out: dict[tuple[str, int], str] = {}
+    first_line: dict[tuple[str, int], int] = {}
+    for lineno, obj in iter_jsonl(path):
+        try:
+            rec = RoundPrediction.model_validate(obj)
+        except ValidationError as e:
+            raise InputError(path, describe_validation_error(e), lineno) from None
+        key = (rec.dialogue_id, rec.round)
+        if key in first_line:  # two replies for one round: which one was coded would be arbitrary
+            raise InputError(path, f"round {rec.round} of dialogue {rec.dialogue_id!r} repeats line {first_line[key]}", lineno)
+        first_line[key] = lineno
+        out[key] = rec.prediction
     return out
 
 

@@ -1,4 +1,4 @@
-"""Every numeric option of the commands in mi_llm/cli/{data,evaluate,models,train,miti,miti_coder}.py.
+"""Every numeric option of every command in mi_llm/cli/*.py.
 
 A bad value (nan, inf, out of range, not a number at all, too large for the library it
 goes to) is refused while the command line is parsed: exit 2, one line naming the option,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ PREDICTIONS = '{"prediction": "Tell me more.", "reference": "Say more."}\n{"pred
 
 INT32_MAX = 2**31 - 1
 SEED_MAX = 2**32 - 1
+TIMEOUT_MAX = float(threading.TIMEOUT_MAX)  # socket.settimeout's limit (an OverflowError past it)
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,38 @@ OPTIONS = [
     Opt("miti annotate", "--port", True, ge=1, le=65535),
     Opt("miti code", "--retries", True, ge=0, le=100),
     Opt("miti code-utterances", "--retries", True, ge=0, le=100),
+    Opt("chat", "--max-tokens", True, ge=1, le=INT32_MAX),
+    Opt("chat", "--temperature", False, ge=0),
+    Opt("chat", "--top-p", False, gt=0, le=1),
+    Opt("chat", "--seed", True, ge=0, le=SEED_MAX),
+    Opt("chat", "--n-ctx", True, ge=1, le=INT32_MAX),
+    Opt("chat", "--threads", True, ge=1, le=INT32_MAX),
+    Opt("serve", "--port", True, ge=1, le=65535),
+    Opt("serve", "--max-tokens-limit", True, ge=1, le=INT32_MAX),
+    Opt("serve", "--default-max-tokens", True, ge=1, le=INT32_MAX),
+    Opt("serve", "--max-request-bytes", True, ge=1),
+    Opt("serve", "--rate-limit", False, ge=0),
+    Opt("serve", "--rate-burst", True, ge=1, le=INT32_MAX),
+    Opt("serve", "--max-queue", True, ge=1),
+    Opt("serve", "--temperature", False, ge=0),
+    Opt("serve", "--n-ctx", True, ge=1, le=INT32_MAX),
+    Opt("serve", "--threads", True, ge=1, le=INT32_MAX),
+    Opt("transcribe", "--concurrency", True, ge=1, le=INT32_MAX),
+    Opt("transcribe", "--rpm", True, ge=1),
+    Opt("transcribe", "--tpm", True, ge=1),
+    Opt("transcribe", "--max-retries", True, ge=0, le=100),
+    Opt("transcribe", "--max-repairs", True, ge=0, le=100),
+    Opt("transcribe", "--timeout", False, gt=0, le=TIMEOUT_MAX),
+    Opt("transcribe", "--limit", True, ge=1),
+    Opt("transcribe", "--temperature", False, ge=0),
+    Opt("transcribe", "--max-tokens", True, ge=1, le=INT32_MAX),
+    Opt("transcribe", "--seed", True, ge=0, le=SEED_MAX),
+    Opt("transcribe", "--min-client-similarity", False, ge=0, le=1),
 ]
 
 MISSING = "no-such-input.jsonl"
 
-# A few random values per option on top of the fixed edges: 35 options, two cores.
+# A few random values per option on top of the fixed edges: 62 options, two cores.
 OPT_BAD = settings(max_examples=10, deadline=None)
 OPT_GOOD = settings(max_examples=6, deadline=None)
 
@@ -115,6 +144,12 @@ def argv_for(command: str, tmp: Path) -> tuple[list[str], Path, str | None]:
         return ["miti", "code", missing, "-o", out], out, MISSING
     if command == "miti code-utterances":
         return ["miti", "code-utterances", missing, "-o", out], out, MISSING
+    if command in ("chat", "serve"):
+        # --language is checked in the command, before the safety layer, the session
+        # database (--db) or the model: the first thing after the command line
+        return [command, "--language", "xx", "--db", out], out, "--language must be zh or en"
+    if command == "transcribe":
+        return ["transcribe", missing, "-o", out], out, MISSING
     raise AssertionError(command)
 
 
@@ -213,7 +248,7 @@ def test_good_value_is_accepted(opt, data):
             assert stop in error_line(r) and opt.name not in error_line(r), r.err
 
 
-# The command each function of the fuzzed CLI modules implements.
+# The command each function of the CLI modules implements.
 COMMAND_OF = {
     "data.import_cmd": "data import", "data.download_cmd": "data download", "data.build_cmd": "data build",
     "evaluate.evaluate_cmd": "evaluate", "models.prepare_cmd": "models prepare", "models.list_cmd": "models list",
@@ -221,19 +256,28 @@ COMMAND_OF = {
     "miti.score_cmd": "miti score", "miti.agree_cmd": "miti agree", "miti.annotate_cmd": "miti annotate",
     "miti_coder.code_cmd": "miti code", "miti_coder.code_utterances_cmd": "miti code-utterances",
     "miti_coder.train_coder_cmd": "miti train-coder",
+    "serve.chat_cmd": "chat", "serve.serve_cmd": "serve", "serve.safety_check_cmd": "safety check",
+    "serve.safety_eval_cmd": "safety eval", "serve.safety_flagged_cmd": "safety flagged",
+    "transcribe.transcribe_cmd": "transcribe", "pipeline.run_cmd": "run", "pipeline.demo_cmd": "demo",
 }
 
 
 def numeric_options() -> set[tuple[str, str]]:
-    """(command, --option) for every int/float option of the CLI modules fuzzed here."""
+    """(command, --option) for every int/float option of every module of mi_llm.cli."""
     import importlib
     import inspect
+    import pkgutil
     import typing
 
     import typer
 
+    import mi_llm.cli
+
+    # every module but __main__ (importing it runs the CLI) and options (the checks)
+    modules = sorted(m.name for m in pkgutil.iter_modules(mi_llm.cli.__path__) if m.name not in ("__main__", "options"))
+    assert {k.split(".")[0] for k in COMMAND_OF} <= set(modules), modules
     found = set()
-    for module_name in sorted({k.split(".")[0] for k in COMMAND_OF}):
+    for module_name in modules:
         module = importlib.import_module(f"mi_llm.cli.{module_name}")
         for fname, fn in inspect.getmembers(module, inspect.isfunction):
             if fn.__module__ != module.__name__:
@@ -273,3 +317,34 @@ def test_reported_build_options(args):
         r = run_cli([*argv, *args])
         names_option(r, args[0])
         assert not out.exists()
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--temperature", "nan", "--timeout", "-5"], "--temperature"),
+    (["--timeout", "-5"], "--timeout"),
+    (["--timeout", "1e10"], "--timeout"),
+    (["--rpm", "-5"], "--rpm"),
+    (["--max-retries", "2000"], "--max-retries"),
+    (["--min-client-similarity", "nan"], "--min-client-similarity"),
+])
+def test_reported_transcribe_options(args, option):
+    """From the issue: `transcribe --temperature nan --timeout -5` was accepted; the first
+    bad option is named, before the input file is read (it does not exist here)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        argv, out, _ = argv_for("transcribe", Path(tmp))
+        line = names_option(run_cli([*argv, *args]), option)
+        assert MISSING not in line and not out.exists()
+
+
+@pytest.mark.parametrize("command, args, option", [
+    ("serve", ["--port", "0"], "--port"), ("serve", ["--port", "70000"], "--port"),
+    ("serve", ["--max-tokens-limit", "0"], "--max-tokens-limit"), ("serve", ["--rate-limit", "inf"], "--rate-limit"),
+    ("chat", ["--top-p", "0"], "--top-p"), ("chat", ["--seed", "-1"], "--seed"),
+])
+def test_reported_serve_options(command, args, option):
+    """Refused while the command line is parsed: before --language (checked first in the
+    command), the session database, the model or the server."""
+    with tempfile.TemporaryDirectory() as tmp:
+        argv, out, stop = argv_for(command, Path(tmp))
+        line = names_option(run_cli([*argv, *args]), option)
+        assert stop not in line and not out.exists()

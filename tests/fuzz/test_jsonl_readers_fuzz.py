@@ -134,13 +134,22 @@ def test_line_not_an_object(reader, k, bad):
     assert r.code == 2
 
 
-@pytest.mark.xfail(strict=True, reason="mi_llm.miti.reliability.icc (not part of this change): pingouin asserts "
-                   "'at least 5 non-missing values' for two sessions rated by two coders; raises AssertionError")
 def test_miti_agree_two_sessions():
+    """Two sessions by two coders are 4 ratings, fewer than the ICC's two-way ANOVA takes
+    (pingouin asserted, a traceback): each ICC is null with a note saying what it needs."""
     with tempfile.TemporaryDirectory() as tmp:
         f = _write(Path(tmp), [dumps(r) for r in DIALOGUES[:2]])
-        r = run_cli(["miti", "agree", f, f"B={f}", "-o", Path(tmp) / "o.json"])
-        assert r.code == 0 or error_line(r)
+        out = Path(tmp) / "o.json"
+        r = run_cli(["miti", "agree", f, f"B={f}", "-o", out])
+        assert r.code == 0, r.err
+        scores = json.loads(out.read_text(encoding="utf-8"))["session_scores"]["scores"]
+        for key, row in scores.items():
+            assert row["icc2_1"] is None and row["note"].startswith("needs at least 3 sessions rated by every coder"), (key, row)
+        # a third coder makes 6 ratings, enough: identical codings agree perfectly
+        r = run_cli(["miti", "agree", f, f"B={f}", f"C={f}", "-o", out])
+        assert r.code == 0, r.err
+        cct = json.loads(out.read_text(encoding="utf-8"))["session_scores"]["scores"]["cct"]
+        assert cct["n"] == 2 and cct["icc3_1"] == pytest.approx(1.0), cct
 
 
 @pytest.mark.parametrize("reader", sorted(READERS))
@@ -223,14 +232,29 @@ def test_sidecar_meta_broken(data):
             assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, raises=(KeyError, ValueError, TypeError),
-                   reason="mi_llm.sessions.read_predictions_by_round (not part of this change) indexes the record "
-                          "unchecked: a missing key is a KeyError, a bad round a ValueError/TypeError")
-@pytest.mark.parametrize("bad", [{"round": 1, "prediction": "a"}, {"dialogue_id": "d1", "round": "x", "prediction": "a"},
-                                 {"dialogue_id": "d1", "round": None, "prediction": "a"}])
-def test_predictions_by_round(bad):
+# What `mi-llm predict` writes (evaluate/predict.py `_record`): the pipeline's MITI stage
+# puts each reply into its dialogue by dialogue_id and round.
+ROUND_PREDICTIONS = [{**p, "dialogue_id": s["dialogue_id"], "round": s["round"]} for p, s in zip(PREDICTIONS, SAMPLES)]
+
+
+@pytest.mark.parametrize("bad, what", [
+    ({"round": 1, "prediction": "a"}, "dialogue_id: Field required"),
+    ({"dialogue_id": "d1", "round": "x", "prediction": "a"}, "round: Input should be a valid integer"),
+    ({"dialogue_id": "d1", "round": None, "prediction": "a"}, "round: Input should be a valid integer"),
+    ({"dialogue_id": "d1", "round": "2", "prediction": "a"}, "round: Input should be a valid integer"),
+    ({"dialogue_id": "d1", "round": True, "prediction": "a"}, "round: Input should be a valid integer"),
+    ({"dialogue_id": "d1", "round": 2.5, "prediction": "a"}, "round: Input should be a valid integer"),
+    ({"dialogue_id": "d1", "round": 0, "prediction": "a"}, "round: Input should be greater than or equal to 1"),
+    ({"dialogue_id": ["d1"], "round": 2, "prediction": "a"}, "dialogue_id: Input should be a valid string"),
+    ({"dialogue_id": "d1", "round": 2}, "prediction: Field required"),
+    ({"dialogue_id": "d1", "round": 2, "prediction": None}, "prediction: Input should be a valid string"),
+    ({"dialogue_id": "d1", "round": 1, "prediction": "b"}, "round 1 of dialogue 'd1' repeats line 1"),
+])
+def test_predictions_by_round(bad, what):
     """mi_llm.sessions.read_predictions_by_round (the pipeline's MITI stage), as found by
-    fuzzing it: each broken line should be an InputError at its line."""
+    fuzzing it: each broken line is an InputError at its line (a KeyError, ValueError or
+    TypeError before; a round of "2" or true was coerced, a repeated round overwrote the
+    first)."""
     from mi_llm.sessions import read_predictions_by_round
 
     rows = [{"dialogue_id": "d1", "round": 1, "prediction": "a"}, bad]
@@ -238,4 +262,32 @@ def test_predictions_by_round(bad):
         f = _write(Path(tmp), [dumps(r) for r in rows])
         with pytest.raises(InputError) as err:
             read_predictions_by_round(f)
-        assert err.value.line == 2
+        assert err.value.line == 2 and str(err.value) == f"{f}:2: {what}"
+
+
+def test_predictions_by_round_valid():
+    from mi_llm.sessions import read_predictions_by_round
+
+    with tempfile.TemporaryDirectory() as tmp:
+        f = _write(Path(tmp), [dumps(r) for r in ROUND_PREDICTIONS])
+        assert read_predictions_by_round(f) == {("d1", 1): "Tell me more about it.", ("d2", 1): "多久了呢？", ("d2", 2): ""}
+
+
+@FUZZ
+@given(k=st.integers(0, 2), data=st.data())
+def test_predictions_by_round_mutated(k, data):
+    """Any one broken line of a predictions file: read, or an InputError at that line (or,
+    for a round made equal to a later line's, at the later line, naming line k)."""
+    from mi_llm.sessions import read_predictions_by_round
+
+    lines = [dumps(r) for r in ROUND_PREDICTIONS]
+    lines[k] = data.draw(st.one_of(bad_lines, mutated(ROUND_PREDICTIONS[k]).map(dumps)))
+    with tempfile.TemporaryDirectory() as tmp:
+        f = _write(Path(tmp), lines)
+        try:
+            got = read_predictions_by_round(f)
+        except InputError as e:
+            assert Path(e.path) == f and "\n" not in str(e), str(e)
+            assert e.line == k + 1 or (e.line > k + 1 and f"repeats line {k + 1}" in str(e)), str(e)
+        else:
+            assert len(got) == 3 and all(isinstance(v, str) for v in got.values())

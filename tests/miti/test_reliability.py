@@ -45,7 +45,7 @@ def test_perfect_agreement():
     assert r["utterances"]["per_code"]["EA"]["krippendorff_alpha"] is None
     # one session only: ICC undefined with a reason
     assert r["session_scores"]["scores"]["cct"]["icc2_1"] is None
-    assert "at least 2 sessions" in r["session_scores"]["scores"]["cct"]["note"]
+    assert "at least 3 sessions" in r["session_scores"]["scores"]["cct"]["note"]
 
 
 def test_constructed_disagreement_by_hand():
@@ -74,8 +74,33 @@ def test_icc_forms_by_hand():
     assert r["icc3_1"] == pytest.approx(1.0)
     assert r["icc2_1"] == pytest.approx(2 / 3, abs=1e-6)
     assert r["n"] == 3 and "very uncertain" in r["note"]
-    same = icc({"s1": [3, 3], "s2": [3, 3]})
+    same = icc({"s1": [3, 3], "s2": [3, 3], "s3": [3, 3]})  # 3 sessions: 2 x 2 ratings are too few anyway
     assert same["icc2_1"] is None and "all values equal" in same["note"]
+
+
+def test_icc_too_few_ratings_is_undefined_with_what_is_needed():
+    # pingouin's ANOVA needs 5 ratings: 2 sessions x 2 coders was an AssertionError
+    two = icc({"s1": [1, 2], "s2": [2, 4]})
+    assert two["icc2_1"] is None and two["icc3_1"] is None and two["icc2_1_ci95"] is None
+    assert two["note"] == "needs at least 3 sessions rated by every coder (2 here)"
+    # 2 sessions x 3 coders are 6 ratings: defined (and very uncertain)
+    three = icc({"s1": [1, 2, 3], "s2": [2, 4, 3]})
+    assert three["icc3_1"] == pytest.approx(0.4) and "very uncertain" in three["note"]
+    assert "at least 2 sessions" in icc({"s1": [1, 2, 3, 4, 5]})["note"]
+    assert "at least 3 sessions" in icc({}, coders=2)["note"] and "at least 2 sessions" in icc({}, coders=3)["note"]
+
+
+def test_score_defined_in_two_of_four_sessions():
+    # R:Q is undefined without questions: only s3 and s4 have one, so its ICC has 2 x 2
+    # ratings (left out, with a note) while the globals over all 4 sessions are computed
+    g = lambda c: {"cct": c, "sst": 3, "partnership": 3, "empathy": 3}  # noqa: E731
+    volleys = {1: [["SR"]], 2: [["CR"]], 3: [["Q", "SR"]], 4: [["Q", "CR", "SR"]]}
+    a = [coded(volleys[c], g(c), id=f"s{c}") for c in (1, 2, 3, 4)]
+    b = [coded(volleys[c], g(min(c + 1, 5)), id=f"s{c}") for c in (1, 2, 3, 4)]
+    scores = agreement([_coder("a", a), _coder("b", b)])["session_scores"]["scores"]
+    assert scores["r_q"]["n"] == 2 and scores["r_q"]["left_out"] == 2 and scores["r_q"]["icc2_1"] is None
+    assert "at least 3 sessions" in scores["r_q"]["note"]
+    assert scores["cct"]["n"] == 4 and scores["cct"]["icc3_1"] is not None
 
 
 def test_icc_on_globals_across_sessions():

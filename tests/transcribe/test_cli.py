@@ -72,7 +72,9 @@ def run_in_process(capsys, monkeypatch, *args: str) -> tuple[int, str]:
 def test_bad_input_is_one_line_exit_2(write_inputs, tmp_path, capsys, monkeypatch):
     src, out = write_inputs([make_dialogue("x")]), tmp_path / "mi.jsonl"
     code, err = run_in_process(capsys, monkeypatch, str(src), "-o", str(out), "--concurrency", "0")
-    assert code == 2 and err.strip() == "--concurrency must be >= 1, --max-retries and --max-repairs >= 0"
+    assert code == 2 and err.strip() == "--concurrency must be at least 1 and at most 2147483647 (got 0)"  # while parsing the command line
+    code, err = run_in_process(capsys, monkeypatch, str(src), "-o", str(out), "--temperature", "nan")
+    assert code == 2 and err.strip() == "--temperature must be a finite number (got nan)"
     missing = tmp_path / "none.jsonl"
     code, err = run_in_process(capsys, monkeypatch, str(missing), "-o", str(out))
     assert code == 2 and err.strip() == f"{missing}: no such file"

@@ -10,6 +10,7 @@ line that names the option, exit code 2 (MiLlmError), before any file is read.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Callable
 
 from mi_llm.errors import MiLlmError
@@ -18,6 +19,9 @@ from mi_llm.errors import MiLlmError
 INT32_MAX = 2**31 - 1
 # numpy and accelerate seed with 32-bit unsigned integers; llama.cpp's seed is a uint32.
 SEED_MAX = 2**32 - 1
+# The longest wait the OS timers take (about 292 years): a longer socket timeout is an
+# OverflowError ("timestamp out of range") on the first request.
+TIMEOUT_MAX = float(threading.TIMEOUT_MAX)
 
 
 def option_name(param: Any) -> str:

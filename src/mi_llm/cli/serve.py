@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from mi_llm.cli.options import INT32_MAX, number, seed as seed_check
 from mi_llm.console import console, setup_logging
 
 safety_app = typer.Typer(help="The crisis safety layer: classify messages, measure the classifier.", no_args_is_help=True)
@@ -35,16 +36,16 @@ def chat_cmd(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
     language: Optional[str] = typer.Option(None, "--language", help="zh | en (default: from your first message)"),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="longest reply, in tokens"),
-    temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy"),
-    top_p: float = typer.Option(0.9, "--top-p"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="longest reply, in tokens", callback=number(ge=1, le=INT32_MAX)),
+    temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy", callback=number(ge=0)),
+    top_p: float = typer.Option(0.9, "--top-p", callback=number(gt=0, le=1)),
+    seed: Optional[int] = typer.Option(None, "--seed", callback=seed_check),
     session: Optional[str] = typer.Option(None, "--session", help="keep the conversation under this id in --db and resume it"),
     db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
     safety_resources: Optional[Path] = typer.Option(None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"),
     gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
-    n_ctx: int = typer.Option(4096, "--n-ctx", help="llamacpp: context length"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads"),
+    n_ctx: int = typer.Option(4096, "--n-ctx", help="llamacpp: context length", callback=number(ge=1, le=INT32_MAX)),
+    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX)),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
 ) -> None:
     """Chat with the counselor in the terminal (streaming; /reset, /save FILE, /quit)."""
@@ -80,25 +81,26 @@ def serve_cmd(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; beyond localhost an API key is required"),
-    port: int = typer.Option(8000, "--port"),
+    port: int = typer.Option(8000, "--port", callback=number(ge=1, le=65535)),
     api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="keys file, one 'OWNER: KEY' (or bare KEY) a line, mode 600; each owner sees only their sessions (also: $MI_LLM_API_KEY)"),
     allowed_host: list[str] = typer.Option([], "--allowed-host", help="also answer to this Host name (NAME or NAME:PORT; repeatable), e.g. behind a reverse proxy"),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="uvicorn's access log (session ids shown as hashes)"),
     api_key: Optional[str] = typer.Option(None, "--api-key", hidden=True, help="removed: visible to every user in ps"),
     db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
     language: Optional[str] = typer.Option(None, "--language", help="zh | en for every request (default: per message)"),
-    max_tokens_limit: int = typer.Option(512, "--max-tokens-limit", help="largest max_tokens a request may ask for"),
-    default_max_tokens: Optional[int] = typer.Option(None, "--default-max-tokens", help="max_tokens when a request gives none (default: 256, at most --max-tokens-limit)"),
-    max_request_bytes: int = typer.Option(65536, "--max-request-bytes", help="largest request body"),
-    rate_limit: float = typer.Option(60, "--rate-limit", help="requests per minute per client (0 = no limit)"),
-    rate_burst: int = typer.Option(20, "--rate-burst", help="requests a client may make at once"),
-    max_queue: int = typer.Option(64, "--max-queue", help="requests waiting or running before 503"),
-    temperature: float = typer.Option(0.7, "--temperature", help="default sampling temperature (0 = greedy)"),
+    max_tokens_limit: int = typer.Option(512, "--max-tokens-limit", help="largest max_tokens a request may ask for", callback=number(ge=1, le=INT32_MAX)),
+    default_max_tokens: Optional[int] = typer.Option(None, "--default-max-tokens", help="max_tokens when a request gives none (default: 256, at most --max-tokens-limit)", callback=number(ge=1, le=INT32_MAX)),
+    max_request_bytes: int = typer.Option(65536, "--max-request-bytes", help="largest request body", callback=number(ge=1)),
+    rate_limit: float = typer.Option(60, "--rate-limit", help="requests per minute per client (0 = no limit)", callback=number(ge=0)),
+    # the rate limiter keeps the bucket as a float: a burst past 2**1024 would overflow it
+    rate_burst: int = typer.Option(20, "--rate-burst", help="requests a client may make at once", callback=number(ge=1, le=INT32_MAX)),
+    max_queue: int = typer.Option(64, "--max-queue", help="requests waiting or running before 503", callback=number(ge=1)),
+    temperature: float = typer.Option(0.7, "--temperature", help="default sampling temperature (0 = greedy)", callback=number(ge=0)),
     safety_resources: Optional[Path] = typer.Option(None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"),
     log_text: bool = typer.Option(False, "--log-text", help="also log conversation text (off by default: health data)"),
     gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
-    n_ctx: int = typer.Option(4096, "--n-ctx", help="llamacpp: context length"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads"),
+    n_ctx: int = typer.Option(4096, "--n-ctx", help="llamacpp: context length", callback=number(ge=1, le=INT32_MAX)),
+    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX)),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/models) and a web chat page at /."""
@@ -119,8 +121,6 @@ def serve_cmd(
     HostPolicy(host, allowed_host)  # checks --allowed-host
     if language not in (None, "zh", "en"):
         raise MiLlmError("--language must be zh or en")
-    if max_tokens_limit < 1:
-        raise MiLlmError("--max-tokens-limit must be at least 1")
     if default_max_tokens is None:
         default_max_tokens = min(256, max_tokens_limit)
     if not 1 <= default_max_tokens <= max_tokens_limit:

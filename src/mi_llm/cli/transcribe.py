@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from mi_llm.cli.options import INT32_MAX, TIMEOUT_MAX, number, seed as seed_check
 from mi_llm.console import console, setup_logging
 
 
@@ -23,21 +24,23 @@ def transcribe_cmd(
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server (default $OPENAI_BASE_URL or api.openai.com)"),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the API key"),
     adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder (local backends)"),
-    concurrency: int = typer.Option(4, help="dialogues in flight at once (local backends: batch size)"),
-    rpm: Optional[int] = typer.Option(None, help="requests per minute (client-side limit)"),
-    tpm: Optional[int] = typer.Option(None, help="tokens per minute (client-side limit)"),
-    max_retries: int = typer.Option(6, help="retries of one request on 429, 5xx and timeouts"),
-    max_repairs: int = typer.Option(2, help="re-asks with the validation error, per dialogue"),
-    timeout: float = typer.Option(120.0, help="seconds per request"),
-    limit: Optional[int] = typer.Option(None, help="only the first N input dialogues"),
+    concurrency: int = typer.Option(4, help="dialogues in flight at once (local backends: batch size)", callback=number(ge=1, le=INT32_MAX)),
+    # unset = no limit; a negative --rpm made the rate limiter index past its window (IndexError)
+    rpm: Optional[int] = typer.Option(None, help="requests per minute (client-side limit)", callback=number(ge=1)),
+    tpm: Optional[int] = typer.Option(None, help="tokens per minute (client-side limit)", callback=number(ge=1)),
+    # as miti code --retries; the back-off's 2**attempt must also stay within a float
+    max_retries: int = typer.Option(6, help="retries of one request on 429, 5xx and timeouts", callback=number(ge=0, le=100)),
+    max_repairs: int = typer.Option(2, help="re-asks with the validation error, per dialogue", callback=number(ge=0, le=100)),
+    timeout: float = typer.Option(120.0, help="seconds per request", callback=number(gt=0, le=TIMEOUT_MAX)),
+    limit: Optional[int] = typer.Option(None, help="only the first N input dialogues", callback=number(ge=1)),
     prices: Optional[Path] = typer.Option(None, help="price table, YAML or JSON: {model: {input: USD/1M, output: USD/1M}}"),
     cache: Optional[Path] = typer.Option(None, help="SQLite call cache (default <output>.cache.sqlite)"),
-    temperature: float = typer.Option(0.7, help="sampling temperature (0 = greedy)"),
-    max_tokens: int = typer.Option(4096, help="longest answer, in tokens"),
+    temperature: float = typer.Option(0.7, help="sampling temperature (0 = greedy)", callback=number(ge=0)),
+    max_tokens: int = typer.Option(4096, help="longest answer, in tokens", callback=number(ge=1, le=INT32_MAX)),
     max_tokens_param: str = typer.Option("max_tokens", help="openai: request field for --max-tokens (max_completion_tokens for newer models)"),
-    seed: Optional[int] = typer.Option(None, help="sampling seed, where the backend honours one"),
+    seed: Optional[int] = typer.Option(None, help="sampling seed, where the backend honours one", callback=seed_check),
     json_mode: bool = typer.Option(True, "--json-mode/--no-json-mode", help="ask the openai server for a JSON object answer"),
-    min_client_similarity: float = typer.Option(0.5, help="how close rewritten client turns must stay to the originals (0 = off)"),
+    min_client_similarity: float = typer.Option(0.5, help="how close rewritten client turns must stay to the originals (0 = off)", callback=number(ge=0, le=1)),
     allow_client_count_change: bool = typer.Option(False, "--allow-client-count-change", help="accept answers with a different number of client turns"),
     id_suffix: str = typer.Option("", help="appended to each output id (default: ids are kept)"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="try the failure report's dialogues again, bypassing the cache"),
@@ -46,16 +49,11 @@ def transcribe_cmd(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
 ) -> None:
     """Rewrite dialogues into Motivational Interviewing style with an LLM, validated and resumable."""
-    from mi_llm.errors import MiLlmError
     from mi_llm.transcribe import GenSettings, TranscribeSettings, ValidationSettings, transcribe_file
     from mi_llm.transcribe.quality import load_coder
 
     setup_logging(verbose)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress bar
-    if limit is not None and limit < 1:
-        raise MiLlmError("--limit must be at least 1")
-    if not 0 <= min_client_similarity <= 1:
-        raise MiLlmError("--min-client-similarity must be between 0 and 1")
     coder_impl = load_coder(coder) if code else None  # fail before paying for anything
     settings = TranscribeSettings(
         backend=backend, model=model, base_url=base_url, api_key_env=api_key_env, max_tokens_param=max_tokens_param,

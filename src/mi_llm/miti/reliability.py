@@ -11,7 +11,8 @@ and counted). "Not coded" (null) is a category of its own, `none`.
 - Utterance level, overall and per code (one code vs the rest): Cohen's kappa per pair of
   coders (scikit-learn; with more than two coders also their mean, Light's kappa) and
   Krippendorff's alpha, nominal, over all coders (krippendorff); a confusion matrix per pair.
-Undefined statistics (no variance, a code nobody used) are None, with a note.
+Undefined statistics (too few sessions for an ICC, no variance, a code nobody used) are None,
+with a note.
 """
 
 from __future__ import annotations
@@ -194,15 +195,29 @@ def krippendorff_alpha(rows: Sequence[Sequence[str]], labels: Sequence[str] = LA
     return _finite(krippendorff.alpha(reliability_data=data, level_of_measurement="nominal"))
 
 
-def icc(table: dict[str, list[float]]) -> dict[str, Any]:
-    """ICC(2,1) and ICC(3,1) with 95% CIs from {session: [value per coder]} (complete rows only)."""
+# pingouin's two-way ANOVA asserts at least 5 ratings (sessions x coders): two sessions
+# rated by two coders were an AssertionError, not an undefined ICC.
+MIN_ICC_RATINGS = 5
+
+
+def min_icc_sessions(coders: int) -> int:
+    """Sessions every coder must have rated for an ICC: 2 at least, and 5 ratings in all."""
+    return max(2, -(-MIN_ICC_RATINGS // max(coders, 1)))
+
+
+def icc(table: dict[str, list[float]], coders: int | None = None) -> dict[str, Any]:
+    """ICC(2,1) and ICC(3,1) with 95% CIs from {session: [value per coder]} (complete rows only);
+    `coders` defaults to the length of the rows."""
     import pandas as pd
     import pingouin
 
     out: dict[str, Any] = {"n": len(table), "icc2_1": None, "icc2_1_ci95": None, "icc3_1": None,
                            "icc3_1_ci95": None, "note": None}
-    if len(table) < 2:
-        out["note"] = "needs at least 2 sessions rated by every coder"
+    if coders is None:
+        coders = max((len(v) for v in table.values()), default=2)
+    needed = min_icc_sessions(coders)
+    if len(table) < needed:
+        out["note"] = f"needs at least {needed} sessions rated by every coder ({len(table)} here)"
         return out
     values = np.array(list(table.values()), dtype=float)
     if np.ptp(values) == 0:
@@ -281,6 +296,7 @@ def session_agreement(
 ) -> dict[str, Any]:
     """ICC per score over the sessions where every coder's value is defined."""
     out: dict[str, Any] = {}
+    coders = len(next(iter(scores.values()))) if scores else None
     for key in keys:
         table: dict[str, list[float]] = {}
         left_out = 0
@@ -290,7 +306,7 @@ def session_agreement(
                 left_out += 1
                 continue
             table[sid] = [float(v) for v in vals]  # type: ignore[arg-type]
-        out[key] = icc(table) | {"left_out": left_out}
+        out[key] = icc(table, coders) | {"left_out": left_out}
     return out
 
 
