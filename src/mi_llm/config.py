@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mi_llm.errors import InputError, MiLlmError
+from mi_llm.layout import SYSTEMS
 
 if TYPE_CHECKING:
     from mi_llm.llm.backends.base import GenerationConfig
@@ -113,6 +114,12 @@ class ExperimentConfig(_Strict):
     @property
     def train_enabled(self) -> bool:
         return bool(self.train.get("enabled", True))
+
+    def systems(self) -> list[tuple[str, str, str]]:
+        """(label, model key, system) of every system whose predictions a run makes: each
+        model's base, and its fine-tuned version when training is on."""
+        systems = SYSTEMS if self.train_enabled else SYSTEMS[:1]
+        return [(f"{m.key} {system}", m.key, system) for m in self.models for system in systems]
 
     def train_options(self, model: str, data: str, output: str) -> "TrainOptions":
         from mi_llm.train.config import TrainConfig as TrainOptions

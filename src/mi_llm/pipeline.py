@@ -10,50 +10,16 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 from mi_llm.config import ExperimentConfig, ModelConfig, SourceConfig
 from mi_llm.corpus.normalize import NormalizeStats
 from mi_llm.corpus.schema import Dialogue, read_dialogues, write_dialogues
 from mi_llm.io import write_json
+from mi_llm.layout import RunPaths
 from mi_llm.stages import Stage, StageRunner
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunPaths:
-    """Where every stage of a run writes: one documented layout."""
-
-    root: Path
-
-    @property
-    def dialogues(self) -> Path:
-        return self.root / "data" / "dialogues.jsonl"
-
-    @property
-    def import_stats(self) -> Path:
-        return self.root / "data" / "import_stats.json"
-
-    @property
-    def to_transcribe(self) -> Path:
-        return self.root / "data" / "to_transcribe.jsonl"
-
-    @property
-    def mi_dialogues(self) -> Path:
-        return self.root / "data" / "mi_dialogues.jsonl"
-
-    @property
-    def build(self) -> Path:
-        return self.root / "build"
-
-    def model_dir(self, key: str) -> Path:
-        return self.root / "models" / key
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
 
 
 def source_inputs(src: SourceConfig) -> list[Path]:
@@ -129,7 +95,7 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
         from mi_llm.build import build
 
         build(
-            [built_from], paths.build, train=cfg.split.train, test=cfg.split.test, seed=cfg.split.seed,
+            [built_from], paths.build.root, train=cfg.split.train, test=cfg.split.test, seed=cfg.split.seed,
             history_budget=cfg.split.history_budget, tokenizer=cfg.split.tokenizer,
         )
 
@@ -143,45 +109,31 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
         stages.append(Stage("transcribe", do_transcribe, [paths.mi_dialogues], inputs=[paths.dialogues],
                             params={**cfg.transcribe.model_dump(), "n": dialogues_to_transcribe(cfg),
                                     "seed": cfg.split.seed}))
-    stages.append(Stage("build", do_build, [paths.build / "samples.train.jsonl", paths.build / "samples.test.jsonl"],
+    stages.append(Stage("build", do_build, [paths.build.train_samples, paths.build.test_samples],
                         inputs=[built_from], params=cfg.split.model_dump()))
     return stages
-
-
-SYSTEMS = ("base", "finetuned")
-
-
-def predictions_file(paths: RunPaths, key: str, system: str) -> Path:
-    return paths.model_dir(key) / system / "predictions.jsonl"
-
-
-def metrics_file(paths: RunPaths, key: str, system: str) -> Path:
-    return paths.model_dir(key) / system / "metrics.json"
-
-
-def adapter_dir(paths: RunPaths, key: str) -> Path:
-    return paths.model_dir(key) / "adapter"
 
 
 def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list[Stage]:
     """predict base -> train -> predict fine-tuned -> evaluate both, for one model."""
     key = m.key
-    test_file = paths.build / "samples.test.jsonl"
+    test_file = paths.build.test_samples
+    adapter = paths.adapter(key)
     gen = cfg.generation
 
     def do_predict(system: str) -> None:
         from mi_llm.evaluate.predict import predict
         from mi_llm.llm.backends import get_backend
 
-        adapter = adapter_dir(paths, key) if system == "finetuned" else None
-        with get_backend(m.backend, m.name, adapter=adapter, **m.backend_options) as backend:
-            predict(backend, test_file, predictions_file(paths, key, system), cfg.generation_config(),
+        with get_backend(m.backend, m.name, adapter=adapter.root if system == "finetuned" else None,
+                         **m.backend_options) as backend:
+            predict(backend, test_file, paths.predictions(key, system), cfg.generation_config(),
                     batch_size=gen.batch_size, limit=gen.limit)
 
     def do_train() -> None:
         from mi_llm.train.sft import train
 
-        opts = cfg.train_options(m.name, str(paths.build), str(adapter_dir(paths, key)))
+        opts = cfg.train_options(m.name, str(paths.build.root), str(adapter.root))
         result = train(opts, resume=True)
         if result.interrupted:
             raise KeyboardInterrupt
@@ -189,35 +141,26 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
     def do_evaluate(system: str) -> None:
         from mi_llm.evaluate.metrics import evaluate_file
 
-        evaluate_file(predictions_file(paths, key, system), metrics_file(paths, key, system))
+        evaluate_file(paths.predictions(key, system), paths.metrics(key, system))
 
     gen_params = {"model": m.model_dump(), "generation": gen.model_dump()}
-    stages = [Stage(f"{key}/predict-base", lambda: do_predict("base"), [predictions_file(paths, key, "base")],
+    stages = [Stage(f"{key}/predict-base", lambda: do_predict("base"), [paths.predictions(key, "base")],
                     inputs=[test_file], params=gen_params)]
     systems = ["base"]
     if cfg.train_enabled:
         train_params = {"model": m.name, "train": cfg.train}
         stages += [
-            Stage(f"{key}/train", do_train, [adapter_dir(paths, key) / "adapter_config.json"],
-                  inputs=[paths.build / "samples.train.jsonl"], params=train_params),
+            Stage(f"{key}/train", do_train, [adapter.peft_config],
+                  inputs=[paths.build.train_samples], params=train_params),
             Stage(f"{key}/predict-finetuned", lambda: do_predict("finetuned"),
-                  [predictions_file(paths, key, "finetuned")],
-                  inputs=[test_file, adapter_dir(paths, key) / "adapter_model.safetensors"], params=gen_params),
+                  [paths.predictions(key, "finetuned")],
+                  inputs=[test_file, adapter.weights], params=gen_params),
         ]
         systems.append("finetuned")
     for system in systems:
         stages.append(Stage(f"{key}/evaluate-{system}", lambda s=system: do_evaluate(s),  # type: ignore[misc]
-                            [metrics_file(paths, key, system)], inputs=[predictions_file(paths, key, system)]))
+                            [paths.metrics(key, system)], inputs=[paths.predictions(key, system)]))
     return stages
-
-
-def systems_of(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
-    """(label, model key, system) of every system whose predictions the run makes."""
-    out = []
-    for m in cfg.models:
-        for system in SYSTEMS if cfg.train_enabled else ("base",):
-            out.append((f"{m.key} {system}", m.key, system))
-    return out
 
 
 def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
@@ -226,9 +169,8 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
     The reference dialogues are coded by the same coder (comparable across systems); when
     they carry human codes, those are scored too, as "reference (human codes)".
     """
-    miti_dir = paths.root / "miti"
-    test_file = paths.build / "samples.test.jsonl"
-    systems = systems_of(cfg)
+    test_file = paths.build.test_samples
+    systems = cfg.systems()
 
     def do_miti() -> None:
         from mi_llm.miti.aggregate import aggregate, pooled
@@ -248,37 +190,37 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
         if human:
             coded["reference (human codes)"] = human
         for label, key, system in systems:
-            preds = read_predictions_by_round(predictions_file(paths, key, system))
+            preds = read_predictions_by_round(paths.predictions(key, system))
             coded[label] = coder.code_dialogues(system_sessions(test, preds, label))
         result = {}
         for label, dialogues in coded.items():
-            write_dialogues(miti_dir / f"{label.replace(' ', '_')}.coded.jsonl", dialogues)
+            write_dialogues(paths.miti_coded(label), dialogues)
             scores = [score_session(d) for d in dialogues]
             result[label] = {"sessions": [sc.report_dict() for sc in scores],
                              "aggregate": aggregate(scores) if scores else {}, "pooled": pooled(scores) if scores else {}}
-        write_json(miti_dir / "miti.json", {"coder": str(cfg.miti.coder), "systems": result})
+        write_json(paths.miti_scores, {"coder": str(cfg.miti.coder), "systems": result})
 
-    inputs = [test_file, built_dialogues(cfg, paths)] + [predictions_file(paths, k, s) for _, k, s in systems]
-    return Stage("miti", do_miti, [miti_dir / "miti.json"], inputs=inputs, params=cfg.miti.model_dump())
+    inputs = [test_file, built_dialogues(cfg, paths)] + [paths.predictions(k, s) for _, k, s in systems]
+    return Stage("miti", do_miti, [paths.miti_scores], inputs=inputs, params=cfg.miti.model_dump())
 
 
 def report_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
     from mi_llm.report.collect import collect
 
-    systems = systems_of(cfg)
-    inputs = [paths.build / "samples.test.jsonl"]
-    inputs += [metrics_file(paths, k, s) for _, k, s in systems] + [predictions_file(paths, k, s) for _, k, s in systems]
+    systems = cfg.systems()
+    inputs = [paths.build.test_samples]
+    inputs += [paths.metrics(k, s) for _, k, s in systems] + [paths.predictions(k, s) for _, k, s in systems]
     if cfg.miti.enabled:
-        inputs.append(paths.root / "miti" / "miti.json")
+        inputs.append(paths.miti_scores)
     if cfg.train_enabled:
-        inputs += [adapter_dir(paths, m.key) / "train_log.jsonl" for m in cfg.models]
+        inputs += [paths.adapter(m.key).train_log for m in cfg.models]
 
     def do_report() -> None:
         from mi_llm.report import write_report
 
-        write_report(collect(cfg, paths), paths.report)
+        write_report(collect(cfg, paths), paths.report.root)
 
-    return Stage("report", do_report, [paths.report / "index.html", paths.report / "summary.json"],
+    return Stage("report", do_report, [paths.report.index, paths.report.summary],
                  inputs=inputs, params={"name": cfg.name})
 
 
@@ -286,7 +228,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, force: bool = False,
                    config_path: Path | None = None) -> StageRunner:
     paths = RunPaths(Path(run_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
-    write_json(paths.root / "config.json", cfg.model_dump(mode="json"))
+    write_json(paths.config, cfg.model_dump(mode="json"))
     runner = StageRunner(paths.root, force=force)
     stages = data_stages(cfg, paths)
     for m in cfg.models:
@@ -307,8 +249,8 @@ def print_summary(runner: StageRunner, run_dir: Path, seconds: float) -> None:
 
     from mi_llm.console import console
 
-    summary_file = RunPaths(Path(run_dir)).report / "summary.json"
-    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    report = RunPaths(run_dir).report
+    summary = json.loads(report.summary.read_text(encoding="utf-8"))
     t = Table(title=f"{summary['name']}: automatic evaluation (paper definitions)")
     for col in ("model", "lang", "system", "pairs", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L"):
         t.add_column(col, justify="right" if col not in ("model", "lang", "system") else "left")
@@ -332,4 +274,4 @@ def print_summary(runner: StageRunner, run_dir: Path, seconds: float) -> None:
         console.print(m)
     ran = sum(not r.skipped for r in runner.results)
     console.print(f"{ran} stage(s) ran, {len(runner.results) - ran} up to date; {seconds:.0f} s; "
-                  f"report: {RunPaths(Path(run_dir)).report / 'index.html'}")
+                  f"report: {report.index}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mi_llm.io import write_json
+from mi_llm.layout import RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,12 @@ class StageRunner:
 
     def __init__(self, run_dir: Path, force: bool = False):
         self.run_dir = Path(run_dir)
-        self.state_dir = self.run_dir / ".stages"
+        self.state_dir = RunPaths(self.run_dir).stages
         self.force = force
         self.results: list[StageResult] = []
 
     def _state_file(self, name: str) -> Path:
-        return self.state_dir / f"{name.replace('/', '__')}.json"
+        return RunPaths(self.run_dir).stage_state(name)
 
     def up_to_date(self, stage: Stage, fp: str) -> bool:
         state = self._state_file(stage.name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from mi_llm.config import ExperimentConfig
 from mi_llm.corpus.schema import read_dialogues
-from mi_llm.pipeline import RunPaths, data_stages
+from mi_llm.layout import RunPaths
+from mi_llm.pipeline import data_stages
 from mi_llm.samples import read_samples
 from tests.transcribe.conftest import make_dialogue
 
@@ -21,5 +22,5 @@ def test_run_rewrites_a_seeded_sample_sized_by_the_split(server, write_inputs, t
     picked = [d.id for d in read_dialogues(paths.to_transcribe)]
     assert len(picked) == 5  # (3 + 1) x 1.05, rounded up
     assert len(server.calls) == 5 and {d.id for d in read_dialogues(paths.mi_dialogues)} == set(picked)
-    built = {s.dialogue_id for part in ("train", "test") for s in read_samples(paths.build / f"samples.{part}.jsonl")}
+    built = {s.dialogue_id for part in ("train", "test") for s in read_samples(paths.build.samples(part))}
     assert len(built) == 4 and built <= set(picked)

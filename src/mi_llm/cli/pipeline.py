@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from mi_llm.console import console, setup_logging
+from mi_llm.layout import default_run_dir
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +25,7 @@ def _run(config_path: Path, run_dir: Path | None, force: bool) -> None:
 
     setup_logging()
     cfg = load_config(config_path)
-    run_dir = run_dir or Path("runs") / cfg.name
+    run_dir = run_dir or default_run_dir(cfg.name)
     t0 = time.monotonic()
     runner = run_experiment(cfg, run_dir, force=force, config_path=config_path)
     print_summary(runner, run_dir, time.monotonic() - t0)
@@ -44,7 +45,7 @@ def demo_config() -> Path:
 
 
 def demo_cmd(
-    run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="where every output goes"),
+    run_dir: Path = typer.Option(default_run_dir("demo"), "--run-dir", help="where every output goes"),
     force: bool = typer.Option(False, help="rerun every stage even when up to date"),
 ) -> None:
     """The embedded demo: bundled corpus (zh + en), embedded gemma-3-270m, offline, on a CPU."""

@@ -1,4 +1,7 @@
-"""Gather a run directory's outputs into ReportData (the pipeline's last stage)."""
+"""Gather a run directory's outputs into ReportData (the pipeline's last stage).
+
+Every path comes from mi_llm.layout.RunPaths.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mi_llm.io import iter_jsonl
+from mi_llm.layout import RunPaths
 from mi_llm.report.data import AutoRow, Example, ReportData
 
 if TYPE_CHECKING:
     from mi_llm.config import ExperimentConfig
-    from mi_llm.pipeline import RunPaths
 
 EXAMPLES_PER_LANGUAGE = 3
 
@@ -41,16 +44,14 @@ def loss_curve(log_file: Path) -> list[tuple[int, float]]:
     return [(int(r["step"]), float(r["loss"])) for _, r in iter_jsonl(log_file) if r.get("loss") is not None]
 
 
-def examples(paths: "RunPaths", systems: list[tuple[str, str, str]], seed: int) -> list[Example]:
+def examples(paths: RunPaths, systems: list[tuple[str, str, str]], seed: int) -> list[Example]:
     """A few test rounds per language, with every system's reply beside the reference."""
-    from mi_llm.pipeline import predictions_file
-
     replies: dict[str, dict[str, str]] = {}
     for label, key, system in systems:
-        for _, r in iter_jsonl(predictions_file(paths, key, system)):
+        for _, r in iter_jsonl(paths.predictions(key, system)):
             replies.setdefault(r["sample_id"], {})[label] = r["prediction"]
     by_lang: dict[str, list[dict[str, Any]]] = {}
-    for _, s in iter_jsonl(paths.build / "samples.test.jsonl"):
+    for _, s in iter_jsonl(paths.build.test_samples):
         if len(replies.get(s["sample_id"], {})) == len(systems):
             by_lang.setdefault(s["language"], []).append(s)
     rng = random.Random(seed)
@@ -61,14 +62,12 @@ def examples(paths: "RunPaths", systems: list[tuple[str, str, str]], seed: int) 
     return out
 
 
-def collect(cfg: "ExperimentConfig", paths: "RunPaths") -> ReportData:
-    from mi_llm.pipeline import adapter_dir, metrics_file, systems_of
-
-    systems = systems_of(cfg)
+def collect(cfg: "ExperimentConfig", paths: RunPaths) -> ReportData:
+    systems = cfg.systems()
     data = ReportData(name=cfg.name)
     for _, key, system in systems:
-        data.auto_rows += auto_rows(key, system, _read_json(metrics_file(paths, key, system)))
-    miti_file = paths.root / "miti" / "miti.json"
+        data.auto_rows += auto_rows(key, system, _read_json(paths.metrics(key, system)))
+    miti_file = paths.miti_scores
     if cfg.miti.enabled and miti_file.is_file():
         miti = _read_json(miti_file)
         for label, result in miti["systems"].items():
@@ -78,9 +77,9 @@ def collect(cfg: "ExperimentConfig", paths: "RunPaths") -> ReportData:
                           "see docs/miti-coder.md for its measured validity.")
     if cfg.train_enabled:
         for m in cfg.models:
-            data.loss_curves[m.key] = loss_curve(adapter_dir(paths, m.key) / "train_log.jsonl")
+            data.loss_curves[m.key] = loss_curve(paths.adapter(m.key).train_log)
     data.examples = examples(paths, systems, cfg.split.seed)
-    build = _read_json(paths.build / "build.json")
+    build = _read_json(paths.build.summary)
     data.settings = {
         "models": [m.model_dump() for m in cfg.models],
         "split": {k: build[k]["dialogues"] for k in ("train", "test")} | {"seed": build["seed"]},

@@ -10,6 +10,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from mi_llm.io import atomic_writer, write_json
+from mi_llm.layout import ReportPaths
 from mi_llm.report import figures
 from mi_llm.report.data import PAPER_AUTOMATIC, PAPER_MITI, ReportData
 
@@ -88,11 +89,11 @@ def _data_uri(path: Path | None) -> str | None:
 
 def write_report(data: ReportData, out_dir: Path) -> Path:
     """Write index.html, the PNG figures and summary.json into `out_dir`; returns index.html."""
-    out_dir = Path(out_dir)
+    out = ReportPaths(out_dir)
     figs = {
-        "behaviour_counts": figures.behaviour_counts(data, out_dir / "behaviour_counts.png"),
-        "ratios": figures.ratios(data, out_dir / "ratios.png"),
-        "loss": figures.loss_curve(data, out_dir / "loss.png"),
+        "behaviour_counts": figures.behaviour_counts(data, out.figure("behaviour_counts")),
+        "ratios": figures.ratios(data, out.figure("ratios")),
+        "loss": figures.loss_curve(data, out.figure("loss")),
     }
     env = Environment(loader=PackageLoader("mi_llm.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("index.html.j2").render(
@@ -105,7 +106,7 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
         settings=data.settings,
         notes=data.notes,
     )
-    with atomic_writer(out_dir / "index.html") as f:
+    with atomic_writer(out.index) as f:
         f.write(html)
-    write_json(out_dir / "summary.json", data.summary())
-    return out_dir / "index.html"
+    write_json(out.summary, data.summary())
+    return out.index

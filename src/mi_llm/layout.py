@@ -1,0 +1,267 @@
+"""Where a run's files live: every path and file name of a run directory and of a build
+folder, in one module. Stages, the report and the CLI ask it for paths; no other module
+spells one of these names.
+
+    runs/<name>/                          RunPaths(root)          default_run_dir(name)
+      config.json                           .config
+      data/dialogues.jsonl                  .dialogues
+      data/import_stats.json                .import_stats
+      data/to_transcribe.jsonl              .to_transcribe          the seeded sample to rewrite
+      data/mi_dialogues.jsonl               .mi_dialogues           + transcribe's sidecars
+      build/                                .build -> BuildPaths    (any `mi-llm data build -o DIR`)
+        samples.{train,test}.jsonl            .samples(split)
+        build.json                            .summary
+        llamafactory/mi_{train,test}.json     .llamafactory, llamafactory_file(split)
+        llamafactory/dataset_info.json        .dataset_info
+        llamafactory/mi_llm_export.json       .export_meta
+        openai/{train,test}.jsonl             .openai, openai_file(split)
+      models/<key>/{base,finetuned}/        .predictions(key, system) (+ meta_file), .metrics(key, system)
+      models/<key>/adapter/                 .adapter(key) -> AdapterPaths (any `mi-llm train --output DIR`)
+        adapter_config.json, adapter_model.safetensors, train_config.json, train_log.jsonl
+        lora-<arch>.gguf.cache                .llamacpp_lora(arch): the adapter as llama.cpp applies it
+        checkpoints/                          mi_llm.train.checkpoints' own layout (until training ends)
+      miti/<system>.coded.jsonl, miti.json  .miti_coded(label), .miti_scores
+      report/index.html, *.png, summary.json  .report -> ReportPaths
+      .stages/<stage>.json                  .stage_state(stage)
+
+<key> is a model's label (or name) with "/" replaced (mi_llm.config.ModelConfig.key).
+Sidecars sit beside the file they describe, named `<file><suffix>` (beside()).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# ---------------------------------------------------------------- names
+
+RUNS_DIR = "runs"
+CONFIG = "config.json"
+DATA_DIR = "data"
+DIALOGUES = "dialogues.jsonl"
+IMPORT_STATS = "import_stats.json"
+TO_TRANSCRIBE = "to_transcribe.jsonl"
+MI_DIALOGUES = "mi_dialogues.jsonl"
+BUILD_DIR = "build"
+MODELS_DIR = "models"
+MITI_DIR = "miti"
+REPORT_DIR = "report"
+STAGES_DIR = ".stages"
+
+# A build folder.
+SPLITS = ("train", "test")
+TRAIN_SAMPLES = "samples.train.jsonl"
+TEST_SAMPLES = "samples.test.jsonl"
+BUILD_SUMMARY = "build.json"
+LLAMAFACTORY_DIR = "llamafactory"
+DATASET_INFO = "dataset_info.json"  # LLaMA-Factory's registry of datasets
+EXPORT_META = "mi_llm_export.json"  # how our LLaMA-Factory export was made (mode, mask_history)
+OPENAI_DIR = "openai"
+
+# models/<key>/: one folder per system, and the adapter.
+SYSTEMS = ("base", "finetuned")
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+ADAPTER_DIR = "adapter"
+# A LoRA adapter folder: PEFT's two files, plus ours.
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TRAIN_CONFIG = "train_config.json"
+TRAIN_LOG = "train_log.jsonl"
+
+MITI_SCORES = "miti.json"
+REPORT_INDEX = "index.html"
+REPORT_SUMMARY = "summary.json"
+
+# Sidecars: `<file><suffix>` beside the file.
+META_SUFFIX = ".meta.json"  # predictions: the settings and backend they were made with
+CODED_SUFFIX = ".coded.jsonl"  # coded sessions (miti/<system>.coded.jsonl; transcribe --quality)
+MITI_SUFFIX = ".miti.json"  # transcribe --quality: MITI scores of the rewrites
+CACHE_SUFFIX = ".cache.sqlite"  # transcribe: the call cache
+FAILED_SUFFIX = ".failed.jsonl"  # transcribe: dialogues that could not be rewritten
+SUMMARY_SUFFIX = ".summary.json"  # transcribe: the run's statistics
+
+
+def samples_file(split: str) -> str:
+    return f"samples.{split}.jsonl"
+
+
+def llamafactory_dataset(split: str) -> str:
+    """The dataset name a split is registered under in dataset_info.json."""
+    return f"mi_{split}"
+
+
+def llamafactory_file(split: str) -> str:
+    return f"{llamafactory_dataset(split)}.json"
+
+
+def openai_file(split: str) -> str:
+    return f"{split}.jsonl"
+
+
+def beside(path: Path, suffix: str) -> Path:
+    """The sidecar `<path><suffix>` in the same folder."""
+    path = Path(path)
+    return path.with_name(path.name + suffix)
+
+
+def meta_file(predictions: Path) -> Path:
+    """The settings sidecar of a predictions file."""
+    return beside(predictions, META_SUFFIX)
+
+
+def default_run_dir(name: str) -> Path:
+    return Path(RUNS_DIR) / name
+
+
+# ---------------------------------------------------------------- folders
+
+
+@dataclass(frozen=True)
+class _Folder:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+
+class BuildPaths(_Folder):
+    """A build folder: round samples, build.json and the exports."""
+
+    def samples(self, split: str) -> Path:
+        return self.root / samples_file(split)
+
+    @property
+    def train_samples(self) -> Path:
+        return self.root / TRAIN_SAMPLES
+
+    @property
+    def test_samples(self) -> Path:
+        return self.root / TEST_SAMPLES
+
+    @property
+    def summary(self) -> Path:
+        return self.root / BUILD_SUMMARY
+
+    @property
+    def llamafactory(self) -> Path:
+        return self.root / LLAMAFACTORY_DIR
+
+    @property
+    def dataset_info(self) -> Path:
+        return self.llamafactory / DATASET_INFO
+
+    @property
+    def export_meta(self) -> Path:
+        return self.llamafactory / EXPORT_META
+
+    @property
+    def openai(self) -> Path:
+        return self.root / OPENAI_DIR
+
+
+class AdapterPaths(_Folder):
+    """A LoRA adapter folder, as `mi-llm train` writes it."""
+
+    @property
+    def peft_config(self) -> Path:
+        return self.root / ADAPTER_CONFIG
+
+    @property
+    def weights(self) -> Path:
+        return self.root / ADAPTER_WEIGHTS
+
+    @property
+    def train_config(self) -> Path:
+        return self.root / TRAIN_CONFIG
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / TRAIN_LOG
+
+    def llamacpp_lora(self, arch: str) -> Path:
+        """The adapter converted for llama.cpp (mi_llm.llm.lora_gguf), cached beside it."""
+        return self.root / f"lora-{arch}.gguf.cache"
+
+
+class ReportPaths(_Folder):
+    """The report folder: index.html, its PNG figures, summary.json."""
+
+    @property
+    def index(self) -> Path:
+        return self.root / REPORT_INDEX
+
+    @property
+    def summary(self) -> Path:
+        return self.root / REPORT_SUMMARY
+
+    def figure(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+
+class RunPaths(_Folder):
+    """A run directory (`mi-llm run`): where every stage reads and writes."""
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def data(self) -> Path:
+        return self.root / DATA_DIR
+
+    @property
+    def dialogues(self) -> Path:
+        return self.data / DIALOGUES
+
+    @property
+    def import_stats(self) -> Path:
+        return self.data / IMPORT_STATS
+
+    @property
+    def to_transcribe(self) -> Path:
+        return self.data / TO_TRANSCRIBE
+
+    @property
+    def mi_dialogues(self) -> Path:
+        return self.data / MI_DIALOGUES
+
+    @property
+    def build(self) -> BuildPaths:
+        return BuildPaths(self.root / BUILD_DIR)
+
+    def model_dir(self, key: str) -> Path:
+        return self.root / MODELS_DIR / key
+
+    def predictions(self, key: str, system: str) -> Path:
+        return self.model_dir(key) / system / PREDICTIONS
+
+    def metrics(self, key: str, system: str) -> Path:
+        return self.model_dir(key) / system / METRICS
+
+    def adapter(self, key: str) -> AdapterPaths:
+        return AdapterPaths(self.model_dir(key) / ADAPTER_DIR)
+
+    @property
+    def miti(self) -> Path:
+        return self.root / MITI_DIR
+
+    def miti_coded(self, label: str) -> Path:
+        """The coded sessions of one system ("<model key> <system>", "reference", ...)."""
+        return self.miti / f"{label.replace(' ', '_')}{CODED_SUFFIX}"
+
+    @property
+    def miti_scores(self) -> Path:
+        return self.miti / MITI_SCORES
+
+    @property
+    def report(self) -> ReportPaths:
+        return ReportPaths(self.root / REPORT_DIR)
+
+    @property
+    def stages(self) -> Path:
+        return self.root / STAGES_DIR
+
+    def stage_state(self, stage: str) -> Path:
+        """The fingerprint file of a finished stage ("gemma/train" -> .stages/gemma__train.json)."""
+        return self.stages / f"{stage.replace('/', '__')}.json"
