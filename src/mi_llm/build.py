@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from mi_llm.corpus.schema import Dialogue, read_dialogues
 from mi_llm.errors import MiLlmError
 from mi_llm.io import check_writable, write_json, write_jsonl
+from mi_llm.layout import SPLITS, BuildPaths
 from mi_llm.samples import (
     TokenCounter,
     build_samples,
@@ -56,24 +57,24 @@ def build(
     # A negative budget would silently drop every history round; bool is an int to Python.
     if history_budget is not None and (isinstance(history_budget, bool) or not isinstance(history_budget, int) or history_budget < 0):
         raise MiLlmError(f"--history-budget must be a whole number of tokens, at least 0 (got {history_budget!r})")
-    out = Path(out)
+    folder = BuildPaths(out)
     # Checked before reading the dialogues, so that a bad -o (a file, not a folder; no
     # permission) fails at once.
-    check_writable(out / "build.json")
+    check_writable(folder.summary)
     dialogues = load_all(paths)
     split = split_dialogues(dialogues, train=train, test=test, seed=seed)
     count = token_counter(tokenizer) if history_budget is not None else char_count
     summary: dict[str, Any] = {"seed": seed, "history_budget": history_budget, "tokenizer": tokenizer,
                                "export_mode": export_mode, "unused_dialogues": split.unused, "files": []}
     exports = {}
-    for name, part in (("train", split.train), ("test", split.test)):
+    for name, part in zip(SPLITS, (split.train, split.test)):
         samples = build_samples(part, history_budget, count)
-        write_jsonl(out / f"samples.{name}.jsonl", samples)
+        write_jsonl(folder.samples(name), samples)
         summary[name] = {"dialogues": len(part), "samples": len(samples), "dialogue_ids": [d.id for d in part]}
-        summary["files"].append(str(out / f"samples.{name}.jsonl"))
+        summary["files"].append(str(folder.samples(name)))
         exports[name] = export_records(samples if export_mode == "rounds" else part, export_mode)  # type: ignore[arg-type]
-    write_llamafactory(out / "llamafactory", exports, export_mode)  # type: ignore[arg-type]
-    write_openai(out / "openai", exports, export_mode)  # type: ignore[arg-type]
-    summary["files"] += [str(out / "llamafactory"), str(out / "openai")]
-    write_json(out / "build.json", summary)
+    write_llamafactory(folder.llamafactory, exports, export_mode)  # type: ignore[arg-type]
+    write_openai(folder.openai, exports, export_mode)  # type: ignore[arg-type]
+    summary["files"] += [str(folder.llamafactory), str(folder.openai)]
+    write_json(folder.summary, summary)
     return summary

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mi_llm.corpus.schema import Dialogue, Language
 from mi_llm.errors import MiLlmError
 from mi_llm.io import atomic_writer, iter_models, write_json, write_jsonl
+from mi_llm.layout import DATASET_INFO, EXPORT_META, llamafactory_dataset, llamafactory_file, openai_file
 from mi_llm.prompts import load_prompt
 
 TokenCounter = Callable[[str], int]
@@ -193,20 +194,20 @@ def write_llamafactory(out: Path, splits: dict[str, list[tuple[str, list[tuple[s
     """sharegpt JSON files plus the dataset_info.json that registers them."""
     info = {}
     for name, records in splits.items():
-        fname = f"mi_{name}.json"
+        fname = llamafactory_file(name)
         with atomic_writer(out / fname) as f:
             json.dump([_sharegpt_record(s, p) for s, p in records], f, ensure_ascii=False, indent=1)
-        info[f"mi_{name}"] = {
+        info[llamafactory_dataset(name)] = {
             "file_name": fname,
             "formatting": "sharegpt",
             "columns": {"messages": "conversations", "system": "system"},
         }
-    write_json(out / "dataset_info.json", info)
+    write_json(out / DATASET_INFO, info)
     # Round records carry their history as earlier turns: train with `mask_history: true`
     # so only r_t is learned, as in the paper (dialogue records train on every reply).
-    write_json(out / "mi_llm_export.json", {"mode": mode, "mask_history": mode == "rounds"})
+    write_json(out / EXPORT_META, {"mode": mode, "mask_history": mode == "rounds"})
 
 
 def write_openai(out: Path, splits: dict[str, list[tuple[str, list[tuple[str, str]]]]], mode: ExportMode) -> None:
     for name, records in splits.items():
-        write_jsonl(out / f"{name}.jsonl", (_openai_record(s, p, train_all=mode == "dialogues") for s, p in records))
+        write_jsonl(out / openai_file(name), (_openai_record(s, p, train_all=mode == "dialogues") for s, p in records))

@@ -40,8 +40,9 @@ def evaluate_cmd(
     from mi_llm.evaluate.report_table import metrics_tables, settings_lines
 
     from mi_llm.io import check_writable
+    from mi_llm.layout import METRICS
 
-    output = output or predictions.parent / "metrics.json"
+    output = output or predictions.parent / METRICS
     # Before the scoring, so that a typo in a path fails at once, naming its option.
     check_writable(output, "-o")
     if per_sample is not None:

@@ -10,6 +10,7 @@ import typer
 
 from mi_llm.cli.options import INT32_MAX, number, seed as seed_check
 from mi_llm.console import console, setup_logging
+from mi_llm.layout import AdapterPaths
 
 
 def register(app: typer.Typer) -> None:
@@ -99,7 +100,7 @@ def train_cmd(
         f"trained {r.steps} steps: final loss {loss}, {r.tokens:,} tokens ({r.target_tokens:,} target), "
         f"{r.tokens_per_s:,.0f} tokens/s, peak RSS {r.peak_rss_mb:,.0f} MB"
     )
-    console.print(f"adapter: {r.output}  (log: {r.output / 'train_log.jsonl'})")
+    console.print(f"adapter: {r.output}  (log: {AdapterPaths(r.output).train_log})")
 
 
 def export_cmd(

@@ -18,6 +18,7 @@ from typing import Any
 
 from mi_llm.errors import InputError, MiLlmError
 from mi_llm.io import write_json, write_jsonl
+from mi_llm.layout import TEST_SAMPLES, BuildPaths, meta_file
 from mi_llm.llm.backends.base import Backend, GenerationConfig
 from mi_llm.samples import Sample, read_samples
 
@@ -30,17 +31,13 @@ def resolve_test_file(data: str | Path) -> Path:
     """A samples JSONL file, or a build folder (its samples.test.jsonl)."""
     p = Path(data)
     if p.is_dir():
-        f = p / "samples.test.jsonl"
+        f = BuildPaths(p).test_samples
         if not f.is_file():
-            raise MiLlmError(f"{p}: a build folder must contain samples.test.jsonl")
+            raise MiLlmError(f"{p}: a build folder must contain {TEST_SAMPLES}")
         return f
     if not p.is_file():
         raise MiLlmError(f"{p}: no such file")
     return p
-
-
-def meta_path(output: Path) -> Path:
-    return output.with_name(output.name + ".meta.json")
 
 
 def read_done(output: Path) -> dict[str, dict[str, Any]]:
@@ -112,13 +109,13 @@ def predict(
     output = Path(output)
     info = backend.describe()
     key = settings_key(info, config)
-    meta_file = meta_path(output)
+    sidecar = meta_file(output)
     if overwrite:
-        for f in (output, meta_file):
+        for f in (output, sidecar):
             f.unlink(missing_ok=True)
     done = read_done(output)
-    if done and meta_file.is_file():
-        old = json.loads(meta_file.read_text(encoding="utf-8")).get("settings")
+    if done and sidecar.is_file():
+        old = json.loads(sidecar.read_text(encoding="utf-8")).get("settings")
         if old != key:
             raise MiLlmError(f"{output} holds predictions made with other settings ({_diff(old, key)}); "
                              "pass --overwrite or choose another -o")
@@ -131,7 +128,7 @@ def predict(
         "settings": key, "backend": info, "data": str(test_file), "samples": len(samples),
         "batch_size": batch_size, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": False,
     }
-    write_json(meta_file, meta)
+    write_json(sidecar, meta)
     # Length-sorted batches pad least (hf); dialogue order lets llama.cpp reuse the cached
     # prefix of the previous round (same system prompt and history).
     order = order or getattr(backend, "preferred_order", "length")
@@ -166,7 +163,7 @@ def predict(
     meta.update(complete=True, finished=time.strftime("%Y-%m-%dT%H:%M:%S"), generated_now=len(todo),
                 seconds=round(seconds, 2), completion_tokens=n_tokens, prompt_tokens=n_prompt,
                 tokens_per_s=round(n_tokens / seconds, 2) if seconds > 0 else None)
-    write_json(meta_file, meta)
+    write_json(sidecar, meta)
     return PredictResult(output, len(samples), len(todo), n_tokens, n_prompt, seconds)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from mi_llm.errors import InputError
 from mi_llm.evaluate.extended import LANGUAGES
 from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, iter_jsonl, too_deep_line
+from mi_llm.layout import META_SUFFIX, meta_file
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _add_distinct(bucket: list[Any], value: Any) -> None:
 
 
 def _find_sidecar(path: Path) -> Path | None:
-    for candidate in (path.with_name(path.name + ".meta.json"), path.with_name(path.stem + ".meta.json")):
+    for candidate in (meta_file(path), path.with_name(path.stem + META_SUFFIX)):
         if candidate.is_file():
             return candidate
     return None

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from mi_llm.errors import MiLlmError
+from mi_llm.layout import AdapterPaths
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def convert_lora(adapter: Path, out: Path, arch: str, n_layers: int) -> Path:
     import numpy as np
     from safetensors.numpy import load_file
 
-    cfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    cfg = json.loads(AdapterPaths(adapter).peft_config.read_text(encoding="utf-8"))
     if cfg.get("peft_type", "LORA") != "LORA":
         raise MiLlmError(f"{adapter}: only LoRA adapters can be applied by llama.cpp (got {cfg.get('peft_type')})")
     if cfg.get("use_rslora") or cfg.get("use_dora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
@@ -48,9 +49,9 @@ def convert_lora(adapter: Path, out: Path, arch: str, n_layers: int) -> Path:
                          "merge the adapter (mi-llm export) instead")
     if cfg.get("modules_to_save"):
         raise MiLlmError(f"{adapter}: adapters with modules_to_save need merging (mi-llm export)")
-    weights = adapter / "adapter_model.safetensors"
+    weights = AdapterPaths(adapter).weights
     if not weights.is_file():
-        raise MiLlmError(f"{adapter}: no adapter_model.safetensors")
+        raise MiLlmError(f"{adapter}: no {weights.name}")
     names = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
     if arch not in names:
         raise MiLlmError(f"unknown GGUF architecture {arch!r}")

@@ -1,4 +1,4 @@
-"""The training options, with the paper's defaults, saved as `train_config.json`."""
+"""The training options, with the paper's defaults, saved as `train_config.json` (mi_llm.layout)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_llm.errors import MiLlmError
-
-CONFIG_FILE = "train_config.json"
-LOG_FILE = "train_log.jsonl"
 
 # Options that change what is learned: a resumed run must keep them all.
 RESULT_KEYS = (

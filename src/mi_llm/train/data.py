@@ -14,12 +14,12 @@ from typing import Any
 import torch
 
 from mi_llm.errors import MiLlmError
+from mi_llm.layout import TRAIN_SAMPLES, BuildPaths
 from mi_llm.samples import Sample, read_samples
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-TRAIN_FILE = "samples.train.jsonl"
 
 # (tokenizer, messages, last_only) -> (input_ids, labels); mi_llm.llm.models.encode_chat.
 ChatEncoder = Callable[[Any, Sequence[dict[str, str]], bool], tuple[list[int], list[int]]]
@@ -36,13 +36,13 @@ def resolve_data(data: str | Path) -> tuple[Path, Path | None]:
     """--data is a samples JSONL or a build folder holding samples.train.jsonl."""
     p = Path(data).expanduser()
     if p.is_dir():
-        f = p / TRAIN_FILE
+        f = BuildPaths(p).train_samples
         if not f.is_file():
-            raise MiLlmError(f"{p}: not a build folder (no {TRAIN_FILE}); run `mi-llm data build` first")
+            raise MiLlmError(f"{p}: not a build folder (no {TRAIN_SAMPLES}); run `mi-llm data build` first")
         return f.resolve(), p.resolve()
     if p.is_file():
         parent = p.resolve().parent
-        return p.resolve(), parent if (parent / "llamafactory" / "dataset_info.json").is_file() else None
+        return p.resolve(), parent if BuildPaths(parent).dataset_info.is_file() else None
     raise MiLlmError(f"{p}: no such file or folder")
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from mi_llm.errors import MiLlmError
+from mi_llm.layout import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, AdapterPaths
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
 GGUF_TYPES = ("f16", "q8_0", "bf16", "f32")
 
 
@@ -27,14 +27,15 @@ class ExportResult:
 
 
 def find_adapter(path: str | Path) -> Path:
-    """The folder holding adapter_config.json: the path itself or its `adapter/` subfolder."""
+    """The folder holding adapter_config.json: the path itself or its `adapter/` subfolder
+    (a run's models/<key>/)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise MiLlmError(f"{p}: no such adapter folder")
-    for cand in (p, p / "adapter"):
+    for cand in (p, p / ADAPTER_DIR):
         if (cand / ADAPTER_CONFIG).is_file():
-            if not any((cand / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-                raise MiLlmError(f"{cand}: adapter_config.json but no adapter_model.safetensors")
+            if not any((cand / f).is_file() for f in (ADAPTER_WEIGHTS, "adapter_model.bin")):  # .bin: older PEFT
+                raise MiLlmError(f"{cand}: {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}")
             return cand
     raise MiLlmError(f"{p}: not a LoRA adapter (no {ADAPTER_CONFIG}); pass the --output folder of `mi-llm train`")
 
@@ -49,7 +50,7 @@ def adapter_base_name(adapter: Path) -> str | None:
 
 
 def _adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
-    f = adapter / "adapter_model.safetensors"
+    f = AdapterPaths(adapter).weights
     if f.is_file():
         from safetensors import safe_open
 
@@ -121,7 +122,7 @@ def load_merged(model_name: str | None, adapter: str | Path, dtype: Any = None) 
 def _warn_other_base(adapter: Path, rm: Any) -> None:
     """Same shapes, other weights (e.g. base vs instruct) cannot be told from the tensors: the
     training record beside the adapter says which base it was."""
-    cfg_file = adapter / "train_config.json"
+    cfg_file = AdapterPaths(adapter).train_config
     if not cfg_file.is_file():
         return
     try:

@@ -16,6 +16,7 @@ import yaml
 
 from mi_llm.errors import MiLlmError
 from mi_llm.io import atomic_writer
+from mi_llm.layout import TRAIN_SAMPLES, BuildPaths, llamafactory_dataset
 from mi_llm.train.config import TrainConfig
 
 # mi_llm.llm.templates family -> LLaMA-Factory template. `gemma3` wants a multimodal
@@ -37,21 +38,22 @@ def _dataset(cfg: TrainConfig, data: Any, yaml_path: Path) -> tuple[str, str, bo
     from mi_llm.train.data import select_records
 
     mode = cfg.records
+    dataset = llamafactory_dataset("train")
     build = getattr(data, "build_dir", None)
     if build is not None:
-        lf = Path(build) / "llamafactory"
-        info_file, meta_file = lf / "dataset_info.json", lf / "mi_llm_export.json"
+        folder = BuildPaths(build)
+        info_file, meta_file = folder.dataset_info, folder.export_meta
         if info_file.is_file() and meta_file.is_file():
             info = json.loads(info_file.read_text(encoding="utf-8"))
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            same_file = Path(data.samples_file).name == "samples.train.jsonl"
-            if "mi_train" in info and meta.get("mode") == mode and same_file:
-                return "mi_train", str(lf.resolve()), mode == "rounds"
+            same_file = Path(data.samples_file).name == TRAIN_SAMPLES
+            if dataset in info and meta.get("mode") == mode and same_file:
+                return dataset, str(folder.llamafactory.resolve()), mode == "rounds"
     out = yaml_path.resolve().parent / f"{yaml_path.stem}_data"
     records = select_records(data.samples, mode)
     pairs = [(s.system, [*s.history, (s.query, s.response)]) for s in records]
     write_llamafactory(out, {"train": pairs}, mode)  # type: ignore[arg-type]
-    return "mi_train", str(out), mode == "rounds"
+    return dataset, str(out), mode == "rounds"
 
 
 def llamafactory_config(

@@ -31,13 +31,12 @@ import torch
 
 from mi_llm.errors import MiLlmError
 from mi_llm.io import atomic_writer, write_json
+from mi_llm.layout import ADAPTER_WEIGHTS, AdapterPaths
 from mi_llm.train import checkpoints as ck
-from mi_llm.train.config import CONFIG_FILE, LOG_FILE, TrainConfig, check_resume_compatible
+from mi_llm.train.config import TrainConfig, check_resume_compatible
 from mi_llm.train.data import Example, collate, encode_samples, load_train_data, make_schedule, micro_stream, select_records
 
 log = logging.getLogger(__name__)
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @dataclass
@@ -183,7 +182,7 @@ def _save_adapter(acc: Any, wrapper: Any, out: Path, base_name: str) -> None:
         peft_model.save_pretrained(str(out), state_dict=sd, safe_serialization=True)
         # Name the base as the user did (e.g. `gemma-3-270m`, not its cache folder), so
         # `mi-llm export --adapter` finds it wherever the cache is.
-        cfg_file = out / ADAPTER_FILES[0]
+        cfg_file = AdapterPaths(out).peft_config
         conf = json.loads(cfg_file.read_text(encoding="utf-8"))
         conf["base_model_name_or_path"] = base_name
         write_json(cfg_file, conf)
@@ -204,7 +203,7 @@ def _register_hooks(acc: Any) -> None:
             from safetensors.torch import load_file
 
             m = models.pop()
-            sd = load_file(os.path.join(input_dir, "adapter", "adapter_model.safetensors"))
+            sd = load_file(os.path.join(input_dir, "adapter", ADAPTER_WEIGHTS))
             res = set_peft_model_state_dict(acc.unwrap_model(m).model, sd)
             bad = [k for k in getattr(res, "unexpected_keys", []) if "lora" in k]
             if bad:
@@ -244,7 +243,7 @@ def _progress(total: int, start: int, enabled: bool) -> Any:
 def prepare_output(cfg: TrainConfig, resume: bool) -> tuple[Path, Path | None, dict[str, Any] | None]:
     """The output folder, the checkpoint to resume from and its state."""
     out = Path(cfg.output).expanduser()
-    cfg_file = out / CONFIG_FILE
+    cfg_file = AdapterPaths(out).train_config
     latest = ck.latest_checkpoint(out)
     if not resume:
         if latest is not None or cfg_file.is_file():
@@ -255,7 +254,7 @@ def prepare_output(cfg: TrainConfig, resume: bool) -> tuple[Path, Path | None, d
         saved = json.loads(cfg_file.read_text(encoding="utf-8")).get("config", {})
         check_resume_compatible(saved, cfg, cfg_file)
     if latest is None:
-        if (out / ADAPTER_FILES[1]).is_file():
+        if AdapterPaths(out).weights.is_file():
             raise MiLlmError(f"{out}: the run already finished (adapter saved, no checkpoint to resume)")
         log.info("no checkpoint in %s: starting from the beginning", out)
         return out, None, None
@@ -336,7 +335,7 @@ def train(
     load_seconds = time.monotonic() - t_load
 
     step, tokens_done, targets_done, elapsed_before = 0, 0, 0, 0.0
-    log_path = out / LOG_FILE
+    log_path = AdapterPaths(out).train_log
     if ckpt is not None and state is not None:
         acc.load_state(str(ckpt))
         step = int(state["step"])
@@ -363,7 +362,7 @@ def train(
     }
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / CONFIG_FILE, summary)
+        write_json(AdapterPaths(out).train_config, summary)
         log.info("%d examples (%d tokens, %d target tokens), %d optimizer steps; %.2f%% of %d parameters trainable",
                  stats.examples, stats.tokens, stats.target_tokens, sched.total_steps,
                  100 * n_trainable / n_total, n_total)
@@ -505,7 +504,7 @@ def train(
         if main:  # checkpoints only serve --resume; the finished adapter replaces them
             shutil.rmtree(ck.checkpoints_dir(out), ignore_errors=True)
     if main:
-        write_json(out / CONFIG_FILE, summary)
+        write_json(AdapterPaths(out).train_config, summary)
     acc.wait_for_everyone()
     acc.end_training()
     return result

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from mi_llm.corpus.schema import Dialogue, read_dialogues, write_dialogues
 from mi_llm.errors import MiLlmError
 from mi_llm.io import write_json
+from mi_llm.layout import CODED_SUFFIX, MITI_SUFFIX, beside
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def code_output(output: Path, coder_name: str = "default", coder: Any = None) ->
     coded = list(coder.code_dialogues(dialogues))
     if len(coded) != len(dialogues):
         raise MiLlmError(f"the MITI coder returned {len(coded)} dialogues for {len(dialogues)}")
-    coded_path = output.with_name(output.name + ".coded.jsonl")
+    coded_path = beside(output, CODED_SUFFIX)
     write_dialogues(coded_path, coded)
     result = {"coder": coder_name, "coded": str(coded_path), **score(coded)}
-    write_json(output.with_name(output.name + ".miti.json"), result)
+    write_json(beside(output, MITI_SUFFIX), result)
     return result

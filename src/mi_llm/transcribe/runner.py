@@ -21,6 +21,7 @@ from typing import Any
 from mi_llm.corpus.schema import Dialogue, Turn, read_dialogues
 from mi_llm.errors import MiLlmError
 from mi_llm.io import write_json
+from mi_llm.layout import CACHE_SUFFIX, SUMMARY_SUFFIX, beside
 from mi_llm.transcribe.cache import CachedCall, CallCache, call_key
 from mi_llm.llm.backends import BACKENDS
 from mi_llm.transcribe.clients import ApiError, ChatClient, ChatResult, GenSettings, make_client
@@ -318,11 +319,11 @@ def select_inputs(path: Path, limit: int | None) -> list[Dialogue]:
 
 
 def default_cache_path(output: Path) -> Path:
-    return output.with_name(output.name + ".cache.sqlite")
+    return beside(output, CACHE_SUFFIX)
 
 
 def summary_path(output: Path) -> Path:
-    return output.with_name(output.name + ".summary.json")
+    return beside(output, SUMMARY_SUFFIX)
 
 
 def transcribe_file(

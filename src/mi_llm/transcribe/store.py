@@ -20,6 +20,7 @@ from typing import Any
 from mi_llm.corpus.schema import Dialogue
 from mi_llm.errors import InputError, MiLlmError
 from mi_llm.io import atomic_writer, iter_jsonl, to_json_line
+from mi_llm.layout import FAILED_SUFFIX, beside
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ RETRY_ON_RESUME = ("api",)
 
 
 def failures_path(output: Path) -> Path:
-    return output.with_name(output.name + ".failed.jsonl")
+    return beside(output, FAILED_SUFFIX)
 
 
 def repair_torn_tail(path: Path) -> int:

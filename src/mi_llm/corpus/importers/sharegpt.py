@@ -17,9 +17,10 @@ from typing import Any, Iterator
 from mi_llm.corpus.importers._common import SeenIds, chat_dialogue, json_type, find_files, iter_json_object, iter_records, read_text
 from mi_llm.corpus.schema import Dialogue
 from mi_llm.errors import InputError
+from mi_llm.layout import DATASET_INFO, EXPORT_META
 
 SOURCE = "sharegpt"
-_SKIP = {"dataset_info.json", "mi_llm_export.json"}
+_SKIP = {DATASET_INFO, EXPORT_META}
 
 
 class Spec:
@@ -51,7 +52,7 @@ def _mapping(entry: dict[str, Any], key: str, path: Path, line: int, name: str) 
 
 def import_path(path: Path) -> Iterator[Dialogue]:
     seen = SeenIds()
-    if path.is_dir() and (path / "dataset_info.json").is_file():
+    if path.is_dir() and (path / DATASET_INFO).is_file():
         for f, spec in _registered(path):
             yield from parse_file(f, spec, seen)
         return
@@ -61,7 +62,7 @@ def import_path(path: Path) -> Iterator[Dialogue]:
 
 
 def _registered(folder: Path) -> list[tuple[Path, Spec]]:
-    info_path = folder / "dataset_info.json"
+    info_path = folder / DATASET_INFO
     text = read_text(info_path)
     out = []
     for line, name, entry in iter_json_object(info_path, text):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mi_llm.errors import MiLlmError
+from mi_llm.layout import ADAPTER_CONFIG, AdapterPaths
 from mi_llm.llm.backends.base import Backend, Completion, GenerationConfig, Messages, first_stop
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,9 @@ log = logging.getLogger(__name__)
 def check_adapter(adapter: str | Path, base_path: Path) -> dict[str, Any]:
     """The adapter's PEFT config; a clear error when it is missing or made for another base."""
     adapter = Path(adapter)
-    cfg_path = adapter / "adapter_config.json"
+    cfg_path = AdapterPaths(adapter).peft_config
     if not cfg_path.is_file():
-        raise MiLlmError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        raise MiLlmError(f"{adapter}: not a LoRA adapter folder (no {ADAPTER_CONFIG})")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except ValueError as e:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mi_llm.errors import MiLlmError
+from mi_llm.layout import AdapterPaths
 from mi_llm.llm.backends.base import Backend, Completion, GenerationConfig, Messages, first_stop
 from mi_llm.llm.llamacpp_runtime import import_llama_cpp
 
@@ -137,8 +138,9 @@ class LlamaCppBackend(Backend):
         if arch not in ARCHS.values():
             raise MiLlmError(f"{adapter}: llama.cpp cannot apply this adapter to a {arch} GGUF here; "
                              "merge it and export a GGUF (mi-llm export --gguf)")
-        out = adapter / f"lora-{arch}.gguf.cache"
-        if out.is_file() and out.stat().st_mtime >= (adapter / "adapter_model.safetensors").stat().st_mtime:
+        folder = AdapterPaths(adapter)
+        out = folder.llamacpp_lora(arch)
+        if out.is_file() and out.stat().st_mtime >= folder.weights.stat().st_mtime:
             return out
         n_layers = self._gguf_block_count(arch)
         return convert_lora(adapter, out, arch, n_layers)
