@@ -67,12 +67,7 @@ def iter_json_array(path: Path, text: str | None = None) -> Iterator[tuple[int, 
         _expect_end(path, text, pos + 1)
         return
     while True:
-        try:
-            item, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
-        except RecursionError:
-            raise InputError(path, NESTED_TOO_DEEPLY, too_deep_line(text, line_of(text, pos), pos)) from None
+        item, end = _decode_at(path, text, pos, decoder)
         check_json_text(item, text[pos:end], path, line_of(text, pos))
         yield line_of(text, pos), item
         pos = _skip_ws(text, end)
@@ -100,22 +95,12 @@ def iter_json_object(path: Path, text: str | None = None) -> Iterator[tuple[int,
         key_start, key_line = pos, line_of(text, pos)
         if pos >= len(text) or text[pos] != '"':
             raise InputError(path, "invalid JSON: expected a quoted key", key_line)
-        try:
-            key, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
-        except RecursionError:
-            raise InputError(path, NESTED_TOO_DEEPLY, too_deep_line(text, line_of(text, pos), pos)) from None
+        key, pos = _decode_at(path, text, pos, decoder)
         pos = _skip_ws(text, pos)
         if pos >= len(text) or text[pos] != ":":
             raise InputError(path, "invalid JSON: expected ':' after a key", line_of(text, pos))
         pos = _skip_ws(text, pos + 1)
-        try:
-            value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
-        except RecursionError:
-            raise InputError(path, NESTED_TOO_DEEPLY, too_deep_line(text, line_of(text, pos), pos)) from None
+        value, pos = _decode_at(path, text, pos, decoder)
         check_json_text([key, value], text[key_start:pos], path, key_line)
         yield key_line, key, value
         pos = _skip_ws(text, pos)
@@ -126,6 +111,16 @@ def iter_json_object(path: Path, text: str | None = None) -> Iterator[tuple[int,
             _expect_end(path, text, pos + 1, "object")
             return
         raise InputError(path, "invalid JSON: expected ',' or '}' after a member", line_of(text, pos))
+
+
+def _decode_at(path: Path, text: str, pos: int, decoder: json.JSONDecoder) -> tuple[Any, int]:
+    """One JSON value starting at `pos` (value, end), its errors located by line."""
+    try:
+        return decoder.raw_decode(text, pos)
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+    except RecursionError:
+        raise InputError(path, NESTED_TOO_DEEPLY, too_deep_line(text, line_of(text, pos), pos)) from None
 
 
 def _skip_ws(text: str, pos: int) -> int:
