@@ -88,8 +88,11 @@ def load_cpu_backend(llama_cpp: Any) -> None:
     ggml = ctypes.CDLL(str(sonames[0] if sonames else lib_dir(llama_cpp) / "libggml.so"))
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
     if ggml.ggml_backend_reg_count() == 0:
+        from llama_cpp._utils import suppress_stdout_stderr
+
         ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
-        ggml.ggml_backend_load_all_from_path(str(lib_dir(llama_cpp)).encode())
+        with suppress_stdout_stderr(disable=False):  # ggml prints "load_backend: loaded ..." on stderr
+            ggml.ggml_backend_load_all_from_path(str(lib_dir(llama_cpp)).encode())
     if ggml.ggml_backend_reg_count() == 0:
         raise MiLlmError(f"{lib_dir(llama_cpp)}: no llama.cpp CPU backend loads on this CPU")
     _loaded = True
