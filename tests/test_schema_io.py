@@ -5,7 +5,7 @@ import pytest
 
 from mi_llm.corpus.schema import Dialogue, Turn, read_dialogues, write_dialogues
 from mi_llm.errors import InputError, MiLlmError
-from mi_llm.io import atomic_writer, iter_jsonl, write_jsonl
+from mi_llm.io import atomic_writer, iter_jsonl, repair_torn_tail, write_jsonl
 
 
 def _dialogue(i="d1", turns=None):
@@ -104,3 +104,15 @@ def test_atomic_writer_leaves_nothing_on_error(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(MiLlmError, match="no such file"):
         read_dialogues(tmp_path / "nope.jsonl")
+
+
+def test_torn_tail_is_cut(tmp_path):
+    """The one repair of append-only JSONL files (transcribe.store and evaluate.predict resume with it)."""
+    p = tmp_path / "o.jsonl"
+    p.write_bytes(b'{"id": "a"}\n{"id": "b"}\n{"id": "c", "tur')
+    assert repair_torn_tail(p) == len(b'{"id": "c", "tur')
+    assert p.read_bytes() == b'{"id": "a"}\n{"id": "b"}\n'
+    assert repair_torn_tail(p) == 0
+    p.write_bytes(b'{"id": "only-torn"')
+    repair_torn_tail(p)
+    assert p.read_bytes() == b""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -13,6 +14,8 @@ from typing import IO, Any, Iterable, Iterator, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from mi_llm.errors import InputError, MiLlmError
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -251,3 +254,34 @@ def write_json(path: str | Path, obj: Any) -> None:
     with atomic_writer(path) as f:
         json.dump(obj, f, ensure_ascii=False, indent=2)
         f.write("\n")
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut an incomplete last line of an append-only JSONL file (no newline: the writer was
+    killed mid-write), so that the next run can append whole lines; returns the number of
+    bytes removed (0 when the file is missing, empty or ends with a newline)."""
+    if not path.is_file():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return 0
+        # Scan back for the last newline in chunks (lines can be long).
+        pos, keep = size, 0
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            f.seek(pos)
+            chunk = f.read(step)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                keep = pos + i + 1
+                break
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("%s: removed an incomplete last line (%d bytes) left by an interrupted run", path, size - keep)
+    return size - keep

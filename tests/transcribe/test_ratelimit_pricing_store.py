@@ -11,7 +11,7 @@ import pytest
 from mi_llm.errors import InputError, MiLlmError
 from mi_llm.transcribe.pricing import DEFAULT_PRICES, load_prices
 from mi_llm.transcribe.ratelimit import RateLimiter, backoff_delay, estimate_tokens, parse_retry_after
-from mi_llm.transcribe.store import ResultStore, repair_torn_tail
+from mi_llm.transcribe.store import ResultStore
 from tests.transcribe.conftest import make_dialogue
 
 
@@ -104,17 +104,6 @@ def test_prices_lookup_file_and_local(tmp_path):
         load_prices(j)
     with pytest.raises(MiLlmError, match="no such price file"):
         load_prices(tmp_path / "none.yaml")
-
-
-def test_torn_tail_is_cut(tmp_path):
-    p = tmp_path / "o.jsonl"
-    p.write_bytes(b'{"id": "a"}\n{"id": "b"}\n{"id": "c", "tur')
-    assert repair_torn_tail(p) == len(b'{"id": "c", "tur')
-    assert p.read_bytes() == b'{"id": "a"}\n{"id": "b"}\n'
-    assert repair_torn_tail(p) == 0
-    p.write_bytes(b'{"id": "only-torn"')
-    repair_torn_tail(p)
-    assert p.read_bytes() == b""
 
 
 def test_store_resumes_and_locks(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mi_llm.errors import InputError, MiLlmError
-from mi_llm.io import write_json, write_jsonl
+from mi_llm.io import repair_torn_tail, write_json, write_jsonl
 from mi_llm.layout import TEST_SAMPLES, BuildPaths, meta_file
 from mi_llm.llm.backends.base import Backend, GenerationConfig
 from mi_llm.samples import Sample, read_samples
@@ -139,9 +139,8 @@ def predict(
     t0 = time.monotonic()
     n_tokens = n_prompt = 0
     output.parent.mkdir(parents=True, exist_ok=True)
+    repair_torn_tail(output)
     with open(output, "a", encoding="utf-8") as f:
-        if output.stat().st_size and not _ends_with_newline(output):
-            _drop_torn_tail(output, f)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             completions = backend.generate([s.messages() for s in chunk], config)
@@ -185,21 +184,6 @@ def _diff(old: Any, new: dict[str, Any]) -> str:
         return "unknown settings"
     keys = [k for k in new if old.get(k) != new.get(k)]
     return "differs in " + ", ".join(keys) if keys else "same"
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
-
-
-def _drop_torn_tail(path: Path, f: Any) -> None:
-    """Cut an unfinished last line (the run was killed mid-write) before appending."""
-    data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1
-    f.flush()
-    os.truncate(path, keep)
-    f.seek(0, os.SEEK_END)
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:

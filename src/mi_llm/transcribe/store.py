@@ -19,7 +19,7 @@ from typing import Any
 
 from mi_llm.corpus.schema import Dialogue
 from mi_llm.errors import InputError, MiLlmError
-from mi_llm.io import atomic_writer, iter_jsonl, to_json_line
+from mi_llm.io import atomic_writer, iter_jsonl, repair_torn_tail, to_json_line
 from mi_llm.layout import FAILED_SUFFIX, beside
 
 log = logging.getLogger(__name__)
@@ -31,36 +31,6 @@ RETRY_ON_RESUME = ("api",)
 
 def failures_path(output: Path) -> Path:
     return beside(output, FAILED_SUFFIX)
-
-
-def repair_torn_tail(path: Path) -> int:
-    """Cut an incomplete last line (no newline: the writer was killed mid-write); returns
-    the number of bytes removed."""
-    if not path.is_file():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with open(path, "rb+") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b"\n":
-            return 0
-        # Scan back for the last newline in chunks (lines can be long).
-        pos, keep = size, 0
-        while pos > 0:
-            step = min(65536, pos)
-            pos -= step
-            f.seek(pos)
-            chunk = f.read(step)
-            i = chunk.rfind(b"\n")
-            if i >= 0:
-                keep = pos + i + 1
-                break
-        f.truncate(keep)
-        f.flush()
-        os.fsync(f.fileno())
-    log.warning("%s: removed an incomplete last line (%d bytes) left by an interrupted run", path, size - keep)
-    return size - keep
 
 
 def _read_ids(path: Path) -> dict[str, tuple[int, dict[str, Any]]]:
