@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from mi_llm.corpus.schema import read_dialogues
-from mi_llm.miti.reliability import agreement, load_coder
+from mi_llm.miti.reliability import agreement, read_coder_file
 from tests.conftest import import_setup, needs_setup
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -211,7 +211,7 @@ def test_code_save_reload_restart_export(tmp_path):
     # The export feeds `miti agree`: against a hand-written copy of the same coding, kappa is 1.
     ref = tmp_path / "bob.jsonl"
     ref.write_text(d.model_copy(update={"meta": {}}).model_dump_json() + "\n", encoding="utf-8")
-    agree = agreement([load_coder(out), load_coder(ref)])
+    agree = agreement([read_coder_file(out), read_coder_file(ref)])
     assert agree["utterances"]["overall"]["units"] == 7
     assert agree["utterances"]["overall"]["cohen_kappa"] == pytest.approx(1.0)
 

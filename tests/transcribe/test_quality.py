@@ -51,5 +51,7 @@ def test_code_output_scores_pct_cr_rq_and_ratio(tmp_path):
 
 
 def test_missing_coder_folder_is_a_clear_error(tmp_path):
+    # `--code` loads its coder with the one load_coder (mi_llm.miti.coders)
+    (tmp_path / "mi.jsonl").write_text("")
     with pytest.raises(MiLlmError, match="no such coder folder"):
-        quality.load_coder(str(tmp_path / "nope"))
+        quality.code_output(tmp_path / "mi.jsonl", coder_name=str(tmp_path / "nope"))

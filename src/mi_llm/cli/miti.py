@@ -127,7 +127,7 @@ def agree_cmd(
 ) -> None:
     """Inter-coder reliability: ICC per score, Cohen's kappa and Krippendorff's alpha per code."""
     from mi_llm.io import write_json
-    from mi_llm.miti.reliability import agreement, load_coder
+    from mi_llm.miti.reliability import agreement, read_coder_file
     from mi_llm.miti.scoring import RatioDefinition
 
     if len(files) < 2:
@@ -136,7 +136,7 @@ def agree_cmd(
     coders = []
     for spec in files:
         name, path = _labelled(spec)
-        coders.append(load_coder(path, name))
+        coders.append(read_coder_file(path, name))
     # Two files with the same stem (a/coded.jsonl, b/coded.jsonl): tell them apart.
     stems = [c.name for c in coders]
     for c in coders:

@@ -50,7 +50,7 @@ def transcribe_cmd(
 ) -> None:
     """Rewrite dialogues into Motivational Interviewing style with an LLM, validated and resumable."""
     from mi_llm.transcribe import GenSettings, TranscribeSettings, ValidationSettings, transcribe_file
-    from mi_llm.transcribe.quality import load_coder
+    from mi_llm.miti.coders import load_coder
 
     setup_logging(verbose)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress bar

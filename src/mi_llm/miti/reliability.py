@@ -57,7 +57,9 @@ class CoderFile:
     lines: dict[str, int]
 
 
-def load_coder(path: str | Path, name: str | None = None) -> CoderFile:
+def read_coder_file(path: str | Path, name: str | None = None) -> CoderFile:
+    """One coder's coded sessions (a JSONL of dialogues), for agreement; not a MITI coder
+    model, which `mi_llm.miti.coders.load_coder` loads."""
     rows = read_coded_dialogues(path)
     path = Path(path)
     return CoderFile(

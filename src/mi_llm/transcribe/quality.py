@@ -23,17 +23,7 @@ from mi_llm.layout import CODED_SUFFIX, MITI_SUFFIX, beside
 
 log = logging.getLogger(__name__)
 
-CODER_API = "mi_llm.miti.coders.load_coder(name).code_dialogues(list[Dialogue]) -> list[Dialogue]"
 REPORTED = ("pct_cr", "r_q", "mi_adherent_ratio")
-
-
-def load_coder(name: str = "default") -> Any:
-    from mi_llm.miti import coders
-
-    coder = coders.load_coder(name)
-    if not hasattr(coder, "code_dialogues"):
-        raise MiLlmError(f"the MITI coder {name!r} has no code_dialogues(); expected {CODER_API}")
-    return coder
 
 
 def score(coded: Sequence[Dialogue]) -> dict[str, Any]:
@@ -54,6 +44,8 @@ def score(coded: Sequence[Dialogue]) -> dict[str, Any]:
 
 def code_output(output: Path, coder_name: str = "default", coder: Any = None) -> dict[str, Any]:
     """Code every dialogue in `output`; writes `<output>.coded.jsonl` and `<output>.miti.json`."""
+    from mi_llm.miti.coders import load_coder
+
     dialogues = read_dialogues(output)
     coder = coder or load_coder(coder_name)
     log.info("coding %d rewritten dialogue(s) with the MITI coder %r", len(dialogues), coder_name)
