@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mi_llm.corpus.importers import SOURCES, get_importer, import_corpus
-from mi_llm.corpus.importers._common import detect_language
+from mi_llm.corpus.language import detect_language
 from mi_llm.corpus.normalize import NormalizeOptions
 from mi_llm.corpus.schema import read_dialogues, write_dialogues
 from mi_llm.errors import InputError, MiLlmError

@@ -15,7 +15,8 @@ from sacrebleu.tokenizers.tokenizer_zh import TokenizerZh
 from mi_llm.errors import MiLlmError
 from mi_llm.evaluate import compute_metrics
 from mi_llm.evaluate import sacre
-from mi_llm.evaluate.extended import DistinctCounter, assign_languages, detect_language, repetition_rate
+from mi_llm.corpus.language import detect_language
+from mi_llm.evaluate.extended import DistinctCounter, assign_languages, repetition_rate
 from mi_llm.evaluate.ngrams import char_ids, clipped_matches
 from mi_llm.evaluate.paper import (
     JiebaCutter,
@@ -360,7 +361,7 @@ def test_detect_language():
     assert detect_language("How have you been?") == "en"
     assert detect_language("我觉得OK") == "zh"
     assert detect_language("I really love 你 and everything else here") == "en"
-    assert detect_language("😀 ... 123") is None
+    assert detect_language("😀 ... 123", None) is None and detect_language("😀 ... 123") == "en"
     assert assign_languages(["", "你好", "?"], ["...", "", ""]) == ["zh", "zh", "zh"]
 
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from mi_llm.errors import MiLlmError
-from mi_llm.serve.safety.classifier import CrisisClassifier, LanguageRules, classify, detect_language, normalize
+from mi_llm.corpus.language import detect_language
+from mi_llm.serve.safety.classifier import CrisisClassifier, LanguageRules, classify, normalize
 from mi_llm.serve.safety.evaluate import SPLITS, bundled_set, evaluate, read_labelled
 from mi_llm.serve.safety.layer import SafetyLayer, load_resources
 

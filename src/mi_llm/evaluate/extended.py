@@ -13,7 +13,7 @@ Tokens are sacreBLEU's tokens for the pair's language, so all of these agree wit
 
 from __future__ import annotations
 
-import re
+from mi_llm.corpus.language import detect_language
 
 LANGUAGES = ("zh", "en")
 EXTENDED_METRICS: tuple[str, ...] = (
@@ -26,25 +26,9 @@ EXTENDED_METRICS: tuple[str, ...] = (
 )
 REPETITION_N = 4
 
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile(r"[A-Za-z]")
-
-
-def detect_language(text: str) -> str | None:
-    """'zh' when Chinese characters are at least a quarter as many as Latin letters (about
-    one per English word), 'en' when there are Latin letters only, None without either."""
-    han = len(_HAN.findall(text))
-    latin = len(_LATIN.findall(text))
-    if han and han * 4 >= latin:
-        return "zh"
-    if latin:
-        return "en"
-    return None
-
-
 def assign_languages(predictions: list[str], references: list[str]) -> list[str]:
     """A language per pair, from the reference, else the prediction, else the majority."""
-    found = [detect_language(ref) or detect_language(pred) for pred, ref in zip(predictions, references)]
+    found = [detect_language(ref, None) or detect_language(pred, None) for pred, ref in zip(predictions, references)]
     known = [lang for lang in found if lang]
     default = max(LANGUAGES, key=known.count) if known else "en"
     return [lang or default for lang in found]

@@ -51,7 +51,7 @@ from mi_llm.serve.protocol import (
     usage,
 )
 from mi_llm.serve.ratelimit import TokenBucketLimiter
-from mi_llm.serve.safety.classifier import detect_language
+from mi_llm.corpus.language import detect_language
 from mi_llm.serve.safety.layer import CheckedMessages, SafetyDecision, SafetyLayer
 from mi_llm.serve.sessions import SessionNotFound, SessionStore, check_session_id
 from mi_llm.serve.worker import GenerationWorker, QueueFull

@@ -20,7 +20,7 @@ from mi_llm.llm.backends.base import GenerationConfig
 from mi_llm.prompts import load_prompt
 from mi_llm.serve.engine import ChatEngine, Finish
 from mi_llm.serve.protocol import conversation
-from mi_llm.serve.safety.classifier import detect_language
+from mi_llm.corpus.language import detect_language
 from mi_llm.serve.safety.layer import SafetyLayer
 from mi_llm.serve.sessions import SessionStore
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the importers: file discovery, located JSON reading, language guess."""
+"""Helpers shared by the importers: file discovery, located JSON reading (the language guess
+is `mi_llm.corpus.language.detect_language`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from mi_llm.corpus.language import detect_language
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, iter_jsonl, too_deep_line
 from mi_llm.errors import InputError, MiLlmError
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LETTER = re.compile(r"[A-Za-z]")
 _DIGITS = re.compile(r"(\d+)")
 _WS = re.compile(r"\s")
 
@@ -149,18 +149,6 @@ def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line, item
         return
     yield from iter_jsonl(path)
-
-
-def detect_language(texts: Iterable[str]) -> str:
-    """'zh' when CJK characters make up a real share of the letters, else 'en'."""
-    cjk = latin = 0
-    for t in texts:
-        cjk += len(_CJK.findall(t))
-        latin += len(_LETTER.findall(t))
-        if cjk + latin > 2000:
-            break
-    # A CJK character carries about a word; compare to Latin letters per word (~5).
-    return "zh" if cjk * 5 >= latin and cjk > 0 else "en"
 
 
 def require_str(obj: dict[str, Any], key: str, path: Path, line: int | None, where: str = "") -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from mi_llm.corpus.importers._common import SeenIds, detect_language, find_files, iter_records, json_type, require_str
+from mi_llm.corpus.importers._common import SeenIds, find_files, iter_records, json_type, require_str
+from mi_llm.corpus.language import detect_language
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from mi_llm.errors import MiLlmError
 from mi_llm.miti.coders.base import Coder, Item, Result
-from mi_llm.miti.coders.segment import split_utterances
+from mi_llm.miti.segment import split_utterances
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mi_llm.corpus.language import detect_language
 from mi_llm.corpus.schema import Dialogue, GlobalRatings, Turn
-from mi_llm.miti.coders.segment import detect_language, split_utterances
+from mi_llm.miti.segment import split_utterances
 
 log = logging.getLogger(__name__)
 

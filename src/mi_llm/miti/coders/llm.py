@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from string import Template
 from typing import Any
 
+from mi_llm.corpus.language import detect_language
 from mi_llm.corpus.schema import Dialogue, GlobalRatings
 from mi_llm.errors import MiLlmError
 from mi_llm.miti.codebook import CODE_NAMES, CODES, GLOBALS
 from mi_llm.miti.coders.base import Coder, Item, Progress, Result
-from mi_llm.miti.coders.segment import detect_language
 from mi_llm.prompts import load_prompt
 
 log = logging.getLogger(__name__)

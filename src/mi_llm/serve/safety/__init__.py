@@ -7,7 +7,7 @@ from mi_llm.serve.safety.classifier import (
     SafetyResult,
     classify,
     default_classifier,
-    detect_language,
 )
+from mi_llm.corpus.language import detect_language
 
 __all__ = ["CATEGORIES", "NONE", "CrisisClassifier", "SafetyResult", "classify", "default_classifier", "detect_language"]

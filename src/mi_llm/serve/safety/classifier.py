@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from mi_llm.corpus.language import detect_language
 from mi_llm.errors import MiLlmError
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,7 @@ CATEGORIES = ("suicide", "self_harm", "harm_others", "abuse")  # in order of pre
 NONE = "none"
 LANGUAGES = ("zh", "en")
 
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'"})
-
-
-def detect_language(text: str) -> str:
-    """'zh' when the text has Chinese characters, else 'en'."""
-    return "zh" if _CJK.search(text) else "en"
 
 
 def normalize(text: str) -> str:

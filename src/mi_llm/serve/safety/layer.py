@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from mi_llm.corpus.language import detect_language
 from mi_llm.errors import MiLlmError
 from mi_llm.serve.safety.classifier import (
     CATEGORIES,
@@ -32,7 +33,6 @@ from mi_llm.serve.safety.classifier import (
     CrisisClassifier,
     SafetyResult,
     default_classifier,
-    detect_language,
 )
 
 log = logging.getLogger(__name__)

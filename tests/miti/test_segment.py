@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from mi_llm.miti.coders.segment import detect_language, split_utterances
+from mi_llm.corpus.language import detect_language
+from mi_llm.miti.segment import split_utterances
 from mi_llm.resources import demo_dialogues
 
 
@@ -16,6 +17,9 @@ from mi_llm.resources import demo_dialogues
     ("You know, e.g. walking at lunch. That could work.", ["You know, e.g. walking at lunch.", "That could work."]),
     ("So... you're not sure. \"I can't,\" you said.", ["So... you're not sure.", "\"I can't,\" you said."]),
     ("It costs $9.50 a pack. Wow.", ["It costs $9.50 a pack.", "Wow."]),
+    ("No. God, no. That's the thing.", ["No.", "God, no.", "That's the thing."]),
+    ("Item No. 5 is next. Okay.", ["Item No. 5 is next.", "Okay."]),  # "No." before a number
+    ('She said "no." Then what?', ['She said "no."', "Then what?"]),
     ("one thought without an end", ["one thought without an end"]),
     ("   ", []),
 ])
