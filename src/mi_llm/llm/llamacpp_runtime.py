@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import logging
@@ -101,23 +102,28 @@ def load_cpu_backend(llama_cpp: Any) -> None:
 # ---------------------------------------------------------------- identity of the build and CPU
 
 
-def cpu_flags() -> list[str]:
-    """The CPU's feature flags (/proc/cpuinfo on Linux; empty where unknown)."""
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's /proc/cpuinfo fields (Linux; empty elsewhere), read once per process."""
+    fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith(("flags", "Features")):
-                return sorted(set(line.split(":", 1)[1].split()))
-    return []
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags (empty where unknown)."""
+    info = _cpuinfo()
+    return sorted(set((info.get("flags") or info.get("Features") or "").split()))
 
 
 def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
     import platform
 
-    return platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 # The flags that decide which llama.cpp kernels run; the ones a crash report names.
@@ -235,6 +241,7 @@ def ensure_usable(explicit: bool) -> bool:
     if build_fingerprint() is None:
         if explicit:
             import_llama_cpp(check=False)  # raises the install hint
+        log.warning("llama-cpp-python is not installed: using the hf backend (pip install llama-cpp-python)")
         return False
     result = probe()
     if result.ok:

@@ -48,12 +48,7 @@ def get_backend(name: str, model: Any, adapter: str | Path | None = None, **opts
 
 
 def resolve_auto_backend() -> str:
-    """llamacpp when llama-cpp-python is installed and works on this CPU, else hf."""
-    from mi_llm.llm.llamacpp_runtime import build_fingerprint, ensure_usable
+    """llamacpp when llama-cpp-python is installed and works on this CPU, else hf (it warns why)."""
+    from mi_llm.llm.llamacpp_runtime import ensure_usable
 
-    if build_fingerprint() is None:
-        import logging
-
-        logging.getLogger(__name__).warning("llama-cpp-python is not installed: using the hf backend (pip install llama-cpp-python)")
-        return "hf"
     return "llamacpp" if ensure_usable(explicit=False) else "hf"
