@@ -35,7 +35,9 @@ if ! ls "$WHEELS"/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1; then
   echo "building llama-cpp-python $VERSION with runtime CPU dispatch (once per machine and version: 15-25 minutes on 2 cores)"
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/llama-cpp-build.XXXXXX")
   trap 'rm -rf "$TMP"' EXIT
-  "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$TMP/sdist"
+  # --no-binary names only llama-cpp-python: `:all:` would also build its build dependencies
+  # (cmake included) from source in the isolated build environment on a machine with no pip cache.
+  "$PY" -m pip download -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -d "$TMP/sdist"
   CMAKE_ARGS="$FLAGS -DCMAKE_PROJECT_INCLUDE=$HERE/cpu_variants.cmake" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
     "$PY" -m pip wheel -q --no-deps --no-cache-dir -w "$TMP/built" "$TMP"/sdist/llama_cpp_python-"$VERSION".tar.gz
   mkdir -p "$TMP/wheel"
