@@ -32,7 +32,7 @@ if [ -f "$MARKER" ] && grep -q "\"$KEY\"" "$MARKER"; then
 fi
 
 if ! ls "$WHEELS"/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1; then
-  echo "building llama-cpp-python $VERSION with runtime CPU dispatch (once per machine and version: 15-25 minutes on 2 cores)"
+  echo "building llama-cpp-python $VERSION with runtime CPU dispatch (once per machine and version: 8-25 minutes on 2 cores)"
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/llama-cpp-build.XXXXXX")
   trap 'rm -rf "$TMP"' EXIT
   # --no-binary names only llama-cpp-python: `:all:` would also build its build dependencies
