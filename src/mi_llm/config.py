@@ -1,4 +1,10 @@
-"""The experiment config (`mi-llm run CONFIG.yaml`): pydantic, validated, the one home of defaults."""
+"""The experiment config (`mi-llm run CONFIG.yaml`): pydantic, validated.
+
+Each section is its stage's own settings model (`<Stage>Config`, defined in the stage's
+package: TrainConfig, TranscribeConfig, PredictConfig); where the pipeline adds options of its
+own (`enabled`, how many dialogues to rewrite) or sets some itself (paths), the section is an
+`Experiment<Stage>Config` subclass here. No default is written twice.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mi_llm.errors import InputError, MiLlmError
+from mi_llm.evaluate.config import PredictConfig
 from mi_llm.layout import SYSTEMS
+from mi_llm.train.config import TrainConfig
+from mi_llm.transcribe.config import TranscribeConfig
 
 if TYPE_CHECKING:
     from mi_llm.llm.backends.base import GenerationConfig
-    from mi_llm.train.config import TrainConfig as TrainOptions
 
 
 class _Strict(BaseModel):
@@ -36,16 +44,49 @@ class SourceConfig(_Strict):
         return self
 
 
-class TranscribeConfig(_Strict):
+class ExperimentTranscribeConfig(TranscribeConfig):
+    """`transcribe:`: TranscribeConfig (every option of `mi-llm transcribe`) and whether, and
+    how much, the pipeline rewrites."""
+
     enabled: bool = False
-    backend: str = "openai"
-    model: str = "gpt-4o"
-    base_url: str | None = None
-    concurrency: int = 4
     dialogues: int | None = Field(
         None, ge=1,
         description="how many imported dialogues to rewrite (a seeded sample); default: what a split given "
                     "in counts needs plus 5% for rewrites that fail validation, else all")
+
+    def transcribe_config(self) -> TranscribeConfig:
+        return TranscribeConfig.model_validate(self.model_dump(exclude={"enabled", "dialogues"}))
+
+
+# TrainConfig fields the pipeline sets for each model (its name, the build folder, the adapter folder).
+PIPELINE_TRAIN_FIELDS = ("model", "data", "output")
+
+
+class ExperimentTrainConfig(TrainConfig):
+    """`train:`: every TrainConfig option (every option of `mi-llm train`, the paper's defaults)
+    but those the pipeline sets, and whether to train at all."""
+
+    enabled: bool = True
+    # set by the pipeline (PIPELINE_TRAIN_FIELDS); never part of the config
+    model: None = Field(None, exclude=True)  # type: ignore[assignment]
+    data: None = Field(None, exclude=True)  # type: ignore[assignment]
+    output: None = Field(None, exclude=True)  # type: ignore[assignment]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_pipeline_fields(cls, data: Any) -> Any:
+        for fixed in PIPELINE_TRAIN_FIELDS:
+            if isinstance(data, dict) and fixed in data:
+                raise ValueError(f"train.{fixed} is set by the pipeline; remove it")
+        return data
+
+    def train_config(self, model: str, data: str, output: str) -> TrainConfig:
+        return TrainConfig.model_validate(
+            {**self.model_dump(exclude={"enabled"}), "model": model, "data": data, "output": output})
+
+    def given(self) -> dict[str, Any]:
+        """The options the config sets (the train stage's fingerprint, the report's settings)."""
+        return self.model_dump(exclude_unset=True)
 
 
 class SplitConfig(_Strict):
@@ -67,17 +108,7 @@ class ModelConfig(_Strict):
         return (self.label or self.name).replace("/", "_")
 
 
-class GenerationSettings(_Strict):
-    """A preset of mi_llm.llm.backends (greedy by default) with a few fields changed."""
-
-    preset: str = "greedy"
-    max_new_tokens: int = 128
-    batch_size: int = 8
-    limit: int | None = Field(None, description="predict only the first N test samples")
-    seed: int = 42
-
-
-class MitiSettings(_Strict):
+class MitiConfig(_Strict):
     enabled: bool = True
     coder: str = "default"
 
@@ -85,14 +116,12 @@ class MitiSettings(_Strict):
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     sources: list[SourceConfig]
-    transcribe: TranscribeConfig = TranscribeConfig()
+    transcribe: ExperimentTranscribeConfig = Field(default_factory=ExperimentTranscribeConfig)
     split: SplitConfig = SplitConfig()
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
-    # Options of mi_llm.train.config.TrainConfig (the paper's defaults live there) plus
-    # `enabled`; validated against it when the config is loaded.
-    train: dict[str, Any] = Field(default_factory=dict)
-    generation: GenerationSettings = GenerationSettings()
-    miti: MitiSettings = MitiSettings()
+    train: ExperimentTrainConfig = Field(default_factory=ExperimentTrainConfig)
+    generation: PredictConfig = Field(default_factory=PredictConfig)
+    miti: MitiConfig = MitiConfig()
 
     @model_validator(mode="after")
     def _unique_labels(self) -> "ExperimentConfig":
@@ -101,19 +130,9 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"model labels must be unique: {keys}")
         return self
 
-    @model_validator(mode="after")
-    def _train_options(self) -> "ExperimentConfig":
-        self.train_options("model", "data", "output")  # raises on unknown or bad options
-        return self
-
-    @model_validator(mode="after")
-    def _generation_preset(self) -> "ExperimentConfig":
-        self.generation_config()
-        return self
-
     @property
     def train_enabled(self) -> bool:
-        return bool(self.train.get("enabled", True))
+        return self.train.enabled
 
     def systems(self) -> list[tuple[str, str, str]]:
         """(label, model key, system) of every system whose predictions a run makes: each
@@ -121,23 +140,11 @@ class ExperimentConfig(_Strict):
         systems = SYSTEMS if self.train_enabled else SYSTEMS[:1]
         return [(f"{m.key} {system}", m.key, system) for m in self.models for system in systems]
 
-    def train_options(self, model: str, data: str, output: str) -> "TrainOptions":
-        from mi_llm.train.config import TrainConfig as TrainOptions
-
-        opts = {k: v for k, v in self.train.items() if k != "enabled"}
-        for fixed in ("model", "data", "output"):
-            if fixed in opts:
-                raise ValueError(f"train.{fixed} is set by the pipeline; remove it")
-        return TrainOptions(model=model, data=data, output=output, **opts)
+    def train_options(self, model: str, data: str, output: str) -> TrainConfig:
+        return self.train.train_config(model, data, output)
 
     def generation_config(self) -> "GenerationConfig":
-        from mi_llm.llm.backends.base import preset
-
-        g = self.generation
-        try:
-            return preset(g.preset, max_new_tokens=g.max_new_tokens, seed=g.seed)
-        except MiLlmError as e:
-            raise ValueError(str(e)) from None
+        return self.generation.generation_config()
 
 
 def _line_of(text: str, loc: tuple) -> int | None:

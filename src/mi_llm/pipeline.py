@@ -74,7 +74,7 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
         write_json(paths.import_stats, stats)
 
     def do_transcribe() -> None:
-        from mi_llm.transcribe.runner import TranscribeSettings, transcribe_file
+        from mi_llm.transcribe.runner import transcribe_file
 
         t = cfg.transcribe
         source = paths.dialogues
@@ -86,8 +86,7 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
             write_dialogues(paths.to_transcribe, [d for i, d in enumerate(dialogues) if i in keep])
             log.info("rewriting %d of %d imported dialogues (seeded sample)", n, len(dialogues))
             source = paths.to_transcribe
-        transcribe_file(source, paths.mi_dialogues, TranscribeSettings(
-            backend=t.backend, model=t.model, base_url=t.base_url, concurrency=t.concurrency))
+        transcribe_file(source, paths.mi_dialogues, t.transcribe_config())
 
     built_from = built_dialogues(cfg, paths)
 
@@ -107,7 +106,7 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
     if cfg.transcribe.enabled:
         # Resumable by itself (append-only output, call cache): rerunning it continues.
         stages.append(Stage("transcribe", do_transcribe, [paths.mi_dialogues], inputs=[paths.dialogues],
-                            params={**cfg.transcribe.model_dump(), "n": dialogues_to_transcribe(cfg),
+                            params={**cfg.transcribe.model_dump(mode="json"), "n": dialogues_to_transcribe(cfg),
                                     "seed": cfg.split.seed}))
     stages.append(Stage("build", do_build, [paths.build.train_samples, paths.build.test_samples],
                         inputs=[built_from], params=cfg.split.model_dump()))
@@ -148,7 +147,7 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
                     inputs=[test_file], params=gen_params)]
     systems = ["base"]
     if cfg.train_enabled:
-        train_params = {"model": m.name, "train": cfg.train}
+        train_params = {"model": m.name, "train": cfg.train.given()}
         stages += [
             Stage(f"{key}/train", do_train, [adapter.peft_config],
                   inputs=[paths.build.train_samples], params=train_params),

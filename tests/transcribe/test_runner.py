@@ -8,7 +8,7 @@ import pytest
 
 from mi_llm.corpus.schema import Dialogue, read_dialogues
 from mi_llm.errors import MiLlmError
-from mi_llm.transcribe import TranscribeSettings, transcribe_file
+from mi_llm.transcribe import TranscribeConfig, transcribe_file
 from mi_llm.transcribe.pricing import DEFAULT_PRICES
 from mi_llm.transcribe.runner import summary_path
 from mi_llm.transcribe.store import failures_path
@@ -16,11 +16,11 @@ from tests.transcribe.conftest import first_client, make_dialogue
 from tests.transcribe.server import usage_of
 
 
-def settings(server, **kw) -> TranscribeSettings:
+def settings(server, **kw) -> TranscribeConfig:
     base = dict(base_url=server.base_url, model="gpt-4o", concurrency=4, backoff_base_s=0.02, backoff_cap_s=0.1,
                 timeout_s=5.0)
     base.update(kw)
-    return TranscribeSettings(**base)
+    return TranscribeConfig(**base)
 
 
 def failures(out) -> dict[str, dict]:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mi_llm.transcribe.prompt import prepare
-from mi_llm.transcribe.validate import ValidationSettings, language_shares, validate_answer
+from mi_llm.transcribe.validate import ValidationConfig, language_shares, validate_answer
 from tests.transcribe.conftest import make_dialogue
 from tests.transcribe.server import REPLY, good_answer
 
@@ -73,7 +73,7 @@ def test_client_turn_count_is_kept_by_default_only():
     turns = good(EN, "en")[:4]
     v = validate_answer(answer(turns), EN)
     assert "2 client turns but the original has 3" in v.reason
-    loose = ValidationSettings(keep_client_count=False, min_client_similarity=0.3)
+    loose = ValidationConfig(keep_client_count=False, min_client_similarity=0.3)
     assert validate_answer(answer(turns), EN, loose).ok
 
 
@@ -134,4 +134,4 @@ def test_client_turns_keep_their_content():
             t["text"] = "I have decided to run a marathon next month with my sister."
     v = validate_answer(answer(turns), EN)
     assert "client turns were changed too much" in v.reason
-    assert validate_answer(answer(turns), EN, ValidationSettings(min_client_similarity=0)).ok
+    assert validate_answer(answer(turns), EN, ValidationConfig(min_client_similarity=0)).ok

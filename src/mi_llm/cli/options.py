@@ -5,6 +5,11 @@ any open-ended range, and its errors depend on the click version; these checks g
 line that names the option, exit code 2 (MiLlmError), before any file is read.
 
     workers: Optional[int] = typer.Option(None, "--workers", callback=number(ge=1))
+
+An option that sets a field of a stage's settings model takes its default, help and range
+from that field (`field_option`), so no default is written twice:
+
+    lr: float = field_option(TrainConfig, "lr")
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ from __future__ import annotations
 import math
 import threading
 from typing import Any, Callable
+
+import annotated_types
+import typer
+from pydantic import BaseModel
 
 from mi_llm.errors import MiLlmError
 
@@ -94,3 +103,38 @@ def seed(ctx: Any, param: Any, value: Any) -> Any:
     """Callback for a seed handed to numpy/torch/llama.cpp: 0 .. 2**32 - 1."""
     check_number(option_name(param), value, ge=0, le=SEED_MAX)
     return value
+
+
+def field_default(model: type[BaseModel], name: str) -> Any:
+    """The default of a settings model's field (its factory called)."""
+    return model.model_fields[name].get_default(call_default_factory=True)
+
+
+def field_bounds(model: type[BaseModel], name: str) -> dict[str, float]:
+    """The field's numeric range (ge/gt/le/lt) as `number` takes it."""
+    bounds: dict[str, float] = {}
+    for m in model.model_fields[name].metadata:
+        for key, kind in (("ge", annotated_types.Ge), ("gt", annotated_types.Gt),
+                          ("le", annotated_types.Le), ("lt", annotated_types.Lt)):
+            if isinstance(m, kind):
+                bounds[key] = getattr(m, key)
+    return bounds
+
+
+def field_option(
+    model: type[BaseModel], name: str, *param_decls: str, le: float | None = None,
+    callback: Callable[[Any, Any, Any], Any] | None = None, help: str | None = None, **kwargs: Any,
+) -> Any:
+    """A typer option for a field of `model`: its default, its description as the help (unless
+    `help` is given) and, for a numeric field, its range checked while the command line is
+    parsed (`le` caps it further, e.g. INT32_MAX for values that reach C code)."""
+    bounds = field_bounds(model, name)
+    if le is not None:
+        bounds["le"] = min(le, bounds.get("le", le))
+    if callback is None and bounds:
+        callback = number(**bounds)
+    field = model.model_fields[name]
+    return typer.Option(
+        ... if field.is_required() else field_default(model, name), *param_decls, callback=callback,
+        help=help if help is not None else field.description, **kwargs,
+    )

@@ -8,9 +8,10 @@ from typing import Optional
 
 import typer
 
-from mi_llm.cli.options import INT32_MAX, number, seed as seed_check
+from mi_llm.cli.options import INT32_MAX, field_default, field_option, seed as seed_check
 from mi_llm.console import console, setup_logging
 from mi_llm.layout import AdapterPaths
+from mi_llm.train.config import TrainConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -32,32 +33,36 @@ def _quiet_libraries() -> None:
 
 
 def train_cmd(
-    model: str = typer.Option("gemma-3-270m", "--model", "-m", help="model name, Hugging Face id or local folder"),
-    data: Path = typer.Option(..., "--data", "-d", help="samples.train.jsonl or a build folder"),
-    output: Path = typer.Option(..., "--output", "-o", help="run folder: adapter, train_config.json, train_log.jsonl, checkpoints/"),
-    epochs: float = typer.Option(3.0, help="passes over the data (paper: 3)", callback=number(gt=0)),
-    max_steps: Optional[int] = typer.Option(None, help="optimizer steps; overrides --epochs", callback=number(ge=1, le=INT32_MAX)),
-    seed: int = typer.Option(42, callback=seed_check),
-    max_length: int = typer.Option(1024, help="tokens per sequence; history rounds are dropped from the oldest to fit", callback=number(ge=16, le=INT32_MAX)),
-    lr: float = typer.Option(1e-4, help="peak learning rate (paper: 1e-4)", callback=number(gt=0)),
-    lr_scheduler: str = typer.Option("cosine", help="cosine | linear | constant_with_warmup"),
-    grad_accum: int = typer.Option(8, help="micro-batches per optimizer step (paper: 8)", callback=number(ge=1, le=INT32_MAX)),
-    batch_size: int = typer.Option(1, help="sequences per device per micro-batch (paper: 1)", callback=number(ge=1, le=INT32_MAX)),
-    warmup_ratio: float = typer.Option(0.1, help="fraction of steps of linear warm-up (paper: 0.1)", callback=number(ge=0, lt=1)),
-    weight_decay: float = typer.Option(0.0, callback=number(ge=0)),
-    max_grad_norm: float = typer.Option(1.0, help="gradient clipping; 0 disables", callback=number(ge=0)),
-    lora_r: int = typer.Option(8, help="LoRA rank", callback=number(ge=1, le=INT32_MAX)),
-    lora_alpha: float = typer.Option(16, help="LoRA alpha (scale = alpha / r)", callback=number(gt=0)),
-    lora_dropout: float = typer.Option(0.0, help="dropout on the LoRA input (LLaMA-Factory's default: 0)", callback=number(ge=0, lt=1)),
-    target_modules: str = typer.Option("all-linear", help="'all-linear' or comma-separated module names (q_proj,v_proj)"),
-    records: str = typer.Option("rounds", help="rounds: loss on the target reply r_t only (paper); dialogues: one record per dialogue, loss on every counselor turn"),
-    skip_long: bool = typer.Option(False, "--skip-long", help="skip (and count) samples whose query + reply exceed --max-length instead of failing"),
-    save_steps: int = typer.Option(50, help="checkpoint every N optimizer steps", callback=number(ge=1)),
-    save_total_limit: int = typer.Option(2, help="checkpoints kept", callback=number(ge=1)),
-    log_steps: int = typer.Option(1, help="write train_log.jsonl every N steps", callback=number(ge=1)),
+    model: str = field_option(TrainConfig, "model", "--model", "-m"),
+    data: Path = field_option(TrainConfig, "data", "--data", "-d"),
+    output: Path = field_option(TrainConfig, "output", "--output", "-o"),
+    epochs: float = field_option(TrainConfig, "epochs"),
+    max_steps: Optional[int] = field_option(TrainConfig, "max_steps", le=INT32_MAX),
+    seed: int = field_option(TrainConfig, "seed", callback=seed_check),
+    max_length: int = field_option(TrainConfig, "max_length", le=INT32_MAX),
+    lr: float = field_option(TrainConfig, "lr"),
+    lr_scheduler: str = field_option(TrainConfig, "lr_scheduler"),
+    grad_accum: int = field_option(TrainConfig, "grad_accum", le=INT32_MAX),
+    batch_size: int = field_option(TrainConfig, "batch_size", le=INT32_MAX),
+    warmup_ratio: float = field_option(TrainConfig, "warmup_ratio"),
+    weight_decay: float = field_option(TrainConfig, "weight_decay"),
+    max_grad_norm: float = field_option(TrainConfig, "max_grad_norm"),
+    lora_r: int = field_option(TrainConfig, "lora_r", le=INT32_MAX),
+    lora_alpha: float = field_option(TrainConfig, "lora_alpha"),
+    lora_dropout: float = field_option(TrainConfig, "lora_dropout"),
+    target_modules: str = field_option(TrainConfig, "target_modules"),
+    records: str = field_option(TrainConfig, "records"),
+    skip_long: bool = typer.Option(
+        field_default(TrainConfig, "on_overflow") == "skip", "--skip-long",
+        help="skip (and count) samples whose query + reply exceed --max-length instead of failing (on_overflow: skip)"),
+    share_prefix: bool = field_option(TrainConfig, "share_prefix", "--share-prefix/--no-share-prefix"),
+    save_steps: int = field_option(TrainConfig, "save_steps"),
+    save_total_limit: int = field_option(TrainConfig, "save_total_limit"),
+    log_steps: int = field_option(TrainConfig, "log_steps"),
+    logits_chunk: int = field_option(TrainConfig, "logits_chunk", le=INT32_MAX),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in --output"),
     export_llamafactory: Optional[Path] = typer.Option(None, "--export-llamafactory", help="also write the equivalent LLaMA-Factory YAML here"),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="recompute activations in backward (less memory, slower)"),
+    gradient_checkpointing: bool = field_option(TrainConfig, "gradient_checkpointing", "--gradient-checkpointing"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """LoRA fine-tuning on round samples (loss on counselor replies only).
@@ -68,7 +73,6 @@ def train_cmd(
 
     from mi_llm.errors import MiLlmError
     from mi_llm.io import describe_validation_error
-    from mi_llm.train.config import TrainConfig
 
     setup_logging(verbose)
     _quiet_libraries()
@@ -80,15 +84,15 @@ def train_cmd(
             max_length=max_length, lr=lr, lr_scheduler=lr_scheduler, grad_accum=grad_accum, batch_size=batch_size,
             warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm, lora_r=lora_r,
             lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules, records=records,
-            on_overflow="skip" if skip_long else "error", save_steps=save_steps, save_total_limit=save_total_limit,
-            log_steps=log_steps,
+            on_overflow="skip" if skip_long else "error", share_prefix=share_prefix,
+            gradient_checkpointing=gradient_checkpointing, save_steps=save_steps,
+            save_total_limit=save_total_limit, log_steps=log_steps, logits_chunk=logits_chunk,
         )
     except ValidationError as e:
         raise MiLlmError(f"bad option: {describe_validation_error(e)}") from None
     from mi_llm.train.sft import train
 
-    r = train(cfg, resume=resume, export_llamafactory=export_llamafactory,
-              gradient_checkpointing=gradient_checkpointing)
+    r = train(cfg, resume=resume, export_llamafactory=export_llamafactory)
     if not r.main_process:  # the main process reports for all
         raise typer.Exit(130 if r.interrupted else 0)
     if r.interrupted:

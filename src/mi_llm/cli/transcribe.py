@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from mi_llm.cli.options import INT32_MAX, TIMEOUT_MAX, number, seed as seed_check
+from mi_llm.cli.options import INT32_MAX, TIMEOUT_MAX, field_default, field_option, seed as seed_check
 from mi_llm.console import console, setup_logging
+from mi_llm.transcribe.config import TranscribeConfig, TranscribeGenerationConfig, ValidationConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -19,49 +20,49 @@ def register(app: typer.Typer) -> None:
 def transcribe_cmd(
     dialogues: Path = typer.Argument(..., help="dialogues JSONL to rewrite"),
     output: Path = typer.Option(..., "-o", "--output", help="MI dialogues JSONL, appended to (a rerun resumes)"),
-    backend: str = typer.Option("openai", help="openai | hf | llamacpp | vllm"),
-    model: str = typer.Option("gpt-4o", help="model name (served model name for openai; gemma-3-270m embedded)"),
-    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server (default $OPENAI_BASE_URL or api.openai.com)"),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the API key"),
+    backend: str = field_option(TranscribeConfig, "backend"),
+    model: str = field_option(TranscribeConfig, "model"),
+    base_url: Optional[str] = field_option(TranscribeConfig, "base_url"),
+    api_key_env: str = field_option(TranscribeConfig, "api_key_env"),
     adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder (local backends)"),
-    concurrency: int = typer.Option(4, help="dialogues in flight at once (local backends: batch size)", callback=number(ge=1, le=INT32_MAX)),
-    # unset = no limit; a negative --rpm made the rate limiter index past its window (IndexError)
-    rpm: Optional[int] = typer.Option(None, help="requests per minute (client-side limit)", callback=number(ge=1)),
-    tpm: Optional[int] = typer.Option(None, help="tokens per minute (client-side limit)", callback=number(ge=1)),
-    # as miti code --retries; the back-off's 2**attempt must also stay within a float
-    max_retries: int = typer.Option(6, help="retries of one request on 429, 5xx and timeouts", callback=number(ge=0, le=100)),
-    max_repairs: int = typer.Option(2, help="re-asks with the validation error, per dialogue", callback=number(ge=0, le=100)),
-    timeout: float = typer.Option(120.0, help="seconds per request", callback=number(gt=0, le=TIMEOUT_MAX)),
-    limit: Optional[int] = typer.Option(None, help="only the first N input dialogues", callback=number(ge=1)),
-    prices: Optional[Path] = typer.Option(None, help="price table, YAML or JSON: {model: {input: USD/1M, output: USD/1M}}"),
-    cache: Optional[Path] = typer.Option(None, help="SQLite call cache (default <output>.cache.sqlite)"),
-    temperature: float = typer.Option(0.7, help="sampling temperature (0 = greedy)", callback=number(ge=0)),
-    max_tokens: int = typer.Option(4096, help="longest answer, in tokens", callback=number(ge=1, le=INT32_MAX)),
-    max_tokens_param: str = typer.Option("max_tokens", help="openai: request field for --max-tokens (max_completion_tokens for newer models)"),
-    seed: Optional[int] = typer.Option(None, help="sampling seed, where the backend honours one", callback=seed_check),
-    json_mode: bool = typer.Option(True, "--json-mode/--no-json-mode", help="ask the openai server for a JSON object answer"),
-    min_client_similarity: float = typer.Option(0.5, help="how close rewritten client turns must stay to the originals (0 = off)", callback=number(ge=0, le=1)),
-    allow_client_count_change: bool = typer.Option(False, "--allow-client-count-change", help="accept answers with a different number of client turns"),
-    id_suffix: str = typer.Option("", help="appended to each output id (default: ids are kept)"),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="try the failure report's dialogues again, bypassing the cache"),
+    concurrency: int = field_option(TranscribeConfig, "concurrency", le=INT32_MAX),
+    rpm: Optional[int] = field_option(TranscribeConfig, "rpm"),
+    tpm: Optional[int] = field_option(TranscribeConfig, "tpm"),
+    max_retries: int = field_option(TranscribeConfig, "max_retries"),
+    max_repairs: int = field_option(TranscribeConfig, "max_repairs"),
+    timeout: float = field_option(TranscribeConfig, "timeout_s", "--timeout", le=TIMEOUT_MAX),
+    limit: Optional[int] = field_option(TranscribeConfig, "limit"),
+    prices: Optional[Path] = field_option(TranscribeConfig, "prices_path", "--prices"),
+    cache: Optional[Path] = field_option(TranscribeConfig, "cache_path", "--cache"),
+    temperature: float = field_option(TranscribeGenerationConfig, "temperature"),
+    max_tokens: int = field_option(TranscribeGenerationConfig, "max_tokens", le=INT32_MAX),
+    max_tokens_param: str = field_option(TranscribeConfig, "max_tokens_param"),
+    seed: Optional[int] = field_option(TranscribeGenerationConfig, "seed", callback=seed_check),
+    json_mode: bool = field_option(TranscribeGenerationConfig, "json_mode", "--json-mode/--no-json-mode"),
+    min_client_similarity: float = field_option(ValidationConfig, "min_client_similarity"),
+    allow_client_count_change: bool = typer.Option(
+        not field_default(ValidationConfig, "keep_client_count"), "--allow-client-count-change",
+        help="accept answers with a different number of client turns"),
+    id_suffix: str = field_option(TranscribeConfig, "id_suffix"),
+    retry_failed: bool = field_option(TranscribeConfig, "retry_failed", "--retry-failed"),
     code: bool = typer.Option(False, "--code", help="MITI-code the rewritten dialogues and report %CR, R:Q, MI-adherent ratio"),
     coder: str = typer.Option("default", help="MITI coder for --code"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
 ) -> None:
     """Rewrite dialogues into Motivational Interviewing style with an LLM, validated and resumable."""
-    from mi_llm.transcribe import GenSettings, TranscribeSettings, ValidationSettings, transcribe_file
+    from mi_llm.transcribe import transcribe_file
     from mi_llm.miti.coders import load_coder
 
     setup_logging(verbose)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress bar
     coder_impl = load_coder(coder) if code else None  # fail before paying for anything
-    settings = TranscribeSettings(
+    settings = TranscribeConfig(
         backend=backend, model=model, base_url=base_url, api_key_env=api_key_env, max_tokens_param=max_tokens_param,
         concurrency=concurrency,
         rpm=rpm, tpm=tpm, max_retries=max_retries, max_repairs=max_repairs, timeout_s=timeout, limit=limit,
         id_suffix=id_suffix, retry_failed=retry_failed, cache_path=cache, prices_path=prices,
-        gen=GenSettings(temperature=temperature, max_tokens=max_tokens, seed=seed, json_mode=json_mode),
-        validation=ValidationSettings(keep_client_count=not allow_client_count_change,
+        gen=TranscribeGenerationConfig(temperature=temperature, max_tokens=max_tokens, seed=seed, json_mode=json_mode),
+        validation=ValidationConfig(keep_client_count=not allow_client_count_change,
                                       min_client_similarity=min_client_similarity),
         backend_opts={"adapter": str(adapter)} if adapter else {},
     )

@@ -84,7 +84,7 @@ def collect(cfg: "ExperimentConfig", paths: RunPaths) -> ReportData:
         "models": [m.model_dump() for m in cfg.models],
         "split": {k: build[k]["dialogues"] for k in ("train", "test")} | {"seed": build["seed"]},
         "samples": {k: build[k]["samples"] for k in ("train", "test")},
-        "train": cfg.train,
+        "train": cfg.train.given(),
         "generation": cfg.generation.model_dump(),
     }
     return data

@@ -25,28 +25,35 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = "gemma-3-270m"
-    data: str
-    output: str
-    epochs: float = Field(3.0, gt=0)
+    # The descriptions are also the help of `mi-llm train`'s options (mi_llm.cli.train).
+    model: str = Field("gemma-3-270m", description="model name, Hugging Face id or local folder")
+    data: str = Field(description="samples.train.jsonl or a build folder")
+    output: str = Field(description="run folder: adapter, train_config.json, train_log.jsonl, checkpoints/")
+    epochs: float = Field(3.0, gt=0, description="passes over the data (paper: 3)")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides --epochs")
     seed: int = 42
-    max_length: int = Field(1024, ge=16, description="tokens per sequence, prompt + reply")
-    lr: float = Field(1e-4, gt=0)
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    grad_accum: int = Field(8, ge=1)
-    batch_size: int = Field(1, ge=1, description="sequences per device per micro-step")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(
+        1024, ge=16, description="tokens per sequence; history rounds are dropped from the oldest to fit"
+    )
+    lr: float = Field(1e-4, gt=0, description="peak learning rate (paper: 1e-4)")
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = Field(
+        "cosine", description="cosine | linear | constant_with_warmup"
+    )
+    grad_accum: int = Field(8, ge=1, description="micro-batches per optimizer step (paper: 8)")
+    batch_size: int = Field(1, ge=1, description="sequences per device per micro-batch (paper: 1)")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of steps of linear warm-up (paper: 0.1)")
     weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: float = Field(16, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 disables")
+    lora_r: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: float = Field(16, gt=0, description="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input (LLaMA-Factory's default: 0)")
+    target_modules: str = Field(
+        "all-linear", description="'all-linear' or comma-separated module names (q_proj,v_proj)"
+    )
     records: Literal["rounds", "dialogues"] = Field(
         "rounds",
-        description="rounds: one record per sample, loss on the target reply r_t only (the paper); "
-        "dialogues: one record per dialogue (its last sample), loss on every counselor turn",
+        description="rounds: loss on the target reply r_t only (paper); "
+        "dialogues: one record per dialogue, loss on every counselor turn",
     )
     on_overflow: Literal["error", "skip"] = Field(
         "error", description="a sample whose target does not fit --max-length even without history"
@@ -54,9 +61,12 @@ class TrainConfig(BaseModel):
     share_prefix: bool = Field(
         True, description="compute the prompt prefix shared by a window's samples once (single process, batch 1)"
     )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward (less memory, slower)"
+    )
     save_steps: int = Field(50, ge=1, description="checkpoint every N optimizer steps")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
-    log_steps: int = Field(1, ge=1)
+    log_steps: int = Field(1, ge=1, description="write train_log.jsonl every N steps")
     logits_chunk: int = Field(0, ge=0, description="positions per LM-head chunk; 0 = from a memory budget")
 
     @field_validator("target_modules")

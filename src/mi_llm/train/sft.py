@@ -143,14 +143,14 @@ def _make_accelerator(cfg: TrainConfig) -> Any:
     return acc
 
 
-def _load_peft_model(cfg: TrainConfig, rm: Any, dtype: torch.dtype, gradient_checkpointing: bool) -> Any:
+def _load_peft_model(cfg: TrainConfig, rm: Any, dtype: torch.dtype) -> Any:
     from peft import LoraConfig, get_peft_model
 
     from mi_llm.llm.models import load_model
 
     model, _ = load_model(rm, dtype=dtype, device="cpu")  # accelerate places it
     model.config.use_cache = False
-    if gradient_checkpointing:
+    if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     lora = LoraConfig(
@@ -265,7 +265,6 @@ def train(
     cfg: TrainConfig,
     resume: bool = False,
     export_llamafactory: Path | None = None,
-    gradient_checkpointing: bool = False,
     show_progress: bool = True,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
@@ -318,7 +317,7 @@ def train(
     # ---- model, optimizer, schedule
     dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
     t_load = time.monotonic()
-    peft_model = _load_peft_model(cfg, rm, dtype, gradient_checkpointing)
+    peft_model = _load_peft_model(cfg, rm, dtype)
     fused_head = acc.distributed_type.name not in ("FSDP", "DEEPSPEED")
     wrapper = SelectiveLMLoss(peft_model, cfg.logits_chunk, fused_head=fused_head)
     params = [p for p in wrapper.parameters() if p.requires_grad]
@@ -389,7 +388,7 @@ def train(
     from mi_llm.train.prefix import Group, SharedPrefix, max_prefix_len, plan_window, prefix_supported
 
     lm = causal_lm_of(peft_model)
-    share_prefix = (cfg.share_prefix and world == 1 and cfg.batch_size == 1 and not gradient_checkpointing
+    share_prefix = (cfg.share_prefix and world == 1 and cfg.batch_size == 1 and not cfg.gradient_checkpointing
                     and prefix_supported(lm))
     max_prefix = max_prefix_len(lm.config)
     prefix_tokens = 0  # forward/backward work saved by shared prefixes

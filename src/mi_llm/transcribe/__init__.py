@@ -1,26 +1,42 @@
 """The MI transcription stage: rewrite counseling dialogues into MI style with an LLM.
 
-    from mi_llm.transcribe import TranscribeSettings, transcribe_file
-    stats = transcribe_file("dialogues.jsonl", "mi.jsonl", TranscribeSettings(backend="openai", model="gpt-4o"))
+    from mi_llm.transcribe import TranscribeConfig, transcribe_file
+    stats = transcribe_file("dialogues.jsonl", "mi.jsonl", TranscribeConfig(backend="openai", model="gpt-4o"))
 
 See docs/transcribe.md.
 """
 
-from mi_llm.transcribe.clients import GenSettings
-from mi_llm.transcribe.prompt import load_rewrite_prompt, prepare, render_messages
-from mi_llm.transcribe.runner import RunStats, TranscribeSettings, transcribe_file
-from mi_llm.transcribe.store import failures_path
-from mi_llm.transcribe.validate import ValidationSettings, validate_answer
+from __future__ import annotations
 
-__all__ = [
-    "GenSettings",
-    "RunStats",
-    "TranscribeSettings",
-    "ValidationSettings",
-    "failures_path",
-    "load_rewrite_prompt",
-    "prepare",
-    "render_messages",
-    "transcribe_file",
-    "validate_answer",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mi_llm.transcribe.config import TranscribeConfig, TranscribeGenerationConfig, ValidationConfig
+    from mi_llm.transcribe.prompt import load_rewrite_prompt, prepare, render_messages
+    from mi_llm.transcribe.runner import RunStats, transcribe_file
+    from mi_llm.transcribe.store import failures_path
+    from mi_llm.transcribe.validate import validate_answer
+
+# Loaded on first use: the CLI reads TranscribeConfig's defaults while it builds its options,
+# and must not pay for the HTTP client and the runner then.
+_HOMES = {
+    "TranscribeConfig": "config",
+    "TranscribeGenerationConfig": "config",
+    "ValidationConfig": "config",
+    "load_rewrite_prompt": "prompt",
+    "prepare": "prompt",
+    "render_messages": "prompt",
+    "RunStats": "runner",
+    "transcribe_file": "runner",
+    "failures_path": "store",
+    "validate_answer": "validate",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import httpx
 
 from mi_llm.errors import MiLlmError
+from mi_llm.transcribe.config import TranscribeGenerationConfig
 from mi_llm.transcribe.ratelimit import estimate_tokens, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -27,20 +28,6 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 FATAL_STATUS = {401, 403, 404}  # bad key, no access, unknown model or URL: no request can succeed
-
-
-@dataclass(frozen=True)
-class GenSettings:
-    """Decoding settings of the rewrite; part of the cache key."""
-
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 4096
-    seed: int | None = None
-    json_mode: bool = True  # ask an OpenAI-compatible server for a JSON object answer
-
-    def key(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -66,7 +53,7 @@ class ChatClient(Protocol):
     backend: str
     model: str
 
-    async def complete(self, messages: list[dict[str, str]], gen: GenSettings) -> ChatResult: ...
+    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig) -> ChatResult: ...
 
     async def aclose(self) -> None: ...
 
@@ -99,7 +86,7 @@ class OpenAIClient:
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model, "base_url": self.base_url}
 
-    def payload(self, messages: list[dict[str, str]], gen: GenSettings) -> dict[str, Any]:
+    def payload(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": gen.temperature,
                                 self.max_tokens_param: gen.max_tokens}
         if gen.top_p != 1.0:
@@ -110,7 +97,7 @@ class OpenAIClient:
             body["response_format"] = {"type": "json_object"}
         return body
 
-    async def complete(self, messages: list[dict[str, str]], gen: GenSettings) -> ChatResult:
+    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig) -> ChatResult:
         try:
             resp = await self._http.post("/chat/completions", json=self.payload(messages, gen))
         except httpx.TimeoutException as e:
@@ -170,7 +157,7 @@ class BackendClient:
             except ImportError as e:
                 raise MiLlmError(f"the {backend} backend is not available here ({e})") from None
         self._impl = instance
-        self._queue: asyncio.Queue[tuple[list[dict[str, str]], GenSettings, asyncio.Future[ChatResult]]] | None = None
+        self._queue: asyncio.Queue[tuple[list[dict[str, str]], TranscribeGenerationConfig, asyncio.Future[ChatResult]]] | None = None
         self._worker: asyncio.Task[None] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -181,14 +168,14 @@ class BackendClient:
             pass
         return info
 
-    def _config(self, gen: GenSettings) -> Any:
+    def _config(self, gen: TranscribeGenerationConfig) -> Any:
         from mi_llm.llm.backends import GenerationConfig
 
         return GenerationConfig(max_new_tokens=gen.max_tokens, do_sample=gen.temperature > 0,
                                 temperature=gen.temperature if gen.temperature > 0 else 1.0,
                                 top_p=gen.top_p, seed=gen.seed)
 
-    async def complete(self, messages: list[dict[str, str]], gen: GenSettings) -> ChatResult:
+    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig) -> ChatResult:
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._run())

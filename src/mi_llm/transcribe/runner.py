@@ -24,7 +24,8 @@ from mi_llm.io import write_json
 from mi_llm.layout import CACHE_SUFFIX, SUMMARY_SUFFIX, beside
 from mi_llm.transcribe.cache import CachedCall, CallCache, call_key
 from mi_llm.llm.backends import BACKENDS
-from mi_llm.transcribe.clients import ApiError, ChatClient, ChatResult, GenSettings, make_client
+from mi_llm.transcribe.clients import ApiError, ChatClient, ChatResult, TranscribeGenerationConfig, make_client
+from mi_llm.transcribe.config import TranscribeConfig
 from mi_llm.transcribe.pricing import PriceTable, load_prices
 from mi_llm.transcribe.prompt import (
     Messages,
@@ -36,40 +37,9 @@ from mi_llm.transcribe.prompt import (
 )
 from mi_llm.transcribe.ratelimit import RateLimiter, backoff_delay, estimate_tokens
 from mi_llm.transcribe.store import RETRY_ON_RESUME, ResultStore
-from mi_llm.transcribe.validate import ValidationSettings, validate_answer
+from mi_llm.transcribe.validate import validate_answer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TranscribeSettings:
-    backend: str = "openai"
-    model: str = "gpt-4o"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    max_tokens_param: str = "max_tokens"  # openai: "max_completion_tokens" for models that want it
-    concurrency: int = 4  # dialogues in flight at once (local backends: the batch size)
-    rpm: int | None = None  # requests per minute, None = no client-side limit
-    tpm: int | None = None  # tokens per minute (prompt + max_tokens reserved, then the real count)
-    max_retries: int = 6  # per request, on 429, 5xx, timeouts, dropped connections
-    max_repairs: int = 2  # re-asks with the validation error fed back, per dialogue
-    timeout_s: float = 120.0
-    backoff_base_s: float = 1.0
-    backoff_cap_s: float = 60.0
-    limit: int | None = None  # only the first N input dialogues
-    id_suffix: str = ""  # output id = input id + suffix ("" keeps the id)
-    retry_failed: bool = False  # try the failure report's dialogues again, bypassing the cache
-    cache_path: Path | None = None  # default: <output>.cache.sqlite
-    prices_path: Path | None = None
-    gen: GenSettings = field(default_factory=GenSettings)
-    validation: ValidationSettings = field(default_factory=ValidationSettings)
-    backend_opts: dict[str, Any] = field(default_factory=dict)
-
-    def describe(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["cache_path"] = str(self.cache_path) if self.cache_path else None
-        d["prices_path"] = str(self.prices_path) if self.prices_path else None
-        return d
 
 
 @dataclass
@@ -122,7 +92,7 @@ ProgressHook = Callable[[RunStats], None]
 
 
 class Transcriber:
-    def __init__(self, settings: TranscribeSettings, client: ChatClient, cache: CallCache, prices: PriceTable,
+    def __init__(self, settings: TranscribeConfig, client: ChatClient, cache: CallCache, prices: PriceTable,
                  store: ResultStore, on_progress: ProgressHook | None = None):
         self.s, self.client, self.cache, self.prices, self.store = settings, client, cache, prices, store
         self.stats = RunStats()
@@ -329,7 +299,7 @@ def summary_path(output: Path) -> Path:
 def transcribe_file(
     input_path: str | Path,
     output_path: str | Path,
-    settings: TranscribeSettings,
+    settings: TranscribeConfig,
     on_start: Callable[[RunStats], None] | None = None,
     on_progress: ProgressHook | None = None,
     client: ChatClient | None = None,
@@ -388,7 +358,7 @@ def transcribe_file(
         store.close()
 
 
-def _make_client(s: TranscribeSettings) -> ChatClient:
+def _make_client(s: TranscribeConfig) -> ChatClient:
     return make_client(s.backend, s.model, base_url=s.base_url, api_key_env=s.api_key_env, timeout_s=s.timeout_s,
                        concurrency=s.concurrency, max_tokens_param=s.max_tokens_param, **s.backend_opts)
 
@@ -407,7 +377,7 @@ class _NamedOnly:
     def __init__(self, backend: str, model: str):
         self.backend, self.model = backend, model
 
-    async def complete(self, messages: Messages, gen: GenSettings) -> ChatResult:
+    async def complete(self, messages: Messages, gen: TranscribeGenerationConfig) -> ChatResult:
         raise RuntimeError("no client was made")
 
     async def aclose(self) -> None:

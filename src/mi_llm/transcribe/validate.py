@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from typing import Any
 
+from mi_llm.transcribe.config import ValidationConfig
 from mi_llm.transcribe.prompt import PreparedDialogue, expected_turns
 
 # Speaker names a model may use instead of ours; anything else is rejected.
@@ -40,20 +41,6 @@ _META_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-
-
-@dataclass(frozen=True)
-class ValidationSettings:
-    keep_client_count: bool = True  # the answer has as many client turns as the input
-    # Mean similarity (difflib ratio, per character) of each client turn to the original;
-    # low enough to allow light re-wording, high enough to catch invented client turns.
-    min_client_similarity: float = 0.5
-    zh_min_cjk_share: float = 0.6  # share of CJK characters among letters in a zh answer
-    en_max_cjk_share: float = 0.02  # an en answer has (almost) no CJK characters
-    en_min_ascii_share: float = 0.9  # ... and is mostly ASCII letters
-
-    def describe(self) -> dict[str, object]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -167,7 +154,7 @@ def language_shares(text: str) -> tuple[float, float]:
     return cjk / len(letters), ascii_ / len(letters)
 
 
-def _language_errors(turns: list[tuple[str, str]], language: str, s: ValidationSettings) -> list[str]:
+def _language_errors(turns: list[tuple[str, str]], language: str, s: ValidationConfig) -> list[str]:
     counselor = "".join(t for r, t in turns if r == "counselor")
     cjk, ascii_ = language_shares(counselor)
     if language == "zh" and cjk < s.zh_min_cjk_share:
@@ -186,7 +173,7 @@ def client_similarity(original: list[str], rewritten: list[str]) -> float:
     return SequenceMatcher(None, "\n".join(original), "\n".join(rewritten), autojunk=False).ratio()
 
 
-def validate_answer(answer: str, prepared: PreparedDialogue, settings: ValidationSettings = ValidationSettings()) -> Verdict:
+def validate_answer(answer: str, prepared: PreparedDialogue, settings: ValidationConfig = ValidationConfig()) -> Verdict:
     turns, errors = parse_turns(answer)
     if not turns and errors:
         return Verdict([], errors)
