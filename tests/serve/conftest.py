@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mi_llm.llm.backends.base import GenerationConfig
-from mi_llm.serve.api import BackgroundServer, ServerSettings, create_app
+from mi_llm.serve.api import BackgroundServer, ServeConfig, create_app
 from mi_llm.serve.engine import EchoEngine, Finish, Messages
 from mi_llm.serve.sessions import SessionStore
 
@@ -56,7 +56,7 @@ def start_server(tmp_path: Path):
         engine = engine or RecordingEngine()
         store = SessionStore(db or tmp_path / "sessions.sqlite3")
         settings.setdefault("temperature", 0.0)
-        app = create_app(engine, ServerSettings(**settings), store, safety)
+        app = create_app(engine, ServeConfig(**settings), store, safety)
         server = BackgroundServer(app, access_log=access_log, log_level="info" if access_log else "warning").start()
         running.append((server, store))
         return server, engine, store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mi_llm.serve.api import BackgroundServer, ServerSettings, create_app
+from mi_llm.serve.api import BackgroundServer, ServeConfig, create_app
 from mi_llm.serve.sessions import SessionStore
 from tests.conftest import require_setup
 from tests.serve.conftest import openai_client
@@ -28,7 +28,7 @@ def llama_engine():
 
 def test_embedded_model_plain_and_streaming(llama_engine, tmp_path):
     store = SessionStore(tmp_path / "s.sqlite3")
-    app = create_app(llama_engine, ServerSettings(temperature=0.0), store)
+    app = create_app(llama_engine, ServeConfig(temperature=0.0), store)
     messages = [{"role": "user", "content": "I want to cut down on sugar but I love dessert."}]
     with BackgroundServer(app) as server:
         client = openai_client(server, key=None)

@@ -10,8 +10,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mi_llm.cli.options import INT32_MAX, number, seed as seed_check
+from mi_llm.cli.options import INT32_MAX, field_option, number, seed as seed_check
 from mi_llm.console import console
+from mi_llm.evaluate.config import PredictConfig
 
 models_app = typer.Typer(help="Models: list the known names, prepare (convert) the embedded model.", no_args_is_help=True)
 
@@ -71,7 +72,7 @@ def predict_cmd(
     model: str = typer.Option("gemma-3-270m", "--model", help="model name, HF id, folder, or .gguf (llamacpp); the served model name for openai"),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
     backend: str = typer.Option("hf", "--backend", help="hf | llamacpp | openai | vllm"),
-    preset: str = typer.Option("greedy", "--preset", help="greedy | llamafactory (do_sample, T 0.95, top-p 0.7, top-k 50, 1024 tokens)"),
+    preset: str = field_option(PredictConfig, "preset", "--preset"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="override the preset's", callback=number(ge=1, le=INT32_MAX)),
     temperature: Optional[float] = typer.Option(None, "--temperature", callback=number(ge=0)),
     top_p: Optional[float] = typer.Option(None, "--top-p", callback=number(gt=0, le=1)),

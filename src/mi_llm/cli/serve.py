@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-from mi_llm.cli.options import INT32_MAX, number, seed as seed_check
+from mi_llm.cli.options import INT32_MAX, field_default, field_option, number, seed as seed_check
 from mi_llm.console import console, setup_logging
+from mi_llm.serve.config import ServeConfig
 
 safety_app = typer.Typer(help="The crisis safety layer: classify messages, measure the classifier.", no_args_is_help=True)
 
@@ -36,9 +37,9 @@ def chat_cmd(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
     language: Optional[str] = typer.Option(None, "--language", help="zh | en (default: from your first message)"),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="longest reply, in tokens", callback=number(ge=1, le=INT32_MAX)),
-    temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy", callback=number(ge=0)),
-    top_p: float = typer.Option(0.9, "--top-p", callback=number(gt=0, le=1)),
+    max_tokens: int = field_option(ServeConfig, "default_max_tokens", "--max-tokens", help="longest reply, in tokens", le=INT32_MAX),
+    temperature: float = field_option(ServeConfig, "temperature", "--temperature", help="0 = greedy"),
+    top_p: float = field_option(ServeConfig, "top_p", "--top-p"),
     seed: Optional[int] = typer.Option(None, "--seed", callback=seed_check),
     session: Optional[str] = typer.Option(None, "--session", help="keep the conversation under this id in --db and resume it"),
     db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
@@ -63,7 +64,8 @@ def chat_cmd(
         check_session_id(session)
     safety = SafetyLayer(resources_dir=safety_resources)
     config = GenerationConfig(max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
-                              top_p=top_p, top_k=40, repetition_penalty=1.1, seed=seed)
+                              top_p=top_p, top_k=field_default(ServeConfig, "top_k"),
+                              repetition_penalty=field_default(ServeConfig, "repetition_penalty"), seed=seed)
     with console.status("loading the model"):
         engine = build_engine(backend, model, str(adapter) if adapter else None, **_engine_opts(gguf, n_ctx, threads))
     store = SessionStore(db or _default_db()) if session else None
@@ -80,7 +82,7 @@ def serve_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="model name, HF id or folder (default: the embedded gemma-3-270m)"),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
-    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; beyond localhost an API key is required"),
+    host: str = field_option(ServeConfig, "host", "--host"),
     port: int = typer.Option(8000, "--port", callback=number(ge=1, le=65535)),
     api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="keys file, one 'OWNER: KEY' (or bare KEY) a line, mode 600; each owner sees only their sessions (also: $MI_LLM_API_KEY)"),
     allowed_host: list[str] = typer.Option([], "--allowed-host", help="also answer to this Host name (NAME or NAME:PORT; repeatable), e.g. behind a reverse proxy"),
@@ -88,16 +90,19 @@ def serve_cmd(
     api_key: Optional[str] = typer.Option(None, "--api-key", hidden=True, help="removed: visible to every user in ps"),
     db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
     language: Optional[str] = typer.Option(None, "--language", help="zh | en for every request (default: per message)"),
-    max_tokens_limit: int = typer.Option(512, "--max-tokens-limit", help="largest max_tokens a request may ask for", callback=number(ge=1, le=INT32_MAX)),
-    default_max_tokens: Optional[int] = typer.Option(None, "--default-max-tokens", help="max_tokens when a request gives none (default: 256, at most --max-tokens-limit)", callback=number(ge=1, le=INT32_MAX)),
-    max_request_bytes: int = typer.Option(65536, "--max-request-bytes", help="largest request body", callback=number(ge=1)),
-    rate_limit: float = typer.Option(60, "--rate-limit", help="requests per minute per client (0 = no limit)", callback=number(ge=0)),
+    max_tokens_limit: int = field_option(ServeConfig, "max_tokens_limit", "--max-tokens-limit", le=INT32_MAX),
+    default_max_tokens: Optional[int] = typer.Option(
+        None, "--default-max-tokens", callback=number(ge=1, le=INT32_MAX),
+        help=f"max_tokens when a request gives none (default: {field_default(ServeConfig, 'default_max_tokens')}, "
+             "at most --max-tokens-limit)"),
+    max_request_bytes: int = field_option(ServeConfig, "max_request_bytes", "--max-request-bytes"),
+    rate_limit: float = field_option(ServeConfig, "rate_per_minute", "--rate-limit"),
     # the rate limiter keeps the bucket as a float: a burst past 2**1024 would overflow it
-    rate_burst: int = typer.Option(20, "--rate-burst", help="requests a client may make at once", callback=number(ge=1, le=INT32_MAX)),
-    max_queue: int = typer.Option(64, "--max-queue", help="requests waiting or running before 503", callback=number(ge=1)),
-    temperature: float = typer.Option(0.7, "--temperature", help="default sampling temperature (0 = greedy)", callback=number(ge=0)),
+    rate_burst: int = field_option(ServeConfig, "rate_burst", "--rate-burst", le=INT32_MAX),
+    max_queue: int = field_option(ServeConfig, "max_queue", "--max-queue"),
+    temperature: float = field_option(ServeConfig, "temperature", "--temperature"),
     safety_resources: Optional[Path] = typer.Option(None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"),
-    log_text: bool = typer.Option(False, "--log-text", help="also log conversation text (off by default: health data)"),
+    log_text: bool = field_option(ServeConfig, "log_text", "--log-text"),
     gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
     n_ctx: int = typer.Option(4096, "--n-ctx", help="llamacpp: context length", callback=number(ge=1, le=INT32_MAX)),
     threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX)),
@@ -105,7 +110,7 @@ def serve_cmd(
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/models) and a web chat page at /."""
     from mi_llm.errors import MiLlmError
-    from mi_llm.serve.api import ServerSettings, create_app, run_server
+    from mi_llm.serve.api import create_app, run_server
     from mi_llm.serve.auth import ENV_KEY, check_bind, keys_from_env, read_keys_file
     from mi_llm.serve.hostguard import HostPolicy
     from mi_llm.serve.engine import build_engine
@@ -122,7 +127,7 @@ def serve_cmd(
     if language not in (None, "zh", "en"):
         raise MiLlmError("--language must be zh or en")
     if default_max_tokens is None:
-        default_max_tokens = min(256, max_tokens_limit)
+        default_max_tokens = min(field_default(ServeConfig, "default_max_tokens"), max_tokens_limit)
     if not 1 <= default_max_tokens <= max_tokens_limit:
         raise MiLlmError("--default-max-tokens must be between 1 and --max-tokens-limit")
     safety = SafetyLayer(resources_dir=safety_resources)
@@ -130,7 +135,7 @@ def serve_cmd(
     store = SessionStore(db or _default_db())
     with console.status("loading the model"):
         engine = build_engine(backend, model, str(adapter) if adapter else None, **_engine_opts(gguf, n_ctx, threads))
-    settings = ServerSettings(
+    settings = ServeConfig(
         api_keys=keys, host=host, allowed_hosts=list(allowed_host), max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens,
         max_request_bytes=max_request_bytes, rate_per_minute=rate_limit, rate_burst=rate_burst, max_queue=max_queue,
         language=language, log_text=log_text, temperature=temperature,

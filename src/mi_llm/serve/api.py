@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from mi_llm.errors import MiLlmError
 from mi_llm.llm.backends.base import GenerationConfig
 from mi_llm.prompts import load_prompt
 from mi_llm.serve.auth import KeyRing, bearer_token, key_id
+from mi_llm.serve.config import ServeConfig
 from mi_llm.serve.engine import ChatEngine, Finish
 from mi_llm.serve.hostguard import HostPolicy, LocalServerGuard, add_security_headers
 from mi_llm.serve.protocol import (
@@ -57,29 +58,6 @@ from mi_llm.serve.sessions import SessionNotFound, SessionStore, check_session_i
 from mi_llm.serve.worker import GenerationWorker, QueueFull
 
 log = logging.getLogger("mi_llm.serve")
-
-
-@dataclass
-class ServerSettings:
-    api_key: str | None = None  # one key, its own owner
-    api_keys: dict[str, str] | None = None  # key -> owner id (`auth.read_keys_file`), with api_key
-    host: str = "127.0.0.1"  # the address bound: which Host headers are accepted
-    allowed_hosts: list[str] = field(default_factory=list)  # more Host names (NAME or NAME:PORT)
-    max_tokens_limit: int = 512  # largest max_tokens a request may ask for
-    default_max_tokens: int = 256
-    max_request_bytes: int = 64 * 1024
-    max_messages: int = 200
-    rate_per_minute: float = 60.0  # per client; 0 = no limit
-    rate_burst: int = 20
-    max_queue: int = 64  # requests waiting or running
-    max_checked_messages: int = 100_000  # digests of checked user messages kept (about 20 MB at most)
-    language: str | None = None  # None: detected from each message
-    log_text: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 40
-    repetition_penalty: float = 1.1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _web_dir() -> Path:
@@ -153,7 +131,7 @@ class Client:
 class ChatService:
     """The request logic, independent of HTTP details."""
 
-    def __init__(self, engine: ChatEngine, settings: ServerSettings, store: SessionStore, safety: SafetyLayer):
+    def __init__(self, engine: ChatEngine, settings: ServeConfig, store: SessionStore, safety: SafetyLayer):
         self.engine = engine
         self.settings = settings
         self.store = store
@@ -365,9 +343,9 @@ def _finish_reason(finish: Finish) -> str:
     return finish.reason if finish.reason in ("stop", "length") else "stop"
 
 
-def create_app(engine: ChatEngine, settings: ServerSettings | None = None, store: SessionStore | None = None,
+def create_app(engine: ChatEngine, settings: ServeConfig | None = None, store: SessionStore | None = None,
                safety: SafetyLayer | None = None) -> FastAPI:
-    settings = settings or ServerSettings()
+    settings = settings or ServeConfig()
     hosts = HostPolicy(settings.host, settings.allowed_hosts)  # bad --allowed-host fails before any set-up
     store = store or SessionStore(":memory:")
     safety = safety or SafetyLayer()
