@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mi_llm.errors import InputError, MiLlmError
 from mi_llm.evaluate.config import PredictConfig
 from mi_llm.layout import SYSTEMS
+from mi_llm.llm.backends.config import check_backend_options
 from mi_llm.train.config import TrainConfig
 from mi_llm.transcribe.config import TranscribeConfig
 
@@ -101,7 +102,15 @@ class ModelConfig(_Strict):
     name: str = "gemma-3-270m"
     label: str | None = Field(None, description="short name in reports; defaults to the model name")
     backend: str = Field("hf", description="generation backend for predictions (hf, llamacpp, openai, vllm; auto: llamacpp where it passes its crash probe on this CPU, else hf)")
-    backend_options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend, e.g. parallel: 8")
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="the backend's own options (mi_llm.llm.backends.config), e.g. parallel: 8")
+
+    @model_validator(mode="after")
+    def _backend_options(self) -> "ModelConfig":
+        try:
+            check_backend_options(self.backend, self.backend_options)
+        except MiLlmError as e:
+            raise ValueError(str(e)) from None
+        return self
 
     @property
     def key(self) -> str:

@@ -10,9 +10,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mi_llm.cli.options import INT32_MAX, field_option, number, seed as seed_check
+from mi_llm.cli.options import INT32_MAX, field_default, field_option, number, seed as seed_check
 from mi_llm.console import console
 from mi_llm.evaluate.config import PredictConfig
+from mi_llm.llm.backends.config import LlamaCppConfig, OpenAIConfig
 
 models_app = typer.Typer(help="Models: list the known names, prepare (convert) the embedded model.", no_args_is_help=True)
 
@@ -84,10 +85,10 @@ def predict_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="start over instead of resuming"),
     device: Optional[str] = typer.Option(None, "--device", help="hf/vllm: cpu | cuda (default: cuda when available)"),
     gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load (default: the model's own)"),
-    parallel: int = typer.Option(1, "--parallel", help="llamacpp: sequences decoded together (1 = single stream)", callback=number(ge=1, le=INT32_MAX)),
+    parallel: int = typer.Option(field_default(LlamaCppConfig, "parallel"), "--parallel", help="llamacpp: sequences decoded together (1 = single stream)", callback=number(ge=1, le=INT32_MAX)),
     threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX)),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1 (key from OPENAI_API_KEY)"),
-    concurrency: int = typer.Option(8, "--concurrency", help="openai: requests in flight", callback=number(ge=1, le=INT32_MAX)),
+    concurrency: int = typer.Option(field_default(OpenAIConfig, "concurrency"), "--concurrency", help="openai: requests in flight", callback=number(ge=1, le=INT32_MAX)),
     extra_body: Optional[str] = typer.Option(None, "--extra-body", help="openai: JSON object merged into each request"),
 ) -> None:
     """Generate a counselor reply for every test sample (resumable)."""

@@ -9,6 +9,7 @@ import typer
 
 from mi_llm.cli.options import INT32_MAX, field_default, field_option, number, seed as seed_check
 from mi_llm.console import console, setup_logging
+from mi_llm.llm.backends.config import LlamaCppConfig
 from mi_llm.serve.config import ServeConfig
 
 safety_app = typer.Typer(help="The crisis safety layer: classify messages, measure the classifier.", no_args_is_help=True)
@@ -45,8 +46,8 @@ def chat_cmd(
     db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
     safety_resources: Optional[Path] = typer.Option(None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"),
     gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
-    n_ctx: int = typer.Option(4096, "--n-ctx", help="llamacpp: context length", callback=number(ge=1, le=INT32_MAX)),
-    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX)),
+    n_ctx: int = field_option(LlamaCppConfig, "n_ctx", "--n-ctx", le=INT32_MAX),
+    threads: Optional[int] = field_option(LlamaCppConfig, "n_threads", "--threads", le=INT32_MAX),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
 ) -> None:
     """Chat with the counselor in the terminal (streaming; /reset, /save FILE, /quit)."""
@@ -104,8 +105,8 @@ def serve_cmd(
     safety_resources: Optional[Path] = typer.Option(None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"),
     log_text: bool = field_option(ServeConfig, "log_text", "--log-text"),
     gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
-    n_ctx: int = typer.Option(4096, "--n-ctx", help="llamacpp: context length", callback=number(ge=1, le=INT32_MAX)),
-    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX)),
+    n_ctx: int = field_option(LlamaCppConfig, "n_ctx", "--n-ctx", le=INT32_MAX),
+    threads: Optional[int] = field_option(LlamaCppConfig, "n_threads", "--threads", le=INT32_MAX),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/models) and a web chat page at /."""
