@@ -90,12 +90,20 @@ class ExperimentTrainConfig(TrainConfig):
         return self.model_dump(exclude_unset=True)
 
 
-class SplitConfig(_Strict):
-    train: float = 2000
-    test: float = 40
-    seed: int = 42
-    history_budget: int | None = None
-    tokenizer: str = "chars"
+class BuildConfig(_Strict):
+    """The build stage (`mi-llm data build`; an experiment's `split:`): the split and the samples.
+    The descriptions are also the help of `mi-llm data build`'s options."""
+
+    train: float = Field(2000, ge=0, description="training dialogues: a count, or a fraction below 1")
+    test: float = Field(40, ge=0, description="test dialogues: a count, or a fraction below 1")
+    seed: int = Field(42, description="seed of the split")
+    history_budget: int | None = Field(
+        None, ge=0, description="keep only the most recent rounds of history within this many tokens")
+    tokenizer: str = Field(
+        "chars", description="unit of --history-budget: 'chars' or a model name/folder whose tokenizer counts")
+    export_mode: Literal["rounds", "dialogues"] = Field(
+        "rounds",
+        description="exports: 'rounds' (one record per sample) or 'dialogues' (one multi-turn record per dialogue)")
 
 
 class ModelConfig(_Strict):
@@ -126,7 +134,7 @@ class ExperimentConfig(_Strict):
     name: str = "experiment"
     sources: list[SourceConfig]
     transcribe: ExperimentTranscribeConfig = Field(default_factory=ExperimentTranscribeConfig)
-    split: SplitConfig = SplitConfig()
+    split: BuildConfig = BuildConfig()
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     train: ExperimentTrainConfig = Field(default_factory=ExperimentTrainConfig)
     generation: PredictConfig = Field(default_factory=PredictConfig)

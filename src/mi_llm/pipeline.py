@@ -95,7 +95,7 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
 
         build(
             [built_from], paths.build.root, train=cfg.split.train, test=cfg.split.test, seed=cfg.split.seed,
-            history_budget=cfg.split.history_budget, tokenizer=cfg.split.tokenizer,
+            history_budget=cfg.split.history_budget, tokenizer=cfg.split.tokenizer, export_mode=cfg.split.export_mode,
         )
 
     stages = [

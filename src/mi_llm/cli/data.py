@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mi_llm.cli.options import number
+from mi_llm.cli.options import field_option
+from mi_llm.config import BuildConfig
 from mi_llm.console import console
 
 data_app = typer.Typer(help="Corpora: import, download, build samples.", no_args_is_help=True)
@@ -72,14 +73,12 @@ def download_cmd(
 def build_cmd(
     dialogues: list[Path] = typer.Argument(..., help="dialogues JSONL file(s)"),
     output: Path = typer.Option(..., "-o", "--output", help="build folder"),
-    train: float = typer.Option(2000, help="training dialogues: a count, or a fraction below 1", callback=number(ge=0)),
-    test: float = typer.Option(40, help="test dialogues: a count, or a fraction below 1", callback=number(ge=0)),
-    seed: int = typer.Option(42, help="seed of the split"),
-    history_budget: Optional[int] = typer.Option(
-        None, help="keep only the most recent rounds of history within this many tokens", callback=number(ge=0)
-    ),
-    tokenizer: str = typer.Option("chars", help="unit of --history-budget: 'chars' or a model name/folder whose tokenizer counts"),
-    export_mode: str = typer.Option("rounds", help="exports: 'rounds' (one record per sample) or 'dialogues' (one multi-turn record per dialogue)"),
+    train: float = field_option(BuildConfig, "train"),
+    test: float = field_option(BuildConfig, "test"),
+    seed: int = field_option(BuildConfig, "seed"),
+    history_budget: Optional[int] = field_option(BuildConfig, "history_budget"),
+    tokenizer: str = field_option(BuildConfig, "tokenizer"),
+    export_mode: str = field_option(BuildConfig, "export_mode"),
 ) -> None:
     """Split dialogues and write round-based samples plus LLaMA-Factory and OpenAI exports."""
     from mi_llm.build import build
