@@ -18,6 +18,7 @@ from mi_llm.errors import InputError, MiLlmError
 from mi_llm.evaluate.config import PredictConfig
 from mi_llm.layout import SYSTEMS
 from mi_llm.llm.backends.config import check_backend_options
+from mi_llm.llm.models import DEFAULT_MODEL
 from mi_llm.train.config import TrainConfig
 from mi_llm.transcribe.config import TranscribeConfig
 
@@ -107,7 +108,7 @@ class BuildConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = "gemma-3-270m"
+    name: str = DEFAULT_MODEL
     label: str | None = Field(None, description="short name in reports; defaults to the model name")
     backend: str = Field("hf", description="generation backend for predictions (hf, llamacpp, openai, vllm; auto: llamacpp where it passes its crash probe on this CPU, else hf)")
     backend_options: dict[str, Any] = Field(default_factory=dict, description="the backend's own options (mi_llm.llm.backends.config), e.g. parallel: 8")

@@ -14,6 +14,7 @@ from mi_llm.cli.options import INT32_MAX, field_default, field_option, number, s
 from mi_llm.console import console
 from mi_llm.evaluate.config import PredictConfig
 from mi_llm.llm.backends.config import LlamaCppConfig, OpenAIConfig
+from mi_llm.llm.models import DEFAULT_MODEL
 
 models_app = typer.Typer(help="Models: list the known names, prepare (convert) the embedded model.", no_args_is_help=True)
 
@@ -26,7 +27,7 @@ def register(app: typer.Typer) -> None:
 @models_app.command("list")
 def list_cmd() -> None:
     """Known model names and what they resolve to."""
-    from mi_llm.llm.models import DEFAULT_MODEL, KNOWN_MODELS, mi_llm_home
+    from mi_llm.llm.models import KNOWN_MODELS, mi_llm_home
 
     table = Table(title=f"models (cache: {mi_llm_home()})")
     for col in ("name", "resolves to", "family / notes"):
@@ -43,11 +44,11 @@ def list_cmd() -> None:
 
 @models_app.command("prepare")
 def prepare_cmd(
-    model: str = typer.Argument("gemma-3-270m", help="model name, HF id or folder"),
+    model: str = typer.Argument(DEFAULT_MODEL, help="model name, HF id or folder"),
     force: bool = typer.Option(False, "--force", help="convert the embedded model again"),
 ) -> None:
     """Resolve a model (converting the embedded one once) and print where it lies."""
-    from mi_llm.llm.models import DEFAULT_MODEL, prepare_embedded, resolve_model
+    from mi_llm.llm.models import prepare_embedded, resolve_model
 
     rm = prepare_embedded(force=force) if model == DEFAULT_MODEL else resolve_model(model)
     typer.echo(json.dumps(rm.describe(), indent=2))
@@ -70,7 +71,7 @@ def _parse_json_option(value: Optional[str], name: str) -> Optional[dict]:
 def predict_cmd(
     data: Path = typer.Option(..., "--data", help="samples.test.jsonl, or a build folder"),
     output: Path = typer.Option(..., "-o", "--output", help="predictions JSONL to write"),
-    model: str = typer.Option("gemma-3-270m", "--model", help="model name, HF id, folder, or .gguf (llamacpp); the served model name for openai"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="model name, HF id, folder, or .gguf (llamacpp); the served model name for openai"),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
     backend: str = typer.Option("hf", "--backend", help="hf | llamacpp | openai | vllm"),
     preset: str = field_option(PredictConfig, "preset", "--preset"),

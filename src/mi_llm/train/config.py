@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_llm.errors import MiLlmError
+from mi_llm.llm.models import DEFAULT_MODEL
 
 # Options that change what is learned: a resumed run must keep them all.
 RESULT_KEYS = (
@@ -26,7 +27,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # The descriptions are also the help of `mi-llm train`'s options (mi_llm.cli.train).
-    model: str = Field("gemma-3-270m", description="model name, Hugging Face id or local folder")
+    model: str = Field(DEFAULT_MODEL, description="model name, Hugging Face id or local folder")
     data: str = Field(description="samples.train.jsonl or a build folder")
     output: str = Field(description="run folder: adapter, train_config.json, train_log.jsonl, checkpoints/")
     epochs: float = Field(3.0, gt=0, description="passes over the data (paper: 3)")

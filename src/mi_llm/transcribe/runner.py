@@ -24,8 +24,8 @@ from mi_llm.io import write_json
 from mi_llm.layout import CACHE_SUFFIX, SUMMARY_SUFFIX, beside
 from mi_llm.transcribe.cache import CachedCall, CallCache, call_key
 from mi_llm.llm.backends import BACKENDS
-from mi_llm.transcribe.clients import ApiError, ChatClient, ChatResult, TranscribeGenerationConfig, make_client
-from mi_llm.transcribe.config import TranscribeConfig
+from mi_llm.transcribe.clients import ApiError, ChatClient, ChatResult, make_client
+from mi_llm.transcribe.config import TranscribeConfig, TranscribeGenerationConfig
 from mi_llm.transcribe.pricing import PriceTable, load_prices
 from mi_llm.transcribe.prompt import (
     Messages,
