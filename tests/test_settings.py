@@ -149,3 +149,14 @@ def test_field_option_takes_default_help_and_range_from_the_field() -> None:
     with pytest.raises(MiLlmError, match="--lora-dropout must be at least 0 and below 1"):
         opt.callback(None, P(), 1.0)
     assert field_option(TrainConfig, "data").default is ...
+
+
+def test_the_saved_run_config_reads_back_as_the_same_config() -> None:
+    from pathlib import Path
+
+    from mi_llm.config import load_config
+
+    root = Path(__file__).parents[1]
+    for path in [*(root / "configs").glob("*.yaml"), root / "src" / "mi_llm" / "resources" / "demo.yaml"]:
+        cfg = load_config(path)
+        assert ExperimentConfig.model_validate(cfg.model_dump(mode="json")) == cfg, path

@@ -1,9 +1,14 @@
 """The experiment config (`mi-llm run CONFIG.yaml`): pydantic, validated.
 
-Each section is its stage's own settings model (`<Stage>Config`, defined in the stage's
-package: TrainConfig, TranscribeConfig, PredictConfig); where the pipeline adds options of its
-own (`enabled`, how many dialogues to rewrite) or sets some itself (paths), the section is an
-`Experiment<Stage>Config` subclass here. No default is written twice.
+Naming rule: every settings model is `<Stage>Config` (a part of one `<Stage><Part>Config`, a
+backend's `<Backend>Config`), defined in its stage's package: TrainConfig (train.config),
+TranscribeConfig (transcribe.config), PredictConfig (evaluate.config), ServeConfig
+(serve.config), the backends' own options (llm.backends.config). Each command builds its
+options from its model (cli.options.field_option) and the experiment config composes the
+same models, so no default is written twice. Where the pipeline adds options of its own
+(`enabled`, how many dialogues to rewrite) or sets some itself (paths), the section is an
+`Experiment<Stage>Config` subclass here. BuildConfig lives here until the build stage is a
+package of its own.
 """
 
 from __future__ import annotations
