@@ -49,9 +49,9 @@ def demo_test_set(out: Path, limit: int | None) -> list[Any]:
     """The demo experiment's test samples (same sources and split as resources/demo.yaml)."""
     import yaml
 
-    from mi_llm.build import build
+    from mi_llm.build.stage import build
     from mi_llm.resources import demo_files
-    from mi_llm.samples import read_samples
+    from mi_llm.build.samples import read_samples
 
     cfg = yaml.safe_load((REPO / "src" / "mi_llm" / "resources" / "demo.yaml").read_text())
     split = cfg["split"]

@@ -64,7 +64,7 @@ def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None) -
 def demo_build(out: Path) -> Path:
     import yaml
 
-    from mi_llm.build import build
+    from mi_llm.build.stage import build
     from mi_llm.resources import demo_files
 
     cfg = yaml.safe_load((REPO / "src" / "mi_llm" / "resources" / "demo.yaml").read_text())
@@ -78,7 +78,7 @@ def bench_subset(data: Path, out: Path, n: int, max_length: int, seed: int) -> d
     """A build folder with `n` samples that fit `max_length` (seeded pick), and their tokens."""
     from mi_llm.io import write_jsonl
     from mi_llm.llm.models import load_tokenizer, resolve_model
-    from mi_llm.samples import export_records, write_llamafactory
+    from mi_llm.build.exports import export_records, write_llamafactory
     from mi_llm.train.data import encode_sample, load_train_data
 
     samples = load_train_data(data).samples

@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from tests.test_samples import make_dialogue
+from tests.build.test_samples import make_dialogue
 
 
 def run(*args, cwd=None):

@@ -91,7 +91,7 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
     built_from = built_dialogues(cfg, paths)
 
     def do_build() -> None:
-        from mi_llm.build import build
+        from mi_llm.build.stage import build
 
         build(
             [built_from], paths.build.root, train=cfg.split.train, test=cfg.split.test, seed=cfg.split.seed,
@@ -175,7 +175,7 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
         from mi_llm.miti.aggregate import aggregate, pooled
         from mi_llm.miti.coders import load_coder
         from mi_llm.miti.scoring import score_session
-        from mi_llm.samples import read_samples
+        from mi_llm.build.samples import read_samples
         from mi_llm.corpus.schema import read_dialogues
         from mi_llm.sessions import read_predictions_by_round, system_sessions
 

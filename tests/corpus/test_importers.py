@@ -397,7 +397,7 @@ def test_dialogues_reimport_and_duplicate_ids(tmp_path: Path):
 
 
 def test_build_exports_import_back(tmp_path: Path):
-    from mi_llm.build import build
+    from mi_llm.build.stage import build
 
     ds, _ = import_corpus("psydt", FIXTURES / "psydt")
     write_dialogues(tmp_path / "d.jsonl", ds)

@@ -176,7 +176,7 @@ def test_nested_too_deep_and_lone_surrogate(reader):
 def test_iter_jsonl_and_read_models(k, data):
     """mi_llm.io: every bad line is an InputError at its line; nothing else escapes."""
     from mi_llm.io import iter_jsonl, read_models
-    from mi_llm.samples import Sample
+    from mi_llm.build.samples import Sample
 
     lines = [dumps(r) for r in SAMPLES]
     lines[k] = data.draw(st.one_of(bad_lines, mutated(SAMPLES[k]).map(dumps)))

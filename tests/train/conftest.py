@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from mi_llm.corpus.schema import Dialogue
-from mi_llm.samples import build_samples, export_records, write_llamafactory
+from mi_llm.build.exports import export_records, write_llamafactory
+from mi_llm.build.samples import build_samples
 from mi_llm.io import write_jsonl
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
@@ -146,7 +147,7 @@ def slow_twin(fast):
 
 def mixed_samples():
     """Round samples in English and Chinese, with and without history (the system prompt mixes both)."""
-    from mi_llm.samples import Sample
+    from mi_llm.build.samples import Sample
 
     out = []
     for lang in ("en", "zh"):

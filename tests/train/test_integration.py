@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def demo_build(tmp_path_factory):
-    from mi_llm.build import build
+    from mi_llm.build.stage import build
     from mi_llm.resources import demo_files
 
     out = tmp_path_factory.mktemp("demo-build")

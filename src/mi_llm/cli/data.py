@@ -81,7 +81,7 @@ def build_cmd(
     export_mode: str = field_option(BuildConfig, "export_mode"),
 ) -> None:
     """Split dialogues and write round-based samples plus LLaMA-Factory and OpenAI exports."""
-    from mi_llm.build import build
+    from mi_llm.build.stage import build
 
     summary = build(
         dialogues, output, train=train, test=test, seed=seed,

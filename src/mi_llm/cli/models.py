@@ -98,7 +98,7 @@ def predict_cmd(
     from mi_llm.evaluate.predict import predict, resolve_test_file
     from mi_llm.llm.backends import get_backend
     from mi_llm.llm.backends import preset as make_preset
-    from mi_llm.samples import read_samples
+    from mi_llm.build.samples import read_samples
 
     config = make_preset(preset, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                          repetition_penalty=repetition_penalty, seed=seed)

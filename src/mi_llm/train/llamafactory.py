@@ -34,7 +34,7 @@ TEMPLATES = {
 def _dataset(cfg: TrainConfig, data: Any, yaml_path: Path) -> tuple[str, str, bool]:
     """(dataset name, dataset_dir, mask_history): the build's own export when it matches
     what we train on, else an export of exactly our samples written beside the YAML."""
-    from mi_llm.samples import write_llamafactory
+    from mi_llm.build.exports import write_llamafactory
     from mi_llm.train.data import select_records
 
     mode = cfg.records
