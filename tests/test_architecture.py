@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("mi_llm.corpus", "mi_llm.build.samples", "mi_llm.build.exports", "mi_llm.prompts", "mi_llm.resources")),
     ("models", ("mi_llm.llm", "mi_llm.train")),
     ("measures", ("mi_llm.evaluate", "mi_llm.miti")),
-    ("stages", ("mi_llm.build", "mi_llm.transcribe", "mi_llm.sessions", "mi_llm.report", "mi_llm.serve",
+    ("stages", ("mi_llm.build", "mi_llm.transcribe", "mi_llm.report", "mi_llm.serve",
                 "mi_llm.miti.annotate", "mi_llm.config")),
     ("pipeline", ("mi_llm.pipeline", "mi_llm.stages")),
     ("cli", ("mi_llm.cli", "mi_llm.__main__")),

@@ -177,7 +177,7 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
         from mi_llm.miti.scoring import score_session
         from mi_llm.build.samples import read_samples
         from mi_llm.corpus.schema import read_dialogues
-        from mi_llm.sessions import read_predictions_by_round, system_sessions
+        from mi_llm.miti.system_sessions import read_predictions_by_round, system_sessions
 
         test_ids = {s.dialogue_id for s in read_samples(test_file)}
         test = [d for d in read_dialogues(built_dialogues(cfg, paths)) if d.id in test_ids]

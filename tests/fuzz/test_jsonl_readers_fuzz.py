@@ -251,11 +251,11 @@ ROUND_PREDICTIONS = [{**p, "dialogue_id": s["dialogue_id"], "round": s["round"]}
     ({"dialogue_id": "d1", "round": 1, "prediction": "b"}, "round 1 of dialogue 'd1' repeats line 1"),
 ])
 def test_predictions_by_round(bad, what):
-    """mi_llm.sessions.read_predictions_by_round (the pipeline's MITI stage), as found by
+    """mi_llm.miti.system_sessions.read_predictions_by_round (the pipeline's MITI stage), as found by
     fuzzing it: each broken line is an InputError at its line (a KeyError, ValueError or
     TypeError before; a round of "2" or true was coerced, a repeated round overwrote the
     first)."""
-    from mi_llm.sessions import read_predictions_by_round
+    from mi_llm.miti.system_sessions import read_predictions_by_round
 
     rows = [{"dialogue_id": "d1", "round": 1, "prediction": "a"}, bad]
     with tempfile.TemporaryDirectory() as tmp:
@@ -266,7 +266,7 @@ def test_predictions_by_round(bad, what):
 
 
 def test_predictions_by_round_valid():
-    from mi_llm.sessions import read_predictions_by_round
+    from mi_llm.miti.system_sessions import read_predictions_by_round
 
     with tempfile.TemporaryDirectory() as tmp:
         f = _write(Path(tmp), [dumps(r) for r in ROUND_PREDICTIONS])
@@ -278,7 +278,7 @@ def test_predictions_by_round_valid():
 def test_predictions_by_round_mutated(k, data):
     """Any one broken line of a predictions file: read, or an InputError at that line (or,
     for a round made equal to a later line's, at the later line, naming line k)."""
-    from mi_llm.sessions import read_predictions_by_round
+    from mi_llm.miti.system_sessions import read_predictions_by_round
 
     lines = [dumps(r) for r in ROUND_PREDICTIONS]
     lines[k] = data.draw(st.one_of(bad_lines, mutated(ROUND_PREDICTIONS[k]).map(dumps)))
