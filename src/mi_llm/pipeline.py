@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from mi_llm.config import ExperimentConfig, ModelConfig, SourceConfig
-from mi_llm.corpus.normalize import NormalizeStats
+from mi_llm.corpus.importers import source_files
 from mi_llm.corpus.schema import Dialogue, read_dialogues, write_dialogues
 from mi_llm.io import write_json
 from mi_llm.layout import RunPaths
@@ -22,29 +22,14 @@ from mi_llm.stages import Stage, StageRunner
 log = logging.getLogger(__name__)
 
 
-def source_inputs(src: SourceConfig) -> list[Path]:
-    if src.kind == "demo":
-        from mi_llm.resources import demo_files
-
-        return demo_files(src.language, src.style)
-    return [Path(src.path)]  # type: ignore[arg-type]
-
-
 def import_sources(sources: list[SourceConfig]) -> tuple[list[Dialogue], dict[str, dict]]:
-    from mi_llm.corpus.importers import import_corpus
-    from mi_llm.corpus.normalize import NormalizeOptions, normalize
-    from mi_llm.resources import demo_dialogues
+    from mi_llm.corpus.importers import import_source
+    from mi_llm.corpus.normalize import NormalizeOptions
 
     dialogues: list[Dialogue] = []
     stats: dict[str, dict] = {}
     for i, src in enumerate(sources):
-        if src.kind == "demo":
-            st = NormalizeStats()
-            got = [n for d in demo_dialogues(src.language, src.style) if (n := normalize(d, NormalizeOptions(), st))]
-        else:
-            got, st = import_corpus(src.kind, src.path, NormalizeOptions())  # type: ignore[arg-type]
-            if src.language:
-                got = [d.model_copy(update={"language": src.language}) for d in got]
+        got, st = import_source(src.kind, src.path, NormalizeOptions(), language=src.language, style=src.style)
         if src.limit:
             got = got[: src.limit]
         stats[f"{i}:{src.kind}"] = st.as_dict()
@@ -100,7 +85,7 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
 
     stages = [
         Stage("import", do_import, [paths.dialogues, paths.import_stats],
-              inputs=[p for s in cfg.sources for p in source_inputs(s)],
+              inputs=[p for s in cfg.sources for p in source_files(s.kind, s.path, s.language, s.style)],
               params=[s.model_dump() for s in cfg.sources]),
     ]
     if cfg.transcribe.enabled:

@@ -539,3 +539,21 @@ def test_real_mibot(shared_data: Path):
     labelled = [u for d in raw_ds for t in d.turns for u in t.meta["utterances"]]
     assert len(labelled) == sum(len(f["utterances"]) for f in files) and all(u["auto_misc_label"] for u in labelled)
     assert all("survey" in d.meta for d in out)
+
+
+def test_import_source_is_the_one_path_for_demo_and_the_language_override(tmp_path):
+    """mi_llm.corpus.importers.import_source: the pipeline's sources and `mi-llm data import`."""
+    from mi_llm.corpus.importers import import_source, source_files
+    from mi_llm.resources import demo_dialogues, demo_files
+
+    got, stats = import_source("demo", None, language="en", style="raw")
+    assert [d.id for d in got] == [d.id for d in demo_dialogues("en", "raw")]
+    assert stats.dialogues == len(got) and {d.language for d in got} == {"en"}
+    assert source_files("demo", None, "zh", "mi") == demo_files("zh", "mi")
+    src = tmp_path / "d.jsonl"
+    write_dialogues(src, demo_dialogues("zh", "raw")[:2])
+    assert {d.language for d in import_source("dialogues", src)[0]} == {"zh"}
+    assert {d.language for d in import_source("dialogues", src, language="en")[0]} == {"en"}
+    assert source_files("dialogues", src) == [src]
+    with pytest.raises(MiLlmError, match="source 'annomi' needs a path"):
+        import_source("annomi", None)

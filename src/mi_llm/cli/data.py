@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
 
 @data_app.command("import")
 def import_cmd(
-    source: str = typer.Argument(..., help="cpsycound | cpsycoune | smile | psydt | annomi | mibot | sharegpt | llamafactory | openai | dialogues"),
+    source: str = typer.Argument(..., help="cpsycound | cpsycoune | smile | psydt | annomi | mibot | sharegpt | llamafactory | openai | dialogues | demo (the bundled corpus; PATH is not read, --language picks a part)"),
     path: Path = typer.Argument(..., help="folder or file to import"),
     output: Path = typer.Option(..., "-o", "--output", help="dialogues JSONL to write"),
     language: Optional[str] = typer.Option(None, help="zh | en, for sources that do not say (sharegpt, openai)"),
@@ -29,7 +29,7 @@ def import_cmd(
     keep_empty: bool = typer.Option(False, "--keep-empty", help="keep turns with blank text"),
 ) -> None:
     """Import a corpus into the canonical dialogues JSONL."""
-    from mi_llm.corpus.importers import import_corpus
+    from mi_llm.corpus.importers import import_source
     from mi_llm.corpus.normalize import NormalizeOptions
     from mi_llm.corpus.schema import write_dialogues
     from mi_llm.errors import MiLlmError
@@ -40,9 +40,7 @@ def import_cmd(
         raise MiLlmError(f"--language must be zh or en (got {language!r})")
     check_writable(output, "-o")
     opts = NormalizeOptions(merge_same_role=not no_merge, drop_empty=not keep_empty)
-    dialogues, stats = import_corpus(source, path, opts)
-    if language:
-        dialogues = [d.model_copy(update={"language": language}) for d in dialogues]
+    dialogues, stats = import_source(source, path, opts, language=language)
     write_dialogues(output, dialogues)
     table = Table(title=f"imported {source}", show_header=False)
     for key in ("dialogues", "turns", "rounds", "merged", "dropped", "skipped_dialogues", "trailing_client"):

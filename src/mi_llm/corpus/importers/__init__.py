@@ -2,6 +2,8 @@
 
 An importer is a function `(path: Path) -> Iterator[Dialogue]` that yields raw
 dialogues; normalisation (merging, dropping) is applied afterwards by `import_corpus`.
+`import_source` is what the pipeline and `mi-llm data import` call: a registered importer
+or the bundled demo corpus, with the language override.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ SOURCES: dict[str, str] = {
     "openai": "openai_messages",
     "dialogues": "dialogues",
 }
+# Not an importer: the corpus bundled in mi_llm.resources (no path; language and style pick its parts).
+DEMO = "demo"
 
 
 def get_importer(source: str) -> Importer:
@@ -66,3 +70,40 @@ def import_corpus(
         why = f": all {stats.skipped_dialogues} had only blank turns" if stats.skipped_dialogues else ""
         raise MiLlmError(f"{path}: no dialogues to import{why}")
     return out, stats
+
+
+def source_files(source: str, path: str | Path | None, language: str | None = None,
+                 style: str | None = None) -> list[Path]:
+    """The files or folder a source reads (what the pipeline fingerprints)."""
+    if source == DEMO:
+        from mi_llm.resources import demo_files
+
+        return demo_files(language, style)
+    return [Path(path)]  # type: ignore[arg-type]
+
+
+def import_source(
+    source: str,
+    path: str | Path | None,
+    opts: NormalizeOptions | None = None,
+    *,
+    language: str | None = None,
+    style: str | None = None,
+) -> tuple[list[Dialogue], NormalizeStats]:
+    """One corpus, normalised: `import_corpus(source, path)`, or the bundled demo corpus.
+
+    For the demo corpus `language` and `style` pick its parts (`path` is not read); for any
+    other source `language` is given to every dialogue (for sources that do not say it).
+    """
+    if source == DEMO:
+        from mi_llm.resources import demo_dialogues
+
+        opts = opts or NormalizeOptions()
+        stats = NormalizeStats()
+        return [n for d in demo_dialogues(language, style) if (n := normalize(d, opts, stats))], stats
+    if path is None:
+        raise MiLlmError(f"source {source!r} needs a path")
+    dialogues, stats = import_corpus(source, path, opts)
+    if language:
+        dialogues = [d.model_copy(update={"language": language}) for d in dialogues]
+    return dialogues, stats
