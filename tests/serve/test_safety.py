@@ -187,3 +187,24 @@ def test_safety_eval_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())
     assert set(m["languages"]) == {"zh", "en"} and m["all"]["n"] == 320
+
+
+def test_check_file_checks_every_line_before_classifying(tmp_path):
+    """mi_llm.serve.safety.check: the loop behind `mi-llm safety check`."""
+    from mi_llm.errors import InputError
+    from mi_llm.serve.safety.check import check_file
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "text": "I want to kill myself"}\n{"id": 2, "text": "I walked today", "language": "en"}\n',
+                   encoding="utf-8")
+    seen = []
+    summary = check_file(src, tmp_path / "out.jsonl", "en", on_start=seen.append, on_line=lambda: seen.append("line"))
+    assert seen == [2, "line", "line"]
+    assert (summary.lines, summary.crisis, summary.counts) == (2, 1, {"suicide": 1, "none": 1})
+    src.write_text('{"id": 1, "text": "x"}\n{"id": 2, "text": "y", "language": "fr"}\n', encoding="utf-8")
+    started = []
+    with pytest.raises(InputError, match=":2: 'language' must be zh or en"):
+        check_file(src, tmp_path / "o2.jsonl", on_start=started.append)
+    assert not started and not (tmp_path / "o2.jsonl").exists()
+    with pytest.raises(MiLlmError, match="--language must be zh or en"):
+        check_file(src, tmp_path / "o2.jsonl", "fr")

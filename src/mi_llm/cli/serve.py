@@ -163,37 +163,21 @@ def safety_check_cmd(
     """Classify messages for crisis content (the text is never printed or logged)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mi_llm.errors import InputError, MiLlmError
-    from mi_llm.io import iter_jsonl, write_jsonl
-    from mi_llm.serve.safety.classifier import default_classifier
+    from mi_llm.serve.safety.check import check_file
 
-    if language not in (None, "zh", "en"):
-        raise MiLlmError("--language must be zh or en")
-    clf = default_classifier()
-    rows = []
-    for lineno, obj in iter_jsonl(input):  # check every line before starting
-        if not isinstance(obj.get("text"), str):
-            raise InputError(input, "'text' must be a string", lineno)
-        if "id" not in obj:
-            raise InputError(input, "missing 'id'", lineno)
-        lang = obj.get("language") or language
-        if lang not in (None, "zh", "en"):
-            raise InputError(input, "'language' must be zh or en", lineno)
-        rows.append((obj["id"], obj["text"], lang))
-    results = []
-    counts: dict[str, int] = {}
-    with Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("classify", total=len(rows))
-        for rid, text, lang in rows:
-            res = clf.classify(text, lang)
-            d = res.to_dict()
-            d.pop("suppressed", None)
-            results.append({"id": rid, **d})
-            counts[res.category] = counts.get(res.category, 0) + 1
-            progress.advance(task)
-    n = write_jsonl(output, results)
-    crisis = sum(v for k, v in counts.items() if k != "none")
-    console.print(f"{n} lines -> {output}: {crisis} crisis ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+    progress = Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    task = progress.add_task("classify", total=None)
+
+    def on_start(total: int) -> None:  # the bar shows once the input is checked: an error stays one line
+        progress.update(task, total=total)
+        progress.start()
+
+    try:
+        summary = check_file(input, output, language, on_start=on_start, on_line=lambda: progress.advance(task))
+    finally:
+        progress.stop()
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
+    console.print(f"{summary.lines} lines -> {output}: {summary.crisis} crisis ({counts})")
 
 
 @safety_app.command("eval")
