@@ -106,13 +106,11 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
     gen = cfg.generation
 
     def do_predict(system: str) -> None:
-        from mi_llm.evaluate.predict import predict
-        from mi_llm.llm.backends import get_backend
+        from mi_llm.evaluate.predict import PredictBackend
 
-        with get_backend(m.backend, m.name, adapter=adapter.root if system == "finetuned" else None,
-                         **m.backend_options) as backend:
-            predict(backend, test_file, paths.predictions(key, system), cfg.generation_config(),
-                    batch_size=gen.batch_size, limit=gen.limit)
+        chosen = PredictBackend.choose(m.backend, m.name, adapter.root if system == "finetuned" else None,
+                                       m.backend_options, gen.batch_size)
+        chosen.predict(test_file, paths.predictions(key, system), cfg.generation_config(), limit=gen.limit)
 
     def do_train() -> None:
         from mi_llm.train.sft import train

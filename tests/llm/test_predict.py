@@ -113,3 +113,31 @@ def test_cli_predict(tiny_model: Path, test_set: Path, tmp_path: Path, capsys: p
     with pytest.raises(SystemExit) as e:
         main(["predict", "--model", str(tiny_model), "--data", str(test_set), "-o", str(out), "--preset", "nope"])
     assert e.value.code == 2 and "unknown generation preset" in capsys.readouterr().err
+
+
+def test_predict_backend_owns_routing_and_default_batch_sizes(monkeypatch) -> None:
+    """mi_llm.evaluate.predict: what `mi-llm predict` and the pipeline both choose with."""
+    import mi_llm.llm.backends as backends
+    from mi_llm.evaluate.predict import PredictBackend, backend_options, default_batch_size
+
+    assert [default_batch_size(b, {}) for b in ("hf", "llamacpp", "openai", "vllm")] == [16, 16, 32, 256]
+    assert default_batch_size("llamacpp", {"parallel": 8}) == 32 and default_batch_size("openai", {"concurrency": 2}) == 8
+    cli = dict(seed=7, device="cpu", gguf="m.gguf", parallel=2, threads=3, base_url="http://h/v1", concurrency=5,
+               extra_body='{"top_k": 1}')
+    assert backend_options("hf", **cli) == {"device": "cpu"}
+    assert backend_options("llamacpp", **cli) == {"gguf": "m.gguf", "parallel": 2, "n_threads": 3, "seed": 7}
+    assert backend_options("openai", **cli) == {"base_url": "http://h/v1", "concurrency": 5, "extra_body": {"top_k": 1}}
+    assert backend_options("hf", extra_body="not json") == {"device": None}  # another backend's option: not read
+    with pytest.raises(MiLlmError, match="--extra-body: invalid JSON"):
+        backend_options("openai", extra_body="{")
+    with pytest.raises(MiLlmError, match="--extra-body: expected a JSON object"):
+        backend_options("openai", extra_body="[1]")
+
+    hf = PredictBackend.choose("hf", "m", None, {"device": "cpu"})
+    assert (hf.batch_size, hf.options) == (16, {"device": "cpu", "batch_size": 16})  # hf pads per predict batch
+    assert PredictBackend.choose("hf", "m", None, {}, 8).options["batch_size"] == 8
+    lc = PredictBackend.choose("llamacpp", "m", "adapter/", {"parallel": 8})
+    assert (lc.batch_size, lc.options, lc.adapter) == (32, {"parallel": 8}, "adapter/")
+    monkeypatch.setattr(backends, "resolve_auto_backend", lambda: "llamacpp")
+    auto = PredictBackend.choose("auto", "m", None, {"parallel": 5})
+    assert (auto.name, auto.batch_size) == ("llamacpp", 20)

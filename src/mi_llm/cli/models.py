@@ -54,20 +54,6 @@ def prepare_cmd(
     typer.echo(json.dumps(rm.describe(), indent=2))
 
 
-def _parse_json_option(value: Optional[str], name: str) -> Optional[dict]:
-    from mi_llm.errors import MiLlmError
-
-    if value is None:
-        return None
-    try:
-        obj = json.loads(value)
-    except json.JSONDecodeError as e:
-        raise MiLlmError(f"--{name}: invalid JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise MiLlmError(f"--{name}: expected a JSON object")
-    return obj
-
-
 def predict_cmd(
     data: Path = typer.Option(..., "--data", help="samples.test.jsonl, or a build folder"),
     output: Path = typer.Option(..., "-o", "--output", help="predictions JSONL to write"),
@@ -95,30 +81,18 @@ def predict_cmd(
     """Generate a counselor reply for every test sample (resumable)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from mi_llm.evaluate.predict import predict, resolve_test_file
-    from mi_llm.llm.backends import get_backend
+    from mi_llm.evaluate.predict import PredictBackend, backend_options, count_test_samples, predict, resolve_backend
     from mi_llm.llm.backends import preset as make_preset
-    from mi_llm.build.samples import read_samples
 
     config = make_preset(preset, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                          repetition_penalty=repetition_penalty, seed=seed)
-    test_file = resolve_test_file(data)
-    total = len(read_samples(test_file))
-    if limit is not None:
-        total = min(total, limit)
-    if batch_size is None:
-        batch_size = {"llamacpp": max(16, 4 * parallel), "openai": 4 * concurrency, "vllm": 256}.get(backend, 16)
-    opts: dict = {}
-    if backend == "hf":
-        opts = {"device": device, "batch_size": batch_size}
-    elif backend == "llamacpp":
-        opts = {"gguf": gguf, "parallel": parallel, "n_threads": threads, "seed": config.seed}
-    elif backend == "openai":
-        opts = {"base_url": base_url, "concurrency": concurrency, "extra_body": _parse_json_option(extra_body, "extra-body")}
-    elif backend == "vllm":
-        opts = {"device": device}
-    with console.status(f"loading {model} ({backend})"):
-        be = get_backend(backend, model, adapter=str(adapter) if adapter else None, **opts)
+    test_file, total = count_test_samples(data, limit)  # a broken line fails before the model loads
+    name = resolve_backend(backend)
+    options = backend_options(name, seed=config.seed, device=device, gguf=gguf, parallel=parallel, threads=threads,
+                              base_url=base_url, concurrency=concurrency, extra_body=extra_body)
+    chosen = PredictBackend.choose(name, model, adapter, options, batch_size)
+    with console.status(f"loading {model} ({name})"):
+        be = chosen.load()
     with be, Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tps]}"),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("predict", total=total, tps="")
@@ -130,7 +104,8 @@ def predict_cmd(
             dt = time.monotonic() - t0
             bar.update(task, advance=n, tps=f"{stats['tokens'] / dt:.1f} tok/s" if dt > 0 else "")
 
-        res = predict(be, test_file, output, config, batch_size=batch_size, limit=limit, overwrite=overwrite, progress=on_batch)
+        res = predict(be, test_file, output, config, batch_size=chosen.batch_size, limit=limit, overwrite=overwrite,
+                      progress=on_batch)
         bar.update(task, completed=total)
     console.print(f"wrote {res.output} ({res.samples} samples, {res.generated_now} generated now, "
                   f"{res.completion_tokens} tokens in {res.seconds:.1f} s, {res.tokens_per_s:.1f} tok/s)")

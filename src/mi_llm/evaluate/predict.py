@@ -3,6 +3,10 @@
 Lines are appended to the output batch by batch (flushed), so an interrupted run keeps
 what it finished; a rerun skips the sample ids already there (when the settings are the
 same) and, at the end, rewrites the file whole, in test-set order.
+
+`PredictBackend.choose` is where `mi-llm predict` and the pipeline pick the backend: `auto`
+resolved, each backend's default batch size, its options; `backend_options` routes the
+CLI's options to the backend they belong to.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,124 @@ def resolve_test_file(data: str | Path) -> Path:
     if not p.is_file():
         raise MiLlmError(f"{p}: no such file")
     return p
+
+
+def load_test_samples(data: str | Path, limit: int | None = None) -> tuple[Path, list[Sample]]:
+    """The test file and its first `limit` samples; no samples or a repeated id is an error."""
+    test_file = resolve_test_file(data)
+    samples = read_samples(test_file)
+    if limit is not None:
+        samples = samples[: max(0, limit)]
+    if not samples:
+        raise MiLlmError(f"{test_file}: no samples")
+    ids = [s.sample_id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise MiLlmError(f"{test_file}: duplicate sample ids")
+    return test_file, samples
+
+
+def count_test_samples(data: str | Path, limit: int | None = None) -> tuple[Path, int]:
+    """The test file and how many samples `predict` will go through (every line checked)."""
+    test_file = resolve_test_file(data)
+    n = len(read_samples(test_file))
+    return test_file, n if limit is None else min(n, limit)
+
+
+# --------------------------------------------------------------- which backend predicts
+
+# Conversations per generate call (and per append to the output) when none is given.
+DEFAULT_BATCH_SIZE = 16
+VLLM_BATCH_SIZE = 256  # vLLM schedules its own batches: give it many at once
+
+
+def resolve_backend(name: str) -> str:
+    """`auto` -> llamacpp where it works on this CPU, else hf; any other name as given."""
+    if name != "auto":
+        return name
+    from mi_llm.llm.backends import resolve_auto_backend
+
+    return resolve_auto_backend()
+
+
+def default_batch_size(backend: str, options: Mapping[str, Any]) -> int:
+    """Enough conversations to keep the backend busy: llamacpp 4 x parallel (at least 16),
+    openai 4 x concurrency (its default 8), vllm 256, hf 16."""
+    if backend == "llamacpp":
+        return max(DEFAULT_BATCH_SIZE, 4 * int(options.get("parallel") or 1))
+    if backend == "openai":
+        return 4 * int(options.get("concurrency") or 8)
+    if backend == "vllm":
+        return VLLM_BATCH_SIZE
+    return DEFAULT_BATCH_SIZE
+
+
+def backend_options(
+    backend: str,
+    *,
+    seed: int | None = None,
+    device: str | None = None,
+    gguf: str | Path | None = None,
+    parallel: int = 1,
+    threads: int | None = None,
+    base_url: str | None = None,
+    concurrency: int = 8,
+    extra_body: str | None = None,
+) -> dict[str, Any]:
+    """`mi-llm predict`'s backend options as the keyword arguments of `backend` (resolved,
+    not auto); the options of other backends do not apply and are left out (not checked).
+    `extra_body` is the JSON object text of --extra-body."""
+    if backend == "hf":
+        return {"device": device}
+    if backend == "llamacpp":
+        return {"gguf": gguf, "parallel": parallel, "n_threads": threads, "seed": seed}
+    if backend == "openai":
+        return {"base_url": base_url, "concurrency": concurrency, "extra_body": _json_object(extra_body, "--extra-body")}
+    if backend == "vllm":
+        return {"device": device}
+    return {}
+
+
+def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MiLlmError(f"{option}: invalid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise MiLlmError(f"{option}: expected a JSON object")
+    return obj
+
+
+@dataclass
+class PredictBackend:
+    """The backend that predicts, its keyword arguments and the batch size predict uses."""
+
+    name: str  # resolved: never auto
+    model: str
+    adapter: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    @classmethod
+    def choose(cls, backend: str, model: str, adapter: str | Path | None = None,
+               options: Mapping[str, Any] | None = None, batch_size: int | None = None) -> "PredictBackend":
+        name = resolve_backend(backend)
+        opts = dict(options or {})
+        size = batch_size or default_batch_size(name, opts)
+        if name == "hf":  # it pads each of its own batches: one per predict batch
+            opts.setdefault("batch_size", size)
+        return cls(name, model, str(adapter) if adapter else None, opts, size)
+
+    def load(self) -> Backend:
+        from mi_llm.llm.backends import get_backend
+
+        return get_backend(self.name, self.model, adapter=self.adapter, **self.options)
+
+    def predict(self, data: str | Path, output: str | Path, config: GenerationConfig, **kwargs: Any) -> "PredictResult":
+        """Load the backend and predict (kwargs: those of `predict`)."""
+        with self.load() as backend:
+            return predict(backend, data, output, config, batch_size=self.batch_size, **kwargs)
 
 
 def read_done(output: Path) -> dict[str, dict[str, Any]]:
@@ -90,22 +212,15 @@ def predict(
     data: str | Path,
     output: str | Path,
     config: GenerationConfig,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     limit: int | None = None,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     order: str | None = None,
 ) -> PredictResult:
     """Generate a prediction for each test sample of `data` into `output` (JSONL)."""
-    test_file = resolve_test_file(data)
-    samples = read_samples(test_file)
-    if limit is not None:
-        samples = samples[: max(0, limit)]
-    if not samples:
-        raise MiLlmError(f"{test_file}: no samples")
+    test_file, samples = load_test_samples(data, limit)
     ids = [s.sample_id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise MiLlmError(f"{test_file}: duplicate sample ids")
     output = Path(output)
     info = backend.describe()
     key = settings_key(info, config)
