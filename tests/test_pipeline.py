@@ -107,3 +107,65 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path):
     # a second run finds every stage up to date
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0 and "0 stage(s) ran" in r2.stderr
+
+
+class OneCodeCoder:
+    """Codes every counselor turn as one complex reflection (a stand-in for the MITI coder)."""
+
+    def code_dialogues(self, dialogues):
+        from mi_llm.corpus.schema import Utterance
+
+        return [d.model_copy(update={"turns": [
+            t.model_copy(update={"codes": [Utterance(text=t.text, code="CR")]}) if t.role == "counselor" else t
+            for t in d.turns]}) for d in dialogues]
+
+
+def test_miti_stage_writes_the_one_schema_the_report_reads(tmp_path, monkeypatch):
+    """The pipeline's miti stage codes and scores through mi_llm.miti.results; the report reads
+    miti.json through its schema; a run's miti.json from before it makes the stage rerun."""
+    import mi_llm.miti.coders as coders
+    from mi_llm.config import ExperimentConfig
+    from mi_llm.evaluate.metrics import evaluate_file
+    from mi_llm.io import iter_jsonl, write_json, write_jsonl
+    from mi_llm.layout import RunPaths
+    from mi_llm.miti.results import read_miti_scores
+    from mi_llm.pipeline import data_stages, miti_stage, report_stage
+    from mi_llm.report.collect import collect
+    from mi_llm.stages import fingerprint
+
+    monkeypatch.setattr(coders, "load_coder", lambda name: OneCodeCoder())
+    cfg = ExperimentConfig(name="m", sources=[{"kind": "demo", "language": "en", "style": "mi"}],
+                           split={"train": 2, "test": 2, "seed": 1}, train={"enabled": False})
+    paths = RunPaths(tmp_path / "run")
+    runner = StageRunner(paths.root)
+    for stage in data_stages(cfg, paths):
+        runner(stage)
+    (label, key, system), = cfg.systems()
+    preds = [{"sample_id": s["sample_id"], "dialogue_id": s["dialogue_id"], "round": s["round"],
+              "language": s["language"], "prediction": "So you want to change.", "reference": s["response"]}
+             for _, s in iter_jsonl(paths.build.test_samples)]
+    write_jsonl(paths.predictions(key, system), preds)
+    evaluate_file(paths.predictions(key, system), paths.metrics(key, system))
+
+    stage = miti_stage(cfg, paths)
+    assert not runner(stage).skipped
+    scores = read_miti_scores(paths.miti_scores)
+    assert list(scores.systems) == ["reference", "reference (human codes)", label]
+    assert scores.coder == "default" and scores.schema_version == 2
+    mine = scores.systems[label]
+    assert mine.n_sessions == 2 and mine.files == [str(paths.miti_coded(label))]
+    assert mine.pooled.pct_cr == 1.0 and mine.aggregate["r_q"].mean is None  # every reply a CR, no question
+    human = scores.systems["reference (human codes)"]
+    assert human.files == [str(paths.miti_coded("reference (human codes)"))] and human.pooled.pct_cr != 1.0
+    report = collect(cfg, paths)
+    assert report.miti_aggregate[label]["pct_cr"]["mean"] == 1.0 and "level" not in report.miti_aggregate[label]["mia"]
+    assert report.miti_sessions[label][0]["counts"]["CR"] >= 1
+
+    # A run from before the one schema: its miti.json has no version, its fingerprint no schema version.
+    write_json(paths.miti_scores, {"coder": "default", "systems": {}})
+    with pytest.raises(InputError, match=r"miti.json: MITI scores in an older format \(no schema_version.*re-run the miti stage"):
+        collect(cfg, paths)
+    write_json(paths.stage_state("miti"), {"fingerprint": fingerprint(cfg.miti.model_dump(), stage.inputs)})
+    assert not runner(miti_stage(cfg, paths)).skipped and read_miti_scores(paths.miti_scores) == scores
+    assert runner(miti_stage(cfg, paths)).skipped
+    assert not runner(report_stage(cfg, paths)).skipped

@@ -21,6 +21,9 @@ from mi_llm.stages import Stage, StageRunner
 
 log = logging.getLogger(__name__)
 
+# The test dialogues scored with the codes they carry (a human coder's), beside the coder's.
+HUMAN_REFERENCE = "reference (human codes)"
+
 
 def import_sources(sources: list[SourceConfig]) -> tuple[list[Dialogue], dict[str, dict]]:
     from mi_llm.corpus.importers import import_source
@@ -151,15 +154,15 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
     The reference dialogues are coded by the same coder (comparable across systems); when
     they carry human codes, those are scored too, as "reference (human codes)".
     """
+    from mi_llm.miti.results import MITI_SCORES_VERSION
+
     test_file = paths.build.test_samples
     systems = cfg.systems()
 
     def do_miti() -> None:
-        from mi_llm.miti.aggregate import aggregate, pooled
-        from mi_llm.miti.coders import load_coder
-        from mi_llm.miti.scoring import score_session
         from mi_llm.build.samples import read_samples
-        from mi_llm.corpus.schema import read_dialogues
+        from mi_llm.miti.coders import load_coder
+        from mi_llm.miti.results import code_and_score, write_miti_scores
         from mi_llm.miti.system_sessions import read_predictions_by_round, system_sessions
 
         test_ids = {s.dialogue_id for s in read_samples(test_file)}
@@ -167,23 +170,19 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
         human = [d for d in test if d.miti_globals and all(t.codes is not None for t in d.turns if t.role == "counselor")]
         plain_ref = [d.model_copy(update={"turns": [t.model_copy(update={"codes": None}) for t in d.turns],
                                           "miti_globals": None}) for d in test]
-        coder = load_coder(cfg.miti.coder)
-        coded: dict[str, list[Dialogue]] = {"reference": coder.code_dialogues(plain_ref)}
+        sessions: dict[str, list[Dialogue]] = {"reference": plain_ref}
         if human:
-            coded["reference (human codes)"] = human
+            sessions[HUMAN_REFERENCE] = human
         for label, key, system in systems:
-            preds = read_predictions_by_round(paths.predictions(key, system))
-            coded[label] = coder.code_dialogues(system_sessions(test, preds, label))
-        result = {}
-        for label, dialogues in coded.items():
-            write_dialogues(paths.miti_coded(label), dialogues)
-            scores = [score_session(d) for d in dialogues]
-            result[label] = {"sessions": [sc.report_dict() for sc in scores],
-                             "aggregate": aggregate(scores) if scores else {}, "pooled": pooled(scores) if scores else {}}
-        write_json(paths.miti_scores, {"coder": str(cfg.miti.coder), "systems": result})
+            sessions[label] = system_sessions(test, read_predictions_by_round(paths.predictions(key, system)), label)
+        scores = code_and_score(sessions, load_coder(cfg.miti.coder), coder_name=str(cfg.miti.coder),
+                                keep_codes={HUMAN_REFERENCE}, coded_file=paths.miti_coded)
+        write_miti_scores(paths.miti_scores, scores)
 
     inputs = [test_file, built_dialogues(cfg, paths)] + [paths.predictions(k, s) for _, k, s in systems]
-    return Stage("miti", do_miti, [paths.miti_scores], inputs=inputs, params=cfg.miti.model_dump())
+    # The schema version is a setting: a run from before a schema change rewrites miti.json.
+    params = {**cfg.miti.model_dump(), "miti_scores_version": MITI_SCORES_VERSION}
+    return Stage("miti", do_miti, [paths.miti_scores], inputs=inputs, params=params)
 
 
 def report_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:

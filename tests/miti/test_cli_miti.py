@@ -81,6 +81,12 @@ def test_score_writes_json_with_nulls(tmp_path):
     assert any("r_q undefined in 1 of 2" in n for n in d["notes"])
     assert "NaN" not in out.read_text() and "Infinity" not in out.read_text()
     assert "Reflection : Question" in r.stderr  # the rich table
+    # the one miti.json schema (mi_llm.miti.results), also written by the pipeline and transcribe --code
+    assert d["schema_version"] == 2 and d["coder"] is None and sys_["files"] == [str(src)]
+    assert "level" in sys_["aggregate"]["r_q"] and "level" not in sys_["aggregate"]["mia"]  # as aggregate() gives it
+    from mi_llm.miti.results import read_miti_scores
+
+    assert read_miti_scores(out).systems["coded"].sessions[0].summary.pct_cr == 0.5
 
 
 def test_score_named_systems_group_by_and_ratio(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from mi_llm.corpus.schema import Turn, Utterance, write_dialogues
 from mi_llm.errors import MiLlmError
+from mi_llm.miti.results import read_miti_scores
 from mi_llm.transcribe import quality
 from tests.transcribe.conftest import make_dialogue
 
@@ -32,7 +33,7 @@ class SentenceCoder:
         return out
 
 
-def test_code_output_scores_pct_cr_rq_and_ratio(tmp_path):
+def test_code_output_scores_pct_cr_rq_and_ratio(tmp_path, capsys):
     ds = [make_dialogue("a"), make_dialogue("b")]
     for d in ds:
         for t in d.turns:
@@ -41,13 +42,23 @@ def test_code_output_scores_pct_cr_rq_and_ratio(tmp_path):
     out = tmp_path / "mi.jsonl"
     write_dialogues(out, ds)
     r = quality.code_output(out, "fake", SentenceCoder({"a": "SR", "b": "CR"}))
-    assert r["sessions"] == 2
-    assert r["pooled"]["pct_cr"] == pytest.approx(0.5) and r["pooled"]["r_q"] == pytest.approx(1.0)
-    assert r["pooled"]["mi_adherent_ratio"] is None  # no adherent or non-adherent code: undefined, not 0
-    assert r["per_session"]["pct_cr"]["mean"] == pytest.approx(0.5)
-    assert json.loads((tmp_path / "mi.jsonl.miti.json").read_text())["pooled"]["r_q"] == pytest.approx(1.0)
+    mi = r.systems["mi"]  # one system, named by the output file's stem
+    assert r.coder == "fake" and mi.n_sessions == 2 and mi.files == [str(tmp_path / "mi.jsonl.coded.jsonl")]
+    assert mi.pooled.pct_cr == pytest.approx(0.5) and mi.pooled.r_q == pytest.approx(1.0)
+    assert mi.pooled.mi_adherent_ratio is None  # no adherent or non-adherent code: undefined, not 0
+    assert mi.aggregate["pct_cr"].mean == pytest.approx(0.5)
+    # the schema of every miti.json (mi_llm.miti.results), as `miti score` and the pipeline write it
+    assert read_miti_scores(tmp_path / "mi.jsonl.miti.json") == r
+    written = json.loads((tmp_path / "mi.jsonl.miti.json").read_text())
+    assert written["schema_version"] == 2 and written["systems"]["mi"]["pooled"]["r_q"] == pytest.approx(1.0)
     coded = [json.loads(x) for x in (tmp_path / "mi.jsonl.coded.jsonl").read_text().splitlines()]
     assert coded[0]["turns"][1]["codes"][0]["code"] == "SR"
+    from mi_llm.cli.transcribe import _print_quality
+
+    _print_quality(r)  # what `transcribe --code` prints
+    err = capsys.readouterr().err
+    assert "MITI (2 rewritten dialogues, coder fake)" in err and "50%" in err and "n/a (undefined)" in err
+    assert "coded.js" in err.replace("\n", "")  # the coded file (wrapped by the terminal width)
 
 
 def test_missing_coder_folder_is_a_clear_error(tmp_path):

@@ -64,56 +64,28 @@ def score_cmd(
     paper: bool = typer.Option(True, "--paper/--no-paper", help="show the MI-LLM paper's figures beside the scores"),
 ) -> None:
     """Score coded sessions: behaviour counts, globals, %CR, R:Q, MIA, MINA, MI-adherent ratio."""
-    from mi_llm.io import write_json
-    from mi_llm.miti.aggregate import aggregate, comparison_table, pooled
-    from mi_llm.miti.codebook import THRESHOLDS
-    from mi_llm.miti.scoring import RatioDefinition, SessionScores, score_session
-    from mi_llm.miti.session import load_sessions
+    from mi_llm.miti.results import code_and_score, write_miti_scores
+    from mi_llm.miti.scoring import RatioDefinition
+    from mi_llm.miti.session import CodedSession, load_sessions
 
     if group_by not in ("none", "style", "language", "source"):
         raise MiLlmError(f"--group-by must be none, style, language or source (got {group_by!r})")
     ratio = RatioDefinition.parse(definition)
-    systems: dict[str, list[SessionScores]] = {}
+    systems: dict[str, list[CodedSession]] = {}
     files: dict[str, list[str]] = {}
     for spec in inputs:
         name, path = _labelled(spec)
         name = name or path.stem
         for s in load_sessions(path, allow_uncoded=allow_uncoded):
             label = name if group_by == "none" else f"{name}/{getattr(s, group_by)}"
-            systems.setdefault(label, []).append(score_session(s, ratio))
+            systems.setdefault(label, []).append(s)
             files.setdefault(label, [])
             if str(path) not in files[label]:
                 files[label].append(str(path))
-    table = comparison_table(systems, paper=paper)
-    notes = []
-    for label, scores in systems.items():
-        agg = aggregate(scores)
-        for key, why in (("pct_cr", "no reflection"), ("r_q", "no question"),
-                         ("mi_adherent_ratio", "no adherent or non-adherent code"), ("technical", "no global ratings")):
-            if agg[key]["missing"]:
-                notes.append(f"{label}: {key} undefined in {agg[key]['missing']} of {len(scores)} session(s) "
-                             f"({why}); left out of its statistics")
-    result = {
-        "miti_version": "4.2.1",
-        "mi_adherent_ratio": {"definition": ratio.name, "formula": ratio.describe(),
-                              "adherent": list(ratio.adherent), "non_adherent": list(ratio.non_adherent)},
-        "thresholds": {k: {"fair": f, "good": g} for k, (f, g) in THRESHOLDS.items()},
-        "systems": {
-            label: {
-                "files": files[label],
-                "n_sessions": len(scores),
-                "aggregate": aggregate(scores),
-                "pooled": pooled(scores),
-                "sessions": [s.report_dict() for s in scores],
-            }
-            for label, scores in systems.items()
-        },
-        "comparison": table.to_dict(),
-        "notes": notes,
-    }
-    write_json(output, result)
-    console.print(table.to_rich())
-    for n in notes:
+    scores = code_and_score(systems, ratio=ratio, files=files, paper=paper)
+    write_miti_scores(output, scores)
+    console.print(scores.comparison_table(paper=paper).to_rich())
+    for n in scores.notes:
         console.print(f"[dim]note: {n}[/]")
     console.print(f"wrote {output}")
 

@@ -134,7 +134,7 @@ def _print_summary(stats, output: Path) -> None:  # type: ignore[no-untyped-def]
     console.print(f"wrote {output}" + (f"; failures in {failures_path(output)}" if stats.failed or stats.already_failed else ""))
 
 
-def _print_quality(result: dict) -> None:  # type: ignore[type-arg]
+def _print_quality(scores) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
     def fmt(v: object, pct: bool = False) -> str:
@@ -142,14 +142,12 @@ def _print_quality(result: dict) -> None:  # type: ignore[type-arg]
             return "n/a (undefined)"
         return f"{v:.0%}" if pct else f"{v:.2f}"  # type: ignore[str-format]
 
-    pooled = result.get("pooled") or {}
-    per = result.get("per_session") or {}
-    t = Table(title=f"MITI ({result.get('sessions', 0)} rewritten dialogues, coder {result.get('coder')})")
+    (rewrites,) = scores.systems.values()  # code_output scores one system: the output file
+    t = Table(title=f"MITI ({rewrites.n_sessions} rewritten dialogues, coder {scores.coder})")
     for col in ("score", "pooled", "per-session mean", "median"):
         t.add_column(col)
     for key, label, pct in (("pct_cr", "%CR", True), ("r_q", "R:Q", False), ("mi_adherent_ratio", "MI-adherent ratio", True)):
-        s = per.get(key) or {}
-        t.add_row(label, fmt(pooled.get(key), pct), fmt(s.get("mean"), pct), fmt(s.get("median"), pct))
+        s = rewrites.aggregate[key]
+        t.add_row(label, fmt(getattr(rewrites.pooled, key), pct), fmt(s.mean, pct), fmt(s.median, pct))
     console.print(t)
-    if result.get("ratio_definition"):
-        console.print(f"MI-adherent ratio = {result['ratio_definition']}; coded dialogues in {result.get('coded')}")
+    console.print(f"MI-adherent ratio = {scores.mi_adherent_ratio.formula}; coded dialogues in {rewrites.files[0]}")

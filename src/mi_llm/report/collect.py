@@ -1,6 +1,7 @@
 """Gather a run directory's outputs into ReportData (the pipeline's last stage).
 
-Every path comes from mi_llm.layout.RunPaths.
+Every path comes from mi_llm.layout.RunPaths; miti.json is read through its schema
+(mi_llm.miti.results.read_miti_scores).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from mi_llm.io import iter_jsonl
 from mi_llm.layout import RunPaths
+from mi_llm.miti.results import read_miti_scores
 from mi_llm.report.data import AutoRow, Example, ReportData
 
 if TYPE_CHECKING:
@@ -69,11 +71,11 @@ def collect(cfg: "ExperimentConfig", paths: RunPaths) -> ReportData:
         data.auto_rows += auto_rows(key, system, _read_json(paths.metrics(key, system)))
     miti_file = paths.miti_scores
     if cfg.miti.enabled and miti_file.is_file():
-        miti = _read_json(miti_file)
-        for label, result in miti["systems"].items():
-            data.miti_sessions[label] = result["sessions"]
-            data.miti_aggregate[label] = result["aggregate"]
-        data.notes.append(f"MITI codes and global ratings by the automatic coder {miti['coder']!r}; "
+        miti = read_miti_scores(miti_file)
+        for label, result in miti.systems.items():
+            data.miti_sessions[label] = [s.report_dict() for s in result.sessions]
+            data.miti_aggregate[label] = {k: stats.model_dump(mode="json") for k, stats in result.aggregate.items()}
+        data.notes.append(f"MITI codes and global ratings by the automatic coder {miti.coder!r}; "
                           "see docs/miti-coder.md for its measured validity.")
     if cfg.train_enabled:
         for m in cfg.models:
