@@ -147,9 +147,10 @@ def code_and_score(
         else:
             sources[label] = list((files or {}).get(label, ()))
         scored[label] = [score_session(s, ratio) for s in coded]
+    aggregates = {label: aggregate(scores) for label, scores in scored.items()}
     notes = []
     for label, scores in scored.items():
-        agg = aggregate(scores)
+        agg = aggregates[label]
         for key, why in _UNDEFINED_WHY:
             if agg[key]["missing"]:
                 notes.append(f"{label}: {key} undefined in {agg[key]['missing']} of {len(scores)} session(s) "
@@ -160,7 +161,7 @@ def code_and_score(
                                     adherent=list(ratio.adherent), non_adherent=list(ratio.non_adherent)),
         thresholds={k: Threshold(fair=f, good=g) for k, (f, g) in THRESHOLDS.items()},
         systems={
-            label: SystemScores(files=sources[label], n_sessions=len(scores), aggregate=aggregate(scores),
+            label: SystemScores(files=sources[label], n_sessions=len(scores), aggregate=aggregates[label],
                                 pooled=pooled(scores), sessions=scores)  # type: ignore[arg-type]
             for label, scores in scored.items()
         },
