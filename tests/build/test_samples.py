@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from mi_llm.corpus.schema import Dialogue
 from mi_llm.build.samples import build_samples, dialogue_samples, split_dialogues
 from mi_llm.build.stage import build
+from mi_llm.corpus.schema import Dialogue
 from mi_llm.errors import MiLlmError
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mi_llm.corpus.schema import Dialogue
 from mi_llm.build.exports import export_records, write_llamafactory
 from mi_llm.build.samples import build_samples
+from mi_llm.corpus.schema import Dialogue
 from mi_llm.io import write_jsonl
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mi_llm.errors import MiLlmError
 from mi_llm.build.samples import Sample
+from mi_llm.errors import MiLlmError
 from mi_llm.train.data import (
     IGNORE_INDEX,
     Example,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from mi_llm.build.samples import read_samples
 from mi_llm.config import ExperimentConfig
 from mi_llm.corpus.schema import read_dialogues
 from mi_llm.layout import RunPaths
 from mi_llm.pipeline import data_stages
-from mi_llm.build.samples import read_samples
 from tests.transcribe.conftest import make_dialogue
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from mi_llm.build.exports import export_records, write_llamafactory, write_openai
+from mi_llm.build.samples import TokenCounter, build_samples, char_count, split_dialogues
 from mi_llm.corpus.schema import Dialogue, read_dialogues
 from mi_llm.errors import MiLlmError
 from mi_llm.io import check_writable, write_json, write_jsonl
 from mi_llm.layout import SPLITS, BuildPaths
-from mi_llm.build.exports import export_records, write_llamafactory, write_openai
-from mi_llm.build.samples import TokenCounter, build_samples, char_count, split_dialogues
 
 
 def token_counter(tokenizer: str) -> TokenCounter:

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mi_llm.build.samples import Sample, read_samples
 from mi_llm.errors import InputError, MiLlmError
 from mi_llm.io import repair_torn_tail, write_json, write_jsonl
 from mi_llm.layout import TEST_SAMPLES, BuildPaths, meta_file
 from mi_llm.llm.backends.base import Backend, GenerationConfig
-from mi_llm.build.samples import Sample, read_samples
 
 log = logging.getLogger(__name__)
 

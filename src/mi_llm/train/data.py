@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
+from mi_llm.build.samples import Sample, read_samples
 from mi_llm.errors import MiLlmError
 from mi_llm.layout import TRAIN_SAMPLES, BuildPaths
-from mi_llm.build.samples import Sample, read_samples
 
 log = logging.getLogger(__name__)
 
