@@ -83,11 +83,14 @@ def resolve_backend(name: str) -> str:
 
 def default_batch_size(backend: str, options: Mapping[str, Any]) -> int:
     """Enough conversations to keep the backend busy: llamacpp 4 x parallel (at least 16),
-    openai 4 x concurrency (its default 8), vllm 256, hf 16."""
+    openai 4 x concurrency, vllm 256, hf 16 (parallel and concurrency: the backend's default
+    where `options` do not say)."""
+    from mi_llm.llm.backends.config import LlamaCppConfig, OpenAIConfig
+
     if backend == "llamacpp":
-        return max(DEFAULT_BATCH_SIZE, 4 * int(options.get("parallel") or 1))
+        return max(DEFAULT_BATCH_SIZE, 4 * int(options.get("parallel") or LlamaCppConfig().parallel))
     if backend == "openai":
-        return 4 * int(options.get("concurrency") or 8)
+        return 4 * int(options.get("concurrency") or OpenAIConfig().concurrency)
     if backend == "vllm":
         return VLLM_BATCH_SIZE
     return DEFAULT_BATCH_SIZE
