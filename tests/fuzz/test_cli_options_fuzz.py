@@ -83,6 +83,7 @@ OPTIONS = [
     Opt("train", "--save-steps", True, ge=1),
     Opt("train", "--save-total-limit", True, ge=1),
     Opt("train", "--log-steps", True, ge=1),
+    Opt("train", "--logits-chunk", True, ge=0, le=INT32_MAX),
     Opt("miti annotate", "--port", True, ge=1, le=65535),
     Opt("miti code", "--retries", True, ge=0, le=100),
     Opt("miti code-utterances", "--retries", True, ge=0, le=100),
