@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 # or lower ones.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("mi_llm", "mi_llm.errors", "mi_llm.io", "mi_llm.console", "mi_llm.layout")),
-    ("data", ("mi_llm.corpus", "mi_llm.build.samples", "mi_llm.build.exports", "mi_llm.prompts", "mi_llm.resources")),
+    ("data", ("mi_llm.corpus", "mi_llm.build.samples", "mi_llm.build.exports", "mi_llm.build.config", "mi_llm.prompts", "mi_llm.resources")),
     ("models", ("mi_llm.llm", "mi_llm.train")),
     ("measures", ("mi_llm.evaluate", "mi_llm.miti")),
     ("stages", ("mi_llm.build", "mi_llm.transcribe", "mi_llm.report", "mi_llm.serve",

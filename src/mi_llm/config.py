@@ -7,8 +7,7 @@ TranscribeConfig (transcribe.config), PredictConfig (evaluate.config), ServeConf
 options from its model (cli.options.field_option) and the experiment config composes the
 same models, so no default is written twice. Where the pipeline adds options of its own
 (`enabled`, how many dialogues to rewrite) or sets some itself (paths), the section is an
-`Experiment<Stage>Config` subclass here. BuildConfig lives here until the build stage is a
-package of its own.
+`Experiment<Stage>Config` subclass here. BuildConfig is the build stage's (build.config).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mi_llm.errors import InputError, MiLlmError
+from mi_llm.build.config import BuildConfig
 from mi_llm.evaluate.config import PredictConfig
 from mi_llm.layout import SYSTEMS
 from mi_llm.llm.backends.config import check_backend_options
@@ -94,22 +94,6 @@ class ExperimentTrainConfig(TrainConfig):
     def given(self) -> dict[str, Any]:
         """The options the config sets (the train stage's fingerprint, the report's settings)."""
         return self.model_dump(exclude_unset=True)
-
-
-class BuildConfig(_Strict):
-    """The build stage (`mi-llm data build`; an experiment's `split:`): the split and the samples.
-    The descriptions are also the help of `mi-llm data build`'s options."""
-
-    train: float = Field(2000, ge=0, description="training dialogues: a count, or a fraction below 1")
-    test: float = Field(40, ge=0, description="test dialogues: a count, or a fraction below 1")
-    seed: int = Field(42, description="seed of the split")
-    history_budget: int | None = Field(
-        None, ge=0, description="keep only the most recent rounds of history within this many tokens")
-    tokenizer: str = Field(
-        "chars", description="unit of --history-budget: 'chars' or a model name/folder whose tokenizer counts")
-    export_mode: Literal["rounds", "dialogues"] = Field(
-        "rounds",
-        description="exports: 'rounds' (one record per sample) or 'dialogues' (one multi-turn record per dialogue)")
 
 
 class ModelConfig(_Strict):

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from mi_llm.cli.options import field_option
-from mi_llm.config import BuildConfig
+from mi_llm.build.config import BuildConfig
 from mi_llm.console import console
 
 data_app = typer.Typer(help="Corpora: import, download, build samples.", no_args_is_help=True)
