@@ -54,7 +54,7 @@ from mi_llm.miti.coders import evaluate as ev  # noqa: E402
 from mi_llm.miti.coders import labels as L  # noqa: E402
 from mi_llm.miti.coders.embed import Embedder  # noqa: E402
 from mi_llm.miti.coders.features import FeatureConfig  # noqa: E402
-from mi_llm.miti.coders.trained import ModelConfig, TrainedCoder, default_config  # noqa: E402
+from mi_llm.miti.coders.trained import CoderConfig, TrainedCoder, default_config  # noqa: E402
 from mi_llm.miti.coders.tuned import TunedConfig  # noqa: E402
 
 console = Console(stderr=True, width=160)
@@ -62,15 +62,15 @@ SECTIONS = ("annomi", "annomi_only", "ood", "welivita", "crossling", "zh", "glob
 CODING_SECTIONS = set(SECTIONS) - {"globals", "timing"}  # those that train and test coders
 
 
-def recipes(embedder: Embedder | None) -> dict[str, ModelConfig]:
+def recipes(embedder: Embedder | None) -> dict[str, CoderConfig]:
     out = {
-        "baseline": ModelConfig(features=FeatureConfig(context=False, surface=False), C=10.0, class_weight=None),
+        "baseline": CoderConfig(features=FeatureConfig(context=False, surface=False), C=10.0, class_weight=None),
         "ngram+ctx": default_config(quick=True),
         "encoder": default_config(recipe="encoder"),
     }
     if embedder is not None:
         emb = embedder.config()
-        out["embed"] = ModelConfig(features=FeatureConfig(words=False, chars=False, context=False, embeddings=emb))
+        out["embed"] = CoderConfig(features=FeatureConfig(words=False, chars=False, context=False, embeddings=emb))
         full = default_config(recipe="embed")
         full.features.embeddings = emb
         out["full"] = full
@@ -78,7 +78,7 @@ def recipes(embedder: Embedder | None) -> dict[str, ModelConfig]:
     return out
 
 
-def fitter(config: ModelConfig, embedder: Embedder | None, tuned_embedder: Embedder | None = None):
+def fitter(config: CoderConfig, embedder: Embedder | None, tuned_embedder: Embedder | None = None):
     def fit(train: list[L.Example]) -> TrainedCoder:
         return TrainedCoder.fit(train, config, embedder=embedder if config.features.embeddings else None,
                                 tuned_embedder=tuned_embedder if config.tuned else None)
@@ -231,7 +231,7 @@ def main() -> None:
     console.print("done")
 
 
-def bench_globals(folds: int, cfg: ModelConfig, embedder: Embedder | None, english: list[L.Example]) -> dict[str, Any]:
+def bench_globals(folds: int, cfg: CoderConfig, embedder: Embedder | None, english: list[L.Example]) -> dict[str, Any]:
     """Global ratings, CV by dialogue on the demo corpus: from gold codes, and from predicted codes."""
     import numpy as np
 

@@ -9,7 +9,7 @@ import pytest
 from mi_llm.corpus.schema import Dialogue
 from mi_llm.errors import MiLlmError
 from mi_llm.miti.codebook import CODES
-from mi_llm.miti.coders import load_coder, train_coder
+from mi_llm.miti.coders import default_coder_dir, load_coder, train_coder
 from mi_llm.miti.coders.base import Item
 from mi_llm.miti.coders.evaluate import metrics
 from mi_llm.miti.coders.globals_model import GlobalsModel
@@ -75,18 +75,34 @@ def test_load_errors(tmp_path):
         load_coder(tmp_path / "bad")
 
 
-def test_train_coder_writes_a_folder_and_default_is_trained_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("MI_LLM_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MI_LLM_SHARED_DATA", str(tmp_path / "no-shared-data"))  # demo corpus only: fast
-    import mi_llm.miti.coders.labels as L
+def test_train_coder_records_its_data_and_licences(tmp_path):
+    out = train_coder(tmp_path / "c", [], quick=True)
+    info = json.loads((out / "coder.json").read_text())["info"]
+    assert info["sources"] == {"demo": len(ALL)}
+    assert info["data"] == [{"kind": "demo", "file": "mi_llm/resources/demo (bundled)", "utterances": len(ALL),
+                             "licence": "mi-llm's own (the bundled demo corpus)"}]
 
-    monkeypatch.setattr(L, "shared_data_dir", lambda: None)
+
+def test_default_is_the_shipped_coder(tmp_path, monkeypatch):
+    """Whatever the machine has ($MI_LLM_HOME, shared data), `default` is the folder in the package."""
+    monkeypatch.setenv("MI_LLM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MI_LLM_SHARED_DATA", str(tmp_path / "no-shared-data"))
     c = load_coder("default")
-    assert (tmp_path / "home" / "coders" / "default" / "coder.json").is_file()
-    assert c.info["sources"] == {"demo": len(ALL)}
-    with pytest.raises(MiLlmError, match="no default coder"):
-        monkeypatch.setenv("MI_LLM_HOME", str(tmp_path / "other"))
-        load_coder("default", train_if_missing=False)
+    assert c.folder == default_coder_dir() and str(c.folder).endswith("resources/coders/default")
+    assert not (tmp_path / "home").exists()  # nothing trained, nothing written
+    info = c.info
+    assert info["release"]["name"] == "mi-llm-default" and c.name.startswith("mi-llm-default ")
+    # trained on the sources whose licences allow shipping: AnnoMI and the demo corpus only
+    assert set(info["sources"]) == {"annomi", "demo"}
+    assert {d["kind"] for d in info["data"]} == {"annomi", "demo"}
+    assert all(d["licence"] and d["utterances"] > 0 and "/" not in d["file"].removesuffix(" (bundled)")
+               .removeprefix("mi_llm/resources/demo") for d in info["data"])
+    assert "unseen AnnoMI transcripts" in c.validity and "kappa" in c.validity
+    size = sum(f.stat().st_size for f in c.folder.rglob("*") if f.is_file())
+    assert size < 10e6, size  # small enough for git and the wheel
+    test = [e for e in ALL if e.group in HELD_OUT]  # (it saw them in training: this checks it runs, not validity)
+    m = metrics([e.code for e in test], c.code_utterances([Item(e.text, e.context, e.language) for e in test]))
+    assert m["kappa"] > 0.5, m
 
 
 def test_globals_model_beats_the_mean_on_held_out_sessions():

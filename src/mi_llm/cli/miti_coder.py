@@ -18,7 +18,7 @@ from mi_llm.errors import InputError, MiLlmError
 
 coder_app = typer.Typer()
 
-_CODER_HELP = ("'default' (trained once under $MI_LLM_HOME/coders/default), a folder from `mi-llm miti train-coder`, "
+_CODER_HELP = ("'default' (the coder shipped with mi-llm, the same on every machine), a folder from `mi-llm miti train-coder`, "
                "or llm:<backend>:<model> (e.g. llm:openai:gpt-4o, llm:hf:<model folder>)")
 
 
@@ -38,8 +38,11 @@ def _load(coder: str, base_url: str | None, retries: int) -> Any:
         return c
     if base_url:
         raise MiLlmError("--base-url applies to an llm:<backend>:<model> coder only")
-    with console.status("loading the coder (training a quick default one first if there is none)"):
-        return load_coder(coder)
+    with console.status("loading the coder"):
+        c = load_coder(coder)
+    if c.validity:  # what its figures are worth, beside them
+        console.print(f"coder {c.name}: {c.validity}")
+    return c
 
 
 def _summary(codes: list[str | None], errors: int, seconds: float, what: str) -> None:
@@ -148,13 +151,15 @@ def train_coder_cmd(
     recipe: str = typer.Option("embed", "--recipe", help="embed: n-grams x the embedded model's frozen hidden states "
                                "(default); tuned: n-grams x blocks of it tuned to the codes (better on English, "
                                "worse on Chinese without Chinese training codes); encoder: n-grams x a small English encoder "
-                               "fine-tuned end to end (best on English, no help on Chinese); ngram: n-grams only"),
+                               "fine-tuned end to end (best on English, no help on Chinese); ngram: n-grams only (the shipped default "
+                               "coder's recipe). embed and ngram choose their hyper-parameters on inner folds of the data"),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="with --recipe encoder: the encoder to fine-tune, "
                                           "a local folder or hub id (default: the bundled all-MiniLM-L6-v2)"),
     weight: list[str] = typer.Option([], "--weight", help="SOURCE=W, repeatable: how much one source's labels count "
                                      "(default annomi=1 demo=1 welivita=0.2 mibot=0.2; welivita=1 codes written "
                                      "counseling better and spoken sessions and Chinese a little worse, see docs/miti-coder.md)"),
-    quick: bool = typer.Option(False, "--quick", help="= --recipe ngram: n-gram, context and surface features only"),
+    quick: bool = typer.Option(False, "--quick", help="n-gram, context and surface features with fixed "
+                               "hyper-parameters (no inner cross-validation): the fastest"),
     embeddings: Optional[bool] = typer.Option(None, "--embeddings/--no-embeddings",
                                               help="use the embedded model's hidden states (default: on unless --quick)"),
 ) -> None:
@@ -173,6 +178,7 @@ def train_coder_cmd(
                 names = {"loading": "loading labelled data", "embeddings": "embedded-model features",
                          "tuning": "tuning the embedded model's blocks (steps)",
                          "fine-tuning": "fine-tuning the encoder (steps)",
+                         "selection": "choosing hyper-parameters on inner folds (fits)",
                          "classifier": "features and classifiers (per expert)", "globals": "global-ratings model"}
                 tasks[stage] = progress.add_task(names.get(stage, stage), total=total)
             progress.update(tasks[stage], completed=done, total=total)

@@ -6,6 +6,8 @@
 
     train_coder("coders/en", [("annomi", "AnnoMI-full.csv")])   # + the bundled demo codes
 
+`load_coder("default")` is the coder shipped in the package (resources/coders/default).
+
 See docs/miti-coder.md for the label mappings, the validity table and how to reproduce it.
 """
 
@@ -26,9 +28,11 @@ __all__ = ["Coder", "Item", "Result", "default_coder_dir", "load_coder", "split_
 
 
 def default_coder_dir() -> Path:
-    from mi_llm.llm.models import mi_llm_home
+    """The coder shipped in the package (`mi_llm/resources/coders/default`): trained on AnnoMI
+    and the bundled demo corpus, with its nested-CV validity in its coder.json."""
+    from importlib import resources
 
-    return mi_llm_home() / "coders" / "default"
+    return Path(str(resources.files("mi_llm.resources").joinpath("coders", "default")))
 
 
 def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] = (), quick: bool = False,
@@ -38,9 +42,11 @@ def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] =
 
     `recipe` (`trained.RECIPES`): `embed` (the default) reads the embedded model's frozen hidden
     states, `tuned` adapts blocks of it to the codes, `encoder` fine-tunes a small English
-    sentence encoder (`encoder`: another one to fine-tune, a folder or hub id), `ngram` none of these. `quick` (= `ngram`)
-    trains in about a minute on a CPU with the shared data, seconds on the demo corpus
-    alone; `embeddings=False` also means `ngram`. `weights` {source: weight} override the
+    sentence encoder (`encoder`: another one to fine-tune, a folder or hub id), `ngram` none of these
+    (the shipped default coder's recipe). `embed` and `ngram` choose their hyper-parameters
+    on inner folds of the examples first (`selection.py`). `quick` (n-grams, fixed
+    hyper-parameters) trains in about a minute on a CPU with the shared data, seconds on the
+    demo corpus alone; `embeddings=False` also means `ngram`. `weights` {source: weight} override the
     recipe's source weights (e.g. {"welivita": 1.0} to code written counseling text).
     """
     from mi_llm.miti.coders.labels import load_sources
@@ -67,19 +73,25 @@ def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] =
                                  f"(sources here: {', '.join(sorted(present.values()))})")
             config.source_weights[present[name.casefold()]] = w
     coder = TrainedCoder.fit(examples, config, dialogues_for_globals=demo_dialogues(), progress=progress)
-    coder.info["data"] = [{"kind": k, "path": str(p)} for k, p in sources] + [{"kind": "demo", "path": "bundled"}]
+    from mi_llm.miti.coders.labels import LICENCES
+
+    counts = coder.info.get("sources", {})
+    # file names only: a shipped coder must not carry the paths of the machine that trained it
+    coder.info["data"] = [{"kind": k, "file": Path(p).name, "utterances": counts.get(k, 0),
+                           "licence": LICENCES.get(k, "see the source")} for k, p in sources] + [
+        {"kind": "demo", "file": "mi_llm/resources/demo (bundled)", "utterances": counts.get("demo", 0),
+         "licence": LICENCES["demo"]}]
     coder.info["quick"] = quick
     out = coder.save(out_dir)
     log.info("trained a coder on %d utterances in %.0f s: %s", coder.info["n_examples"], coder.info["seconds"], out)
     return out
 
 
-def load_coder(spec: str | Path = "default", *, train_if_missing: bool = True, **llm_opts: Any) -> Coder:
+def load_coder(spec: str | Path = "default", **llm_opts: Any) -> Coder:
     """A coder from `default`, a trained coder folder, or `llm:<backend>:<model>`.
 
-    `default` is `$MI_LLM_HOME/coders/default`; when it does not exist yet a quick one is
-    trained there first (bundled demo codes + the shared data when present), unless
-    `train_if_missing` is false. `llm_opts` (e.g. base_url) go to the LLM backend.
+    `default` is the coder shipped in the package (`default_coder_dir()`): the same on every
+    machine, whatever data the machine has. `llm_opts` (e.g. base_url) go to the LLM backend.
     """
     from mi_llm.miti.coders.trained import TrainedCoder
 
@@ -90,13 +102,8 @@ def load_coder(spec: str | Path = "default", *, train_if_missing: bool = True, *
         return LLMCoder.from_spec(s, **llm_opts)
     if s == "default":
         folder = default_coder_dir()
-        if not (folder / "coder.json").is_file():
-            if not train_if_missing:
-                raise MiLlmError(f"no default coder at {folder}: train one with `mi-llm miti train-coder -o {folder}`")
-            from mi_llm.miti.coders.labels import shared_sources
-
-            log.info("no default coder yet: training a quick one into %s", folder)
-            train_coder(folder, shared_sources(), quick=True)
+        if not (folder / "coder.json").is_file():  # a broken install, not user input
+            raise MiLlmError(f"the shipped default coder is missing ({folder}); reinstall mi-llm")
         return TrainedCoder.load(folder)
     folder = Path(s).expanduser()
     if not folder.exists():

@@ -49,6 +49,11 @@ class Coder:
 
     name = "coder"
 
+    @property
+    def validity(self) -> str | None:
+        """One line on how well this coder agrees with experts on unseen data, when measured."""
+        return None
+
     def code_items(self, items: Sequence[Item], progress: Progress | None = None) -> list[Result]:
         raise NotImplementedError
 

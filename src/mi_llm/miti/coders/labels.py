@@ -38,6 +38,14 @@ NULL = "null"  # the label used for "not coded" inside classifiers (None in data
 
 SOURCES = ("annomi", "welivita", "mibot", "dialogues")
 
+# What a coder trained on each source may be shipped under (recorded in its coder.json).
+LICENCES = {
+    "annomi": "stated public domain (earlier upstream README; none stated now)",
+    "demo": "mi-llm's own (the bundled demo corpus)",
+    "welivita": "CC BY-NC-SA 3.0 (non-commercial, share-alike: not in the shipped coder)",
+    "mibot": "CC BY-SA 4.0 (share-alike: not in the shipped coder)",
+}
+
 # ---------------------------------------------------------------- the mappings
 
 ANNOMI_THERAPIST_INPUT = {"information": "GI", "advice": "Persuade", "options": "PwP", "negotiation": "Seek"}

@@ -30,7 +30,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,17 @@ from mi_llm.miti.coders.encoder import EncoderConfig, EncoderExpert
 from mi_llm.miti.coders.features import FeatureConfig, Featurizer
 from mi_llm.miti.coders.globals_model import GlobalsModel
 from mi_llm.miti.coders.labels import NULL, Example
+from mi_llm.miti.coders.product import (
+    REFLECTIONS, _weights, aligned_log_proba, combine, expert_configs, fit_classifier, language_weights,
+    refine_features,
+)
 from mi_llm.miti.coders.tuned import TunedConfig, TunedExpert
 
 log = logging.getLogger(__name__)
 
 FORMAT = "mi-llm-miti-coder"
-VERSION = 2
+VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 3 added the combination fields and the refine expert
 
 # (stage, done, total): stages are "loading", "embeddings", "classifier" (one step per expert), "globals".
 StageProgress = Callable[[str, int, int], None]
@@ -60,7 +65,7 @@ DEFAULT_SOURCE_WEIGHTS = {"annomi": 1.0, "demo": 1.0, "welivita": 0.2, "mibot": 
 
 
 @dataclass
-class ModelConfig:
+class CoderConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     C: float = 4.0  # the n-gram expert's inverse regularisation
     C_embed: float = 3.0  # the embedding expert's
@@ -74,6 +79,17 @@ class ModelConfig:
     source_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS))
     tuned: dict[str, Any] | None = None  # TunedConfig of the tuned expert; None = none
     encoder: dict[str, Any] | None = None  # EncoderConfig of the encoder expert; None = none
+    # How the experts' log-probabilities are combined (chosen on inner folds by `selection`):
+    # a weight per expert name (absent = 1), an additive bias per label (rare codes such as
+    # PwP and Seek lose macro-F1 to the frequent ones otherwise), and coarse-then-fine: a
+    # dedicated SR-vs-CR expert, trained on reflections only, re-decides simple vs complex.
+    expert_weights: dict[str, float] = field(default_factory=dict)
+    class_bias: dict[str, float] = field(default_factory=dict)
+    refine_reflections: bool = False
+    C_refine: float = 4.0
+    # SelectionConfig (selection.py): choose C, expert weights, refinement and biases by
+    # cross-validation inside the training data before the final fit; None = as given.
+    selection: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -81,29 +97,16 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> "CoderConfig":
         d = dict(d)
         d["features"] = FeatureConfig.from_dict(d.get("features", {}))
         return cls(**d)
 
 
-def expert_configs(config: ModelConfig) -> list[tuple[str, FeatureConfig, float]]:
-    """(name, features, C) of each expert the recipe asks for."""
-    f = config.features
-    out = []
-    if f.words or f.chars or f.context:
-        out.append(("ngram", replace(f, embeddings=None), config.C))
-    if f.embeddings is not None:
-        out.append(("embed", replace(f, words=False, chars=False, context=False), config.C_embed))
-    if not out:
-        raise MiLlmError("the recipe has no text features (words, chars, context or embeddings)")
-    return out
-
-
 RECIPES = ("embed", "tuned", "encoder", "ngram")
 
 
-def default_config(quick: bool = False, embeddings: bool = True, recipe: str = "embed") -> ModelConfig:
+def default_config(quick: bool = False, embeddings: bool = True, recipe: str = "embed") -> CoderConfig:
     """The shipped recipes: `embed` (n-grams x frozen embeddings, the default), `tuned` (n-grams x
     the tuned expert: better on English, worse on Chinese when trained on English only, see
     docs/miti-coder.md), `encoder` (n-grams x a fine-tuned English encoder: the best on
@@ -111,41 +114,41 @@ def default_config(quick: bool = False, embeddings: bool = True, recipe: str = "
     no `embeddings` give)."""
     if recipe not in RECIPES:
         raise MiLlmError(f"unknown coder recipe {recipe!r}; one of {', '.join(RECIPES)}")
+    from mi_llm.miti.coders.selection import SelectionConfig
+
     feats = FeatureConfig()
-    if quick or not embeddings or recipe == "ngram":
-        return ModelConfig(features=feats)
+    if quick:
+        return CoderConfig(features=feats)
+    # inner cross-validation chooses C, the expert weights, the refinement and the biases
+    selected = SelectionConfig().to_dict()
+    if not embeddings or recipe == "ngram":
+        return CoderConfig(features=feats, selection=selected)
     if recipe == "embed":
         feats.embeddings = Embedder().config()
-        return ModelConfig(features=feats)
+        return CoderConfig(features=feats, selection=selected)
     if recipe == "encoder":
-        return ModelConfig(features=feats, encoder=EncoderConfig().to_dict())
-    return ModelConfig(features=feats, tuned=TunedConfig().to_dict())
-
-
-def _weights(examples: Sequence[Example], config: ModelConfig,
-             override: dict[str, float] | None = None) -> np.ndarray:
-    """A training weight per utterance, from its source (`override` first: one expert's own)."""
-    override = override or {}
-    return np.array([override.get(e.source, config.source_weights.get(e.source, 1.0)) for e in examples])
-
-
-def _one_thread() -> Any:
-    """BLAS/OpenMP limited to one thread: a sparse linear model gains nothing from more, and
-    on a busy machine their spinning threads made fitting several times slower (measured)."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1)
+        return CoderConfig(features=feats, encoder=EncoderConfig().to_dict())
+    return CoderConfig(features=feats, tuned=TunedConfig().to_dict())
 
 
 @dataclass
 class Expert:
-    name: str
+    name: str  # "ngram", "embed", or "refine" (SR vs CR only)
     featurizer: Featurizer
     classifier: Any
 
 
+def fit_refine_expert(texts: Sequence[str], contexts: Sequence[str], y: np.ndarray, weights: np.ndarray,
+                      config: CoderConfig) -> Expert:
+    """Simple vs complex reflection, trained on the reflections alone (coarse-then-fine)."""
+    keep = np.isin(y, REFLECTIONS)
+    feat = Featurizer(refine_features(config))
+    X = feat.fit_transform([t for t, k in zip(texts, keep) if k], [c for c, k in zip(contexts, keep) if k])
+    return Expert("refine", feat, fit_classifier(X, y[keep], weights[keep], config.C_refine, config))
+
+
 class TrainedCoder(Coder):
-    def __init__(self, config: ModelConfig, experts: list[Expert], globals_model: GlobalsModel | None = None,
+    def __init__(self, config: CoderConfig, experts: list[Expert], globals_model: GlobalsModel | None = None,
                  info: dict[str, Any] | None = None, folder: Path | None = None, tuned: TunedExpert | None = None,
                  encoder: EncoderExpert | None = None):
         self.config = config
@@ -155,18 +158,31 @@ class TrainedCoder(Coder):
         self.globals_model = globals_model
         self.info = info or {}
         self.folder = folder
-        self.name = f"trained:{folder}" if folder else "trained"
+        self.name = self._name()
         self._embedder: Embedder | None = None
+
+    def _name(self) -> str:
+        """`<name> <version>` for a released coder (coder.json info.release), else its folder."""
+        release = self.info.get("release") or {}
+        if release.get("name") and release.get("version"):
+            return f"{release['name']} {release['version']}"
+        return f"trained:{self.folder}" if self.folder else "trained"
+
+    @property
+    def validity(self) -> str | None:
+        """One line: what the coder scored on transcripts it never saw (coder.json info.validity)."""
+        v = self.info.get("validity") or {}
+        return v.get("summary")
 
     # ------------------------------------------------------------- training
     @classmethod
-    def fit(cls, examples: Sequence[Example], config: ModelConfig | None = None,
+    def fit(cls, examples: Sequence[Example], config: CoderConfig | None = None,
             dialogues_for_globals: Sequence[Any] = (), progress: StageProgress | None = None,
             embedder: Embedder | None = None, tuned_embedder: Embedder | None = None) -> "TrainedCoder":
         """`embedder`, `tuned_embedder`: the embedded model for the embedding expert and for the
-        tuned expert's frozen blocks, when the caller keeps one (cross-validation reuses them)."""
-        from sklearn.linear_model import LogisticRegression
-
+        tuned expert's frozen blocks, when the caller keeps one (cross-validation reuses them).
+        With `config.selection`, inner cross-validation over the examples' groups first chooses
+        the combination (`selection.select`); the chosen config is the coder's."""
         config = config or default_config()
         if not examples:
             raise MiLlmError("no labelled utterances to train on")
@@ -179,23 +195,27 @@ class TrainedCoder(Coder):
         weights = _weights(examples, config)
         if not weights.any():
             raise MiLlmError(f"every training utterance would weigh 0 (source weights {config.source_weights})")
-        specs = expert_configs(config)
         emb = None
         self_embedder = None
         if config.features.embeddings is not None:
             self_embedder = embedder or Embedder.from_config(config.features.embeddings)
             emb = self_embedder.embed(texts, contexts,
                                       progress=(lambda d, n: progress("embeddings", d, n)) if progress else None)
+        selection_record = None
+        if config.selection is not None:
+            from mi_llm.miti.coders.selection import select
+
+            config, selection_record = select(examples, config, emb, progress=progress)
+        specs = expert_configs(config)
         experts = []
         for k, (name, fconf, C) in enumerate(specs):
             if progress:
                 progress("classifier", k, len(specs))
             feat = Featurizer(fconf)
             X = feat.fit_transform(texts, contexts, emb if fconf.embeddings is not None else None)
-            clf = LogisticRegression(C=C, class_weight=config.class_weight, max_iter=config.max_iter)
-            with _one_thread():
-                clf.fit(X, y, sample_weight=weights)
-            experts.append(Expert(name, feat, clf))
+            experts.append(Expert(name, feat, fit_classifier(X, y, weights, C, config)))
+        if config.refine_reflections and set(REFLECTIONS) <= set(y.tolist()):
+            experts.append(fit_refine_expert(texts, contexts, y, weights, config))
         if progress:
             progress("classifier", len(specs), len(specs))
         tuned = None
@@ -223,6 +243,7 @@ class TrainedCoder(Coder):
             "label_counts": {k: int(v) for k, v in Counter(y.tolist()).items()},
             "n_examples": len(examples),
             "experts": [x.name for x in experts] + [x.name for x in (tuned, encoder) if x],
+            **({"selection": selection_record} if selection_record else {}),
             "seconds": round(time.monotonic() - t0, 1),
             "sklearn": sklearn.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -248,18 +269,24 @@ class TrainedCoder(Coder):
         texts = [it.text for it in items]
         contexts = [it.context for it in items]
         emb = self._embed(texts, contexts, progress)
-        logp = np.zeros((len(items), len(self.labels)))
         # language-bound experts (n-grams, the English encoder) vote in proportion to what they saw
         # of the item's language, when a language-independent expert is there to carry the rest
         language_free = len(self.experts) > 1 or self.tuned is not None
         weights = self._language_weights(items) if language_free or self.encoder else np.ones(len(items))
         if not language_free:
             weights = np.where(weights > 0, weights, 1.0)  # an unseen language: some vote beats none
-        with _one_thread():
-            for x in self.experts:
-                X = x.featurizer.transform(texts, contexts, emb if x.featurizer.config.embeddings is not None else None)
-                lp = np.log(np.clip(x.classifier.predict_proba(X), 1e-12, 1.0))
-                logp += lp * weights[:, None] if x.name == "ngram" else lp
+        labels = self.labels
+        log_probas: dict[str, np.ndarray] = {}
+        refine = None
+        for x in self.experts:
+            if x.name == "refine" and not self.config.refine_reflections:
+                continue
+            X = x.featurizer.transform(texts, contexts, emb if x.featurizer.config.embeddings is not None else None)
+            if x.name == "refine":
+                refine = aligned_log_proba(x.classifier, X, REFLECTIONS)
+            else:
+                log_probas[x.name] = aligned_log_proba(x.classifier, X, labels)
+        logp = combine(log_probas, labels, self.config, weights, refine)
         if self.tuned is not None:
             logp += self.tuned.log_proba(texts, contexts, progress=progress)
         if self.encoder is not None:
@@ -269,9 +296,8 @@ class TrainedCoder(Coder):
         return p / p.sum(axis=1, keepdims=True)
 
     def _language_weights(self, items: Sequence[Item]) -> np.ndarray:
-        seen = self.info.get("languages", {})
-        floor = max(1, self.config.min_language_examples)
-        return np.array([min(1.0, seen.get(it.lang, 0) / floor) for it in items])
+        return language_weights([it.lang for it in items], self.info.get("languages", {}),
+                                self.config.min_language_examples)
 
     def code_items(self, items: Sequence[Item], progress: Progress | None = None) -> list[Result]:
         if not items:
@@ -295,6 +321,9 @@ class TrainedCoder(Coder):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        for x in self.experts:
+            for vec in x.featurizer._vec.values():
+                vec.stop_words_ = None  # the terms cut by min_df/max_features: introspection only, and most of the size
         with atomic_writer(folder / "model.joblib", "wb") as f:
             joblib.dump({"experts": [(x.name, x.featurizer, x.classifier) for x in self.experts]}, f, compress=3)
         if self.tuned is not None:
@@ -308,7 +337,7 @@ class TrainedCoder(Coder):
             "config": self.config.to_dict(), "info": self.info,
         })
         self.folder = folder
-        self.name = f"trained:{folder}"
+        self.name = self._name()
         return folder
 
     @classmethod
@@ -325,7 +354,7 @@ class TrainedCoder(Coder):
             raise MiLlmError(f"{meta_path}: unreadable ({e})") from None
         if meta.get("format") != FORMAT or meta.get("kind") != "trained":
             raise MiLlmError(f"{meta_path}: not a trained MITI coder")
-        if meta.get("version") != VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise MiLlmError(f"{meta_path}: coder format version {meta.get('version')} (this mi-llm reads {VERSION}); retrain it")
         import sklearn
 
@@ -338,7 +367,7 @@ class TrainedCoder(Coder):
             raise MiLlmError(f"{folder / 'model.joblib'}: unreadable ({type(e).__name__}: {e}); retrain the coder") from None
         gm = GlobalsModel.load(folder / "globals.json") if (folder / "globals.json").is_file() else None
         experts = [Expert(n, f, c) for n, f, c in blob["experts"]]
-        config = ModelConfig.from_dict(meta["config"])
+        config = CoderConfig.from_dict(meta["config"])
         from safetensors import SafetensorError
 
         def read(path: Path, load: Callable[[], Any]) -> Any:
