@@ -121,3 +121,17 @@ def test_globals_model_beats_the_mean_on_held_out_sessions():
             err_mean.append(abs(mean - gold))
     assert np.mean(err_model) < np.mean(err_mean)
     assert GlobalsModel.from_dict(gm.to_dict()).predict(test[0]) == gm.predict(test[0])
+
+
+def test_scores_carry_the_coders_validity_and_no_automatic_globals():
+    """miti.json (and so the report) names the coder with its validity; automatic globals are withheld."""
+    from mi_llm.miti.coders.globals_model import WITHHELD_FROM_REPORTS
+    from mi_llm.miti.results import code_and_score
+
+    coder = load_coder("default")
+    ds = demo_dialogues("en")[:2]
+    human = "human"
+    scores = code_and_score({"auto": ds, human: ds}, coder, coder_name="default", keep_codes={human})
+    assert f"coder {coder.name}: {coder.validity}" in scores.notes and WITHHELD_FROM_REPORTS in scores.notes
+    assert all(s.globals is None for s in scores.systems["auto"].sessions)
+    assert all(s.globals is not None for s in scores.systems[human].sessions)  # human ratings are kept

@@ -132,6 +132,8 @@ def code_and_score(
     with the codes they carry. `coded_file(label)` is where a system's coded sessions are
     written (and what its `files` say); else `files[label]` names its inputs.
     """
+    from mi_llm.miti.coders.globals_model import WITHHELD_FROM_REPORTS
+
     scored: dict[str, list[SessionScores]] = {}
     sources: dict[str, list[str]] = {}
     for label, sessions in systems.items():
@@ -140,6 +142,8 @@ def code_and_score(
             coded = list(coder.code_dialogues(sessions))  # type: ignore[arg-type]
             if len(coded) != len(sessions):
                 raise MiLlmError(f"the MITI coder returned {len(coded)} dialogues for {len(sessions)} ({label})")
+            # automatic global ratings are not valid (WITHHELD_FROM_REPORTS): only human ones are scored
+            coded = [d.model_copy(update={"miti_globals": None}) if isinstance(d, Dialogue) else d for d in coded]
         if coded_file is not None:
             path = coded_file(label)
             write_dialogues(path, coded)  # type: ignore[arg-type]
@@ -149,6 +153,10 @@ def code_and_score(
         scored[label] = [score_session(s, ratio) for s in coded]
     aggregates = {label: aggregate(scores) for label, scores in scored.items()}
     notes = []
+    if coder is not None:  # what the coder's figures are worth, beside them
+        name = getattr(coder, "name", coder_name)
+        notes.append(f"coder {name}: {getattr(coder, 'validity', None) or 'validity not measured'}")
+        notes.append(WITHHELD_FROM_REPORTS)
     for label, scores in scored.items():
         agg = aggregates[label]
         for key, why in _UNDEFINED_WHY:
