@@ -93,7 +93,7 @@ def main() -> int:
         print(json.dumps(child(a.child, a.gen, a.threads)))
         return 0
     from mi_llm.llm.llamacpp_runtime import cpu_model, simd_flags
-    from mi_llm.llm.models import embedded_gguf
+    from mi_llm.llm.embedded import embedded_gguf
 
     builds: dict[str, str | None] = {"mi-llm (installed)": None}
     for spec in a.lib:

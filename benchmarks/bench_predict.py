@@ -134,7 +134,9 @@ def main() -> int:
     import yaml
 
     from mi_llm.llm.backends import get_backend
-    from mi_llm.llm.models import encode_prompt, load_tokenizer, resolve_model
+    from mi_llm.llm.load import load_tokenizer
+    from mi_llm.llm.resolve import resolve_model
+    from mi_llm.llm.templates import encode_prompt
 
     demo = yaml.safe_load((REPO / "src" / "mi_llm" / "resources" / "demo.yaml").read_text())
     max_new = args.max_new_tokens or demo.get("generation", {}).get("max_new_tokens", 64)

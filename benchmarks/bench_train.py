@@ -42,7 +42,7 @@ TARGET_RSS_MB = 3 * 1024
 
 
 def default_lf_venv() -> Path:
-    from mi_llm.llm.models import mi_llm_home
+    from mi_llm.llm.home import mi_llm_home
 
     return Path(os.environ.get("LF_VENV") or mi_llm_home() / "bench" / "lf-venv")
 
@@ -77,8 +77,9 @@ def demo_build(out: Path) -> Path:
 def bench_subset(data: Path, out: Path, n: int, max_length: int, seed: int) -> dict[str, Any]:
     """A build folder with `n` samples that fit `max_length` (seeded pick), and their tokens."""
     from mi_llm.io import write_jsonl
-    from mi_llm.llm.models import load_tokenizer, resolve_model
     from mi_llm.build.exports import export_records, write_llamafactory
+    from mi_llm.llm.load import load_tokenizer
+    from mi_llm.llm.resolve import resolve_model
     from mi_llm.train.data import encode_sample, load_train_data
 
     samples = load_train_data(data).samples
@@ -116,7 +117,7 @@ def run_ours(sub: Path, out: Path, steps: int, ga: int, max_length: int) -> dict
 
 
 def run_llamafactory(lf_venv: Path, sub: Path, out: Path, steps: int, ga: int, max_length: int) -> dict[str, Any]:
-    from mi_llm.llm.models import resolve_model
+    from mi_llm.llm.resolve import resolve_model
     from mi_llm.train.config import TrainConfig
     from mi_llm.train.data import load_train_data
     from mi_llm.train.llamafactory import write_llamafactory_yaml
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workdir", type=Path, help="keep runs here (default: a temporary folder)")
     a = ap.parse_args(argv)
 
-    from mi_llm.llm.models import resolve_model
+    from mi_llm.llm.resolve import resolve_model
 
     rm = resolve_model("gemma-3-270m")  # converts once, before anything is timed
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:

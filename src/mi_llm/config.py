@@ -23,7 +23,7 @@ from mi_llm.build.config import BuildConfig
 from mi_llm.evaluate.config import PredictConfig
 from mi_llm.layout import SYSTEMS
 from mi_llm.llm.backends.config import check_backend_options
-from mi_llm.llm.models import DEFAULT_MODEL
+from mi_llm.llm.resolve import DEFAULT_MODEL
 from mi_llm.train.config import TrainConfig
 from mi_llm.transcribe.config import TranscribeConfig
 

@@ -31,7 +31,7 @@ def test_batched_equals_unbatched_greedy(hf_backend) -> None:
 def test_greedy_matches_transformers_generate(hf_backend) -> None:
     import torch
 
-    from mi_llm.llm.models import encode_prompt
+    from mi_llm.llm.templates import encode_prompt
 
     ids = encode_prompt(hf_backend.tokenizer, CONVS[1])
     ours = hf_backend.generate_ids([ids], preset("greedy", max_new_tokens=8))[0][0]

@@ -19,7 +19,7 @@ needs_llamacpp = needs_setup(importlib.util.find_spec("llama_cpp") is not None, 
 
 @pytest.fixture(scope="module")
 def embedded():
-    from mi_llm.llm.models import resolve_model
+    from mi_llm.llm.resolve import resolve_model
 
     return resolve_model("gemma-3-270m")  # converts once (about a minute), then cached
 
@@ -27,8 +27,9 @@ def embedded():
 def test_embedded_resolves_to_a_clean_cached_folder(embedded, monkeypatch) -> None:
     from types import SimpleNamespace
 
-    from mi_llm.llm import models
-    from mi_llm.llm.models import resolve_model
+    from mi_llm.llm import embedded as embedded_module
+    from mi_llm.llm import home
+    from mi_llm.llm.resolve import resolve_model
 
     assert embedded.family == "gemma" and embedded.source == "embedded"
     assert embedded.path.name == f"gemma-3-270m-{embedded.sha256[:12]}"
@@ -41,14 +42,14 @@ def test_embedded_resolves_to_a_clean_cached_folder(embedded, monkeypatch) -> No
     def forbidden(*args, **kwargs):
         raise AssertionError("the cached model was converted or hashed again")
 
-    monkeypatch.setattr(models, "convert_gguf", forbidden)
-    monkeypatch.setattr(models, "hashlib", SimpleNamespace(sha256=forbidden))
+    monkeypatch.setattr(embedded_module, "convert_gguf", forbidden)
+    monkeypatch.setattr(home, "hashlib", SimpleNamespace(sha256=forbidden))
     again = resolve_model("gemma-3-270m")
     assert again.path == embedded.path and again.sha256 == embedded.sha256
 
 
 def test_tokenizer_turn_markers(embedded) -> None:
-    from mi_llm.llm.models import load_tokenizer, stop_token_ids
+    from mi_llm.llm.load import load_tokenizer, stop_token_ids
 
     tok = load_tokenizer(embedded)
     assert tok.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"]) == [105, 106]
@@ -101,7 +102,8 @@ def test_llamacpp_applies_a_peft_lora_like_transformers(embedded, tmp_path: Path
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from mi_llm.llm.models import encode_prompt, load_tokenizer
+    from mi_llm.llm.load import load_tokenizer
+    from mi_llm.llm.templates import encode_prompt
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(str(embedded.path))

@@ -46,7 +46,7 @@ def engines():
     require_setup(importlib.util.find_spec("llama_cpp") is not None, "llama-cpp-python (make venv builds it)")
     from mi_llm.llm.backends import get_backend
     from mi_llm.llm.llamacpp_runtime import import_llama_cpp
-    from mi_llm.llm.models import resolve_model
+    from mi_llm.llm.resolve import resolve_model
 
     llama_cpp = import_llama_cpp()  # loads the CPU variant of a runtime-dispatch build
     from llama_cpp._utils import suppress_stdout_stderr

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from mi_llm.errors import MiLlmError
-from mi_llm.llm import models
-from mi_llm.llm.models import IGNORE_INDEX, encode_chat, encode_prompt, load_tokenizer, render_prompt, resolve_model
-from mi_llm.llm.templates import FAMILIES, family_for_model_type
+from mi_llm.llm import home, templates
+from mi_llm.llm.load import load_model, load_tokenizer, stop_token_ids
+from mi_llm.llm.resolve import resolve_model
+from mi_llm.llm.templates import FAMILIES, IGNORE_INDEX, encode_chat, encode_prompt, family_for_model_type, render_prompt
 
 CONV = [
     {"role": "system", "content": "Be kind."},
@@ -64,7 +65,7 @@ def test_gemma_template_folds_system_into_first_user_turn(tiny_model: Path) -> N
                     "<start_of_turn>model\nHow do you feel about it?<end_of_turn>\n"
                     "<start_of_turn>user\nBad.<end_of_turn>\n<start_of_turn>model\n")
     assert tok.pad_token is not None
-    assert tok.convert_tokens_to_ids("<end_of_turn>") in models.stop_token_ids(tok)
+    assert tok.convert_tokens_to_ids("<end_of_turn>") in stop_token_ids(tok)
 
 
 @pytest.mark.parametrize("family", ["chatml", "llama3", "baichuan2", "glm4", "default"])
@@ -102,7 +103,7 @@ def test_encode_chat_last_only(tiny_model: Path) -> None:
 def test_encode_chat_slow_path_agrees(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tok = load_tokenizer(str(tiny_model))
     fast = encode_chat(tok, CONV)
-    monkeypatch.setattr(models, "_encode_with_offsets", lambda *a: None)
+    monkeypatch.setattr(templates, "_encode_with_offsets", lambda *a: None)
     slow = encode_chat(tok, CONV)
     assert slow == fast  # the same ids and the same labels, not just as many (tests/train/test_data.py: a real slow tokenizer)
     assert any(lab != IGNORE_INDEX for lab in fast[1])
@@ -117,23 +118,23 @@ def test_bad_roles_are_a_clear_error(tiny_model: Path) -> None:
 def test_sha256_is_cached_and_invalidated(tmp_path: Path) -> None:
     f = tmp_path / "x.gguf"
     f.write_bytes(b"abc")
-    first = models.file_sha256(f)
+    first = home.file_sha256(f)
     assert first == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     cache = json.loads((tmp_path / "x.gguf.sha256.json").read_text())
     assert cache["sha256"] == first
     # a cached value is trusted while size and mtime match ...
     (tmp_path / "x.gguf.sha256.json").write_text(json.dumps({**cache, "sha256": "cached"}))
-    assert models.file_sha256(f) == "cached"
+    assert home.file_sha256(f) == "cached"
     # ... and recomputed when the file changes
     f.write_bytes(b"abcd")
     os.utime(f, ns=(1, 1))
-    assert models.file_sha256(f) != "cached"
+    assert home.file_sha256(f) != "cached"
 
 
 def test_load_model_defaults_to_fp32_on_cpu(tiny_model: Path) -> None:
     import torch
 
-    model, tok = models.load_model(str(tiny_model), device="cpu")
+    model, tok = load_model(str(tiny_model), device="cpu")
     assert next(model.parameters()).dtype == torch.float32
     assert not model.training
     assert tok.convert_tokens_to_ids("<end_of_turn>") in model.generation_config.eos_token_id

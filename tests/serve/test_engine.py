@@ -50,7 +50,7 @@ def test_context_overflow_drops_oldest_exchanges(tiny_hf_engine):
                          {"role": "assistant", "content": "I hear you " * 10}]
     msgs = conversation("sys", long_history, "latest")
     cfg = GenerationConfig(max_new_tokens=8)
-    from mi_llm.llm.models import encode_prompt
+    from mi_llm.llm.templates import encode_prompt
 
     assert len(encode_prompt(tiny_hf_engine.backend.tokenizer, msgs)) > 1024  # the tiny model's context
     items = list(tiny_hf_engine.stream(msgs, cfg))

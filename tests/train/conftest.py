@@ -37,7 +37,7 @@ def make_tokenizer(path: Path):
 
 def make_tiny_model(path: Path, kind: str = "gemma3", seed: int = 0, hidden: int = 32,
                     initializer_range: float = 0.02) -> Path:
-    """A tiny model folder that mi_llm.llm.models.resolve_model accepts as a local model."""
+    """A tiny model folder that mi_llm.llm.resolve.resolve_model accepts as a local model."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
@@ -167,18 +167,18 @@ def mixed_samples():
 
 def assert_slow_path_equals_fast(fast) -> None:
     """encode_sample through the slow path gives exactly the fast path's ids and labels."""
-    from mi_llm.llm import models
+    from mi_llm.llm import templates
     from mi_llm.train.data import IGNORE_INDEX, encode_sample
 
     slow = slow_twin(fast)
-    assert not slow.is_fast and models._encode_with_offsets(slow, "x") is None  # noqa: SLF001 - the slow path is taken
+    assert not slow.is_fast and templates._encode_with_offsets(slow, "x") is None  # noqa: SLF001 - the slow path is taken
     for s in mixed_samples():
         for last_only in (True, False):  # rounds records (the reply) and dialogue records (every reply)
             a = encode_sample(s, fast, 4096, last_only=last_only)
             b = encode_sample(s, slow, 4096, last_only=last_only)
             where = f"{s.sample_id} last_only={last_only}"
             # the twin tokenizes the whole text as the fast tokenizer does (which the fast path uses)
-            text = models.render_prompt(fast, s.messages(with_response=True), add_generation_prompt=False)
+            text = templates.render_prompt(fast, s.messages(with_response=True), add_generation_prompt=False)
             assert slow(text, add_special_tokens=False)["input_ids"] == a.input_ids, where
             assert b.input_ids == a.input_ids, where
             assert b.labels == a.labels, where

@@ -23,7 +23,7 @@ from mi_llm.train.data import (
 
 @pytest.fixture(scope="module")
 def tok(tiny_gemma):
-    from mi_llm.llm.models import load_tokenizer
+    from mi_llm.llm.load import load_tokenizer
 
     return load_tokenizer(str(tiny_gemma))
 

@@ -42,7 +42,7 @@ def test_merged_model_equals_base_plus_adapter(tiny_gemma, tmp_path):
     assert not torch.allclose(with_adapter, plain, atol=1e-3)  # the adapter does something
     torch.testing.assert_close(merged, with_adapter, rtol=1e-4, atol=1e-5)
     # the merged folder resolves as a model with its chat template
-    from mi_llm.llm.models import resolve_model
+    from mi_llm.llm.resolve import resolve_model
 
     rm = resolve_model(str(r.output))
     assert rm.family == "gemma" and "<start_of_turn>" in rm.chat_template

@@ -73,7 +73,7 @@ def test_export_merged_and_gguf_q8_0_loads_in_llama_cpp(trained, tmp_path):
                                 max_tokens=8, temperature=0)
     assert out["usage"]["completion_tokens"] >= 1
     # the exported vocabulary tokenizes like the model's own tokenizer
-    from mi_llm.llm.models import load_tokenizer
+    from mi_llm.llm.load import load_tokenizer
 
     tok = load_tokenizer("gemma-3-270m")
     for text in ("I want to stop smoking, but it's hard.", "我最近压力很大，睡不好。"):
@@ -84,7 +84,7 @@ def test_slow_tokenizer_path_on_the_embedded_vocabulary():
     """As tests/train/test_data.py, on Gemma's 262k-entry SentencePiece-style BPE (byte
     fallback, no dummy prefix: as Baichuan2's): the pieces between reply edges tokenize as
     they do inside the whole text."""
-    from mi_llm.llm.models import load_tokenizer
+    from mi_llm.llm.load import load_tokenizer
     from tests.train.conftest import assert_slow_path_equals_fast
 
     assert_slow_path_equals_fast(load_tokenizer("gemma-3-270m"))

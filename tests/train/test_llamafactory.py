@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from mi_llm.llm.models import resolve_model
+from mi_llm.llm.resolve import resolve_model
 from mi_llm.train.config import TrainConfig
 from mi_llm.train.data import load_train_data
 from mi_llm.train.llamafactory import write_llamafactory_yaml

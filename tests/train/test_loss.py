@@ -21,7 +21,7 @@ def lora(path, seed=0):
 
 
 def batch(path, n):
-    from mi_llm.llm.models import load_tokenizer
+    from mi_llm.llm.load import load_tokenizer
 
     tok = load_tokenizer(str(path))
     exs = [encode_sample(sample(k), tok, 1024, last_only=k != 2) for k in range(n)]
@@ -71,7 +71,7 @@ def test_chunked_head_equals_single_pass(tiny_gemma, fused):
 def test_shared_prefix_window_equals_plain_window(kind, request):
     """One prefix pass per window, its gradient summed over the window's samples, gives the
     same losses and LoRA gradients as running every sample whole."""
-    from mi_llm.llm.models import load_tokenizer
+    from mi_llm.llm.load import load_tokenizer
     from mi_llm.train.prefix import SharedPrefix, common_prefix, max_prefix_len
 
     path = request.getfixturevalue(kind)

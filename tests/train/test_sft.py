@@ -145,8 +145,8 @@ def test_overfitting_four_samples_drives_the_loss_down(tiny_gemma_learnable, bui
     """Every step sees the same 4 samples (batch 1, grad-accum 4): a training loop that learns
     drives their loss far down; one whose updates are lost, misdirected or not saved does not."""
     from mi_llm.io import write_jsonl
-    from mi_llm.llm.models import load_tokenizer
     from mi_llm.build.samples import read_samples
+    from mi_llm.llm.load import load_tokenizer
     from mi_llm.train.data import encode_samples
 
     four = read_samples(build_dir / "samples.train.jsonl")[:4]

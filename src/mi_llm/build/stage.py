@@ -17,7 +17,7 @@ def token_counter(tokenizer: str) -> TokenCounter:
     """'chars' counts characters; anything else names a model whose tokenizer counts."""
     if tokenizer == "chars":
         return char_count
-    from mi_llm.llm.models import load_tokenizer
+    from mi_llm.llm.load import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])

@@ -14,7 +14,7 @@ from mi_llm.cli.options import INT32_MAX, field_default, field_option, number, s
 from mi_llm.console import console
 from mi_llm.evaluate.config import PredictConfig
 from mi_llm.llm.backends.config import LlamaCppConfig, OpenAIConfig
-from mi_llm.llm.models import DEFAULT_MODEL
+from mi_llm.llm.resolve import DEFAULT_MODEL
 
 models_app = typer.Typer(help="Models: list the known names, prepare (convert) the embedded model.", no_args_is_help=True)
 
@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
 @models_app.command("list")
 def list_cmd() -> None:
     """Known model names and what they resolve to."""
-    from mi_llm.llm.models import KNOWN_MODELS, mi_llm_home
+    from mi_llm.llm.home import mi_llm_home
+    from mi_llm.llm.resolve import KNOWN_MODELS
 
     table = Table(title=f"models (cache: {mi_llm_home()})")
     for col in ("name", "resolves to", "family / notes"):
@@ -48,7 +49,7 @@ def prepare_cmd(
     force: bool = typer.Option(False, "--force", help="convert the embedded model again"),
 ) -> None:
     """Resolve a model (converting the embedded one once) and print where it lies."""
-    from mi_llm.llm.models import prepare_embedded, resolve_model
+    from mi_llm.llm.resolve import prepare_embedded, resolve_model
 
     rm = prepare_embedded(force=force) if model == DEFAULT_MODEL else resolve_model(model)
     typer.echo(json.dumps(rm.describe(), indent=2))

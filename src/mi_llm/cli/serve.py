@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _default_db() -> Path:
-    from mi_llm.llm.models import mi_llm_home
+    from mi_llm.llm.home import mi_llm_home
 
     return mi_llm_home() / "serve" / "sessions.sqlite3"
 

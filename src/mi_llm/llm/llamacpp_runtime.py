@@ -156,7 +156,7 @@ def build_fingerprint() -> dict[str, Any] | None:
 
 
 def probe_cache_path(fingerprint: dict[str, Any]) -> Path:
-    from mi_llm.llm.models import mi_llm_home
+    from mi_llm.llm.home import mi_llm_home
 
     key = json.dumps({"build": fingerprint, "cpu": cpu_flags(), "model": cpu_model()}, sort_keys=True)
     return mi_llm_home() / "llamacpp-probe" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
@@ -187,7 +187,7 @@ def probe_command(gguf: str | Path) -> list[str]:
 def run_probe(gguf: str | Path | None = None, timeout: float = PROBE_TIMEOUT_S) -> ProbeResult:
     """Decode a few tokens of the embedded GGUF (or `gguf`) in a child process; never raises."""
     if gguf is None:
-        from mi_llm.llm.models import embedded_gguf
+        from mi_llm.llm.embedded import embedded_gguf
 
         gguf = embedded_gguf()
     cmd = probe_command(gguf)

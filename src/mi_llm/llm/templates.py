@@ -4,11 +4,21 @@ Each family names its end-of-turn marker: generation stops there, and training p
 the labels so the model learns to end its reply.
 
 Roles are the OpenAI ones: `system`, `user`, `assistant`.
+
+Below the families, the template applied to a conversation with a tokenizer: the prompt
+that asks for the next reply (`encode_prompt`), and the training ids with the labels on the
+assistant turns only (`encode_chat`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from mi_llm.errors import MiLlmError
+
+IGNORE_INDEX = -100  # label value that the loss skips (PyTorch's cross-entropy default)
 
 
 @dataclass(frozen=True)
@@ -131,3 +141,95 @@ def family_for_model_type(model_type: str | None, vocab_size: int | None = None)
                     return FAMILIES["default"]
                 return fam
     return FAMILIES["default"]
+
+
+def end_of_turn_ids(tok: Any, stops: Sequence[str]) -> list[int]:
+    """Ids of the tokenizer's eos and of the `stops` it knows (a family's `stop_tokens()`)."""
+    ids: list[int] = []
+    if tok.eos_token_id is not None:
+        ids.append(int(tok.eos_token_id))
+    unk = tok.unk_token_id
+    for s in stops:
+        i = tok.convert_tokens_to_ids(s)
+        if isinstance(i, int) and i != unk and i not in ids:
+            ids.append(i)
+    return ids
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    """The chat template applied to `messages`, as text (special tokens included)."""
+    try:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # noqa: BLE001 - jinja errors (e.g. roles that do not alternate)
+        raise MiLlmError(f"chat template failed: {e}") from None
+
+
+def shared_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids two prompts share (what a KV cache of one can serve the other)."""
+    n = min(len(a), len(b))
+    k = 0
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
+
+
+def encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of the prompt that asks for the next assistant reply."""
+    text = render_prompt(tokenizer, messages, add_generation_prompt=True)
+    # The template writes bos itself: adding special tokens again would double it.
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_chat(
+    tokenizer: Any, messages: Sequence[dict[str, str]], last_only: bool = False
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a whole conversation; labels are IGNORE_INDEX (-100) except on
+    the assistant turns' tokens, their end-of-turn marker included (with `last_only`, only
+    the last assistant turn's).
+
+    The text is tokenized whole (as at inference); the assistant spans are found by
+    rendering each prefix of the conversation, and mapped to tokens by character offsets.
+    """
+    messages = list(messages)
+    full = render_prompt(tokenizer, messages, add_generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    for i, m in enumerate(messages):
+        if m.get("role") != "assistant":
+            continue
+        before = render_prompt(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = render_prompt(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if not upto.startswith(before) or not full.startswith(upto):
+            raise MiLlmError("the chat template does not render conversations prefix by prefix; "
+                             "cannot locate the assistant replies for the loss")
+        spans.append((len(before), len(upto)))
+    if last_only:
+        spans = spans[-1:]
+    enc = _encode_with_offsets(tokenizer, full)
+    if enc is not None:
+        ids, offsets = enc
+        labels = [IGNORE_INDEX] * len(ids)
+        for k, (a, b) in enumerate(offsets):
+            if b > a and any(s <= a and b <= e for s, e in spans):
+                labels[k] = ids[k]
+            elif b > a and any(a < e and s < b for s, e in spans):
+                # a token straddling a span edge: count it in the reply
+                labels[k] = ids[k]
+        return ids, labels
+    # Slow tokenizers: tokenize the pieces between span edges separately.
+    ids, labels = [], []
+    pos = 0
+    for s, e in [*spans, (len(full), len(full))]:
+        for piece, learn in ((full[pos:s], False), (full[s:e], True)):
+            if piece:
+                part = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids += part
+                labels += part if learn else [IGNORE_INDEX] * len(part)
+        pos = e
+    return ids, labels
+
+
+def _encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]] | None:
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]

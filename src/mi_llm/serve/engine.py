@@ -255,7 +255,7 @@ class BackendEngine(ChatEngine):
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        from mi_llm.llm.models import encode_prompt
+        from mi_llm.llm.templates import encode_prompt
 
         b = self.backend
         limit = int(getattr(b.model.config, "max_position_embeddings", 0) or 1 << 30)
@@ -333,7 +333,7 @@ def build_engine(backend: str | None, model: str | None = None, adapter: str | N
 
         backend = resolve_auto_backend()  # warns in one line when it falls back to hf
     from mi_llm.llm.backends import get_backend
-    from mi_llm.llm.models import DEFAULT_MODEL
+    from mi_llm.llm.resolve import DEFAULT_MODEL
 
     opts.pop("echo_delay", None)
     name = model or DEFAULT_MODEL

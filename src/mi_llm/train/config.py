@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_llm.errors import MiLlmError
-from mi_llm.llm.models import DEFAULT_MODEL
+from mi_llm.llm.resolve import DEFAULT_MODEL
 
 # Options that change what is learned: a resumed run must keep them all.
 RESULT_KEYS = (

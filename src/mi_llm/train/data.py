@@ -16,12 +16,11 @@ import torch
 from mi_llm.build.samples import Sample, read_samples
 from mi_llm.errors import MiLlmError
 from mi_llm.layout import TRAIN_SAMPLES, BuildPaths
+from mi_llm.llm.templates import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-
-# (tokenizer, messages, last_only) -> (input_ids, labels); mi_llm.llm.models.encode_chat.
+# (tokenizer, messages, last_only) -> (input_ids, labels); mi_llm.llm.templates.encode_chat.
 ChatEncoder = Callable[[Any, Sequence[dict[str, str]], bool], tuple[list[int], list[int]]]
 
 
@@ -106,7 +105,7 @@ class SampleTooLong(MiLlmError):
 
 
 def _default_encoder() -> ChatEncoder:
-    from mi_llm.llm.models import encode_chat
+    from mi_llm.llm.templates import encode_chat
 
     return lambda tok, msgs, last_only: encode_chat(tok, msgs, last_only=last_only)
 

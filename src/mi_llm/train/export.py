@@ -100,7 +100,8 @@ def load_merged(model_name: str | None, adapter: str | Path, dtype: Any = None) 
     import torch
     from peft import PeftModel
 
-    from mi_llm.llm.models import load_model, resolve_model
+    from mi_llm.llm.load import load_model
+    from mi_llm.llm.resolve import resolve_model
 
     ad = find_adapter(adapter)
     name = model_name or adapter_base_name(ad)
@@ -146,7 +147,7 @@ def export(
     find_adapter(adapter)  # fail fast, before the heavy imports
     import torch
 
-    from mi_llm.llm.models import MODEL_INFO_FILE
+    from mi_llm.llm.home import MODEL_INFO_FILE
     from mi_llm.train.gguf import convert_to_gguf
 
     out = Path(out).expanduser()

@@ -32,7 +32,7 @@ CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
 
 
 def _home() -> Path:
-    from mi_llm.llm.models import mi_llm_home
+    from mi_llm.llm.home import mi_llm_home
 
     return mi_llm_home()
 

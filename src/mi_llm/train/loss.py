@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from mi_llm.llm.templates import IGNORE_INDEX
+
 LOGITS_BUDGET = 8 * 2**20  # logits elements per chunk (32 MiB in fp32; 32 positions of Gemma 3)
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from mi_llm.llm.models import shared_prefix_len
-from mi_llm.train.data import IGNORE_INDEX, Example
+from mi_llm.llm.templates import IGNORE_INDEX, shared_prefix_len
+from mi_llm.train.data import Example
 
 MIN_PREFIX = 16  # below this, the bookkeeping costs more than it saves
 

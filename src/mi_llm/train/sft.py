@@ -146,7 +146,7 @@ def _make_accelerator(cfg: TrainConfig) -> Any:
 def _load_peft_model(cfg: TrainConfig, rm: Any, dtype: torch.dtype) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    from mi_llm.llm.models import load_model
+    from mi_llm.llm.load import load_model
 
     model, _ = load_model(rm, dtype=dtype, device="cpu")  # accelerate places it
     model.config.use_cache = False
@@ -272,7 +272,8 @@ def train(
     step (tests use it to interrupt a run at a known step)."""
     from transformers import get_scheduler
 
-    from mi_llm.llm.models import load_tokenizer, resolve_model
+    from mi_llm.llm.load import load_tokenizer
+    from mi_llm.llm.resolve import resolve_model
     from mi_llm.train.loss import SelectiveLMLoss
 
     cfg = cfg.model_copy(update={"data": str(Path(cfg.data).expanduser().resolve())})

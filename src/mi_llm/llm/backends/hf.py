@@ -80,7 +80,8 @@ class HFBackend(Backend):
         merge_adapter: bool = True,
         **_: Any,
     ):
-        from mi_llm.llm.models import load_model, resolve_model, stop_token_ids
+        from mi_llm.llm.load import load_model, stop_token_ids
+        from mi_llm.llm.resolve import resolve_model
 
         self.resolved = model if not isinstance(model, (str, Path)) else resolve_model(model)
         self.model, self.tokenizer = load_model(self.resolved, dtype=dtype, device=device)
@@ -104,7 +105,7 @@ class HFBackend(Backend):
         }
 
     def generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
-        from mi_llm.llm.models import encode_prompt
+        from mi_llm.llm.templates import encode_prompt
 
         prompts = [encode_prompt(self.tokenizer, m) for m in batch]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -50,7 +50,7 @@ def render_jinja(template: str, messages: Sequence[dict[str, str]], bos: str, eo
 
 def find_gguf(model: Any, gguf: str | Path | None) -> tuple[Path, Any]:
     """(GGUF path, ResolvedModel or None)."""
-    from mi_llm.llm.models import ResolvedModel, resolve_model
+    from mi_llm.llm.resolve import resolve_model, ResolvedModel
 
     if gguf:
         g = Path(gguf)
@@ -160,7 +160,7 @@ class LlamaCppBackend(Backend):
         meta = self.llm.metadata or {}
         self.tokenizer = None
         if self.resolved is not None:
-            from mi_llm.llm.models import load_tokenizer
+            from mi_llm.llm.load import load_tokenizer
 
             # The HF tokenizer of the same model: prompts are the exact ids the hf backend sees.
             self.tokenizer = load_tokenizer(self.resolved)
@@ -201,7 +201,7 @@ class LlamaCppBackend(Backend):
 
     def encode(self, messages: Messages) -> list[int]:
         if self.tokenizer is not None:
-            from mi_llm.llm.models import encode_prompt
+            from mi_llm.llm.templates import encode_prompt
 
             return encode_prompt(self.tokenizer, messages)
         text = render_jinja(self.template, messages, self.bos_text, self.eos_text)

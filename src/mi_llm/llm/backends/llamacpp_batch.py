@@ -26,7 +26,7 @@ from typing import Any
 
 from mi_llm.errors import MiLlmError
 from mi_llm.llm.backends.base import GenerationConfig
-from mi_llm.llm.models import shared_prefix_len
+from mi_llm.llm.templates import shared_prefix_len
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ class VLLMBackend(Backend):
             raise MiLlmError("the vllm backend needs vLLM on a CUDA machine: pip install vllm "
                              "(or serve the model with `vllm serve` and use --backend openai)") from None
         from mi_llm.llm.backends.hf import check_adapter
-        from mi_llm.llm.models import load_tokenizer, resolve_model, stop_token_ids
+        from mi_llm.llm.load import load_tokenizer, stop_token_ids
+        from mi_llm.llm.resolve import resolve_model
 
         if device not in (None, "cuda") and not str(device).startswith("cuda"):
             raise MiLlmError(f"the vllm backend runs on CUDA only (got --device {device})")
@@ -60,7 +61,7 @@ class VLLMBackend(Backend):
                 "vllm": getattr(self._vllm, "__version__", None)}
 
     def generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
-        from mi_llm.llm.models import encode_prompt
+        from mi_llm.llm.templates import encode_prompt
 
         prompts = [encode_prompt(self.tokenizer, m) for m in batch]
         params = self._vllm.SamplingParams(

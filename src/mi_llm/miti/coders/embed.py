@@ -111,7 +111,8 @@ class Embedder:
             return
         import torch
 
-        from mi_llm.llm.models import load_model, resolve_model
+        from mi_llm.llm.load import load_model
+        from mi_llm.llm.resolve import resolve_model
 
         import transformers
 
@@ -136,7 +137,7 @@ class Embedder:
         self._model, self._tok = inner, tok
         ident = rm.sha256 or str(rm.path)
         self._tag = _key(ident, str(self.config()))[:16]
-        from mi_llm.llm.models import mi_llm_home
+        from mi_llm.llm.home import mi_llm_home
 
         root = self._cache_dir or os.environ.get("MI_LLM_EMBED_CACHE") or mi_llm_home() / "cache" / "embeddings"
         self._cache = EmbeddingCache(Path(root) / self._tag)

