@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import resource
 import shutil
 import signal
 import time
@@ -43,10 +42,12 @@ import torch
 
 from mi_llm.errors import MiLlmError
 from mi_llm.io import atomic_writer, write_json
-from mi_llm.layout import ADAPTER_WEIGHTS, AdapterPaths
+from mi_llm.layout import AdapterPaths
 from mi_llm.train import checkpoints as ck
+from mi_llm.train.adapter import load_peft_model, register_adapter_hooks, save_adapter
 from mi_llm.train.config import TrainConfig, check_resume_compatible
 from mi_llm.train.data import load_train_data, make_schedule
+from mi_llm.train.memory import fixed_mmap_threshold, peak_rss_mb, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -105,43 +106,7 @@ class StopFlag:
             signal.signal(s, h)
 
 
-# ---------------------------------------------------------------- process memory
-
-
-def release_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-# mallopt parameters (glibc malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def fixed_mmap_threshold(threshold: int = 1 << 20, trim: int = 4 << 20) -> None:
-    """Serve every allocation of 1 MiB or more (activations, gradients) by its own mmap.
-
-    glibc raises its mmap threshold each time a large block is freed, after which
-    activations come from the heap and freed ones stay resident: measured on the embedded
-    model, a fixed threshold lowers peak training RSS by about 190 MB at no visible cost.
-    """
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
-        libc.mallopt(_M_TRIM_THRESHOLD, trim)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-
-
-# ---------------------------------------------------------------- accelerate, LoRA, adapter
+# ---------------------------------------------------------------- accelerate, output folder, log, progress
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
@@ -160,80 +125,6 @@ def make_accelerator(cfg: TrainConfig) -> Any:
         c["train_batch_size"] = cfg.batch_size * cfg.grad_accum * acc.num_processes
         c["gradient_clipping"] = cfg.max_grad_norm
     return acc
-
-
-def load_peft_model(cfg: TrainConfig, rm: Any, dtype: torch.dtype) -> Any:
-    from peft import LoraConfig, get_peft_model
-
-    from mi_llm.llm.load import load_model
-
-    model, _ = load_model(rm, dtype=dtype, device="cpu")  # accelerate places it
-    model.config.use_cache = False
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_targets(), task_type="CAUSAL_LM", bias="none",
-    )
-    try:
-        peft_model = get_peft_model(model, lora)
-    except ValueError as e:  # e.g. target modules not found in the model
-        raise MiLlmError(f"LoRA on {rm.name}: {e}") from None
-    # LoRA weights train in fp32 even when the base is bf16 (autocast computes in bf16).
-    for p in peft_model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-    peft_model.train()
-    return peft_model
-
-
-def adapter_state(acc: Any, wrapper: Any) -> dict[str, torch.Tensor]:
-    """Full (gathered under ZeRO-3/FSDP) state dict of the PEFT model inside the objective
-    `wrapper` (its attribute `model`), keys as PeftModel's."""
-    sd = acc.get_state_dict(wrapper)
-    return {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
-
-
-def save_adapter(acc: Any, wrapper: Any, out: Path, base_name: str) -> None:
-    sd = adapter_state(acc, wrapper)
-    if acc.is_main_process:
-        peft_model = acc.unwrap_model(wrapper).model
-        peft_model.save_pretrained(str(out), state_dict=sd, safe_serialization=True)
-        # Name the base as the user did (e.g. `gemma-3-270m`, not its cache folder), so
-        # `mi-llm export --adapter` finds it wherever the cache is.
-        cfg_file = AdapterPaths(out).peft_config
-        conf = json.loads(cfg_file.read_text(encoding="utf-8"))
-        conf["base_model_name_or_path"] = base_name
-        write_json(cfg_file, conf)
-
-
-def register_adapter_hooks(acc: Any) -> None:
-    """accelerate's save_state would write the whole model; keep only the adapter."""
-
-    def save_hook(models: list[Any], weights: list[Any], output_dir: str) -> None:
-        if weights:  # DDP / single device: replace the full weights by the adapter
-            weights.pop()
-            if acc.is_main_process:
-                acc.unwrap_model(models[0]).model.save_pretrained(os.path.join(output_dir, "adapter"))
-
-    def load_hook(models: list[Any], input_dir: str) -> None:
-        if models:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-
-            m = models.pop()
-            sd = load_file(os.path.join(input_dir, "adapter", ADAPTER_WEIGHTS))
-            res = set_peft_model_state_dict(acc.unwrap_model(m).model, sd)
-            bad = [k for k in getattr(res, "unexpected_keys", []) if "lora" in k]
-            if bad:
-                raise MiLlmError(f"{input_dir}: checkpoint adapter does not fit the model ({bad[:3]})")
-
-    acc.register_save_state_pre_hook(save_hook)
-    acc.register_load_state_pre_hook(load_hook)
-
-
-# ---------------------------------------------------------------- output folder, log, progress
 
 
 def prepare_output(cfg: TrainConfig, resume: bool) -> tuple[Path, Path | None, dict[str, Any] | None]:
