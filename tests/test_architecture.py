@@ -22,7 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 # module or package is in no layer until it is placed); a module may import its own layer
 # or lower ones.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("mi_llm", "mi_llm.errors", "mi_llm.io", "mi_llm.console", "mi_llm.layout")),
+    ("base", ("mi_llm", "mi_llm.errors", "mi_llm.io", "mi_llm.console", "mi_llm.layout", "mi_llm.registry")),
     ("data", ("mi_llm.corpus", "mi_llm.build.samples", "mi_llm.build.exports", "mi_llm.build.config", "mi_llm.prompts", "mi_llm.resources")),
     ("models", ("mi_llm.llm", "mi_llm.train")),
     ("measures", ("mi_llm.evaluate", "mi_llm.miti")),

@@ -12,7 +12,6 @@ CONVS = [[{"role": "system", "content": "Be kind."}, {"role": "user", "content":
 
 
 def backend(url: str, **kw):
-    kw.setdefault("backoff", 0.01)
     return get_backend("openai", "served-model", base_url=url, **kw)
 
 

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from mi_llm.llm.backends.base import GenerationConfig
-from mi_llm.serve.engine import BackendEngine, EchoEngine, Finish, StopTrimmer, build_engine
+from mi_llm.llm.backends.base import GenerationConfig, StopTrimmer
+from mi_llm.serve.engine import BackendEngine, EchoEngine, Finish, build_engine
 from mi_llm.serve.protocol import conversation
 from mi_llm.serve.worker import GenerationWorker, QueueFull
 

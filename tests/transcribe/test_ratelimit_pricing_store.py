@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
 
@@ -10,7 +9,7 @@ import pytest
 
 from mi_llm.errors import InputError, MiLlmError
 from mi_llm.transcribe.pricing import DEFAULT_PRICES, load_prices
-from mi_llm.transcribe.ratelimit import RateLimiter, backoff_delay, estimate_tokens, parse_retry_after
+from mi_llm.transcribe.ratelimit import RateLimiter, estimate_tokens, parse_retry_after
 from mi_llm.transcribe.store import ResultStore
 from tests.transcribe.conftest import make_dialogue
 
@@ -66,18 +65,12 @@ def test_pause_stops_everyone():
     assert clock.t >= 1005 and lim.waited_s >= 5
 
 
-def test_retry_after_parsing_and_backoff():
+def test_retry_after_parsing():
     assert parse_retry_after({"Retry-After": "3"}) == 3.0
     assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
     assert parse_retry_after({}) is None and parse_retry_after({"Retry-After": "soon"}) is None
     when = datetime.now(timezone.utc) + timedelta(seconds=30)
     assert 25 <= parse_retry_after({"Retry-After": format_datetime(when, usegmt=True)}) <= 31
-    rng = random.Random(0)
-    for attempt in range(8):
-        d = backoff_delay(attempt, rng=rng, base_s=1, cap_s=20)
-        b = min(20, 2 ** attempt)
-        assert b / 2 <= d <= b
-    assert 2.0 <= backoff_delay(5, retry_after=2.0, rng=rng) <= 2.3
 
 
 def test_estimate_tokens_counts_cjk_per_character():

@@ -17,8 +17,7 @@ from tests.transcribe.server import usage_of
 
 
 def settings(server, **kw) -> TranscribeConfig:
-    base = dict(base_url=server.base_url, model="gpt-4o", concurrency=4, backoff_base_s=0.02, backoff_cap_s=0.1,
-                timeout_s=5.0)
+    base = dict(base_url=server.base_url, model="gpt-4o", concurrency=4, timeout_s=5.0)
     base.update(kw)
     return TranscribeConfig(**base)
 

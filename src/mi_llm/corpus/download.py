@@ -49,6 +49,7 @@ from mi_llm import __version__
 from mi_llm.console import console
 from mi_llm.errors import MiLlmError
 from mi_llm.io import write_json
+from mi_llm.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,11 @@ _CPSYCOUNE_TOPICS = (
 )  # fmt: skip
 
 
+# source name -> its manifest (what to fetch), each registered below
+MANIFESTS: Registry[Callable[[], Manifest]] = Registry("downloadable source")
+
+
+@MANIFESTS.register("cpsycound")
 def _cpsycound() -> Manifest:
     files = [
         RemoteFile(f"CPsyCounD/case_{i}.txt", _raw(_CPSYCOUN, f"CPsyCounD/Data/case_{i}.txt")) for i in _CPSYCOUND_IDS
@@ -132,6 +138,7 @@ def _cpsycound() -> Manifest:
     )
 
 
+@MANIFESTS.register("annomi")
 def _annomi() -> Manifest:
     repo = "uccollab/AnnoMI"
     return Manifest(
@@ -143,6 +150,7 @@ def _annomi() -> Manifest:
     )
 
 
+@MANIFESTS.register("smile")
 def _smile() -> Manifest:
     # 55,165 files under data/: one repository archive instead of 55k requests.
     repo = "qiuhuachuan/smile"
@@ -214,6 +222,7 @@ _MIBOT_IDS = """
 """.split()
 
 
+@MANIFESTS.register("mibot")
 def _mibot() -> Manifest:
     files = [RemoteFile("data.csv", _raw(_MIBOT_REPO, "data.csv")), RemoteFile("LICENSE", _raw(_MIBOT_REPO, "LICENSE"))]
     files += [RemoteFile(f"transcripts/{p}.json", _raw(_MIBOT_REPO, f"transcripts/{p}.json")) for p in _MIBOT_IDS]
@@ -226,18 +235,8 @@ def _mibot() -> Manifest:
     )
 
 
-MANIFESTS: dict[str, Callable[[], Manifest]] = {
-    "cpsycound": _cpsycound,
-    "annomi": _annomi,
-    "smile": _smile,
-    "mibot": _mibot,
-}
-
-
 def get_manifest(source: str) -> Manifest:
-    if source not in MANIFESTS:
-        raise MiLlmError(f"no downloader for {source!r}; choose one of: {', '.join(MANIFESTS)}")
-    return MANIFESTS[source]()
+    return MANIFESTS.get(source)()
 
 
 # ---------------------------------------------------------------- the lock file

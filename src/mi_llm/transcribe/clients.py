@@ -1,59 +1,36 @@
-"""Chat clients for the transcription: an async OpenAI-compatible HTTP client with the
-fine control a paid bulk job needs, and an adapter over the shared local backends.
+"""Chat clients for the transcription: an OpenAI-compatible server through the shared
+client (`mi_llm.llm.openai_client`: the openai SDK, its retries), and an adapter over the
+shared local backends.
 
-The HTTP client is our own (httpx) rather than the shared `openai` backend because the
-runner needs, per request: the status and Retry-After of each failure (to pause every
-worker, not only the one that was refused), the usage of each call for accounting, and
-async concurrency under request- and token-rate limits.
+The runner needs, per call: how many HTTP requests it took (for accounting), the usage, and
+every Retry-After a server sends (to pause every worker, not only the one that was refused);
+the shared client reports all three.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import urlparse
-
-import httpx
 
 from mi_llm.errors import MiLlmError
+from mi_llm.llm.openai_client import ApiError, ChatResult, OpenAICompatClient
 from mi_llm.transcribe.config import TranscribeGenerationConfig
-from mi_llm.transcribe.ratelimit import estimate_tokens, parse_retry_after
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
-RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
-FATAL_STATUS = {401, 403, 404}  # bad key, no access, unknown model or URL: no request can succeed
+__all__ = ["ApiError", "BackendClient", "ChatClient", "ChatResult", "OpenAIClient", "make_client"]
 
-
-@dataclass
-class ChatResult:
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    usage_estimated: bool = False  # the server reported no usage: counted by estimate
-
-
-class ApiError(Exception):
-    """A failed request. `retryable`: worth trying again (429, 5xx, timeouts, dropped
-    connections); `fatal`: no request can succeed (bad key, unknown model): stop the run."""
-
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
-                 fatal: bool = False, retry_after: float | None = None):
-        super().__init__(message)
-        self.status, self.retryable, self.fatal, self.retry_after = status, retryable, fatal, retry_after
+RetryAfterHook = Callable[[float], None]
 
 
 class ChatClient(Protocol):
     backend: str
     model: str
 
-    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig) -> ChatResult: ...
+    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig,
+                       on_retry_after: RetryAfterHook | None = None) -> ChatResult: ...
 
     async def aclose(self) -> None: ...
 
@@ -61,27 +38,19 @@ class ChatClient(Protocol):
 
 
 class OpenAIClient:
-    """POST {base_url}/chat/completions, one attempt per call (the runner retries)."""
+    """An OpenAI-compatible server: one `complete` is one chat completion, retried by the SDK
+    (`max_retries`) on 429, 5xx, timeouts and dropped connections."""
 
     backend = "openai"
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 120.0, max_connections: int = 64,
-                 max_tokens_param: str = "max_tokens"):
+                 max_tokens_param: str = "max_tokens", max_retries: int = 6):
         self.model = model
         self.max_tokens_param = max_tokens_param  # newer OpenAI models want "max_completion_tokens"
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self.host = urlparse(self.base_url).hostname or self.base_url
-        key = api_key or os.environ.get(api_key_env)
-        if not key and self.host not in LOCAL_HOSTS:
-            raise MiLlmError(f"the openai backend needs an API key for {self.host}: set {api_key_env}")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
+        self.client = OpenAICompatClient(base_url, api_key, api_key_env, timeout_s=timeout_s, max_retries=max_retries,
+                                         max_connections=max_connections)
+        self.base_url, self.host = self.client.base_url, self.client.host
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model, "base_url": self.base_url}
@@ -97,48 +66,25 @@ class OpenAIClient:
             body["response_format"] = {"type": "json_object"}
         return body
 
-    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig) -> ChatResult:
-        try:
-            resp = await self._http.post("/chat/completions", json=self.payload(messages, gen))
-        except httpx.TimeoutException as e:
-            raise ApiError(f"timeout ({type(e).__name__})", retryable=True) from None
-        except httpx.TransportError as e:
-            raise ApiError(f"connection failed ({type(e).__name__}: {e})", retryable=True) from None
-        if resp.status_code != 200:
-            raise _status_error(resp)
-        try:
-            data = resp.json()
-            choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
-            finish = choice.get("finish_reason")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise ApiError("HTTP 200 with a body that is not a chat completion", status=200, retryable=True) from None
-        usage = data.get("usage") or {}
-        pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if isinstance(pt, int) and isinstance(ct, int):
-            return ChatResult(text, finish, pt, ct)
-        return ChatResult(text, finish, estimate_tokens(messages), estimate_tokens([{"content": text}]), True)
+    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig,
+                       on_retry_after: RetryAfterHook | None = None) -> ChatResult:
+        return await self.client.complete(_sdk_request(self.payload(messages, gen)), on_retry_after)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self.client.aclose()
 
 
-def _status_error(resp: httpx.Response) -> ApiError:
-    status = resp.status_code
-    code, message = None, ""
-    try:
-        err = resp.json().get("error") or {}
-        if isinstance(err, dict):
-            code, message = err.get("code") or err.get("type"), str(err.get("message") or "")
-        else:
-            message = str(err)
-    except (ValueError, AttributeError):
-        message = resp.text[:200]
-    text = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message[:200]}" if message else "")
-    if status == 429 and code == "insufficient_quota":  # out of credit: waiting will not help
-        return ApiError(text, status=status, fatal=True)
-    return ApiError(text, status=status, retryable=status in RETRYABLE_STATUS, fatal=status in FATAL_STATUS,
-                    retry_after=parse_retry_after(resp.headers))
+_SDK_FIELDS = {"model", "messages", "temperature", "top_p", "seed", "response_format", "max_tokens",
+               "max_completion_tokens", "stop"}
+
+
+def _sdk_request(body: dict[str, Any]) -> dict[str, Any]:
+    """A request body as the SDK's arguments: its own fields as they are, others in extra_body."""
+    req = {k: v for k, v in body.items() if k in _SDK_FIELDS}
+    extra = {k: v for k, v in body.items() if k not in _SDK_FIELDS}
+    if extra:
+        req["extra_body"] = extra
+    return req
 
 
 class BackendClient:
@@ -175,8 +121,9 @@ class BackendClient:
                                 temperature=gen.temperature if gen.temperature > 0 else 1.0,
                                 top_p=gen.top_p, seed=gen.seed)
 
-    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig) -> ChatResult:
-        if self._queue is None:
+    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig,
+                       on_retry_after: RetryAfterHook | None = None) -> ChatResult:
+        if self._queue is None:  # (a local model is never rate-limited: no Retry-After)
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._run())
         fut: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
@@ -216,12 +163,13 @@ class BackendClient:
 
 def make_client(backend: str, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                 timeout_s: float = 120.0, concurrency: int = 4, max_tokens_param: str = "max_tokens",
-                **opts: Any) -> ChatClient:
+                max_retries: int = 6, **opts: Any) -> ChatClient:
     if backend == "openai":
         if opts.get("adapter"):
             raise MiLlmError("--adapter does not apply to the openai backend: serve the adapter and name it with --model")
         return OpenAIClient(model, base_url=base_url, api_key_env=api_key_env, timeout_s=timeout_s,
-                            max_connections=max(concurrency, 1), max_tokens_param=max_tokens_param)
+                            max_connections=max(concurrency, 1), max_tokens_param=max_tokens_param,
+                            max_retries=max_retries)
     if base_url:
         raise MiLlmError(f"--base-url applies to the openai backend only (got --backend {backend})")
     return BackendClient(backend, model, batch_size=concurrency, **opts)

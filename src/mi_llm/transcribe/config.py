@@ -64,12 +64,10 @@ class TranscribeConfig(BaseModel):
     tpm: int | None = Field(
         None, ge=1, description="tokens per minute (client-side limit)"
     )  # prompt + max_tokens reserved, then the real count
-    # as miti code --retries; the back-off's 2**attempt must also stay within a float
+    # as miti code --retries (the openai SDK's retries, with its own capped back-off)
     max_retries: int = Field(6, ge=0, le=100, description="retries of one request on 429, 5xx and timeouts")
     max_repairs: int = Field(2, ge=0, le=100, description="re-asks with the validation error, per dialogue")
     timeout_s: float = Field(120.0, gt=0, description="seconds per request")
-    backoff_base_s: float = Field(1.0, gt=0)
-    backoff_cap_s: float = Field(60.0, gt=0)
     limit: int | None = Field(None, ge=1, description="only the first N input dialogues")
     id_suffix: str = Field("", description="appended to each output id (default: ids are kept)")
     retry_failed: bool = Field(

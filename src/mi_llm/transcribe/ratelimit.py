@@ -1,30 +1,18 @@
-"""Client-side rate limits (requests and tokens per minute) and retry back-off."""
+"""Client-side rate limits: requests and tokens per minute, and a pause for everyone when a
+server sends Retry-After. (Retries and their back-off are the openai SDK's, in
+`mi_llm.llm.openai_client`.)"""
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import random
-import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-_CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+from mi_llm.llm.openai_client import estimate_tokens, parse_retry_after
 
-MAX_RETRY_AFTER_S = 600.0
-
-
-def estimate_tokens(messages: list[dict[str, str]]) -> int:
-    """A rough token count for rate limiting before the server tells the real one:
-    about one token per CJK character and one per four other characters."""
-    total = 0
-    for m in messages:
-        text = m.get("content", "")
-        cjk = len(_CJK.findall(text))
-        total += cjk + (len(text) - cjk + 3) // 4 + 4
-    return total + 2
+__all__ = ["RateLimiter", "estimate_tokens", "parse_retry_after"]
 
 
 @dataclass
@@ -92,38 +80,3 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self._clock() + seconds)
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms` (OpenAI), or `Retry-After` in seconds or as an HTTP date."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    try:
-        if "retry-after-ms" in lower:
-            return min(MAX_RETRY_AFTER_S, max(0.0, float(lower["retry-after-ms"]) / 1000))
-        value = lower.get("retry-after")
-        if value is None:
-            return None
-        try:
-            return min(MAX_RETRY_AFTER_S, max(0.0, float(value)))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(value)
-            return min(MAX_RETRY_AFTER_S, max(0.0, when.timestamp() - (time.time() if now is None else now)))
-    except (TypeError, ValueError):
-        return None
-
-
-def backoff_delay(
-    attempt: int,
-    retry_after: float | None = None,
-    base_s: float = 1.0,
-    cap_s: float = 60.0,
-    rng: random.Random | None = None,
-) -> float:
-    """Delay before retry number `attempt` (0-based): the server's Retry-After when it sent
-    one (plus a little jitter so waiting clients do not return together), else exponential
-    back-off with jitter, uniform in [b/2, b] where b = min(cap, base * 2**attempt)."""
-    rng = rng or random
-    if retry_after is not None:
-        return retry_after + rng.uniform(0, min(1.0, 0.1 * retry_after + 0.05))
-    b = min(cap_s, base_s * 2 ** attempt)
-    return rng.uniform(b / 2, b)

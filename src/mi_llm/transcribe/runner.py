@@ -35,7 +35,7 @@ from mi_llm.transcribe.prompt import (
     render_messages,
     repair_messages,
 )
-from mi_llm.transcribe.ratelimit import RateLimiter, backoff_delay, estimate_tokens
+from mi_llm.transcribe.ratelimit import RateLimiter, estimate_tokens
 from mi_llm.transcribe.store import RETRY_ON_RESUME, ResultStore
 from mi_llm.transcribe.validate import validate_answer
 
@@ -111,44 +111,43 @@ class Transcriber:
                 self.stats.cached_prompt_tokens += hit.prompt_tokens
                 self.stats.cached_completion_tokens += hit.completion_tokens
                 self.stats.saved_cost += hit.cost or 0.0
-                return ChatResult(hit.text, hit.finish_reason, hit.prompt_tokens, hit.completion_tokens, hit.usage_estimated)
+                return ChatResult(hit.text, hit.finish_reason, hit.prompt_tokens, hit.completion_tokens, hit.usage_estimated,
+                                  attempts=0)
         reserve = estimate_tokens(messages) + self.s.gen.max_tokens
-        attempt = 0
-        while True:
-            slot = await self.limiter.acquire(reserve)
-            self.stats.requests += 1
-            try:
-                res = await self.client.complete(messages, self.s.gen)
-            except ApiError as e:
-                self.limiter.settle(slot, 0 if e.status == 429 else estimate_tokens(messages))
-                if e.fatal:
-                    raise FatalApiError(f"{self.client.backend} {self.client.model}: {e}") from None
-                if not e.retryable or attempt >= self.s.max_retries:
-                    raise
-                delay = backoff_delay(attempt, e.retry_after, self.s.backoff_base_s, self.s.backoff_cap_s)
-                if e.retry_after is not None:
-                    self.limiter.pause(delay)  # the server asked everyone to wait, not only this request
-                self.stats.retries += 1
-                log.warning("%s; retry %d/%d in %.1f s", e, attempt + 1, self.s.max_retries, delay)
-                attempt += 1
-                await asyncio.sleep(delay)
-                continue
-            self.limiter.settle(slot, res.prompt_tokens + res.completion_tokens)
-            cost = self.prices.cost(self.client.backend, self.client.model, res.prompt_tokens, res.completion_tokens)
-            self.cache.put(key, self.client.backend, self.client.model, prompt_version,
-                           CachedCall(res.text, res.finish_reason, res.prompt_tokens, res.completion_tokens,
-                                      res.usage_estimated, cost))
-            st.paid += 1
-            st.usage.update(prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens)
-            self.stats.prompt_tokens += res.prompt_tokens
-            self.stats.completion_tokens += res.completion_tokens
-            self.stats.usage_estimated_calls += int(res.usage_estimated)
-            if cost is None:
-                self.stats.cost_unknown_calls += 1
-            else:
-                self.stats.cost += cost
-            self.on_progress(self.stats)
-            return res
+        slot = await self.limiter.acquire(reserve)
+        try:
+            # The client retries 429, 5xx and timeouts itself (the openai SDK, --max-retries);
+            # a server's Retry-After pauses every worker here, not only this one.
+            res = await self.client.complete(messages, self.s.gen, on_retry_after=self.limiter.pause)
+        except ApiError as e:
+            self._count_requests(e.attempts)
+            self.limiter.settle(slot, 0 if e.status == 429 else estimate_tokens(messages))
+            if e.fatal:
+                raise FatalApiError(f"{self.client.backend} {self.client.model}: {e}") from None
+            raise
+        self._count_requests(res.attempts)
+        self.limiter.settle(slot, res.prompt_tokens + res.completion_tokens)
+        cost = self.prices.cost(self.client.backend, self.client.model, res.prompt_tokens, res.completion_tokens)
+        self.cache.put(key, self.client.backend, self.client.model, prompt_version,
+                       CachedCall(res.text, res.finish_reason, res.prompt_tokens, res.completion_tokens,
+                                  res.usage_estimated, cost))
+        st.paid += 1
+        st.usage.update(prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens)
+        self.stats.prompt_tokens += res.prompt_tokens
+        self.stats.completion_tokens += res.completion_tokens
+        self.stats.usage_estimated_calls += int(res.usage_estimated)
+        if cost is None:
+            self.stats.cost_unknown_calls += 1
+        else:
+            self.stats.cost += cost
+        self.on_progress(self.stats)
+        return res
+
+    def _count_requests(self, attempts: int) -> None:
+        self.stats.requests += attempts
+        self.stats.retries += max(0, attempts - 1)
+        if attempts > 1:
+            log.warning("%s %s: a request took %d tries", self.client.backend, self.client.model, attempts)
 
     # ------------------------------------------------------------------ one dialogue
     async def rewrite(self, dialogue: Dialogue, refresh: bool = False) -> None:
@@ -360,7 +359,8 @@ def transcribe_file(
 
 def _make_client(s: TranscribeConfig) -> ChatClient:
     return make_client(s.backend, s.model, base_url=s.base_url, api_key_env=s.api_key_env, timeout_s=s.timeout_s,
-                       concurrency=s.concurrency, max_tokens_param=s.max_tokens_param, **s.backend_opts)
+                       concurrency=s.concurrency, max_tokens_param=s.max_tokens_param, max_retries=s.max_retries,
+                       **s.backend_opts)
 
 
 async def _run_and_close(t: Transcriber, todo: list[tuple[Dialogue, bool]], owned: ChatClient | None) -> RunStats:
@@ -377,7 +377,7 @@ class _NamedOnly:
     def __init__(self, backend: str, model: str):
         self.backend, self.model = backend, model
 
-    async def complete(self, messages: Messages, gen: TranscribeGenerationConfig) -> ChatResult:
+    async def complete(self, messages: Messages, gen: TranscribeGenerationConfig, on_retry_after: Any = None) -> ChatResult:
         raise RuntimeError("no client was made")
 
     async def aclose(self) -> None:

@@ -1,4 +1,5 @@
-"""Importers: one module per source format, each registered under its source name.
+"""Importers: one module per source format, each registering its `import_path` under its
+source name(s) in `IMPORTERS` (`@IMPORTERS.register("annomi")`).
 
 An importer is a function `(path: Path) -> Iterator[Dialogue]` that yields raw
 dialogues; normalisation (merging, dropping) is applied afterwards by `import_corpus`.
@@ -8,38 +9,25 @@ or the bundled demo corpus, with the language override.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Callable, Iterator
 
+# Importing each module registers its source(s), in this order (the order of the choices).
+from mi_llm.corpus.importers import cpsycound, cpsycoune, smile, psydt, annomi, mibot, sharegpt, openai_messages, dialogues  # noqa: F401, I001
+from mi_llm.corpus.importers._common import IMPORTERS
 from mi_llm.corpus.normalize import NormalizeOptions, NormalizeStats, normalize
 from mi_llm.corpus.schema import Dialogue
 from mi_llm.errors import MiLlmError
 
 Importer = Callable[[Path], Iterator[Dialogue]]
 
-# source name -> module under mi_llm.corpus.importers defining `import_path`
-SOURCES: dict[str, str] = {
-    "cpsycound": "cpsycound",
-    "cpsycoune": "cpsycoune",
-    "smile": "smile",
-    "psydt": "psydt",
-    "annomi": "annomi",
-    "mibot": "mibot",
-    "sharegpt": "sharegpt",
-    "llamafactory": "sharegpt",
-    "openai": "openai_messages",
-    "dialogues": "dialogues",
-}
+SOURCES = IMPORTERS  # the source names: `for s in SOURCES`, `s in SOURCES`
 # Not an importer: the corpus bundled in mi_llm.resources (no path; language and style pick its parts).
 DEMO = "demo"
 
 
 def get_importer(source: str) -> Importer:
-    if source not in SOURCES:
-        raise MiLlmError(f"unknown source {source!r}; choose one of: {', '.join(SOURCES)}")
-    module = importlib.import_module(f"mi_llm.corpus.importers.{SOURCES[source]}")
-    return module.import_path
+    return IMPORTERS.get(source)
 
 
 def import_corpus(

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from mi_llm.corpus.language import detect_language
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, iter_jsonl, too_deep_line
 from mi_llm.errors import InputError, MiLlmError
+from mi_llm.registry import Registry
+
+# source name -> `import_path(path) -> Iterator[Dialogue]`, each registered by its module
+IMPORTERS: Registry[Callable[[Path], Iterator[Dialogue]]] = Registry("source")
 
 _DIGITS = re.compile(r"(\d+)")
 _WS = re.compile(r"\s")

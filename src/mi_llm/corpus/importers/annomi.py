@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from mi_llm.corpus.importers._common import read_text
+from mi_llm.corpus.importers._common import IMPORTERS, read_text
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError, MiLlmError
 
@@ -36,6 +36,7 @@ _ROLES = {"therapist": "counselor", "client": "client"}
 _QUALITY = {"high": "mi", "low": "raw"}
 
 
+@IMPORTERS.register("annomi")
 def import_path(path: Path) -> Iterator[Dialogue]:
     yield from parse_csv(_pick_file(path))
 

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from mi_llm.corpus.importers._common import find_files, read_text
+from mi_llm.corpus.importers._common import IMPORTERS, find_files, read_text
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
 
@@ -31,6 +31,7 @@ _OTHER = re.compile(r"^\s*([A-Za-z\u4e00-\u9fff]{1,6})\s*[：:]\s*")
 _STAGE = re.compile(r"^\s*[（(][^（）()]*[）)]\s*$")
 
 
+@IMPORTERS.register("cpsycound")
 def import_path(path: Path) -> Iterator[Dialogue]:
     for f in find_files(path, ["case_*.txt"], "CPsyCounD case_N.txt files"):
         yield parse_file(f)

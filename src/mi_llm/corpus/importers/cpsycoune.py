@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from mi_llm.corpus.importers._common import SeenIds, find_files, iter_json_array, slug
+from mi_llm.corpus.importers._common import IMPORTERS, SeenIds, find_files, iter_json_array, slug
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
 
@@ -19,6 +19,7 @@ _ROLES = {"求助者": "client", "支持者": "counselor"}
 _TAG = re.compile(r"^\s*([^\s：:]{1,10}?)\s*[：:]\s*")
 
 
+@IMPORTERS.register("cpsycoune")
 def import_path(path: Path) -> Iterator[Dialogue]:
     seen = SeenIds()
     for f in find_files(path, ["*/*.json", "*.json"], "CPsyCounE JSON files"):

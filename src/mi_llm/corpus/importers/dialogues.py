@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from mi_llm.corpus.importers._common import find_files
+from mi_llm.corpus.importers._common import IMPORTERS, find_files
 from mi_llm.corpus.schema import Dialogue, read_dialogues
 from mi_llm.errors import MiLlmError
 
 
+@IMPORTERS.register("dialogues")
 def import_path(path: Path) -> Iterator[Dialogue]:
     seen: dict[str, Path] = {}
     for f in find_files(path, ["*.jsonl"], "dialogues JSONL files"):

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from mi_llm.corpus.importers._common import SeenIds, array_item_line, find_files, json_type, line_of, read_text
+from mi_llm.corpus.importers._common import IMPORTERS, SeenIds, array_item_line, find_files, json_type, line_of, read_text
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
 from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, too_deep_line
@@ -29,6 +29,7 @@ SOURCE = "mibot"
 _ROLES = {"counsellor": "counselor", "counselor": "counselor", "client": "client"}
 
 
+@IMPORTERS.register("mibot")
 def import_path(path: Path) -> Iterator[Dialogue]:
     if path.is_dir() and (path / "transcripts").is_dir():
         path = path / "transcripts"

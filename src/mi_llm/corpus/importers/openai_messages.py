@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from mi_llm.corpus.importers._common import SeenIds, chat_dialogue, find_files, iter_records
+from mi_llm.corpus.importers._common import IMPORTERS, SeenIds, chat_dialogue, find_files, iter_records
 from mi_llm.corpus.schema import Dialogue
 from mi_llm.errors import InputError
 
@@ -18,6 +18,7 @@ _ROLES = {"user": "client", "assistant": "counselor"}
 _SYSTEM = ("system", "developer")
 
 
+@IMPORTERS.register("openai")
 def import_path(path: Path) -> Iterator[Dialogue]:
     seen = SeenIds()
     for f in find_files(path, ["*.jsonl", "*.json"], "OpenAI chat JSONL files"):

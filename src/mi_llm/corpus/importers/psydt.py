@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from mi_llm.corpus.importers._common import SeenIds, find_files, iter_records, json_type, require_str
+from mi_llm.corpus.importers._common import IMPORTERS, SeenIds, find_files, iter_records, json_type, require_str
 from mi_llm.corpus.language import detect_language
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
@@ -18,6 +18,7 @@ SOURCE = "psydt"
 _ROLES = {"user": "client", "assistant": "counselor"}
 
 
+@IMPORTERS.register("psydt")
 def import_path(path: Path) -> Iterator[Dialogue]:
     seen = SeenIds()
     for f in find_files(path, ["*.json", "*.jsonl"], "PsyDTCorpus JSON/JSONL files"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from mi_llm.corpus.importers._common import SeenIds, chat_dialogue, json_type, find_files, iter_json_object, iter_records, read_text
+from mi_llm.corpus.importers._common import IMPORTERS, SeenIds, chat_dialogue, json_type, find_files, iter_json_object, iter_records, read_text
 from mi_llm.corpus.schema import Dialogue
 from mi_llm.errors import InputError
 from mi_llm.layout import DATASET_INFO, EXPORT_META
@@ -50,6 +50,7 @@ def _mapping(entry: dict[str, Any], key: str, path: Path, line: int, name: str) 
     return value
 
 
+@IMPORTERS.register("sharegpt", "llamafactory")
 def import_path(path: Path) -> Iterator[Dialogue]:
     seen = SeenIds()
     if path.is_dir() and (path / DATASET_INFO).is_file():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from mi_llm.corpus.importers._common import find_files, iter_json_array, json_type, require_str
+from mi_llm.corpus.importers._common import IMPORTERS, find_files, iter_json_array, json_type, require_str
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
 
@@ -18,6 +18,7 @@ SOURCE = "smile"
 _ROLES = {"client": "client", "counselor": "counselor"}
 
 
+@IMPORTERS.register("smile")
 def import_path(path: Path) -> Iterator[Dialogue]:
     # The upstream repository keeps the dialogues under data/.
     if path.is_dir() and (path / "data").is_dir() and not any(not p.name.startswith(".") for p in path.glob("*.json")):

@@ -2,6 +2,10 @@
 
     backend = get_backend("hf", "gemma-3-270m", adapter="runs/lora")
     completions = backend.generate([sample.messages()], preset("greedy"))
+    for piece in backend.stream_chat(messages, preset("greedy")): ...
+
+Each backend module registers its class in `BACKENDS` (`@BACKENDS.register("hf")`); importing
+a module costs little (torch, llama.cpp, vLLM and the openai SDK load when a backend is made).
 """
 
 from __future__ import annotations
@@ -9,12 +13,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mi_llm.errors import MiLlmError
-from mi_llm.llm.backends.base import PRESETS, Backend, Completion, GenerationConfig, Messages, preset
+# Importing each module registers its backend, in this order (the order of the choices).
+from mi_llm.llm.backends import hf, llamacpp, openai_api, vllm  # noqa: F401, I001
+from mi_llm.llm.backends.base import (
+    BACKENDS,
+    PRESETS,
+    Backend,
+    Completion,
+    Finish,
+    GenerationConfig,
+    Messages,
+    preset,
+)
 
-BACKENDS = ("hf", "llamacpp", "openai", "vllm", "auto")
-
-__all__ = ["BACKENDS", "PRESETS", "Backend", "Completion", "GenerationConfig", "Messages", "get_backend", "preset"]
+__all__ = ["BACKENDS", "PRESETS", "Backend", "Completion", "Finish", "GenerationConfig", "Messages", "get_backend",
+           "preset", "resolve_auto_backend"]
 
 
 def get_backend(name: str, model: Any, adapter: str | Path | None = None, **opts: Any) -> Backend:
@@ -24,27 +37,7 @@ def get_backend(name: str, model: Any, adapter: str | Path | None = None, **opts
     CPU, else hf (with a one-line warning). Asking for `llamacpp` by name on a machine where
     the probe fails is an error (exit 2), never a segfault.
     """
-    if name == "auto":
-        name = resolve_auto_backend()
-    if name == "hf":
-        from mi_llm.llm.backends.hf import HFBackend
-
-        return HFBackend(model, adapter=adapter, **opts)
-    if name == "llamacpp":
-        from mi_llm.llm.backends.llamacpp import LlamaCppBackend  # its import_llama_cpp runs the probe
-
-        return LlamaCppBackend(model, adapter=adapter, **opts)
-    if name == "openai":
-        from mi_llm.llm.backends.openai_api import OpenAIBackend
-
-        if adapter:
-            raise MiLlmError("--adapter does not apply to the openai backend: serve the adapter and name it with --model")
-        return OpenAIBackend(str(model), **opts)
-    if name == "vllm":
-        from mi_llm.llm.backends.vllm import VLLMBackend
-
-        return VLLMBackend(model, adapter=adapter, **opts)
-    raise MiLlmError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    return BACKENDS.get(name)(model, adapter=adapter, **opts)
 
 
 def resolve_auto_backend() -> str:
@@ -52,3 +45,8 @@ def resolve_auto_backend() -> str:
     from mi_llm.llm.llamacpp_runtime import ensure_usable
 
     return "llamacpp" if ensure_usable(explicit=False) else "hf"
+
+
+@BACKENDS.register("auto")
+def _auto(model: Any, adapter: str | Path | None = None, **opts: Any) -> Backend:
+    return BACKENDS.get(resolve_auto_backend())(model, adapter=adapter, **opts)

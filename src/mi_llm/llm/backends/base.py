@@ -1,14 +1,20 @@
-"""The generation interface every backend implements: batches of chat messages in, texts out."""
+"""The generation interface every backend implements: batches of chat messages in, texts
+out (`generate`), and one conversation's next turn as a stream of text pieces (`stream_chat`).
+
+Each backend registers itself in `BACKENDS` under its name (`@BACKENDS.register("hf")`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mi_llm.errors import MiLlmError
+from mi_llm.registry import Registry
 
 Messages = list[dict[str, str]]
 
@@ -65,6 +71,15 @@ class Completion:
     finish_reason: str | None = None  # "stop" | "length" | None when unknown
 
 
+@dataclass
+class Finish:
+    """The end of a stream: why it ended and how many tokens it took."""
+
+    reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class Backend(ABC):
     """A loaded model that completes chat conversations."""
 
@@ -73,6 +88,19 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
         """One completion of the next assistant turn for each conversation, in order."""
+
+    def stream_chat(self, messages: Messages, config: GenerationConfig,
+                    cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+        """The next assistant turn of one conversation as text pieces (leading whitespace and
+        stop strings never sent), then one `Finish`. Setting `cancel` ends the stream at the
+        next token with `Finish("cancelled", ...)`. A backend that streams token by token
+        drops the oldest exchanges of a conversation too long for its context.
+
+        This default sends one `generate` call as a single piece."""
+        [c] = self.generate([messages], config)
+        if c.text:
+            yield c.text
+        yield Finish(c.finish_reason or "stop", c.prompt_tokens, c.completion_tokens)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able facts for run metadata (backend, model, adapter, ...)."""
@@ -88,7 +116,74 @@ class Backend(ABC):
         self.close()
 
 
+# name -> the factory `(model, adapter=None, **opts) -> Backend` (a Backend class, or `auto`)
+BACKENDS: Registry[Callable[..., Backend]] = Registry("backend")
+
+
 def first_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """Cut `text` at the earliest stop string; (text, whether one was found)."""
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def fit_context(messages: Messages, encode: Callable[[Messages], list[int]], limit: int,
+                max_new: int) -> tuple[Messages, list[int]]:
+    """Drop the oldest exchanges until the prompt and the reply fit the context; (messages, ids)."""
+    msgs = list(messages)
+    ids = encode(msgs)
+    while len(ids) + max_new > limit:
+        first = 1 if msgs and msgs[0]["role"] == "system" else 0
+        if len(msgs) - first <= 1:
+            raise MiLlmError(f"the message is too long: {len(ids)} prompt tokens + {max_new} new tokens exceed the "
+                             f"model's context of {limit} tokens")
+        del msgs[first : first + 2]  # one user turn and the reply to it
+        ids = encode(msgs)
+    return msgs, ids
+
+
+class StopTrimmer:
+    """Holds back text that could be the start of a stop string, so no piece of a stop
+    string ever reaches the client; `feed` returns what is safe to send."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return text
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending, self.stopped = self.pending[:cut], "", True
+            return out
+        keep = 0
+        for s in self.stops:  # the longest tail of pending that begins a stop string
+            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(s[:k]):
+                    keep = max(keep, k)
+                    break
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(self.pending) - keep :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = ("" if self.stopped else self.pending), ""
+        return out
+
+
+class LeadingSpaceTrimmer:
+    """Drops whitespace before the first visible character (replies are stripped)."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def feed(self, text: str) -> str:
+        if self.started:
+            return text
+        text = text.lstrip()
+        self.started = bool(text)
+        return text

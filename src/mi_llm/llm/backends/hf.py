@@ -3,21 +3,34 @@
 Prompts are sorted by length so a batch pads little; rows that finish leave the batch
 (their cache rows are dropped), so long replies do not make short ones cost more.
 A PEFT LoRA adapter is merged into the weights once at load time (same outputs, no
-per-token adapter cost).
+per-token adapter cost). `stream_chat` streams one conversation with transformers'
+`TextIteratorStreamer` (generation in a thread; cancelled by a stopping criterion).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from mi_llm.errors import MiLlmError
 from mi_llm.layout import ADAPTER_CONFIG, AdapterPaths
-from mi_llm.llm.backends.base import Backend, Completion, GenerationConfig, Messages, first_stop
+from mi_llm.llm.backends.base import (
+    BACKENDS,
+    Backend,
+    Completion,
+    Finish,
+    GenerationConfig,
+    LeadingSpaceTrimmer,
+    Messages,
+    StopTrimmer,
+    first_stop,
+    fit_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +80,7 @@ def apply_adapter(model: Any, adapter: str | Path, base_path: Path, merge: bool 
     return peft_model.merge_and_unload() if merge else peft_model
 
 
+@BACKENDS.register("hf")
 class HFBackend(Backend):
     name = "hf"
 
@@ -119,6 +133,84 @@ class HFBackend(Backend):
                 results[i] = Completion(text=text.strip(), prompt_tokens=len(prompts[i]), completion_tokens=len(ids),
                                         finish_reason="stop" if finished or cut else "length")
         return [r for r in results if r is not None]
+
+    def stream_chat(self, messages: Messages, config: GenerationConfig,
+                    cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        from mi_llm.llm.templates import encode_prompt
+
+        cancel = cancel or threading.Event()
+        limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
+        _, prompt = fit_context(messages, lambda m: encode_prompt(self.tokenizer, m), limit, config.max_new_tokens)
+
+        class Counting(TextIteratorStreamer):
+            n = 0
+
+            def put(self, value: Any) -> None:
+                if self.next_tokens_are_prompt is False:
+                    self.n += int(value.numel())
+                super().put(value)
+
+        stop_early = threading.Event()  # the caller's cancel, or a stop string seen here
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                done = cancel.is_set() or stop_early.is_set()
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+        streamer = Counting(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        ids = torch.tensor([prompt], device=self.device)
+        kwargs: dict[str, Any] = dict(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.max_new_tokens,
+            eos_token_id=list(self.stop_ids), pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([Cancelled()]), do_sample=config.do_sample,
+            repetition_penalty=config.repetition_penalty,
+        )
+        if config.do_sample:
+            kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k or None)
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        error: list[BaseException] = []
+        model = self.model
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    model.generate(**kwargs)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                error.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="mi-llm-hf-generate", daemon=True)
+        thread.start()
+        trim, lead = StopTrimmer(config.stop), LeadingSpaceTrimmer()
+        drained = False
+        try:
+            for piece in streamer:
+                text = lead.feed(trim.feed(piece))
+                if text:
+                    yield text
+                if trim.stopped:
+                    stop_early.set()  # a stop string: end generation early
+            drained = True
+        finally:
+            if not drained:  # the consumer left early: stop generating, let the thread finish
+                stop_early.set()
+                for _ in streamer:
+                    pass
+            thread.join()
+        if error:
+            raise error[0]
+        tail = lead.feed(trim.flush())
+        if tail:
+            yield tail
+        n = streamer.n
+        reason = "stop" if trim.stopped else "cancelled" if cancel.is_set() else "stop" if n < config.max_new_tokens else "length"
+        yield Finish(reason, len(prompt), n)
 
     def generate_ids(self, prompts: Sequence[list[int]], config: GenerationConfig) -> list[tuple[list[int], bool]]:
         """Decode a batch of token-id prompts; per row (generated ids without the stop token, stopped?)."""

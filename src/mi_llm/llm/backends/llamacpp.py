@@ -9,19 +9,34 @@ order so llama.cpp reuses the KV cache of the shared prefix (system prompt and h
 
 `parallel > 1` decodes several conversations together in one llama.cpp batch (see
 `mi_llm.llm.backends.llamacpp_batch`); `parallel = 1` is plain single-stream llama.cpp.
+`stream_chat` sends the tokens as llama.cpp makes them (single-stream; with `parallel > 1`
+the whole reply of the batch engine as one piece).
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from mi_llm.errors import MiLlmError
 from mi_llm.layout import AdapterPaths
-from mi_llm.llm.backends.base import Backend, Completion, GenerationConfig, Messages, first_stop
+from mi_llm.llm.backends.base import (
+    BACKENDS,
+    Backend,
+    Completion,
+    Finish,
+    GenerationConfig,
+    LeadingSpaceTrimmer,
+    Messages,
+    StopTrimmer,
+    first_stop,
+    fit_context,
+)
 from mi_llm.llm.llamacpp_runtime import import_llama_cpp
 
 log = logging.getLogger(__name__)
@@ -74,6 +89,7 @@ def find_gguf(model: Any, gguf: str | Path | None) -> tuple[Path, Any]:
     raise MiLlmError(f"{rm.name}: no GGUF for the llamacpp backend; export one (mi-llm export --gguf) or pass --gguf")
 
 
+@BACKENDS.register("llamacpp")
 class LlamaCppBackend(Backend):
     name = "llamacpp"
     preferred_order = "input"  # dialogue order: consecutive rounds share their prefix
@@ -223,10 +239,8 @@ class LlamaCppBackend(Backend):
             return results
         return [self._single(p, config) for p in prompts]
 
-    def _single(self, prompt: list[int], config: GenerationConfig) -> Completion:
-        """Plain llama.cpp: one conversation at a time (reusing the cached common prefix)."""
-        ids: list[int] = []
-        stopped = False
+    def _tokens(self, prompt: list[int], config: GenerationConfig) -> Iterator[int]:
+        """llama.cpp's tokens after `prompt` (reusing the cached common prefix), up to an end of turn."""
         if config.seed is not None:
             self.llm.set_seed(config.seed)
         gen = self.llm.generate(
@@ -238,14 +252,53 @@ class LlamaCppBackend(Backend):
         )
         for tok in gen:
             if tok in self.stop_ids or self._lib.llama_vocab_is_eog(self.llm._model.vocab, tok):  # noqa: SLF001
-                stopped = True
-                break
+                return
+            yield tok
+
+    def _single(self, prompt: list[int], config: GenerationConfig) -> Completion:
+        """Plain llama.cpp: one conversation at a time."""
+        ids: list[int] = []
+        stopped = True
+        for tok in self._tokens(prompt, config):
             ids.append(tok)
             if len(ids) >= config.max_new_tokens:
+                stopped = False
                 break
         text = self.llm.detokenize(ids).decode("utf-8", errors="replace")
         text, cut = first_stop(text, config.stop)
         return Completion(text.strip(), len(prompt), len(ids), "stop" if stopped or cut else "length")
+
+    def stream_chat(self, messages: Messages, config: GenerationConfig,
+                    cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+        if self._engine is not None:  # the batch engine has no token stream
+            yield from super().stream_chat(messages, config, cancel)
+            return
+        _, prompt = fit_context(messages, self.encode, self.n_ctx, config.max_new_tokens)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        trim, lead = StopTrimmer(config.stop), LeadingSpaceTrimmer()
+        ids: list[int] = []
+        sent = 0  # bytes of the detokenized reply already decoded
+        reason = "stop"
+        for tok in self._tokens(prompt, config):
+            if cancel is not None and cancel.is_set():
+                reason = "cancelled"
+                break
+            ids.append(tok)
+            # Detokenize the whole reply so far: per-token pieces lose SentencePiece spacing.
+            data = self.llm.detokenize(ids)
+            text = lead.feed(trim.feed(decoder.decode(data[sent:])))
+            sent = len(data)
+            if text:
+                yield text
+            if trim.stopped:
+                break
+            if len(ids) >= config.max_new_tokens:
+                reason = "length"
+                break
+        tail = lead.feed(trim.feed(decoder.decode(b"", final=True)) + trim.flush())
+        if tail:
+            yield tail
+        yield Finish(reason, len(prompt), len(ids))
 
     def close(self) -> None:
         if getattr(self, "_engine", None) is not None:

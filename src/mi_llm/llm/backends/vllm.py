@@ -2,6 +2,8 @@
 
 Prompts are the same token ids the hf backend builds (our chat template), so the two
 backends see identical inputs; a LoRA adapter is served by vLLM's LoRA support.
+vLLM's offline engine has no token stream: `stream_chat` sends the whole reply as one piece
+(for streamed replies from vLLM, run `vllm serve` and use the openai backend).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from mi_llm.errors import MiLlmError
-from mi_llm.llm.backends.base import Backend, Completion, GenerationConfig, Messages, first_stop
+from mi_llm.llm.backends.base import BACKENDS, Backend, Completion, GenerationConfig, Messages, first_stop
 
 
+@BACKENDS.register("vllm")
 class VLLMBackend(Backend):
     name = "vllm"
 

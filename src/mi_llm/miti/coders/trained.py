@@ -48,6 +48,7 @@ from mi_llm.miti.coders.product import (
     refine_features,
 )
 from mi_llm.miti.coders.tuned import TunedConfig, TunedExpert
+from mi_llm.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,11 @@ class CoderConfig:
         return cls(**d)
 
 
-RECIPES = ("embed", "tuned", "encoder", "ngram")
+RECIPES: Registry[str] = Registry("coder recipe")  # name -> what its experts are (default_config builds it)
+RECIPES.add("embed", "n-grams x frozen embeddings of the embedded model")
+RECIPES.add("tuned", "n-grams x the tuned embedded-model expert")
+RECIPES.add("encoder", "n-grams x a fine-tuned English encoder")
+RECIPES.add("ngram", "n-grams only")
 
 
 def default_config(quick: bool = False, embeddings: bool = True, recipe: str = "embed") -> CoderConfig:
@@ -112,8 +117,7 @@ def default_config(quick: bool = False, embeddings: bool = True, recipe: str = "
     docs/miti-coder.md), `encoder` (n-grams x a fine-tuned English encoder: the best on
     English, no help on Chinese), `ngram` (n-grams only: about a minute; also what `quick` or
     no `embeddings` give)."""
-    if recipe not in RECIPES:
-        raise MiLlmError(f"unknown coder recipe {recipe!r}; one of {', '.join(RECIPES)}")
+    RECIPES.get(recipe)  # an unknown recipe: one line naming the choices
     from mi_llm.miti.coders.selection import SelectionConfig
 
     feats = FeatureConfig()
