@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from mi_llm.errors import MiLlmError
-from mi_llm.llm.backends import get_backend, preset
+from mi_llm.llm.backends import Finish, get_backend, preset
 from tests.llm.fake_openai import FakeOpenAI
 
 CONVS = [[{"role": "system", "content": "Be kind."}, {"role": "user", "content": f"hello {i}"}] for i in range(5)]
@@ -50,8 +52,6 @@ def test_transient_errors_are_retried(failures: list[int]) -> None:
 
 
 def test_retry_after_is_honoured() -> None:
-    import time
-
     with FakeOpenAI(failures=[429], retry_after="0.3") as srv:
         b = backend(srv.base_url)
         t0 = time.monotonic()
@@ -84,3 +84,43 @@ def test_remote_server_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_adapter_is_rejected() -> None:
     with pytest.raises(MiLlmError, match="adapter"):
         get_backend("openai", "m", adapter="x", base_url="http://127.0.0.1:1/v1")
+
+
+def test_stream_chat_sends_the_server_deltas_then_the_usage() -> None:
+    with FakeOpenAI() as srv:
+        b = backend(srv.base_url)
+        items = list(b.stream_chat(CONVS[0], preset("greedy", max_new_tokens=20)))
+        b.close()
+    pieces, finish = items[:-1], items[-1]
+    assert pieces == ["echo:", " hello", " 0"]
+    assert isinstance(finish, Finish) and finish.reason == "stop" and finish.completion_tokens == 3
+    body = srv.requests[0]["body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True} and body["max_tokens"] == 20
+
+
+def test_stream_chat_cancel_closes_the_stream() -> None:
+    import threading
+
+    cancel = threading.Event()
+    with FakeOpenAI(words=200, chunk_delay=0.01) as srv:
+        b = backend(srv.base_url)
+        items = []
+        for item in b.stream_chat(CONVS[0], preset("greedy"), cancel):
+            items.append(item)
+            if len(items) == 3:
+                cancel.set()
+        b.close()
+        for _ in range(200):  # the server notices the closed connection at its next write
+            if srv.streams_closed_early:
+                break
+            time.sleep(0.02)
+    assert items[-1].reason == "cancelled" and len(items) < 10
+    assert srv.streams_closed_early == 1
+
+
+def test_stream_chat_errors_are_one_line() -> None:
+    with FakeOpenAI(failures=[400]) as srv:
+        b = backend(srv.base_url)
+        with pytest.raises(MiLlmError, match="HTTP 400"):
+            list(b.stream_chat(CONVS[0], preset("greedy")))
+        b.close()

@@ -4,7 +4,7 @@ Each request is matched to its dialogue by the dialogue's first client text (fou
 the rendered prompt); the dialogue's script says what each successive call gets:
 
     good | malformed | wrong_order | meta | english | nousage | cut
-    429[:retry_after_s] | 500 | 401 | 400 | slow[:seconds]   (slow answers well, late)
+    429[:retry_after_s] | quota (429 insufficient_quota) | 500 | 401 | 400 | slow[:seconds]   (slow answers well, late)
     hang   (answers well once the test calls `server.release()`)
 
 The last action of a script repeats. Every request is recorded (`server.calls`).
@@ -173,6 +173,9 @@ class ScriptedServer:
             time.sleep(self.script.delay_s)
         if name == "429":
             return 429, {"Retry-After": arg or "1"}, {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
+        if name == "quota":
+            return 429, {}, {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                                       "code": "insufficient_quota"}}
         if name in ("500", "401", "400"):
             return int(name), {}, {"error": {"message": f"scripted {name}", "type": "server_error"}}
         if name == "slow":

@@ -174,6 +174,14 @@ def test_bad_key_stops_the_run(server, write_inputs, tmp_path):
     assert output_ids(out) == [] and failures(out) == {}
 
 
+def test_out_of_credit_stops_the_run_without_retrying(server, write_inputs, tmp_path):
+    d = make_dialogue("broke")
+    server.script.scripts[first_client(d)] = ["quota"]
+    with pytest.raises(MiLlmError, match="insufficient_quota"):
+        transcribe_file(write_inputs([d]), tmp_path / "mi.jsonl", settings(server))
+    assert len(server.calls) == 1  # waiting will not bring credit back: no retry
+
+
 def test_cut_answers_no_usage_and_no_client_turn(server, write_inputs, tmp_path):
     cut, nousage = make_dialogue("cut"), make_dialogue("nousage")
     server.script.scripts[first_client(cut)] = ["cut"]
