@@ -34,7 +34,7 @@ def test_a_name_cannot_be_taken_twice() -> None:
 def test_the_project_maps_are_registries() -> None:
     from mi_llm.corpus.download import MANIFESTS
     from mi_llm.corpus.importers import IMPORTERS
-    from mi_llm.llm.backends import BACKENDS
+    from mi_llm.llm.backends import BACKENDS, PRESETS
     from mi_llm.miti.coders.trained import RECIPES
 
     assert BACKENDS.names() == ("hf", "llamacpp", "openai", "vllm", "auto")
@@ -42,5 +42,6 @@ def test_the_project_maps_are_registries() -> None:
     assert IMPORTERS.get("llamafactory") is IMPORTERS.get("sharegpt")
     assert set(MANIFESTS) == {"cpsycound", "annomi", "smile", "mibot"}
     assert RECIPES.names() == ("embed", "tuned", "encoder", "ngram")
+    assert PRESETS.names() == ("greedy", "llamafactory")
     with pytest.raises(MiLlmError, match="unknown backend 'nosuch'; choose one of: hf, llamacpp"):
         BACKENDS.get("nosuch")

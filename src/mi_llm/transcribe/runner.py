@@ -316,8 +316,8 @@ def transcribe_file(
     prices = load_prices(settings.prices_path)
     cache_path = settings.cache_path or default_cache_path(output_path)
     owned: ChatClient | None = None
-    if client is None and settings.backend not in BACKENDS:
-        raise MiLlmError(f"unknown backend {settings.backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if client is None:
+        BACKENDS.get(settings.backend)  # an unknown name: one line naming the choices
     if client is None and settings.backend == "openai":
         owned = _make_client(settings)  # cheap, and a missing key should fail before any file is touched
     store = ResultStore(output_path)

@@ -50,17 +50,14 @@ class GenerationConfig:
 
 
 # "llamafactory" = LLaMA-Factory's generation defaults (its GeneratingArguments).
-PRESETS: dict[str, GenerationConfig] = {
-    "greedy": GenerationConfig(),
-    "llamafactory": GenerationConfig(do_sample=True, temperature=0.95, top_p=0.7, top_k=50, max_new_tokens=1024),
-}
+PRESETS: Registry[GenerationConfig] = Registry("generation preset")
+PRESETS.add("greedy", GenerationConfig())
+PRESETS.add("llamafactory", GenerationConfig(do_sample=True, temperature=0.95, top_p=0.7, top_k=50, max_new_tokens=1024))
 
 
 def preset(name: str = "greedy", **overrides: Any) -> GenerationConfig:
     """A named preset with the given fields changed (None values are ignored)."""
-    if name not in PRESETS:
-        raise MiLlmError(f"unknown generation preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name].replace(**overrides)
+    return PRESETS.get(name).replace(**overrides)
 
 
 @dataclass
