@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mi_llm.errors import MiLlmError
+from mi_llm.registry import Registry
 
 
 class _BackendConfig(BaseModel):
@@ -41,9 +42,7 @@ class OpenAIConfig(_BackendConfig):
     )
     api_key: str | None = None
     concurrency: int = Field(8, ge=1, description="openai: requests in flight")
-    max_retries: int = Field(6, ge=0)
-    backoff: float = 1.0
-    max_backoff: float = 60.0
+    max_retries: int = Field(6, ge=0, description="openai: the SDK's retries of a request (429, 5xx, timeouts)")
     timeout: float = 120.0
     response_format: dict[str, Any] | None = None
     extra_body: dict[str, Any] | None = Field(None, description="openai: JSON object merged into each request")
@@ -57,20 +56,18 @@ class VLLMConfig(_BackendConfig):
     max_model_len: int | None = None
 
 
-BACKEND_CONFIGS: dict[str, tuple[type[_BackendConfig], ...]] = {
-    "hf": (HFConfig,),
-    "llamacpp": (LlamaCppConfig,),
-    "openai": (OpenAIConfig,),
-    "vllm": (VLLMConfig,),
-    "auto": (LlamaCppConfig, HFConfig),  # either, once resolved: each ignores the other's options
-}
+# backend name -> the option models it takes
+BACKEND_CONFIGS: Registry[tuple[type[_BackendConfig], ...]] = Registry("backend")
+BACKEND_CONFIGS.add("hf", (HFConfig,))
+BACKEND_CONFIGS.add("llamacpp", (LlamaCppConfig,))
+BACKEND_CONFIGS.add("openai", (OpenAIConfig,))
+BACKEND_CONFIGS.add("vllm", (VLLMConfig,))
+BACKEND_CONFIGS.add("auto", (LlamaCppConfig, HFConfig))  # either, once resolved: each ignores the other's options
 
 
 def check_backend_options(backend: str, options: dict[str, Any]) -> None:
     """MiLlmError naming the first option `backend` does not take, or whose value is invalid."""
     configs = BACKEND_CONFIGS.get(backend)
-    if configs is None:
-        raise MiLlmError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_CONFIGS)}")
     known = {name for c in configs for name in c.model_fields}
     unknown = sorted(set(options) - known)
     if unknown:
