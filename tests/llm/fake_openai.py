@@ -12,7 +12,8 @@ from typing import Any
 class FakeOpenAI:
     """Answers `/v1/chat/completions`; `failures` is a list of HTTP statuses to return first.
     A request with `stream: true` is answered word by word as server-sent events, `chunk_delay`
-    seconds apart (with the usage last when `stream_options.include_usage` asks for it);
+    seconds apart (with the usage last when `stream_options.include_usage` asks for it; a
+    plain answer comes after the time its stream would take);
     `words` makes the answer that many words long instead of an echo."""
 
     def __init__(self, failures: list[int] | None = None, retry_after: str | None = None, chunk_delay: float = 0.0,
@@ -45,6 +46,7 @@ class FakeOpenAI:
                     return
                 else:
                     text = fake.answer(body)
+                    time.sleep(fake.chunk_delay * len(text.split(" ")))  # as long as its stream would take
                     payload = json.dumps({
                         "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
