@@ -48,7 +48,8 @@ def test_code_dialogues(coder_dir, tmp_path):
     assert len(coded) == len(read_dialogues(src))
     assert all(d.miti_globals is not None for d in coded)
     assert all(t.codes for d in coded for t in d.turns if t.role == "counselor")
-    assert "coded" in r.stderr and "wrote" in r.stderr
+    assert all(t.talk for d in coded for t in d.turns if t.role == "client" and t.text.strip())  # client talk too
+    assert "coded" in r.stderr and "client turns:" in r.stderr and "wrote" in r.stderr
 
 
 def test_code_utterances(coder_dir, tmp_path):

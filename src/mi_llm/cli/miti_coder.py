@@ -80,6 +80,8 @@ def code_cmd(
     errors = sum(d.meta.get("miti_coder_errors", {}).get("utterances", 0) for d in coded)
     no_globals = sum(1 for d in coded if d.miti_globals is None)
     _summary(codes, errors, time.monotonic() - t0, "utterances")
+    talk = Counter(t.talk for d in coded for t in d.turns if t.talk)
+    console.print("client turns: " + (", ".join(f"{k} {v}" for k, v in talk.most_common()) or "none"))
     if no_globals:
         console.print(f"[yellow]{no_globals} session(s) without global ratings[/yellow] (see meta.miti_coder_errors)")
     console.print(f"wrote {output}")
@@ -190,4 +192,86 @@ def train_coder_cmd(
     info = json.loads((folder / "coder.json").read_text())["info"]
     console.print(f"trained on {info['n_examples']} utterances ({', '.join(f'{k} {v}' for k, v in info['sources'].items())}) "
                   f"in {time.monotonic() - t0:.0f} s")
+    console.print(f"wrote {folder}")
+
+
+# ---------------------------------------------------------------- client talk
+
+_CLIENT_CODER_HELP = ("'default' (the client-talk coder shipped in the package, trained on AnnoMI) or a folder from "
+                      "`mi-llm miti train-client-coder`")
+
+
+def _read_client_items(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Lines {id, text, language?, previous?, history?}, checked; FILE:LINE errors."""
+    from mi_llm.io import iter_jsonl
+
+    rows: list[tuple[int, dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for lineno, obj in iter_jsonl(path):
+        if "id" not in obj or not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool):
+            raise InputError(path, "each line needs an 'id' (string or integer)", lineno)
+        text = obj.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(path, "'text' must be a non-empty string", lineno)
+        lang = obj.get("language")
+        if lang is not None and lang not in ("zh", "en"):
+            raise InputError(path, f"'language' must be zh or en (got {lang!r})", lineno)
+        for key, what in (("previous", "the counselor's previous turn"), ("history", "the client's own previous turn")):
+            if obj.get(key) is not None and not isinstance(obj[key], str):
+                raise InputError(path, f"'{key}' must be a string ({what})", lineno)
+        key = str(obj["id"])
+        if key in seen:
+            raise InputError(path, f"id {obj['id']!r} repeats line {seen[key]}", lineno)
+        seen[key] = lineno
+        rows.append((lineno, obj))
+    return rows
+
+
+@coder_app.command("code-client")
+def code_client_cmd(
+    input: Path = typer.Argument(..., help="JSONL lines {id, text, language?, previous?, history?}"),
+    output: Path = typer.Option(..., "-o", "--output", help="the same lines plus 'talk' (change, sustain or neutral)"),
+    coder: str = typer.Option("default", "--coder", "-c", help=_CLIENT_CODER_HELP),
+) -> None:
+    """Code client utterances as change talk, sustain talk or neutral (MISC); previous = the counselor's previous turn."""
+    from mi_llm.io import write_jsonl
+    from mi_llm.miti.coders.client_talk import ClientItem, load_client_coder
+
+    rows = _read_client_items(input)
+    if not rows:
+        raise InputError(input, "no utterances in the file")
+    c = load_client_coder(coder)
+    items = [ClientItem(o["text"], o.get("previous") or "", o.get("history") or "", o.get("language")) for _, o in rows]
+    t0 = time.monotonic()
+    with _progress() as progress:
+        task = progress.add_task(f"coding {len(items)} client utterance(s)", total=len(items))
+        talk = c.code(items, progress=lambda d, n: progress.update(task, completed=d, total=n))
+    write_jsonl(output, [{**obj, "talk": t} for (_, obj), t in zip(rows, talk)])
+    dist = ", ".join(f"{k} {v}" for k, v in Counter(talk).most_common())
+    console.print(f"coded {len(talk)} client utterances in {time.monotonic() - t0:.1f} s: {dist}")
+    console.print(f"wrote {output}")
+
+
+@coder_app.command("train-client-coder")
+def train_client_coder_cmd(
+    output: Path = typer.Option(..., "-o", "--output", help="client-talk coder folder to write"),
+    data: Optional[Path] = typer.Option(None, "--data", help="AnnoMI-full.csv (or -simple.csv) with client_talk_type "
+                                        "labels (default: ../shared/data/annomi/AnnoMI-full.csv)"),
+    select: bool = typer.Option(False, "--select", help="choose the recipe again by cross-validation by transcript "
+                                "(minutes) instead of reusing the shipped coder's"),
+) -> None:
+    """Train a client-talk coder (change / sustain / neutral) on AnnoMI's expert labels."""
+    from mi_llm.miti.coders.client_talk import shared_annomi
+    from mi_llm.miti.coders.client_talk_cv import train_client_coder
+
+    if data is None:
+        data = shared_annomi()
+        if data is None:
+            raise MiLlmError("--data: no AnnoMI CSV given and none found in ../shared/data")
+    elif not data.is_file():
+        raise MiLlmError(f"--data {data}: no such file")
+    t0 = time.monotonic()
+    with console.status("training the client-talk coder"):
+        folder = train_client_coder(output, data, select=select)
+    console.print(f"trained in {time.monotonic() - t0:.0f} s")
     console.print(f"wrote {folder}")

@@ -16,6 +16,8 @@ from mi_llm.io import describe_validation_error, iter_jsonl, write_jsonl
 # nothing above it; mi_llm.miti.codebook re-exports it with the rest of the codebook.
 Code = Literal["GI", "Persuade", "PwP", "Q", "SR", "CR", "AF", "Seek", "EA", "Confront"]
 Role = Literal["client", "counselor"]
+# MISC client talk: toward change, against it (sustain), or neither.
+TalkType = Literal["change", "sustain", "neutral"]
 Language = Literal["zh", "en"]
 Style = Literal["raw", "mi"]
 
@@ -36,10 +38,14 @@ class Turn(BaseModel):
     text: str
     # MITI coding of a counselor turn: its utterances in order, each with a code.
     codes: list[Utterance] | None = None
+    # Talk type of a client turn (mi_llm.miti.coders.client_talk, or a person).
+    talk: TalkType | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _codes_cover_text(self) -> "Turn":
+        if self.talk is not None and self.role != "client":
+            raise ValueError("only client turns carry a talk type")
         if self.codes is None:
             return self
         if self.role != "counselor":

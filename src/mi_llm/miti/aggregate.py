@@ -14,7 +14,7 @@ from rich.table import Table
 
 from mi_llm.errors import MiLlmError
 from mi_llm.miti.codebook import CODES, PAPER_FIGURES, PAPER_NOTES, THRESHOLDS, level
-from mi_llm.miti.scoring import SCORE_KEYS, SCORE_LABELS, SessionScores
+from mi_llm.miti.scoring import CLIENT_KEYS, SCORE_KEYS, SCORE_LABELS, SessionScores, client_talk
 
 
 def describe(values: Sequence[float | None]) -> dict[str, Any]:
@@ -36,12 +36,13 @@ def aggregate(scores: Sequence[SessionScores]) -> dict[str, dict[str, Any]]:
     """{score key: statistics} for the globals, summary scores and per-code counts.
 
     Keys: cct, sst, partnership, empathy, technical, relational, pct_cr, r_q, mia, mina,
-    mi_adherent_ratio, then the 10 code keys (behaviour counts per session). Scores with a
-    threshold also get the `level` of their mean.
+    mi_adherent_ratio, then the 10 code keys (behaviour counts per session), then the client
+    talk ratios change_share and ct_st (all missing when no client turn has a talk type).
+    Scores with a threshold also get the `level` of their mean.
     """
     _same_definition(scores)
     out: dict[str, dict[str, Any]] = {}
-    for key in SCORE_KEYS + CODES:
+    for key in SCORE_KEYS + CODES + CLIENT_KEYS:
         stats = describe([s.value(key) for s in scores])
         if key in THRESHOLDS:
             stats["level"] = level(key, stats["mean"])
@@ -66,7 +67,16 @@ def pooled(scores: Sequence[SessionScores]) -> dict[str, Any]:
         "mi_adherent_ratio": adh / (adh + non) if adh + non else None,
         "ratio_adherent": adh,
         "ratio_non_adherent": non,
+        "client_talk": _pooled_talk(scores),
     }
+
+
+def _pooled_talk(scores: Sequence[SessionScores]) -> dict[str, Any] | None:
+    talk = [s.client_talk for s in scores if s.client_talk is not None]
+    if not talk:
+        return None
+    joined = [t for c in talk for t in ["change"] * c.change + ["sustain"] * c.sustain + ["neutral"] * c.neutral]
+    return client_talk(joined).model_dump()  # type: ignore[union-attr]
 
 
 def _same_definition(scores: Sequence[SessionScores]) -> None:

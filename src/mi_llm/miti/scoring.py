@@ -5,12 +5,15 @@
 - MIA = Seek + AF + EA;  MINA = Persuade + Confront
 - MI-adherent ratio = adherent / (adherent + non-adherent) under a `RatioDefinition`
   (default: MIA / (MIA + MINA)); its raw counts are always reported beside it.
+- Client talk (MISC, when client turns carry `talk`): change-talk share = CT / (CT + ST),
+  CT:ST = CT / ST (not MITI scores: they describe the client, not the counselor).
 Counts follow the per-volley rules of `mi_llm.miti.session`. A ratio whose denominator
 is zero is undefined and reported as None (JSON null), never 0 or infinity.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,6 +26,8 @@ from mi_llm.miti.session import CodedSession
 SUMMARY_KEYS: tuple[str, ...] = ("technical", "relational", "pct_cr", "r_q", "mia", "mina", "mi_adherent_ratio")
 # Every per-session value aggregated over sessions, in table order.
 SCORE_KEYS: tuple[str, ...] = GLOBALS + SUMMARY_KEYS
+# Client talk, per session; defined only when client turns carry a talk type.
+CLIENT_KEYS: tuple[str, ...] = ("change_share", "ct_st")
 SCORE_LABELS: dict[str, str] = {
     "cct": "Cultivating Change Talk",
     "sst": "Softening Sustain Talk",
@@ -35,6 +40,8 @@ SCORE_LABELS: dict[str, str] = {
     "mia": "MI-adherent (count)",
     "mina": "MI-non-adherent (count)",
     "mi_adherent_ratio": "MI-adherent ratio",
+    "change_share": "Change talk / (change + sustain)",
+    "ct_st": "Change talk : sustain talk",
 }
 
 
@@ -121,6 +128,16 @@ class RatioCounts(BaseModel):
     non_adherent: int
 
 
+class ClientTalk(BaseModel):
+    """Client turns by talk type, and the two ratios (None when the denominator is 0)."""
+
+    change: int
+    sustain: int
+    neutral: int
+    change_share: float | None = None
+    ct_st: float | None = None
+
+
 class SessionScores(BaseModel):
     id: str
     language: str
@@ -139,6 +156,7 @@ class SessionScores(BaseModel):
     summary: Summary
     ratio: RatioCounts
     levels: dict[str, str | None]
+    client_talk: ClientTalk | None = None  # None: no client turn carries a talk type
 
     def value(self, key: str) -> float | None:
         """A global rating, a summary score or a behaviour count by key; None if undefined."""
@@ -146,6 +164,9 @@ class SessionScores(BaseModel):
             return None if self.globals is None else float(self.globals[key])
         if key in SUMMARY_KEYS:
             v = getattr(self.summary, key)
+            return None if v is None else float(v)
+        if key in CLIENT_KEYS:
+            v = None if self.client_talk is None else getattr(self.client_talk, key)
             return None if v is None else float(v)
         if key in self.counts:
             return float(self.counts[key])
@@ -199,4 +220,14 @@ def score_session(session: CodedSession | Dialogue, definition: RatioDefinition 
         ratio=RatioCounts(definition=definition.name, formula=definition.describe(),
                           adherent=adherent, non_adherent=non_adherent),
         levels={k: level(k, getattr(summary, k)) for k in THRESHOLDS},
+        client_talk=client_talk(session.client_talk),
     )
+
+
+def client_talk(talk: Sequence[str]) -> ClientTalk | None:
+    """Counts and ratios of client talk types; None when there are none."""
+    if not talk:
+        return None
+    n = {t: sum(1 for x in talk if x == t) for t in ("change", "sustain", "neutral")}
+    return ClientTalk(**n, change_share=_ratio(n["change"], n["change"] + n["sustain"]),
+                      ct_st=_ratio(n["change"], n["sustain"]))

@@ -66,6 +66,8 @@ class CodedSession:
     globals: GlobalRatings | None
     # counselor turns that carried no `codes` (only with allow_uncoded=True)
     uncoded_volleys: int = 0
+    # talk types of the client turns that carry one (Turn.talk), in order
+    client_talk: tuple[str, ...] = ()
 
     @classmethod
     def from_dialogue(cls, dialogue: Dialogue, *, allow_uncoded: bool = False) -> "CodedSession":
@@ -94,7 +96,7 @@ class CodedSession:
         return cls(
             id=dialogue.id, language=dialogue.language, style=dialogue.style, source=dialogue.source,
             topic=dialogue.topic, volleys=tuple(volleys), globals=dialogue.miti_globals,
-            uncoded_volleys=uncoded,
+            uncoded_volleys=uncoded, client_talk=tuple(t.talk for t in dialogue.turns if t.talk),
         )
 
     @property

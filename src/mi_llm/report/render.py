@@ -29,6 +29,9 @@ MITI_ROWS: list[tuple[str, str, float | None, float | None]] = [
     ("mia", "MI-adherent (count)", None, None),
     ("mina", "MI-non-adherent (count)", None, None),
     ("mi_adherent_ratio", "MI-adherent ratio", None, None),
+    # client talk (Turn.talk, from the client-talk coder): what the counseling draws out
+    ("change_share", "Client change talk / (change + sustain)", None, None),
+    ("ct_st", "Client change talk : sustain talk", None, None),
 ]
 
 

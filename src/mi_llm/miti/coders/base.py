@@ -84,11 +84,13 @@ class Coder:
         return [self.rate_globals(d) for d in dialogues]
 
     def code_dialogues(self, dialogues: Sequence[Dialogue], resegment: bool = False,
-                       progress: Progress | None = None) -> list[Dialogue]:
-        """Copies of the dialogues with every counselor turn split, coded, and globals rated.
+                       progress: Progress | None = None, client_talk: Any = "default") -> list[Dialogue]:
+        """Copies of the dialogues with every counselor turn split, coded, and globals rated,
+        and every client turn given its talk type (`Turn.talk`).
 
         A counselor turn that already has `codes` keeps its utterance split (only the codes
-        are replaced) unless `resegment`.
+        are replaced) unless `resegment`. `client_talk`: the client-talk coder (`default`, the
+        shipped one; a folder; a `ClientTalkCoder`; None leaves client turns as they are).
         """
         volleys: list[tuple[str, list[str], str | None]] = []
         where: list[tuple[int, int]] = []  # (dialogue, turn) of each volley
@@ -126,7 +128,33 @@ class Coder:
             if n_err or err:
                 meta["miti_coder_errors"] = {"utterances": n_err, **({"globals": err} if err else {})}
             d.meta = meta
+        if client_talk is not None:
+            code_client_turns(out, client_talk)
         return out
+
+
+def code_client_turns(dialogues: Sequence[Dialogue], client_talk: Any = "default") -> None:
+    """Set `Turn.talk` of every client turn in place; the context is the counselor's previous
+    turn and the client's turn before it (as in training)."""
+    from mi_llm.miti.coders.client_talk import ClientItem, ClientTalkCoder, load_client_coder
+
+    coder = client_talk if isinstance(client_talk, ClientTalkCoder) else load_client_coder(client_talk)
+    items: list[ClientItem] = []
+    where: list[tuple[int, int]] = []
+    for di, d in enumerate(dialogues):
+        previous = history = last_client = ""
+        for ti, t in enumerate(d.turns):
+            if t.role == "counselor":
+                previous, history = t.text, last_client
+                continue
+            if t.text.strip():
+                items.append(ClientItem(t.text, previous, history, d.language))
+                where.append((di, ti))
+            last_client = t.text
+    for (di, ti), talk in zip(where, coder.code(items)):
+        dialogues[di].turns[ti].talk = talk  # type: ignore[assignment]
+    for d in dialogues:
+        d.meta["client_talk_coder"] = coder.name
 
 
 def _as_items(items: Iterable[dict[str, Any] | Item]) -> list[Item]:
