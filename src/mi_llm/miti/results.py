@@ -21,7 +21,7 @@ from mi_llm.errors import InputError, MiLlmError
 from mi_llm.io import describe_validation_error, write_json
 from mi_llm.miti.aggregate import ComparisonTable, aggregate, comparison_table, pooled
 from mi_llm.miti.codebook import THRESHOLDS
-from mi_llm.miti.scoring import DEFAULT_RATIO, RatioDefinition, SessionScores, score_session
+from mi_llm.miti.scoring import DEFAULT_RATIO, ClientTalk, RatioDefinition, SessionScores, score_session
 from mi_llm.miti.session import CodedSession
 
 # 1: before one schema (the pipeline, `miti score` and `transcribe --code` each wrote their
@@ -89,6 +89,7 @@ class PooledScores(_Schema):
     mi_adherent_ratio: float | None
     ratio_adherent: int
     ratio_non_adherent: int
+    client_talk: ClientTalk | None = None  # client turns by talk type, when they carry one
 
 
 class SystemScores(_Schema):
