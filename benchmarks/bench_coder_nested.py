@@ -105,6 +105,8 @@ def section_nested(annomi, demo, cfg, n_folds, out, save) -> None:
         # (where a fold did not choose coarse-then-fine, its ablation is the coder itself)
         variants = {"coder": coder, "coder, no biases": variant(coder, class_bias={}),
                     "coder, no coarse-then-fine": variant(coder, refine_reflections=False)}
+        if "embed" in [x.name for x in coder.experts]:
+            variants["coder, n-gram expert only"] = variant(coder, expert_weights={"embed": 0.0})
         for name, c in variants.items():
             for src, ex, idx in (("annomi", annomi, folds["annomi"][k]), ("demo", demo, folds["demo"][k])):
                 p = code(c, [ex[i] for i in idx])
@@ -257,6 +259,7 @@ def chosen_config(record: dict[str, Any]) -> CoderConfig:
     c = record["chosen"]
     cfg = default_config(recipe="ngram" if record["experts"][0] == "ngram" and "embed" not in record["experts"] else "embed")
     return replace(cfg, selection=None, C=c["C"] or cfg.C, C_embed=c["C_embed"] or cfg.C_embed,
+                   source_weights={**cfg.source_weights, **c.get("source_weights", {})},
                    expert_weights={"embed": c["embed_weight"]} if "embed" in record["experts"] else {},
                    refine_reflections=c["refine"], class_bias=record["class_bias"],
                    features=cfg.features if "embed" in record["experts"] else replace(cfg.features, embeddings=None))
@@ -343,7 +346,7 @@ def to_markdown(out: dict[str, Any]) -> str:
                       "|---|---|---|---|---|---|"]
             for k, ch in enumerate(nested["chosen"]):
                 c = ch.get("chosen", {})
-                what = (f"C {c.get('C')}, embed weight {c.get('embed_weight')}, C_embed {c.get('C_embed')}, "
+                what = (f"source weights {c.get('source_weights')}, C {c.get('C')}, embed weight {c.get('embed_weight')}, C_embed {c.get('C_embed')}, "
                         f"coarse-then-fine {c.get('refine')}, biases " + ", ".join(f"{a} {b:+.2f}" for a, b in ch.get("class_bias", {}).items()))
                 lines.append(f"| {k} | {coder['kappa']['folds'][k]:.3f} | {base['kappa']['folds'][k]:.3f} | "
                              f"{coder['macro_f1']['folds'][k]:.3f} | {base['macro_f1']['folds'][k]:.3f} | {what} |")

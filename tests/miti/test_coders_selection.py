@@ -59,13 +59,18 @@ def test_selected_coder_records_its_choice_and_codes_unseen_dialogues():
     ex = demo_examples()
     held = set(sorted({e.group for e in ex})[::4])
     cfg = default_config(recipe="ngram")
-    cfg.selection = SelectionConfig(folds=2, C=[1.0, 4.0], refine=[False, True]).to_dict()
+    cfg.selection = SelectionConfig(folds=2, C=[1.0, 4.0], refine=[False, True],
+                                    source_weights={"demo": [0.5, 1.0], "annomi": [2.0]}).to_dict()
     coder = TrainedCoder.fit([e for e in ex if e.group not in held], cfg)
     rec = coder.info["selection"]
     assert coder.config.selection is None and rec["inner_folds"] == 2
-    assert len(rec["candidates"]) == 4 and rec["chosen"] in rec["candidates"]
+    assert len(rec["candidates"]) == 8 and rec["chosen"] in rec["candidates"]  # no AnnoMI here: not in the grid
+    assert {c["source_weights"]["demo"] for c in rec["candidates"]} == {0.5, 1.0}
+    assert coder.config.source_weights["demo"] == rec["chosen"]["source_weights"]["demo"]
     assert coder.config.C == rec["chosen"]["C"] and coder.config.refine_reflections == rec["chosen"]["refine"]
     assert rec["inner_with_biases"]["objective"] >= rec["chosen"]["objective"]
+    # biases only when they helped inner predictions they were not fitted on
+    assert (coder.config.class_bias != {}) <= (rec["biases_cross_fitted_objective"] > rec["chosen"]["objective"])
     assert ("refine" in [x.name for x in coder.experts]) == coder.config.refine_reflections
     test = [e for e in ex if e.group in held]
     m = metrics([e.code for e in test], coder.code_utterances([Item(e.text, e.context, e.language) for e in test]))

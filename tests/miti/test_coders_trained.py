@@ -135,3 +135,19 @@ def test_scores_carry_the_coders_validity_and_no_automatic_globals():
     assert f"coder {coder.name}: {coder.validity}" in scores.notes and WITHHELD_FROM_REPORTS in scores.notes
     assert all(s.globals is None for s in scores.systems["auto"].sessions)
     assert all(s.globals is not None for s in scores.systems[human].sessions)  # human ratings are kept
+
+
+def test_a_second_head_survives_load_and_save(coder, tmp_path):
+    """The folder can hold another model (a client-talk head): its entry and files are kept."""
+    coder.save(tmp_path / "c")
+    (tmp_path / "c" / "client_talk").mkdir()
+    (tmp_path / "c" / "client_talk" / "head.bin").write_bytes(b"weights")
+    meta = json.loads((tmp_path / "c" / "coder.json").read_text())
+    assert meta["heads"] == {}
+    meta["heads"] = {"client_talk": {"path": "client_talk", "labels": ["change", "neutral", "sustain"]}}
+    (tmp_path / "c" / "coder.json").write_text(json.dumps(meta))
+    again = TrainedCoder.load(tmp_path / "c")
+    assert again.heads["client_talk"]["path"] == "client_talk"
+    again.save(tmp_path / "c")
+    assert json.loads((tmp_path / "c" / "coder.json").read_text())["heads"] == meta["heads"]
+    assert (tmp_path / "c" / "client_talk" / "head.bin").read_bytes() == b"weights"

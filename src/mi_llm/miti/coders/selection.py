@@ -1,13 +1,15 @@
 """Choosing a coder's hyper-parameters on the training data alone: inner cross-validation.
 
 `select(examples, config, embeddings)` splits the examples by group (transcript, dialogue)
-into `SelectionConfig.folds` inner folds, fits every expert at every C of the grid on each
-inner training part, and keeps the out-of-fold log-probabilities. On them it then chooses,
-without refitting: each expert's C, the embedding expert's weight in the product (0 = the
-n-gram expert alone), whether the SR-vs-CR expert re-decides reflections (coarse-then-fine),
-and an additive bias per label (calibration of the class priors: rare codes lose
-macro-F1 otherwise). The objective is the mean of Cohen's kappa and macro-F1, the two
-figures the coder is graded on.
+into `SelectionConfig.folds` inner folds, fits every expert at every C and every source
+weighting of the grid on each inner training part, and keeps the out-of-fold
+log-probabilities. On them it then chooses, without refitting: the source weights, each
+expert's C, the embedding expert's weight in the product (0 = the n-gram expert alone),
+whether the SR-vs-CR expert re-decides reflections (coarse-then-fine), and an additive
+bias per label (calibration of the class priors: rare codes lose macro-F1 otherwise;
+kept only if biases fitted on two inner folds' predictions improve the third's, in
+turn). The objective is the mean of Cohen's kappa and macro-F1, the two figures the
+coder is graded on.
 
 Because the choice is part of training, cross-validating `TrainedCoder.fit` with a
 selection config is a nested cross-validation: the outer test folds never choose anything
@@ -35,7 +37,11 @@ if TYPE_CHECKING:
 @dataclass
 class SelectionConfig:
     folds: int = 3
-    C: list[float] = field(default_factory=lambda: [1.0, 4.0])  # the n-gram expert's
+    # the n-gram expert's C: 4 (1 was never chosen: 0 of 5 outer folds, nested run of 2026-12-06)
+    C: list[float] = field(default_factory=lambda: [4.0])
+    # source -> training weights to try (every combination): the demo corpus codes written
+    # utterances with codes AnnoMI lacks, so how much it should count is chosen here
+    source_weights: dict[str, list[float]] = field(default_factory=lambda: {"demo": [0.3, 1.0]})
     C_embed: list[float] = field(default_factory=lambda: [1.0, 3.0])
     embed_weights: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5])
     refine: list[bool] = field(default_factory=lambda: [False, True])
@@ -89,6 +95,10 @@ def fit_biases(gold: np.ndarray, logp: np.ndarray, grid: Sequence[float], passes
     return bias, best
 
 
+def _key(weights: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in sorted(weights.items()))
+
+
 def inner_folds(examples: Sequence[Example], n_folds: int, seed: int) -> list[np.ndarray]:
     from mi_llm.miti.coders.evaluate import grouped_folds
 
@@ -116,16 +126,21 @@ def select(examples: Sequence[Example], config: "CoderConfig", embeddings: np.nd
     y = np.array([e.code or NULL for e in examples])
     labels = sorted(set(y.tolist()))
     gold = np.array([labels.index(c) for c in y])
-    weights = _weights(examples, config)
+    present = {e.source for e in examples}
+    grid_sources = [src for src in sorted(sel.source_weights) if src in present]
+    settings = [dict(zip(grid_sources, ws)) for ws in itertools.product(*(sel.source_weights[s] for s in grid_sources))]
+    weights_of = {_key(ws): _weights(examples, replace(config, source_weights={**config.source_weights, **ws}))
+                  for ws in settings}
     specs = expert_configs(config)
     grids = {"ngram": sel.C, "embed": sel.C_embed}
     folds = inner_folds(examples, sel.folds, sel.seed)
     n = len(examples)
-    # out-of-fold log-probabilities: (expert, C) -> n x labels; the refine expert's: n x 2
-    oof: dict[tuple[str, float], np.ndarray] = {}
-    oof_refine = np.zeros((n, 2))
+    # out-of-fold log-probabilities: (expert, C, source weights) -> n x labels; the refine expert's: n x 2
+    oof: dict[tuple[str, float, str], np.ndarray] = {}
+    oof_refine: dict[str, np.ndarray] = {}
     lang_w = np.zeros(n)
-    steps, done = sel.folds * (sum(len(grids.get(name, [0])) for name, _, _ in specs) + 1), 0
+    steps = sel.folds * len(settings) * (sum(len(grids.get(name, [0])) for name, _, _ in specs) + 1)
+    done = 0
     for test_idx in folds:
         train_idx = np.setdiff1d(np.arange(n), test_idx)
         tr_texts, te_texts = [texts[i] for i in train_idx], [texts[i] for i in test_idx]
@@ -139,51 +154,73 @@ def select(examples: Sequence[Example], config: "CoderConfig", embeddings: np.nd
             e_te = embeddings[test_idx] if fconf.embeddings is not None else None
             X_tr = feat.fit_transform(tr_texts, tr_ctx, e_tr)
             X_te = feat.transform(te_texts, te_ctx, e_te)
-            for c in grids.get(name, [C]):
-                clf = fit_classifier(X_tr, y[train_idx], weights[train_idx], c, config)
-                oof.setdefault((name, c), np.zeros((n, len(labels))))[test_idx] = aligned_log_proba(clf, X_te, labels)
-                done += 1
-                if progress:
-                    progress("selection", done, steps)
+            for wk, weights in weights_of.items():
+                for c in grids.get(name, [C]):
+                    clf = fit_classifier(X_tr, y[train_idx], weights[train_idx], c, config)
+                    oof.setdefault((name, c, wk), np.zeros((n, len(labels))))[test_idx] = \
+                        aligned_log_proba(clf, X_te, labels)
+                    done += 1
+                    if progress:
+                        progress("selection", done, steps)
         refl = train_idx[np.isin(y[train_idx], REFLECTIONS)]
-        if True in sel.refine and set(y[refl].tolist()) == set(REFLECTIONS):
+        refine_ok = True in sel.refine and set(y[refl].tolist()) == set(REFLECTIONS)
+        if refine_ok:
             feat = Featurizer(refine_features(config))
             X_tr = feat.fit_transform([texts[i] for i in refl], [contexts[i] for i in refl])
-            clf = fit_classifier(X_tr, y[refl], weights[refl], config.C_refine, config)
-            oof_refine[test_idx] = aligned_log_proba(clf, feat.transform(te_texts, te_ctx), REFLECTIONS)
-        done += 1
-        if progress:
-            progress("selection", done, steps)
+            X_te = feat.transform(te_texts, te_ctx)
+        for wk, weights in weights_of.items():
+            if refine_ok:
+                clf = fit_classifier(X_tr, y[refl], weights[refl], config.C_refine, config)
+                oof_refine.setdefault(wk, np.zeros((n, 2)))[test_idx] = aligned_log_proba(clf, X_te, REFLECTIONS)
+            done += 1
+            if progress:
+                progress("selection", done, steps)
 
     names = [name for name, _, _ in specs]
     has_embed = "embed" in names
     candidates = []
-    for Cn, Ce, w, ref in itertools.product(sel.C if "ngram" in names else [None],
-                                            sel.C_embed if has_embed else [None],
-                                            sel.embed_weights if has_embed and "ngram" in names else [1.0],
-                                            sel.refine):
+    for ws, Cn, Ce, w, ref in itertools.product(settings, sel.C if "ngram" in names else [None],
+                                                sel.C_embed if has_embed else [None],
+                                                sel.embed_weights if has_embed and "ngram" in names else [1.0],
+                                                sel.refine):
         if has_embed and w == 0 and Ce != sel.C_embed[0]:
             continue  # the embedding expert is off: its C does not matter
+        if ref and _key(ws) not in oof_refine:
+            continue  # too few reflections to train the SR-vs-CR expert
         trial = replace(config, expert_weights={"embed": w} if has_embed else {}, refine_reflections=ref,
                         class_bias={})
         lps = {}
         if Cn is not None:
-            lps["ngram"] = oof[("ngram", Cn)]
+            lps["ngram"] = oof[("ngram", Cn, _key(ws))]
         if Ce is not None:
-            lps["embed"] = oof[("embed", Ce)]
-        logp = combine(lps, labels, trial, lang_w, oof_refine if ref else None)
+            lps["embed"] = oof[("embed", Ce, _key(ws))]
+        logp = combine(lps, labels, trial, lang_w, oof_refine[_key(ws)] if ref else None)
         kappa, f1 = scores(gold, logp.argmax(1), len(labels))
-        candidates.append({"C": Cn, "C_embed": Ce, "embed_weight": w if has_embed else None, "refine": ref,
+        candidates.append({"source_weights": ws, "C": Cn, "C_embed": Ce, "embed_weight": w if has_embed else None,
+                           "refine": ref,
                            "kappa": round(kappa, 4), "macro_f1": round(f1, 4), "objective": round((kappa + f1) / 2, 4),
                            "_logp": logp})
     best = max(candidates, key=lambda c: c["objective"])
     bias = np.zeros(len(labels))
     after = best["objective"]
+    cross_fitted = None
     if sel.biases:
-        bias, after = fit_biases(gold, best["_logp"], sel.bias_grid)
+        # Biases are kept only if they help predictions they were not fitted on: fitted on
+        # two inner folds' out-of-fold predictions, graded on the third, in turn.
+        fold_of = np.zeros(n, dtype=int)
+        for k, idx in enumerate(folds):
+            fold_of[idx] = k
+        held = best["_logp"].copy()
+        for k in range(len(folds)):
+            rest = fold_of != k
+            b, _ = fit_biases(gold[rest], best["_logp"][rest], sel.bias_grid)
+            held[~rest] += b
+        cross_fitted = objective(gold, held)
+        if cross_fitted > best["objective"]:
+            bias, after = fit_biases(gold, best["_logp"], sel.bias_grid)
     kappa_b, f1_b = scores(gold, (best["_logp"] + bias).argmax(1), len(labels))
     chosen = replace(
-        config, selection=None,
+        config, selection=None, source_weights={**config.source_weights, **best["source_weights"]},
         C=best["C"] if best["C"] is not None else config.C,
         C_embed=best["C_embed"] if best["C_embed"] is not None else config.C_embed,
         expert_weights={"embed": best["embed_weight"]} if has_embed else {},
@@ -199,6 +236,7 @@ def select(examples: Sequence[Example], config: "CoderConfig", embeddings: np.nd
         "candidates": [{k: v for k, v in c.items() if k != "_logp"} for c in candidates],
         "chosen": {k: v for k, v in best.items() if k != "_logp"},
         "biases": {c: float(b) for c, b in zip(labels, bias)},
+        "biases_cross_fitted_objective": None if cross_fitted is None else round(cross_fitted, 4),
         "inner_with_biases": {"kappa": round(kappa_b, 4), "macro_f1": round(f1_b, 4), "objective": round(after, 4)},
         "seconds": round(time.monotonic() - t0, 1),
     }

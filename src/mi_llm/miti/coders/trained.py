@@ -20,7 +20,9 @@ A coder folder holds:
 - `model.joblib`: the fitted featurizers and classifiers (a pickle: load only folders you trust);
 - `tuned.safetensors`: the tuned expert's adapters and head (recipe `tuned`);
 - `encoder/`: the fine-tuned encoder and its head (recipe `encoder`);
-- `globals.json`: the global-ratings regression (`globals_model.py`).
+- `globals.json`: the global-ratings regression (`globals_model.py`);
+- other heads (`coder.json` "heads": {name: {"path": ..., ...}}), e.g. a client-talk model,
+  each in its own file or subfolder: kept through load and save (`TrainedCoder.heads`).
 """
 
 from __future__ import annotations
@@ -163,6 +165,10 @@ class TrainedCoder(Coder):
         self.info = info or {}
         self.folder = folder
         self.name = self._name()
+        # Other models kept in the same folder (e.g. a client-talk head): {name: {"path": a file
+        # or folder inside it, ...what that head's loader needs}}. This class codes with the MITI
+        # experts only; it keeps the entries through load and save, and save leaves their files.
+        self.heads: dict[str, dict[str, Any]] = {}
         self._embedder: Embedder | None = None
 
     def _name(self) -> str:
@@ -338,7 +344,7 @@ class TrainedCoder(Coder):
             self.globals_model.save(folder / "globals.json")
         write_json(folder / "coder.json", {
             "format": FORMAT, "version": VERSION, "kind": "trained", "labels": self.labels,
-            "config": self.config.to_dict(), "info": self.info,
+            "config": self.config.to_dict(), "info": self.info, "heads": self.heads,
         })
         self.folder = folder
         self.name = self._name()
@@ -388,4 +394,6 @@ class TrainedCoder(Coder):
             path = folder / "encoder"
             encoder = read(path, lambda: EncoderExpert.load(path, EncoderConfig.from_dict(config.encoder),
                                                            meta["labels"]))
-        return cls(config, experts, gm, meta.get("info", {}), folder, tuned=tuned, encoder=encoder)
+        coder = cls(config, experts, gm, meta.get("info", {}), folder, tuned=tuned, encoder=encoder)
+        coder.heads = dict(meta.get("heads") or {})
+        return coder
