@@ -20,6 +20,9 @@ script only grades that whole procedure on outer folds it never saw:
            high-quality MI transcripts from the low-quality ones? AUC of each predicted global
            over the 106 transcripts, from the gold codes and from the nested section's
            out-of-fold codes, beside the AUC of the plain code summaries (R:Q, %CR).
+  baseline_same_data  (not by default) add, to an earlier run's nested predictions, the
+           baseline trained on the coder's own training parts (AnnoMI + demo), so that the
+           demo rows have a baseline beside them; the nested section now does it itself.
   release  (not by default) only rewrite the --ship folder's release name, version and
            validity from this run's nested section, without training again.
   ship     the coder trained on all AnnoMI + the demo corpus (what the package ships), its
@@ -113,6 +116,7 @@ def section_nested(annomi, demo, cfg, n_folds, out, save) -> None:
                 slot = preds.setdefault(name, {}).setdefault(src, [None] * len(ex))
                 for i, x in zip(idx, p):
                     slot[int(i)] = x
+        same_data_baseline(k, folds, annomi, demo, train, preds)
         base = TrainedCoder.fit(train_a, baseline_config())
         p = code(base, [annomi[i] for i in folds["annomi"][k]])
         slot = preds.setdefault("baseline (TF-IDF + LR, AnnoMI only)", {}).setdefault("annomi", [None] * len(annomi))
@@ -121,6 +125,33 @@ def section_nested(annomi, demo, cfg, n_folds, out, save) -> None:
         log(f"outer fold {k}: {time.monotonic() - t0:.0f} s, chosen {chosen[-1].get('chosen')}")
     out["nested"] = grade(annomi, demo, preds, n_folds, chosen)
     out["nested_predictions"] = preds
+    save()
+
+
+BASELINE_SAME_DATA = "baseline (TF-IDF + LR, same training data)"
+
+
+def same_data_baseline(k, folds, annomi, demo, train, preds) -> None:
+    """The baseline trained on the coder's own training part (AnnoMI + demo), for the per-source rows."""
+    base = TrainedCoder.fit(train, baseline_config())
+    for src, ex in (("annomi", annomi), ("demo", demo)):
+        idx = folds[src][k]
+        slot = preds.setdefault(BASELINE_SAME_DATA, {}).setdefault(src, [None] * len(ex))
+        for i, x in zip(idx, code(base, [ex[i] for i in idx])):
+            slot[int(i)] = x
+
+
+def section_baseline_same_data(annomi, demo, out, save) -> None:
+    """Add the same-data baseline to an earlier run's nested predictions (same outer folds)."""
+    n_folds = out["nested"]["folds"]
+    folds = outer_folds({"annomi": annomi, "demo": demo}, n_folds)
+    preds = out["nested_predictions"]
+    for k in range(n_folds):
+        test_a, test_d = set(folds["annomi"][k].tolist()), set(folds["demo"][k].tolist())
+        train = [e for i, e in enumerate(annomi) if i not in test_a] + [e for i, e in enumerate(demo) if i not in test_d]
+        same_data_baseline(k, folds, annomi, demo, train, preds)
+        log(f"same-data baseline, outer fold {k}")
+    regrade(annomi, demo, out)
     save()
 
 
@@ -424,6 +455,8 @@ def main() -> None:
         out.update({k: v for k, v in earlier.items() if k not in out or k in ("nested", "nested_predictions")})
         if "nested_predictions" in out:
             regrade(annomi, demo, out)
+    if "baseline_same_data" in sections and "nested_predictions" in out:
+        section_baseline_same_data(annomi, demo, out, save)
     if "globals" in sections and "nested_predictions" in out:
         section_globals(annomi, src["annomi"], out, save)
     if "ship" in sections and args.ship:
