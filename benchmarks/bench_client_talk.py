@@ -35,30 +35,46 @@ from mi_llm.miti.coders import client_talk_cv as cv  # noqa: E402
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = ["| recipe (chosen in inner folds) | macro-F1 mean ± sd [min-max] | kappa mean ± sd [min-max] | "
-             "F1 change | F1 sustain | F1 neutral | beats baseline (folds, F1 / kappa) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| recipe (chosen in inner folds) | macro-F1 mean ± sd [min-max] | kappa mean ± sd [min-max] | "
+        "F1 change | F1 sustain | F1 neutral | beats baseline (folds, F1 / kappa) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     base = result["folds"]["baseline"]
     for name, s in result["summary"].items():
+
         def f(m: dict[str, float]) -> str:
             return f"{m['mean']:.3f} ± {m['sd']:.3f} [{m['min']:.3f}-{m['max']:.3f}]"
 
         rows = result["folds"][name]
-        wins = "-" if name == "baseline" else (
-            f"{sum(r['macro_f1'] > b['macro_f1'] for r, b in zip(rows, base))}/{len(rows)} / "
-            f"{sum(r['kappa'] > b['kappa'] for r, b in zip(rows, base))}/{len(rows)}")
+        wins = (
+            "-"
+            if name == "baseline"
+            else (
+                f"{sum(r['macro_f1'] > b['macro_f1'] for r, b in zip(rows, base))}/{len(rows)} / "
+                f"{sum(r['kappa'] > b['kappa'] for r, b in zip(rows, base))}/{len(rows)}"
+            )
+        )
         pc = s["per_class_f1"]
-        lines.append(f"| {name} | {f(s['macro_f1'])} | {f(s['kappa'])} | {pc['change']['mean']:.3f} | "
-                     f"{pc['sustain']['mean']:.3f} | {pc['neutral']['mean']:.3f} | {wins} |")
+        lines.append(
+            f"| {name} | {f(s['macro_f1'])} | {f(s['kappa'])} | {pc['change']['mean']:.3f} | "
+            f"{pc['sustain']['mean']:.3f} | {pc['neutral']['mean']:.3f} | {wins} |"
+        )
     return "\n".join(lines)
 
 
 def per_class(result: dict[str, Any], name: str) -> str:
     p = result["summary"][name]["pooled"]
-    lines = [f"Pooled over the outer folds, `{name}` (n={p['n']}, kappa {p['kappa']:.3f}, macro-F1 {p['macro_f1']:.3f}):",
-             "", "| talk | precision | recall | F1 | support | predicted |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Pooled over the outer folds, `{name}` (n={p['n']}, kappa {p['kappa']:.3f}, macro-F1 {p['macro_f1']:.3f}):",
+        "",
+        "| talk | precision | recall | F1 | support | predicted |",
+        "|---|---|---|---|---|---|",
+    ]
     for t, m in p["per_class"].items():
-        lines.append(f"| {t} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} | {m['predicted']} |")
+        lines.append(
+            f"| {t} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} | {m['predicted']} |"
+        )
     return "\n".join(lines)
 
 
@@ -70,7 +86,11 @@ def main() -> None:
     ap.add_argument("--no-embed", action="store_true", help="n-gram candidates only (no embedded model)")
     ap.add_argument("--outer", type=int, default=5)
     ap.add_argument("--inner", type=int, default=3)
-    ap.add_argument("--curve", action="store_true", help="learning curve: the chosen product on 25/50/75%% of the outer training transcripts")
+    ap.add_argument(
+        "--curve",
+        action="store_true",
+        help="learning curve: the chosen product on 25/50/75%% of the outer training transcripts",
+    )
     ap.add_argument("--ship", action="store_true", help="then train the package's client-talk coder on all transcripts")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -86,22 +106,41 @@ def main() -> None:
         embeddings = embedder.embed([e.text for e in examples], [e.previous for e in examples])
         t_embed = time.monotonic() - t0
         log.info("embedded-model vectors of %d utterances in %.0f s", len(examples), t_embed)
-    result = cv.nested_cv(examples, embeddings, embed_cfg, outer=args.outer, inner=args.inner,
-                          progress=log.info, curve=(0.25, 0.5, 0.75) if args.curve else ())
+    result = cv.nested_cv(
+        examples,
+        embeddings,
+        embed_cfg,
+        outer=args.outer,
+        inner=args.inner,
+        progress=log.info,
+        curve=(0.25, 0.5, 0.75) if args.curve else (),
+    )
     result["seconds_embeddings"] = round(t_embed, 1)
     result["seconds_total"] = round(time.monotonic() - t0, 1)
-    md = [table(result), "", per_class(result, "product (chosen)"), "", per_class(result, "baseline"), "",
-          "Chosen per outer fold (product): " + "; ".join(
-              f"{r['fold']}: {json.dumps(r['chosen'])}" for r in result["folds"]["product (chosen)"]),
-          "", f"Time: embeddings {t_embed:.0f} s, nested CV {result['seconds']:.0f} s."]
+    md = [
+        table(result),
+        "",
+        per_class(result, "product (chosen)"),
+        "",
+        per_class(result, "baseline"),
+        "",
+        "Chosen per outer fold (product): "
+        + "; ".join(f"{r['fold']}: {json.dumps(r['chosen'])}" for r in result["folds"]["product (chosen)"]),
+        "",
+        f"Time: embeddings {t_embed:.0f} s, nested CV {result['seconds']:.0f} s.",
+    ]
     if result.get("learning_curve"):
         md += ["", "| share of outer training transcripts | utterances | macro-F1 | kappa |", "|---|---|---|---|"]
         for frac, c in result["learning_curve"].items():
-            md.append(f"| {frac} | {c['n_train_mean']:.0f} | {c['macro_f1']['mean']:.3f} ± {c['macro_f1']['sd']:.3f} | "
-                      f"{c['kappa']['mean']:.3f} ± {c['kappa']['sd']:.3f} |")
+            md.append(
+                f"| {frac} | {c['n_train_mean']:.0f} | {c['macro_f1']['mean']:.3f} ± {c['macro_f1']['sd']:.3f} | "
+                f"{c['kappa']['mean']:.3f} ± {c['kappa']['sd']:.3f} |"
+            )
         full = result["summary"]["product (chosen)"]
-        md.append(f"| 1.0 | {len(examples) * (args.outer - 1) / args.outer:.0f} | {full['macro_f1']['mean']:.3f} ± "
-                  f"{full['macro_f1']['sd']:.3f} | {full['kappa']['mean']:.3f} ± {full['kappa']['sd']:.3f} |")
+        md.append(
+            f"| 1.0 | {len(examples) * (args.outer - 1) / args.outer:.0f} | {full['macro_f1']['mean']:.3f} ± "
+            f"{full['macro_f1']['sd']:.3f} | {full['kappa']['mean']:.3f} ± {full['kappa']['sd']:.3f} |"
+        )
     text = "\n".join(md)
     print(text)
     from mi_llm.io import atomic_writer, write_json
@@ -115,17 +154,27 @@ def main() -> None:
         t1 = time.monotonic()
         config, inner_f1 = cv.select_recipe(examples, embeddings, embed_cfg, folds=args.inner)
         coder = ct.ClientTalkCoder.fit(examples, config, embeddings=embeddings if config.embed_weight else None)
-        coder.info["data"] = [{"kind": "annomi", "file": Path(args.data).name, "column": "client_talk_type",
-                               "labels_by": "experts (majority of annotators, ties dropped)",
-                               "licence": "stated Public Domain in an earlier upstream README; none stated now"}]
-        coder.info["recipe"] = ("chosen by " + str(args.inner) + "-fold CV by transcript on all the training "
-                                "transcripts among the candidates of mi_llm.miti.coders.client_talk_cv; "
-                                f"CV macro-F1 there {inner_f1:.3f} (optimistic: it chose on it)")
+        coder.info["data"] = [
+            {
+                "kind": "annomi",
+                "file": Path(args.data).name,
+                "column": "client_talk_type",
+                "labels_by": "experts (majority of annotators, ties dropped)",
+                "licence": "stated Public Domain in an earlier upstream README; none stated now",
+            }
+        ]
+        coder.info["recipe"] = (
+            "chosen by " + str(args.inner) + "-fold CV by transcript on all the training "
+            "transcripts among the candidates of mi_llm.miti.coders.client_talk_cv; "
+            f"CV macro-F1 there {inner_f1:.3f} (optimistic: it chose on it)"
+        )
         s = result["summary"]["product (chosen)"]
         validity = {
             "protocol": f"nested CV by transcript: {args.outer} outer folds grade, {args.inner} inner folds choose; "
-                        f"{result['n']} client utterances of {result['n_transcripts']} AnnoMI transcripts",
-            "macro_f1": s["macro_f1"], "kappa": s["kappa"], "per_class_f1": s["per_class_f1"],
+            f"{result['n']} client utterances of {result['n_transcripts']} AnnoMI transcripts",
+            "macro_f1": s["macro_f1"],
+            "kappa": s["kappa"],
+            "per_class_f1": s["per_class_f1"],
             "baseline": {k: result["summary"]["baseline"][k] for k in ("macro_f1", "kappa")},
             "baseline_recipe": "utterance-only word 1-2-gram TF-IDF + logistic regression (balanced)",
             "measured": time.strftime("%Y-%m-%d"),

@@ -77,8 +77,13 @@ def main() -> int:
         run_dir = a.keep or Path(tmp) / "run"
         console.print(f"mi-llm demo, MI_LLM_HOME={home} ({'given' if a.home else 'fresh'}), run {run_dir}")
         res = run_demo(run_dir, home, Path(tmp) / "demo.log")
-        res.update(fresh_home=a.home is None, cpus=os.cpu_count(), stages=stage_times(run_dir),
-                   metrics=key_metrics(run_dir), target_s=TARGET_S)
+        res.update(
+            fresh_home=a.home is None,
+            cpus=os.cpu_count(),
+            stages=stage_times(run_dir),
+            metrics=key_metrics(run_dir),
+            target_s=TARGET_S,
+        )
     t = Table(title=f"mi-llm demo on {os.cpu_count()} CPU cores ({'fresh' if a.home is None else 'warm'} model cache)")
     t.add_column("stage")
     t.add_column("seconds", justify="right")
@@ -89,8 +94,10 @@ def main() -> int:
     for system, m in res["metrics"].items():
         console.print(f"{system}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()))
     ok = res["wall_s"] <= TARGET_S
-    console.print(f"wall time {res['wall_s'] / 60:.1f} min ({'meets' if ok else 'MISSES'} the 15 min target); "
-                  f"peak RSS {res['peak_rss_mb']:,.0f} MB")
+    console.print(
+        f"wall time {res['wall_s'] / 60:.1f} min ({'meets' if ok else 'MISSES'} the 15 min target); "
+        f"peak RSS {res['peak_rss_mb']:,.0f} MB"
+    )
     if a.json:
         a.json.write_text(json.dumps(res, indent=2))
     print(json.dumps(res))

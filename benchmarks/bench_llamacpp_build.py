@@ -33,11 +33,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-PROMPT = ("You are a counselor who uses motivational interviewing: reflect what the client says, ask open "
-          "questions, support autonomy. ") * 4 + (
-          "Client: I have smoked for twenty years. My doctor says my lungs are getting worse and my daughter "
-          "keeps asking me to quit, but every time I try I get irritable and I start again within a week. "
-          "I do not know if it is worth trying again. Counselor:")
+PROMPT = (
+    "You are a counselor who uses motivational interviewing: reflect what the client says, ask open "
+    "questions, support autonomy. "
+) * 4 + (
+    "Client: I have smoked for twenty years. My doctor says my lungs are getting worse and my daughter "
+    "keeps asking me to quit, but every time I try I get irritable and I start again within a week. "
+    "I do not know if it is worth trying again. Counselor:"
+)
 
 
 def child(gguf: str, n_gen: int, threads: int) -> dict:
@@ -45,8 +48,9 @@ def child(gguf: str, n_gen: int, threads: int) -> dict:
     from mi_llm.llm.llamacpp_runtime import import_llama_cpp
 
     llama_cpp = import_llama_cpp(check=False)  # the parent reports a crash of this child
-    llm = llama_cpp.Llama(model_path=gguf, n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads,
-                          verbose=False, seed=1)
+    llm = llama_cpp.Llama(
+        model_path=gguf, n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False, seed=1
+    )
     tokens = llm.tokenize(PROMPT.encode())
     llm.eval(tokens[:8])  # warm-up: first-use allocations and repacking
     llm.reset()
@@ -62,8 +66,13 @@ def child(gguf: str, n_gen: int, threads: int) -> dict:
     t_gen = time.perf_counter() - t0
     info = llama_cpp.llama_print_system_info().decode(errors="replace")
     features = [f.split("=")[0].strip() for f in info.split("|") if f.strip().endswith("= 1")]
-    return {"prompt_tokens": len(tokens), "prompt_tps": len(tokens) / t_prompt, "gen_tokens": generated,
-            "gen_tps": generated / t_gen, "features": features}
+    return {
+        "prompt_tokens": len(tokens),
+        "prompt_tps": len(tokens) / t_prompt,
+        "gen_tokens": generated,
+        "gen_tps": generated / t_gen,
+        "features": features,
+    }
 
 
 def run_one(lib: str | None, gguf: str, n_gen: int, threads: int) -> dict:
@@ -72,8 +81,13 @@ def run_one(lib: str | None, gguf: str, n_gen: int, threads: int) -> dict:
         env["LLAMA_CPP_LIB_PATH"] = lib
     else:
         env.pop("LLAMA_CPP_LIB_PATH", None)
-    p = subprocess.run([sys.executable, __file__, "--child", gguf, "--gen", str(n_gen), "--threads", str(threads)],
-                       capture_output=True, text=True, env=env, timeout=600)
+    p = subprocess.run(
+        [sys.executable, __file__, "--child", gguf, "--gen", str(n_gen), "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     if p.returncode != 0:
         raise SystemExit(f"build {lib or 'installed'}: exit {p.returncode}: {p.stderr.strip()[-500:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -81,8 +95,13 @@ def run_one(lib: str | None, gguf: str, n_gen: int, threads: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lib", action="append", default=[], metavar="NAME=DIR",
-                    help="a build's llama_cpp/lib folder to compare (repeatable); the installed build is always in")
+    ap.add_argument(
+        "--lib",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a build's llama_cpp/lib folder to compare (repeatable); the installed build is always in",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -92,8 +111,8 @@ def main() -> int:
     if a.child:
         print(json.dumps(child(a.child, a.gen, a.threads)))
         return 0
-    from mi_llm.llm.llamacpp_runtime import cpu_model, simd_flags
     from mi_llm.llm.embedded import embedded_gguf
+    from mi_llm.llm.llamacpp_runtime import cpu_model, simd_flags
 
     builds: dict[str, str | None] = {"mi-llm (installed)": None}
     for spec in a.lib:
@@ -107,18 +126,25 @@ def main() -> int:
         for name, lib in builds.items():
             m = run_one(lib, gguf, a.gen, a.threads)
             runs[name].append(m)
-            print(f"repeat {r + 1}/{a.repeats} {name}: prompt {m['prompt_tps']:.1f} tok/s, gen {m['gen_tps']:.1f} tok/s",
-                  file=sys.stderr, flush=True)
-    print(f"\nCPU: {cpu_model()} ({os.cpu_count()} cores; flags: {simd_flags()}); {a.threads} threads; "
-          f"{a.repeats} interleaved repeats; embedded gemma-3-270m Q4_K_M\n")
+            print(
+                f"repeat {r + 1}/{a.repeats} {name}: prompt {m['prompt_tps']:.1f} tok/s, gen {m['gen_tps']:.1f} tok/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(
+        f"\nCPU: {cpu_model()} ({os.cpu_count()} cores; flags: {simd_flags()}); {a.threads} threads; "
+        f"{a.repeats} interleaved repeats; embedded gemma-3-270m Q4_K_M\n"
+    )
     print("| build | kernels in use | prompt tokens/s (median; runs) | generation tokens/s (median; runs) |")
     print("|---|---|---|---|")
     for name, ms in runs.items():
         feats = " ".join(f for f in ms[0]["features"] if f.startswith(("AVX", "AMX", "FMA", "F16C", "BMI2", "SSE")))
         pp = [m["prompt_tps"] for m in ms]
         tg = [m["gen_tps"] for m in ms]
-        print(f"| {name} | {feats} | **{statistics.median(pp):.1f}** ({', '.join(f'{x:.0f}' for x in pp)}) "
-              f"| **{statistics.median(tg):.1f}** ({', '.join(f'{x:.1f}' for x in tg)}) |")
+        print(
+            f"| {name} | {feats} | **{statistics.median(pp):.1f}** ({', '.join(f'{x:.0f}' for x in pp)}) "
+            f"| **{statistics.median(tg):.1f}** ({', '.join(f'{x:.1f}' for x in tg)}) |"
+        )
     if a.json:
         a.json.write_text(json.dumps({"cpu": cpu_model(), "flags": simd_flags(), "runs": runs}, indent=1))
     return 0

@@ -39,19 +39,44 @@ REPO = Path(__file__).resolve().parents[1]
 ZH_BANK = {
     "open": ["听起来", "我听到你说", "看起来", "你提到", "嗯，", "谢谢你愿意分享，"],
     "body": [
-        "你最近压力很大", "工作让你很疲惫", "你很担心家人的身体", "你想少喝一点酒", "戒烟对你来说并不容易",
-        "你已经尝试过很多次了", "睡眠一直不太好", "你希望自己能更健康", "你对改变既期待又犹豫", "这件事对你很重要",
+        "你最近压力很大",
+        "工作让你很疲惫",
+        "你很担心家人的身体",
+        "你想少喝一点酒",
+        "戒烟对你来说并不容易",
+        "你已经尝试过很多次了",
+        "睡眠一直不太好",
+        "你希望自己能更健康",
+        "你对改变既期待又犹豫",
+        "这件事对你很重要",
     ],
-    "close": ["你愿意多说一点吗？", "你觉得呢？", "是什么让你想要改变？", "我们可以一起想想办法。", "这对你意味着什么？"],
+    "close": [
+        "你愿意多说一点吗？",
+        "你觉得呢？",
+        "是什么让你想要改变？",
+        "我们可以一起想想办法。",
+        "这对你意味着什么？",
+    ],
 }
 EN_BANK = {
     "open": ["It sounds like", "I hear that", "So", "You mentioned that", "Okay,", "Thanks for sharing that;"],
     "body": [
-        "you've been under a lot of stress", "work has been exhausting", "you worry about your family's health",
-        "you'd like to drink a bit less", "quitting smoking hasn't been easy", "you've tried several times before",
-        "your sleep hasn't been great", "you want to feel healthier", "part of you wants to change and part of you doesn't",
+        "you've been under a lot of stress",
+        "work has been exhausting",
+        "you worry about your family's health",
+        "you'd like to drink a bit less",
+        "quitting smoking hasn't been easy",
+        "you've tried several times before",
+        "your sleep hasn't been great",
+        "you want to feel healthier",
+        "part of you wants to change and part of you doesn't",
     ],
-    "close": ["Can you tell me more?", "What do you think?", "What makes you want to change?", "Where would you like to start?"],
+    "close": [
+        "Can you tell me more?",
+        "What do you think?",
+        "What makes you want to change?",
+        "Where would you like to start?",
+    ],
 }
 
 
@@ -65,7 +90,9 @@ def _bank_turn(bank: dict[str, list[str]], rng: random.Random, zh: bool) -> str:
 def real_turns(data: Path, limit: int) -> tuple[list[str], list[str]]:
     zh: list[str] = []
     for f in sorted((data / "cpsycound" / "CPsyCounD").glob("case_*.txt")):
-        zh += [line[6:].strip() for line in f.read_text(encoding="utf-8").splitlines() if line.startswith("心理咨询师：")]
+        zh += [
+            line[6:].strip() for line in f.read_text(encoding="utf-8").splitlines() if line.startswith("心理咨询师：")
+        ]
         if len(zh) >= limit:
             break
     en: list[str] = []
@@ -106,7 +133,9 @@ def make_pairs(n: int, lang: str, seed: int) -> tuple[list[dict], str]:
             pred = _rework(ref, pool, rng)
         else:
             pred = rng.choice(pool) + (rng.choice(pool) if rng.random() < 0.3 else "")
-        rows.append({"sample_id": f"bench-{i}", "language": "zh" if is_zh else "en", "prediction": pred, "reference": ref})
+        rows.append(
+            {"sample_id": f"bench-{i}", "language": "zh" if is_zh else "en", "prediction": pred, "reference": ref}
+        )
     return rows, source
 
 
@@ -151,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             metrics.pop("implementation")
             metrics.pop("input")
             outputs[tag] = (metrics, per.read_bytes())
-            results.append({"implementation": name, "workers": workers, "wall_s": wall, "cpu_s": cpu, "metrics": metrics})
+            results.append(
+                {"implementation": name, "workers": workers, "wall_s": wall, "cpu_s": cpu, "metrics": metrics}
+            )
         first = next(iter(outputs.values()))
         identical = all(v == first for v in outputs.values())
 
@@ -163,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     base = results[0]["wall_s"]
     for r in results:
         table.add_row(
-            r["implementation"], r["workers"], f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}",
-            f"{opts.pairs / r['wall_s']:,.0f}", f"{base / r['wall_s']:.1f}x",
+            r["implementation"],
+            r["workers"],
+            f"{r['wall_s']:.2f}",
+            f"{r['cpu_s']:.2f}",
+            f"{opts.pairs / r['wall_s']:,.0f}",
+            f"{base / r['wall_s']:.1f}x",
         )
     console.print(table)
     paper = results[0]["metrics"]["paper"]
@@ -177,8 +212,18 @@ def main(argv: list[str] | None = None) -> int:
         highlight=False,
     )
     if opts.json:
-        opts.json.write_text(json.dumps({"pairs": opts.pairs, "source": source, "identical": identical, "runs": [
-            {k: v for k, v in r.items() if k != "metrics"} for r in results]}, indent=2) + "\n")
+        opts.json.write_text(
+            json.dumps(
+                {
+                    "pairs": opts.pairs,
+                    "source": source,
+                    "identical": identical,
+                    "runs": [{k: v for k, v in r.items() if k != "metrics"} for r in results],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0 if identical else 1
 
 

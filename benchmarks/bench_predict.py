@@ -49,9 +49,9 @@ def demo_test_set(out: Path, limit: int | None) -> list[Any]:
     """The demo experiment's test samples (same sources and split as resources/demo.yaml)."""
     import yaml
 
+    from mi_llm.build.samples import read_samples
     from mi_llm.build.stage import build
     from mi_llm.resources import demo_files
-    from mi_llm.build.samples import read_samples
 
     cfg = yaml.safe_load((REPO / "src" / "mi_llm" / "resources" / "demo.yaml").read_text())
     split = cfg["split"]
@@ -69,14 +69,22 @@ class Peer:
 
         llama_cpp = import_llama_cpp()  # a runtime-dispatch build loads its CPU backend first
 
-        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                   n_batch=512, verbose=False, seed=42)
+        self.llm = llama_cpp.Llama(
+            model_path=str(gguf),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_batch=512,
+            verbose=False,
+            seed=42,
+        )
 
     def run(self, prompts: list[list[int]], max_new: int) -> tuple[list[str], int]:
         texts, tokens = [], 0
         for p in prompts:
-            r = self.llm.create_completion(prompt=p, max_tokens=max_new, temperature=0.0, top_k=1, top_p=1.0,
-                                           min_p=0.0, repeat_penalty=1.0)
+            r = self.llm.create_completion(
+                prompt=p, max_tokens=max_new, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0
+            )
             texts.append(r["choices"][0]["text"].strip())
             tokens += r["usage"]["completion_tokens"]
         return texts, tokens
@@ -124,7 +132,9 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N test samples")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the demo experiment's")
     ap.add_argument("--parallel", type=int, nargs="+", default=[8, 16], help="slot counts of our llamacpp backend")
-    ap.add_argument("--hf-batch", type=int, default=0, help="also run the hf backend with this batch size (0 = skip it)")
+    ap.add_argument(
+        "--hf-batch", type=int, default=0, help="also run the hf backend with this batch size (0 = skip it)"
+    )
     ap.add_argument("--rounds", type=int, default=4, help="groups of dialogues the contenders take turns on")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -146,8 +156,10 @@ def main() -> int:
     tok = load_tokenizer(rm)
     prompts = [encode_prompt(tok, s.messages()) for s in samples]
     n_ctx = max(len(p) for p in prompts) + max_new + 16
-    console.print(f"{len(samples)} test samples, prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens "
-                  f"(mean {sum(map(len, prompts)) / len(prompts):.0f}), max_new_tokens {max_new}, {args.threads} threads")
+    console.print(
+        f"{len(samples)} test samples, prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens "
+        f"(mean {sum(map(len, prompts)) / len(prompts):.0f}), max_new_tokens {max_new}, {args.threads} threads"
+    )
 
     contenders: list[tuple[str, Any]] = [("llama.cpp single stream (peer)", Peer(rm.gguf, args.threads, n_ctx))]
     for n in args.parallel:
@@ -174,23 +186,47 @@ def main() -> int:
     peer = rows[0]
 
     base_tps = peer["tokens"] / peer["seconds"]
-    table = Table(title=f"test-set prediction, gemma-3-270m Q4_K_M, {len(samples)} samples, greedy, {max_new} new tokens max")
+    table = Table(
+        title=f"test-set prediction, gemma-3-270m Q4_K_M, {len(samples)} samples, greedy, {max_new} new tokens max"
+    )
     for col in ("backend", "generated tokens", "seconds", "tokens/s", "vs peer", "same text as peer"):
         table.add_column(col, justify="left" if col == "backend" else "right")
     results = []
     for r in rows:
         tps = r["tokens"] / r["seconds"]
         same = sum(a == b for a, b in zip(r["texts"], peer["texts"]))
-        table.add_row(r["name"], str(r["tokens"]), f"{r['seconds']:.1f}", f"{tps:.1f}", f"{tps / base_tps:.2f}x",
-                      f"{same}/{len(samples)}")
-        results.append({"backend": r["name"], "tokens": r["tokens"], "seconds": round(r["seconds"], 2),
-                        "tokens_per_s": round(tps, 2), "ratio": round(tps / base_tps, 3), "same_as_peer": same})
+        table.add_row(
+            r["name"],
+            str(r["tokens"]),
+            f"{r['seconds']:.1f}",
+            f"{tps:.1f}",
+            f"{tps / base_tps:.2f}x",
+            f"{same}/{len(samples)}",
+        )
+        results.append(
+            {
+                "backend": r["name"],
+                "tokens": r["tokens"],
+                "seconds": round(r["seconds"], 2),
+                "tokens_per_s": round(tps, 2),
+                "ratio": round(tps / base_tps, 3),
+                "same_as_peer": same,
+            }
+        )
     Console().print(table)
     if args.json:
-        args.json.write_text(json.dumps({
-            "samples": len(samples), "max_new_tokens": max_new, "threads": args.threads,
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "results": results,
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "samples": len(samples),
+                    "max_new_tokens": max_new,
+                    "threads": args.threads,
+                    "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

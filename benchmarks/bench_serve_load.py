@@ -60,16 +60,25 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def summary(values: list[float]) -> dict[str, float | None]:
-    return {"p50": pct(values, 0.5), "p95": pct(values, 0.95), "max": round(max(values), 4) if values else None,
-            "mean": round(statistics.fmean(values), 4) if values else None}
+    return {
+        "p50": pct(values, 0.5),
+        "p95": pct(values, 0.95),
+        "max": round(max(values), 4) if values else None,
+        "mean": round(statistics.fmean(values), 4) if values else None,
+    }
 
 
 async def one_request(client: httpx.AsyncClient, i: int, max_tokens: int, t_zero: float) -> dict[str, Any]:
     lang, text = MESSAGES[i % len(MESSAGES)]
     body = {
-        "model": "bench", "messages": [{"role": "user", "content": f"{text} ({i})"}], "stream": True,
-        "max_tokens": max_tokens, "temperature": 0, "stream_options": {"include_usage": True},
-        "session_id": f"bench-{i}", "language": lang,
+        "model": "bench",
+        "messages": [{"role": "user", "content": f"{text} ({i})"}],
+        "stream": True,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream_options": {"include_usage": True},
+        "session_id": f"bench-{i}",
+        "language": lang,
     }
     t0 = time.monotonic()
     rec: dict[str, Any] = {"i": i, "start": round(t0 - t_zero, 4), "ok": False}
@@ -156,9 +165,24 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     tmp = tempfile.mkdtemp(prefix="mi-llm-bench-")
-    cmd = [sys.executable, "-m", "mi_llm", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--db", str(Path(tmp) / "sessions.sqlite3"), "--rate-limit", "0", "--max-queue", str(args.clients + 10),
-           "--max-tokens-limit", str(max(args.max_tokens, 16))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mi_llm",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        str(Path(tmp) / "sessions.sqlite3"),
+        "--rate-limit",
+        "0",
+        "--max-queue",
+        str(args.clients + 10),
+        "--max-tokens-limit",
+        str(max(args.max_tokens, 16)),
+    ]
     if args.backend:
         cmd += ["--backend", args.backend]
     if args.model:
@@ -186,15 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     tokens = sum(r.get("completion_tokens", 0) for r in ok)
     single = warm[0]
     out = {
-        "clients": args.clients, "max_tokens": args.max_tokens, "model": models[0]["id"] if models else None,
-        "server": engine_line.strip(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                                   "python": platform.python_version()},
+        "clients": args.clients,
+        "max_tokens": args.max_tokens,
+        "model": models[0]["id"] if models else None,
+        "server": engine_line.strip(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "startup_s": round(startup, 2),
-        "single_request": {"ttft_s": single.get("ttft"), "total_s": single.get("total"),
-                           "completion_tokens": single.get("completion_tokens"),
-                           "tokens_per_s": round(single["completion_tokens"] / single["total"], 2)
-                           if single.get("completion_tokens") and single.get("total") else None},
-        "ok": len(ok), "errors": len(results) - len(ok), "wall_s": round(wall, 3),
+        "single_request": {
+            "ttft_s": single.get("ttft"),
+            "total_s": single.get("total"),
+            "completion_tokens": single.get("completion_tokens"),
+            "tokens_per_s": round(single["completion_tokens"] / single["total"], 2)
+            if single.get("completion_tokens") and single.get("total")
+            else None,
+        },
+        "ok": len(ok),
+        "errors": len(results) - len(ok),
+        "wall_s": round(wall, 3),
         "ttft_s": summary([r["ttft"] for r in ok if "ttft" in r]),
         "total_s": summary([r["total"] for r in ok]),
         "completion_tokens": tokens,

@@ -69,15 +69,20 @@ def demo_build(out: Path) -> Path:
 
     cfg = yaml.safe_load((REPO / "src" / "mi_llm" / "resources" / "demo.yaml").read_text())
     split = cfg["split"]
-    build(demo_files(None, cfg["sources"][0].get("style")), out, train=split["train"], test=split["test"],
-          seed=split["seed"])
+    build(
+        demo_files(None, cfg["sources"][0].get("style")),
+        out,
+        train=split["train"],
+        test=split["test"],
+        seed=split["seed"],
+    )
     return out
 
 
 def bench_subset(data: Path, out: Path, n: int, max_length: int, seed: int) -> dict[str, Any]:
     """A build folder with `n` samples that fit `max_length` (seeded pick), and their tokens."""
-    from mi_llm.io import write_jsonl
     from mi_llm.build.exports import export_records, write_llamafactory
+    from mi_llm.io import write_jsonl
     from mi_llm.llm.load import load_tokenizer
     from mi_llm.llm.resolve import resolve_model
     from mi_llm.train.data import encode_sample, load_train_data
@@ -102,18 +107,46 @@ def bench_subset(data: Path, out: Path, n: int, max_length: int, seed: int) -> d
         raise SystemExit(f"only {len(chosen)} samples of {data} fit {max_length} tokens; need {n}")
     write_jsonl(out / "samples.train.jsonl", chosen)
     write_llamafactory(out / "llamafactory", {"train": export_records(chosen, "rounds")}, "rounds")
-    return {"samples": n, "tokens": tokens, "target_tokens": targets, "mean_tokens": tokens / n,
-            "mean_target_tokens": targets / n}
+    return {
+        "samples": n,
+        "tokens": tokens,
+        "target_tokens": targets,
+        "mean_tokens": tokens / n,
+        "mean_target_tokens": targets / n,
+    }
 
 
 def run_ours(sub: Path, out: Path, steps: int, ga: int, max_length: int) -> dict[str, Any]:
-    cmd = [str(Path(sys.executable).with_name("mi-llm")), "train", "--model", "gemma-3-270m", "--data", str(sub),
-           "--output", str(out), "--max-steps", str(steps), "--grad-accum", str(ga), "--max-length", str(max_length),
-           "--epochs", "1", "--save-steps", "1000000"]
+    cmd = [
+        str(Path(sys.executable).with_name("mi-llm")),
+        "train",
+        "--model",
+        "gemma-3-270m",
+        "--data",
+        str(sub),
+        "--output",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--grad-accum",
+        str(ga),
+        "--max-length",
+        str(max_length),
+        "--epochs",
+        "1",
+        "--save-steps",
+        "1000000",
+    ]
     m = run_measured(cmd, out.with_suffix(".log"))
     res = json.loads((out / "train_config.json").read_text())["result"]
-    return {**m, "train_s": res["seconds_this_run"], "tokens": res["tokens"], "target_tokens": res["target_tokens"],
-            "final_loss": res["final_loss"], "self_peak_rss_mb": res["peak_rss_mb"]}
+    return {
+        **m,
+        "train_s": res["seconds_this_run"],
+        "tokens": res["tokens"],
+        "target_tokens": res["target_tokens"],
+        "final_loss": res["final_loss"],
+        "self_peak_rss_mb": res["peak_rss_mb"],
+    }
 
 
 def run_llamafactory(lf_venv: Path, sub: Path, out: Path, steps: int, ga: int, max_length: int) -> dict[str, Any]:
@@ -125,20 +158,38 @@ def run_llamafactory(lf_venv: Path, sub: Path, out: Path, steps: int, ga: int, m
     cli = lf_venv / "bin" / "llamafactory-cli"
     if not cli.is_file():
         raise SystemExit(f"{cli} missing: run `bash benchmarks/setup_llamafactory.sh` first")
-    cfg = TrainConfig(model="gemma-3-270m", data=str(sub), output=str(out), max_steps=steps, grad_accum=ga,
-                      max_length=max_length, epochs=1)
+    cfg = TrainConfig(
+        model="gemma-3-270m",
+        data=str(sub),
+        output=str(out),
+        max_steps=steps,
+        grad_accum=ga,
+        max_length=max_length,
+        epochs=1,
+    )
     yml = out.with_suffix(".yaml")
-    write_llamafactory_yaml(yml, cfg, resolve_model("gemma-3-270m"), load_train_data(sub), gpu=False,
-                            output_dir=str(out), extra={"save_strategy": "no", "plot_loss": False,
-                                                        "include_num_input_tokens_seen": True})
+    write_llamafactory_yaml(
+        yml,
+        cfg,
+        resolve_model("gemma-3-270m"),
+        load_train_data(sub),
+        gpu=False,
+        output_dir=str(out),
+        extra={"save_strategy": "no", "plot_loss": False, "include_num_input_tokens_seen": True},
+    )
     env = {**os.environ, "DISABLE_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true"}
     m = run_measured([str(cli), "train", str(yml)], out.with_suffix(".log"), env=env)
     res = json.loads((out / "train_results.json").read_text())
     state = json.loads((out / "trainer_state.json").read_text())
     seen = [h.get("num_input_tokens_seen") for h in state.get("log_history", []) if "num_input_tokens_seen" in h]
     losses = [h["loss"] for h in state.get("log_history", []) if "loss" in h]
-    return {**m, "train_s": res["train_runtime"], "tokens_seen": seen[-1] if seen else None,
-            "final_loss": losses[-1] if losses else None, "steps": state.get("global_step")}
+    return {
+        **m,
+        "train_s": res["train_runtime"],
+        "tokens_seen": seen[-1] if seen else None,
+        "final_loss": losses[-1] if losses else None,
+        "steps": state.get("global_step"),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -163,31 +214,53 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = a.data or demo_build(work / "demo")
         n = a.steps * a.grad_accum
         sub = bench_subset(data, work / "subset", n, a.max_length, a.seed)
-        console.print(f"{n} samples, {sub['tokens']:,} tokens (mean {sub['mean_tokens']:.0f}, "
-                      f"target {sub['mean_target_tokens']:.0f}); model {rm.path}")
+        console.print(
+            f"{n} samples, {sub['tokens']:,} tokens (mean {sub['mean_tokens']:.0f}, "
+            f"target {sub['mean_target_tokens']:.0f}); model {rm.path}"
+        )
         ours = run_ours(work / "subset", work / "ours", a.steps, a.grad_accum, a.max_length)
         ours["tokens_per_s"] = sub["tokens"] / ours["train_s"]
         lf = None
         if not a.skip_llamafactory:
-            lf = run_llamafactory(a.lf_venv or default_lf_venv(), work / "subset", work / "llamafactory", a.steps,
-                                  a.grad_accum, a.max_length)
+            lf = run_llamafactory(
+                a.lf_venv or default_lf_venv(),
+                work / "subset",
+                work / "llamafactory",
+                a.steps,
+                a.grad_accum,
+                a.max_length,
+            )
             lf["tokens_per_s"] = sub["tokens"] / lf["train_s"]
 
     results = {
-        "machine": f"{os.cpu_count()} CPU cores", "model": "gemma-3-270m", "data": str(a.data or "demo train split"),
-        "steps": a.steps, "grad_accum": a.grad_accum, "max_length": a.max_length, "subset": sub,
-        "ours": ours, "llamafactory": lf,
+        "machine": f"{os.cpu_count()} CPU cores",
+        "model": "gemma-3-270m",
+        "data": str(a.data or "demo train split"),
+        "steps": a.steps,
+        "grad_accum": a.grad_accum,
+        "max_length": a.max_length,
+        "subset": sub,
+        "ours": ours,
+        "llamafactory": lf,
         "ratio": (ours["tokens_per_s"] / lf["tokens_per_s"]) if lf else None,
         "targets": {"ratio": TARGET_RATIO, "peak_rss_mb": TARGET_RSS_MB},
     }
-    t = Table(title=f"LoRA training, gemma-3-270m, CPU: {n} samples ({sub['tokens']:,} tokens), "
-                    f"{a.steps} steps x {a.grad_accum}")
+    t = Table(
+        title=f"LoRA training, gemma-3-270m, CPU: {n} samples ({sub['tokens']:,} tokens), "
+        f"{a.steps} steps x {a.grad_accum}"
+    )
     for col in ("engine", "train time (s)", "tokens/s", "samples/s", "peak RSS (MB)", "final loss"):
         t.add_column(col, justify="right" if col != "engine" else "left")
     for name, r in (("mi-llm", ours), ("LLaMA-Factory 0.9.5", lf)):
         if r:
-            t.add_row(name, f"{r['train_s']:.1f}", f"{r['tokens_per_s']:.1f}", f"{n / r['train_s']:.3f}",
-                      f"{r['peak_rss_mb']:,.0f}", f"{r['final_loss']:.4f}" if r.get("final_loss") is not None else "-")
+            t.add_row(
+                name,
+                f"{r['train_s']:.1f}",
+                f"{r['tokens_per_s']:.1f}",
+                f"{n / r['train_s']:.3f}",
+                f"{r['peak_rss_mb']:,.0f}",
+                f"{r['final_loss']:.4f}" if r.get("final_loss") is not None else "-",
+            )
     console.print(t)
     if lf:
         ok = "meets" if results["ratio"] >= TARGET_RATIO else "MISSES"

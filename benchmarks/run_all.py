@@ -11,8 +11,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_metrics.py", "bench_predict.py", "bench_train.py", "bench_coder.py", "bench_serve_load.py",
-           "bench_demo.py"]
+SCRIPTS = [
+    "bench_metrics.py",
+    "bench_predict.py",
+    "bench_train.py",
+    "bench_coder.py",
+    "bench_serve_load.py",
+    "bench_demo.py",
+]
 
 
 def main() -> int:

@@ -44,7 +44,9 @@ def needs_setup(ok: object, what: str) -> pytest.MarkDecorator:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "requires_setup(ok, what): require_setup(ok, what) before the test (needs_setup)")
+    config.addinivalue_line(
+        "markers", "requires_setup(ok, what): require_setup(ok, what) before the test (needs_setup)"
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

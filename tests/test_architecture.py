@@ -23,11 +23,23 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 # or lower ones.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("mi_llm", "mi_llm.errors", "mi_llm.io", "mi_llm.console", "mi_llm.layout", "mi_llm.registry")),
-    ("data", ("mi_llm.corpus", "mi_llm.build.samples", "mi_llm.build.exports", "mi_llm.build.config", "mi_llm.prompts", "mi_llm.resources")),
+    (
+        "data",
+        (
+            "mi_llm.corpus",
+            "mi_llm.build.samples",
+            "mi_llm.build.exports",
+            "mi_llm.build.config",
+            "mi_llm.prompts",
+            "mi_llm.resources",
+        ),
+    ),
     ("models", ("mi_llm.llm", "mi_llm.train")),
     ("measures", ("mi_llm.evaluate", "mi_llm.miti")),
-    ("stages", ("mi_llm.build", "mi_llm.transcribe", "mi_llm.report", "mi_llm.serve",
-                "mi_llm.miti.annotate", "mi_llm.config")),
+    (
+        "stages",
+        ("mi_llm.build", "mi_llm.transcribe", "mi_llm.report", "mi_llm.serve", "mi_llm.miti.annotate", "mi_llm.config"),
+    ),
     ("pipeline", ("mi_llm.pipeline", "mi_llm.stages")),
     ("cli", ("mi_llm.cli", "mi_llm.__main__")),
 )
@@ -55,7 +67,8 @@ def modules(src: Path = SRC) -> dict[str, tuple[Path, bool]]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _walk(node: ast.AST, type_only: bool = False):
@@ -190,8 +203,10 @@ def upward(edges: list[Import]) -> list[str]:
     for e in edges:
         src, dst = layer_of(e.source), layer_of(e.target)
         if src is not None and dst is not None and dst[0] > src[0]:
-            out.append(f"{e.source}:{e.line} imports {e.target}: layer {src[1]} -> higher layer {dst[1]}"
-                       + (" (type-only)" if e.type_only else ""))
+            out.append(
+                f"{e.source}:{e.line} imports {e.target}: layer {src[1]} -> higher layer {dst[1]}"
+                + (" (type-only)" if e.type_only else "")
+            )
     return out
 
 
@@ -226,21 +241,28 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_checker_resolves_every_import_form(tmp_path):
-    src = _tree(tmp_path, {
-        "__init__.py": "",
-        "io.py": "",
-        "corpus/__init__.py": "from . import schema\n",
-        "corpus/schema.py": "from ..io import x\nimport mi_llm.corpus\n",
-        "corpus/importers.py": ("import importlib\n"
-                                "def f(name):\n"
-                                "    from mi_llm.corpus.schema import Dialogue\n"
-                                "    importlib.import_module(f'mi_llm.corpus.{name}')\n"
-                                "    return importlib.import_module('mi_llm.io')\n"),
-        "miti/__init__.py": "",
-        "miti/codebook.py": ("from typing import TYPE_CHECKING\n"
-                             "if TYPE_CHECKING:\n    from mi_llm.corpus.schema import Dialogue\n"
-                             "else:\n    from mi_llm import io\n"),
-    })
+    src = _tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "io.py": "",
+            "corpus/__init__.py": "from . import schema\n",
+            "corpus/schema.py": "from ..io import x\nimport mi_llm.corpus\n",
+            "corpus/importers.py": (
+                "import importlib\n"
+                "def f(name):\n"
+                "    from mi_llm.corpus.schema import Dialogue\n"
+                "    importlib.import_module(f'mi_llm.corpus.{name}')\n"
+                "    return importlib.import_module('mi_llm.io')\n"
+            ),
+            "miti/__init__.py": "",
+            "miti/codebook.py": (
+                "from typing import TYPE_CHECKING\n"
+                "if TYPE_CHECKING:\n    from mi_llm.corpus.schema import Dialogue\n"
+                "else:\n    from mi_llm import io\n"
+            ),
+        },
+    )
     got = {(e.source, e.target, e.line, e.type_only) for e in imports(src)}
     assert got == {
         ("mi_llm.corpus", "mi_llm.corpus.schema", 1, False),
@@ -263,19 +285,24 @@ def test_layer_of_takes_the_longest_prefix():
 
 
 def test_checker_names_cycles_and_upward_imports(tmp_path):
-    src = _tree(tmp_path, {
-        "__init__.py": "",
-        "pipeline.py": "from mi_llm.report.collect import collect\n",
-        "report/__init__.py": "",
-        "report/collect.py": "def collect():\n    from mi_llm.pipeline import RunPaths\n",
-        "corpus/__init__.py": "",
-        "corpus/schema.py": "import os\nfrom mi_llm.miti.codebook import Code\n",
-        "miti/__init__.py": "",
-        "miti/codebook.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mi_llm.serve import x\n",
-        "serve.py": "from mi_llm.miti import codebook\n",
-    })
+    src = _tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "pipeline.py": "from mi_llm.report.collect import collect\n",
+            "report/__init__.py": "",
+            "report/collect.py": "def collect():\n    from mi_llm.pipeline import RunPaths\n",
+            "corpus/__init__.py": "",
+            "corpus/schema.py": "import os\nfrom mi_llm.miti.codebook import Code\n",
+            "miti/__init__.py": "",
+            "miti/codebook.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mi_llm.serve import x\n",
+            "serve.py": "from mi_llm.miti import codebook\n",
+        },
+    )
     edges = imports(src)
-    assert cycles([e for e in edges if not e.type_only]) == [["mi_llm.pipeline", "mi_llm.report.collect", "mi_llm.pipeline"]]
+    assert cycles([e for e in edges if not e.type_only]) == [
+        ["mi_llm.pipeline", "mi_llm.report.collect", "mi_llm.pipeline"]
+    ]
     # the type-only edge closes codebook -> serve -> codebook, which never runs
     assert len(cycles(edges)) == 2
     assert upward(edges) == [

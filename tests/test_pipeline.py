@@ -19,7 +19,13 @@ def test_shipped_configs_validate():
     assert paper.split.train == 2000 and paper.split.test == 40 and len(paper.models) == 3
     opts = paper.train_options("m", "d", "o")
     assert (opts.lr, opts.lr_scheduler, opts.batch_size, opts.grad_accum, opts.epochs, opts.warmup_ratio) == (
-        1e-4, "cosine", 1, 8, 3, 0.1)
+        1e-4,
+        "cosine",
+        1,
+        8,
+        3,
+        0.1,
+    )
 
 
 def test_transcription_rewrites_only_what_the_split_uses():
@@ -33,13 +39,16 @@ def test_transcription_rewrites_only_what_the_split_uses():
     assert dialogues_to_transcribe(ExperimentConfig(sources=src, transcribe={"dialogues": 7})) == 7
 
 
-@pytest.mark.parametrize("body, where, what", [
-    ("sources:\n  - kind: demo\ntrain:\n  lr: -1\n", None, "lr"),
-    ("sources:\n  - kind: cpsycound\n", 2, "needs a path"),
-    ("sources:\n  - kind: demo\nsplit:\n  tset: 3\n", 4, "tset"),
-    ("sources: [\n", None, "invalid YAML"),
-    ("sources:\n  - kind: demo\ngeneration:\n  preset: nosuch\n", None, "unknown generation preset"),
-])
+@pytest.mark.parametrize(
+    "body, where, what",
+    [
+        ("sources:\n  - kind: demo\ntrain:\n  lr: -1\n", None, "lr"),
+        ("sources:\n  - kind: cpsycound\n", 2, "needs a path"),
+        ("sources:\n  - kind: demo\nsplit:\n  tset: 3\n", 4, "tset"),
+        ("sources: [\n", None, "invalid YAML"),
+        ("sources:\n  - kind: demo\ngeneration:\n  preset: nosuch\n", None, "unknown generation preset"),
+    ],
+)
 def test_config_errors_are_located(tmp_path, body, where, what):
     p = tmp_path / "c.yaml"
     p.write_text(body)
@@ -60,6 +69,7 @@ def test_stage_runner_skips_up_to_date_and_reruns_on_change(tmp_path):
         def run():
             calls.append(params)
             out.write_text(src.read_text() * 2)
+
         return Stage("double", run, [out], inputs=[src], params=params)
 
     runner = StageRunner(tmp_path / "run")
@@ -115,9 +125,19 @@ class OneCodeCoder:
     def code_dialogues(self, dialogues):
         from mi_llm.corpus.schema import Utterance
 
-        return [d.model_copy(update={"turns": [
-            t.model_copy(update={"codes": [Utterance(text=t.text, code="CR")]}) if t.role == "counselor" else t
-            for t in d.turns]}) for d in dialogues]
+        return [
+            d.model_copy(
+                update={
+                    "turns": [
+                        t.model_copy(update={"codes": [Utterance(text=t.text, code="CR")]})
+                        if t.role == "counselor"
+                        else t
+                        for t in d.turns
+                    ]
+                }
+            )
+            for d in dialogues
+        ]
 
 
 def test_miti_stage_writes_the_one_schema_the_report_reads(tmp_path, monkeypatch):
@@ -134,16 +154,28 @@ def test_miti_stage_writes_the_one_schema_the_report_reads(tmp_path, monkeypatch
     from mi_llm.stages import fingerprint
 
     monkeypatch.setattr(coders, "load_coder", lambda name: OneCodeCoder())
-    cfg = ExperimentConfig(name="m", sources=[{"kind": "demo", "language": "en", "style": "mi"}],
-                           split={"train": 2, "test": 2, "seed": 1}, train={"enabled": False})
+    cfg = ExperimentConfig(
+        name="m",
+        sources=[{"kind": "demo", "language": "en", "style": "mi"}],
+        split={"train": 2, "test": 2, "seed": 1},
+        train={"enabled": False},
+    )
     paths = RunPaths(tmp_path / "run")
     runner = StageRunner(paths.root)
     for stage in data_stages(cfg, paths):
         runner(stage)
-    (label, key, system), = cfg.systems()
-    preds = [{"sample_id": s["sample_id"], "dialogue_id": s["dialogue_id"], "round": s["round"],
-              "language": s["language"], "prediction": "So you want to change.", "reference": s["response"]}
-             for _, s in iter_jsonl(paths.build.test_samples)]
+    ((label, key, system),) = cfg.systems()
+    preds = [
+        {
+            "sample_id": s["sample_id"],
+            "dialogue_id": s["dialogue_id"],
+            "round": s["round"],
+            "language": s["language"],
+            "prediction": "So you want to change.",
+            "reference": s["response"],
+        }
+        for _, s in iter_jsonl(paths.build.test_samples)
+    ]
     write_jsonl(paths.predictions(key, system), preds)
     evaluate_file(paths.predictions(key, system), paths.metrics(key, system))
 
@@ -163,7 +195,9 @@ def test_miti_stage_writes_the_one_schema_the_report_reads(tmp_path, monkeypatch
 
     # A run from before the one schema: its miti.json has no version, its fingerprint no schema version.
     write_json(paths.miti_scores, {"coder": "default", "systems": {}})
-    with pytest.raises(InputError, match=r"miti.json: MITI scores in an older format \(no schema_version.*re-run the miti stage"):
+    with pytest.raises(
+        InputError, match=r"miti.json: MITI scores in an older format \(no schema_version.*re-run the miti stage"
+    ):
         collect(cfg, paths)
     write_json(paths.stage_state("miti"), {"fingerprint": fingerprint(cfg.miti.model_dump(), stage.inputs)})
     assert not runner(miti_stage(cfg, paths)).skipped and read_miti_scores(paths.miti_scores) == scores

@@ -37,7 +37,7 @@ def test_missing_setup_fails_under_ci(monkeypatch, ci) -> None:
     assert import_setup("json").dumps([]) == "[]"
 
 
-PROBE = '''
+PROBE = """
 import pytest
 from tests.conftest import needs_setup, require_setup
 
@@ -64,19 +64,41 @@ def test_fine():
 
 def test_legitimate_skip():
     pytest.skip("data absent: stays a skip under CI")
-'''
+"""
 
 
 # pytest reports a failure in set-up (the marker's check and fixtures) as an error: the run fails.
-@pytest.mark.parametrize(("ci", "expected", "rc"), [("", {"passed": 1, "skipped": 3}, 0),
-                                                    ("true", {"passed": 1, "error": 2, "skipped": 1}, 1)])
+@pytest.mark.parametrize(
+    ("ci", "expected", "rc"),
+    [("", {"passed": 1, "skipped": 3}, 0), ("true", {"passed": 1, "error": 2, "skipped": 1}, 1)],
+)
 def test_marker_and_fixture_forms_in_a_real_pytest_run(tmp_path, ci, expected, rc) -> None:
     (tmp_path / "test_probe.py").write_text(PROBE)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     env = {**os.environ, "CI": ci, "PYTHONPATH": str(REPO_ROOT)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
-                        "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path), "-rA"],
-                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.conftest",
+            "-c",
+            str(tmp_path / "pytest.ini"),
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+            "-rA",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", r.stdout.splitlines()[-1])}
     assert counts == expected and r.returncode == rc, r.stdout[-3000:]
     if ci:

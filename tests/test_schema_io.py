@@ -17,8 +17,14 @@ def _dialogue(i="d1", turns=None):
         "turns": turns
         or [
             {"role": "client", "text": "I smoke too much."},
-            {"role": "counselor", "text": "You're worried about it. What worries you most?",
-             "codes": [{"text": "You're worried about it.", "code": "CR"}, {"text": "What worries you most?", "code": "Q"}]},
+            {
+                "role": "counselor",
+                "text": "You're worried about it. What worries you most?",
+                "codes": [
+                    {"text": "You're worried about it.", "code": "CR"},
+                    {"text": "What worries you most?", "code": "Q"},
+                ],
+            },
         ],
     }
 
@@ -77,12 +83,16 @@ def test_globals_range():
 
 
 def test_rounds_skip_opening_counselor_and_trailing_client():
-    d = Dialogue.model_validate(_dialogue(turns=[
-        {"role": "counselor", "text": "Welcome."},
-        {"role": "client", "text": "a"},
-        {"role": "counselor", "text": "b"},
-        {"role": "client", "text": "c"},
-    ]))
+    d = Dialogue.model_validate(
+        _dialogue(
+            turns=[
+                {"role": "counselor", "text": "Welcome."},
+                {"role": "client", "text": "a"},
+                {"role": "counselor", "text": "b"},
+                {"role": "client", "text": "c"},
+            ]
+        )
+    )
     assert [(c.text, r.text) for c, r in d.rounds()] == [("a", "b")]
 
 

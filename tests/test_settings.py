@@ -85,7 +85,9 @@ def test_every_train_option_can_be_set_in_an_experiment_config() -> None:
     opts = options("train")
     settable = set(opts) - set(TRAIN_CLI_ONLY) - set(TRAIN_FLAGS)
     assert set(TRAIN_CLI_ONLY) <= set(opts), "a command-line-only option is gone: update TRAIN_CLI_ONLY"
-    assert settable <= set(TrainConfig.model_fields), f"options with no TrainConfig field: {settable - set(TrainConfig.model_fields)}"
+    assert settable <= set(TrainConfig.model_fields), (
+        f"options with no TrainConfig field: {settable - set(TrainConfig.model_fields)}"
+    )
     changed = {name: other_value(name, TrainConfig) for name in sorted(settable)}
     changed.update({field: value for field, value in TRAIN_FLAGS.values()})
     cfg = ExperimentConfig(sources=[{"kind": "demo"}], train=changed)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mi_llm.errors import InputError, MiLlmError
 from mi_llm.build.config import BuildConfig
+from mi_llm.errors import InputError, MiLlmError
 from mi_llm.evaluate.config import PredictConfig
 from mi_llm.layout import SYSTEMS
 from mi_llm.llm.backends.config import check_backend_options
@@ -45,7 +45,7 @@ class SourceConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="keep only the first N dialogues")
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "SourceConfig":
+    def _path_needed(self) -> SourceConfig:
         if self.kind != "demo" and not self.path:
             raise ValueError(f"source {self.kind!r} needs a path")
         return self
@@ -57,9 +57,11 @@ class ExperimentTranscribeConfig(TranscribeConfig):
 
     enabled: bool = False
     dialogues: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="how many imported dialogues to rewrite (a seeded sample); default: what a split given "
-                    "in counts needs plus 5% for rewrites that fail validation, else all")
+        "in counts needs plus 5% for rewrites that fail validation, else all",
+    )
 
     def transcribe_config(self) -> TranscribeConfig:
         return TranscribeConfig.model_validate(self.model_dump(exclude={"enabled", "dialogues"}))
@@ -89,7 +91,8 @@ class ExperimentTrainConfig(TrainConfig):
 
     def train_config(self, model: str, data: str, output: str) -> TrainConfig:
         return TrainConfig.model_validate(
-            {**self.model_dump(exclude={"enabled"}), "model": model, "data": data, "output": output})
+            {**self.model_dump(exclude={"enabled"}), "model": model, "data": data, "output": output}
+        )
 
     def given(self) -> dict[str, Any]:
         """The options the config sets (the train stage's fingerprint, the report's settings)."""
@@ -99,11 +102,16 @@ class ExperimentTrainConfig(TrainConfig):
 class ModelConfig(_Strict):
     name: str = DEFAULT_MODEL
     label: str | None = Field(None, description="short name in reports; defaults to the model name")
-    backend: str = Field("hf", description="generation backend for predictions (hf, llamacpp, openai, vllm; auto: llamacpp where it passes its crash probe on this CPU, else hf)")
-    backend_options: dict[str, Any] = Field(default_factory=dict, description="the backend's own options (mi_llm.llm.backends.config), e.g. parallel: 8")
+    backend: str = Field(
+        "hf",
+        description="generation backend for predictions (hf, llamacpp, openai, vllm; auto: llamacpp where it passes its crash probe on this CPU, else hf)",
+    )
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict, description="the backend's own options (mi_llm.llm.backends.config), e.g. parallel: 8"
+    )
 
     @model_validator(mode="after")
-    def _backend_options(self) -> "ModelConfig":
+    def _backend_options(self) -> ModelConfig:
         try:
             check_backend_options(self.backend, self.backend_options)
         except MiLlmError as e:
@@ -131,7 +139,7 @@ class ExperimentConfig(_Strict):
     miti: MitiConfig = MitiConfig()
 
     @model_validator(mode="after")
-    def _unique_labels(self) -> "ExperimentConfig":
+    def _unique_labels(self) -> ExperimentConfig:
         keys = [m.key for m in self.models]
         if len(set(keys)) != len(keys):
             raise ValueError(f"model labels must be unique: {keys}")
@@ -150,7 +158,7 @@ class ExperimentConfig(_Strict):
     def train_options(self, model: str, data: str, output: str) -> TrainConfig:
         return self.train.train_config(model, data, output)
 
-    def generation_config(self) -> "GenerationConfig":
+    def generation_config(self) -> GenerationConfig:
         return self.generation.generation_config()
 
 
@@ -185,7 +193,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise InputError(path, f"invalid YAML: {getattr(e, 'problem', e)}", None if line is None else line + 1) from None
+        raise InputError(
+            path, f"invalid YAML: {getattr(e, 'problem', e)}", None if line is None else line + 1
+        ) from None
     if not isinstance(raw, dict):
         raise InputError(path, "expected a mapping at the top level")
     try:

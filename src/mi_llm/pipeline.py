@@ -82,22 +82,49 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
         from mi_llm.build.stage import build
 
         build(
-            [built_from], paths.build.root, train=cfg.split.train, test=cfg.split.test, seed=cfg.split.seed,
-            history_budget=cfg.split.history_budget, tokenizer=cfg.split.tokenizer, export_mode=cfg.split.export_mode,
+            [built_from],
+            paths.build.root,
+            train=cfg.split.train,
+            test=cfg.split.test,
+            seed=cfg.split.seed,
+            history_budget=cfg.split.history_budget,
+            tokenizer=cfg.split.tokenizer,
+            export_mode=cfg.split.export_mode,
         )
 
     stages = [
-        Stage("import", do_import, [paths.dialogues, paths.import_stats],
-              inputs=[p for s in cfg.sources for p in source_files(s.kind, s.path, s.language, s.style)],
-              params=[s.model_dump() for s in cfg.sources]),
+        Stage(
+            "import",
+            do_import,
+            [paths.dialogues, paths.import_stats],
+            inputs=[p for s in cfg.sources for p in source_files(s.kind, s.path, s.language, s.style)],
+            params=[s.model_dump() for s in cfg.sources],
+        ),
     ]
     if cfg.transcribe.enabled:
         # Resumable by itself (append-only output, call cache): rerunning it continues.
-        stages.append(Stage("transcribe", do_transcribe, [paths.mi_dialogues], inputs=[paths.dialogues],
-                            params={**cfg.transcribe.model_dump(mode="json"), "n": dialogues_to_transcribe(cfg),
-                                    "seed": cfg.split.seed}))
-    stages.append(Stage("build", do_build, [paths.build.train_samples, paths.build.test_samples],
-                        inputs=[built_from], params=cfg.split.model_dump()))
+        stages.append(
+            Stage(
+                "transcribe",
+                do_transcribe,
+                [paths.mi_dialogues],
+                inputs=[paths.dialogues],
+                params={
+                    **cfg.transcribe.model_dump(mode="json"),
+                    "n": dialogues_to_transcribe(cfg),
+                    "seed": cfg.split.seed,
+                },
+            )
+        )
+    stages.append(
+        Stage(
+            "build",
+            do_build,
+            [paths.build.train_samples, paths.build.test_samples],
+            inputs=[built_from],
+            params=cfg.split.model_dump(),
+        )
+    )
     return stages
 
 
@@ -111,8 +138,9 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
     def do_predict(system: str) -> None:
         from mi_llm.evaluate.predict import PredictBackend
 
-        chosen = PredictBackend.choose(m.backend, m.name, adapter.root if system == "finetuned" else None,
-                                       m.backend_options, gen.batch_size)
+        chosen = PredictBackend.choose(
+            m.backend, m.name, adapter.root if system == "finetuned" else None, m.backend_options, gen.batch_size
+        )
         chosen.predict(test_file, paths.predictions(key, system), cfg.generation_config(), limit=gen.limit)
 
     def do_train() -> None:
@@ -129,22 +157,40 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
         evaluate_file(paths.predictions(key, system), paths.metrics(key, system))
 
     gen_params = {"model": m.model_dump(), "generation": gen.model_dump()}
-    stages = [Stage(f"{key}/predict-base", lambda: do_predict("base"), [paths.predictions(key, "base")],
-                    inputs=[test_file], params=gen_params)]
+    stages = [
+        Stage(
+            f"{key}/predict-base",
+            lambda: do_predict("base"),
+            [paths.predictions(key, "base")],
+            inputs=[test_file],
+            params=gen_params,
+        )
+    ]
     systems = ["base"]
     if cfg.train_enabled:
         train_params = {"model": m.name, "train": cfg.train.given()}
         stages += [
-            Stage(f"{key}/train", do_train, [adapter.peft_config],
-                  inputs=[paths.build.train_samples], params=train_params),
-            Stage(f"{key}/predict-finetuned", lambda: do_predict("finetuned"),
-                  [paths.predictions(key, "finetuned")],
-                  inputs=[test_file, adapter.weights], params=gen_params),
+            Stage(
+                f"{key}/train", do_train, [adapter.peft_config], inputs=[paths.build.train_samples], params=train_params
+            ),
+            Stage(
+                f"{key}/predict-finetuned",
+                lambda: do_predict("finetuned"),
+                [paths.predictions(key, "finetuned")],
+                inputs=[test_file, adapter.weights],
+                params=gen_params,
+            ),
         ]
         systems.append("finetuned")
     for system in systems:
-        stages.append(Stage(f"{key}/evaluate-{system}", lambda s=system: do_evaluate(s),  # type: ignore[misc]
-                            [paths.metrics(key, system)], inputs=[paths.predictions(key, system)]))
+        stages.append(
+            Stage(
+                f"{key}/evaluate-{system}",
+                lambda s=system: do_evaluate(s),  # type: ignore[misc]
+                [paths.metrics(key, system)],
+                inputs=[paths.predictions(key, system)],
+            )
+        )
     return stages
 
 
@@ -167,16 +213,27 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
 
         test_ids = {s.dialogue_id for s in read_samples(test_file)}
         test = [d for d in read_dialogues(built_dialogues(cfg, paths)) if d.id in test_ids]
-        human = [d for d in test if d.miti_globals and all(t.codes is not None for t in d.turns if t.role == "counselor")]
-        plain_ref = [d.model_copy(update={"turns": [t.model_copy(update={"codes": None}) for t in d.turns],
-                                          "miti_globals": None}) for d in test]
+        human = [
+            d for d in test if d.miti_globals and all(t.codes is not None for t in d.turns if t.role == "counselor")
+        ]
+        plain_ref = [
+            d.model_copy(
+                update={"turns": [t.model_copy(update={"codes": None}) for t in d.turns], "miti_globals": None}
+            )
+            for d in test
+        ]
         sessions: dict[str, list[Dialogue]] = {"reference": plain_ref}
         if human:
             sessions[HUMAN_REFERENCE] = human
         for label, key, system in systems:
             sessions[label] = system_sessions(test, read_predictions_by_round(paths.predictions(key, system)), label)
-        scores = code_and_score(sessions, load_coder(cfg.miti.coder), coder_name=str(cfg.miti.coder),
-                                keep_codes={HUMAN_REFERENCE}, coded_file=paths.miti_coded)
+        scores = code_and_score(
+            sessions,
+            load_coder(cfg.miti.coder),
+            coder_name=str(cfg.miti.coder),
+            keep_codes={HUMAN_REFERENCE},
+            coded_file=paths.miti_coded,
+        )
         write_miti_scores(paths.miti_scores, scores)
 
     inputs = [test_file, built_dialogues(cfg, paths)] + [paths.predictions(k, s) for _, k, s in systems]
@@ -201,12 +258,14 @@ def report_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
 
         write_report(collect(cfg, paths), paths.report.root)
 
-    return Stage("report", do_report, [paths.report.index, paths.report.summary],
-                 inputs=inputs, params={"name": cfg.name})
+    return Stage(
+        "report", do_report, [paths.report.index, paths.report.summary], inputs=inputs, params={"name": cfg.name}
+    )
 
 
-def run_experiment(cfg: ExperimentConfig, run_dir: Path, force: bool = False,
-                   config_path: Path | None = None) -> StageRunner:
+def run_experiment(
+    cfg: ExperimentConfig, run_dir: Path, force: bool = False, config_path: Path | None = None
+) -> StageRunner:
     paths = RunPaths(Path(run_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     write_json(paths.config, cfg.model_dump(mode="json"))
@@ -237,8 +296,13 @@ def print_summary(runner: StageRunner, run_dir: Path, seconds: float) -> None:
         t.add_column(col, justify="right" if col not in ("model", "lang", "system") else "left")
     for r in summary["automatic"]:
         sc = r["scores"]
-        t.add_row(r["model"], r["language"], r["system"], str(r["n"]),
-                  *(f"{sc.get(k, float('nan')):.2f}" for k in ("bleu-4", "rouge-1", "rouge-2", "rouge-l")))
+        t.add_row(
+            r["model"],
+            r["language"],
+            r["system"],
+            str(r["n"]),
+            *(f"{sc.get(k, float('nan')):.2f}" for k in ("bleu-4", "rouge-1", "rouge-2", "rouge-l")),
+        )
     console.print(t)
     if summary.get("miti"):
         m = Table(title="MITI 4.2.1 (automatic coder; mean per session)")
@@ -251,8 +315,13 @@ def print_summary(runner: StageRunner, run_dir: Path, seconds: float) -> None:
 
         for system, agg in summary["miti"].items():
             n = agg.get("r_q", {}).get("n", 0) + agg.get("r_q", {}).get("missing", 0)
-            m.add_row(system, str(n), *(fmt(agg, k) for k in ("r_q", "pct_cr", "mi_adherent_ratio", "technical", "relational")))
+            m.add_row(
+                system,
+                str(n),
+                *(fmt(agg, k) for k in ("r_q", "pct_cr", "mi_adherent_ratio", "technical", "relational")),
+            )
         console.print(m)
     ran = sum(not r.skipped for r in runner.results)
-    console.print(f"{ran} stage(s) ran, {len(runner.results) - ran} up to date; {seconds:.0f} s; "
-                  f"report: {report.index}")
+    console.print(
+        f"{ran} stage(s) ran, {len(runner.results) - ran} up to date; {seconds:.0f} s; report: {report.index}"
+    )

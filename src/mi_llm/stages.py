@@ -18,7 +18,7 @@ from mi_llm.layout import RunPaths
 log = logging.getLogger(__name__)
 
 
-def _hash_path(h: "hashlib._Hash", path: Path) -> None:
+def _hash_path(h: hashlib._Hash, path: Path) -> None:
     if path.is_dir():
         for p in sorted(x for x in path.rglob("*") if x.is_file()):
             h.update(str(p.relative_to(path)).encode())

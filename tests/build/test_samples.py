@@ -25,7 +25,14 @@ def test_samples_follow_paper_definition():
     assert s.round == 3 and s.query == "c2-x" and s.response == "r2-x"
     assert s.history == [("c0-x", "r0-x"), ("c1-x", "r1-x")]
     assert [m["role"] for m in s.messages(with_response=True)] == [
-        "system", "user", "assistant", "user", "assistant", "user", "assistant"]
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert s.messages()[-1] == {"role": "user", "content": "c2-x"}
 
 

@@ -32,8 +32,12 @@ def test_usage_error_is_one_line_and_exit_2(argv, names, capsys) -> None:
 
 
 def test_the_installed_command_exits_2_in_one_line() -> None:
-    p = subprocess.run([sys.executable, "-m", "mi_llm.cli", "evaluate", "--workers", "0", "x.jsonl"],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "mi_llm.cli", "evaluate", "--workers", "0", "x.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--workers" in p.stderr
 
 

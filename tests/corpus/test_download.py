@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mi_llm.corpus.download import LOCK_NAME, Archive, Manifest, RemoteFile, download, extract, get_manifest
+from mi_llm.corpus.download import LOCK_NAME, Manifest, RemoteFile, download, extract, get_manifest
 from mi_llm.corpus.importers import import_corpus
 from mi_llm.errors import MiLlmError
 from tests.corpus.rangeserver import serve

@@ -52,9 +52,22 @@ def test_cpsycound_turns_tags_and_quirks():
     assert [d.id for d in ds] == ["cpsycound-case_2", "cpsycound-case_10"]  # natural order
     d = ds[0]
     assert d.source == "cpsycound" and d.language == "zh" and d.style == "raw" and d.topic is None
-    assert roles(d) == ["client", "counselor", "client", "counselor", "counselor", "client", "client", "counselor", "client"]
+    assert roles(d) == [
+        "client",
+        "counselor",
+        "client",
+        "counselor",
+        "counselor",
+        "client",
+        "client",
+        "counselor",
+        "client",
+    ]
     # continuation lines of a numbered list stay in the turn, with their line breaks
-    assert d.turns[3].text == "听起来脑子停不下来。我们可以试几个办法：\n1. 睡前一小时放下手机。\n2. 把担心的事写在本子上。"
+    assert (
+        d.turns[3].text
+        == "听起来脑子停不下来。我们可以试几个办法：\n1. 睡前一小时放下手机。\n2. 把担心的事写在本子上。"
+    )
     # the bracketed narration is not text but kept in the meta of the turn before it
     assert d.turns[3].meta["stage_directions"] == ["（练习过程略）"]
     assert all("练习过程略" not in t.text for t in d.turns)
@@ -158,7 +171,9 @@ def test_smile_roles_labels_and_client_only_dialogue():
 
 def test_smile_malformed(tmp_path: Path):
     f = tmp_path / "3.json"
-    f.write_text('[\n {"role": "client", "content": "你好"},\n {"role": "helper", "content": "嗯"}\n]', encoding="utf-8")
+    f.write_text(
+        '[\n {"role": "client", "content": "你好"},\n {"role": "helper", "content": "嗯"}\n]', encoding="utf-8"
+    )
     with pytest.raises(InputError) as err:
         raw("smile", f)
     assert "unknown role 'helper'" in located(err, f, 3)
@@ -271,7 +286,9 @@ def test_annomi_malformed(tmp_path: Path):
     with pytest.raises(InputError) as err:
         raw("annomi", f)
     assert "3 fields, the header has 11" in located(err, f, 6)
-    f.write_text("\n".join(src[:2] + [src[2].replace("smoking cessation ,1,", "smoking cessation ,one,")] + src[3:]) + "\n")
+    f.write_text(
+        "\n".join(src[:2] + [src[2].replace("smoking cessation ,1,", "smoking cessation ,one,")] + src[3:]) + "\n"
+    )
     with pytest.raises(InputError) as err:
         raw("annomi", f)
     assert "utterance_id should be an integer" in located(err, f, 3)
@@ -285,7 +302,10 @@ def test_mibot_volleys_labels_and_survey():
     assert d.id == "mibot-p1" and d.style == "mi" and d.language == "en" and d.topic == "smoking cessation"
     assert roles(d) == ["counselor", "client", "counselor", "client"]
     assert d.turns[0].text == "Hi there! What brings you here today?"
-    assert [(u["utterance_number"], u["auto_misc_label"]) for u in d.turns[1].meta["utterances"]] == [(32, "N"), (33, "C")]
+    assert [(u["utterance_number"], u["auto_misc_label"]) for u in d.turns[1].meta["utterances"]] == [
+        (32, "N"),
+        (33, "C"),
+    ]
     assert "auto_misc_explanation" not in d.turns[0].meta["utterances"][0]
     assert d.meta["survey"] == {
         "DailyNum": 20, "PreConvoQuitAttempt": False, "PreRulerConfidence": 3, "PostRulerConfidence": 5,
@@ -318,7 +338,11 @@ def test_sharegpt_both_shapes_and_system():
     ds = by_id(raw("sharegpt", FIXTURES / "sharegpt"))
     assert set(ds) == {"sharegpt-chats-1", "s-2", "sharegpt-messages-1"}
     a = ds["sharegpt-chats-1"]
-    assert a.language == "en" and a.meta["system"] == "You are an MI counselor." and roles(a) == ["client", "counselor", "client"]
+    assert (
+        a.language == "en"
+        and a.meta["system"] == "You are an MI counselor."
+        and roles(a) == ["client", "counselor", "client"]
+    )
     b = ds["s-2"]
     assert b.language == "zh" and b.topic == "sleep" and b.meta["system"] == "你是一位动机式访谈咨询师。"
     assert ds["sharegpt-messages-1"].language == "zh" and roles(ds["sharegpt-messages-1"]) == ["client", "counselor"]
@@ -326,7 +350,10 @@ def test_sharegpt_both_shapes_and_system():
 
 def test_llamafactory_folder_with_dataset_info_tags():
     (d,) = raw("llamafactory", FIXTURES / "llamafactory")
-    assert [(t.role, t.text) for t in d.turns] == [("client", "I want to drink less soda."), ("counselor", "You have a goal in mind.")]
+    assert [(t.role, t.text) for t in d.turns] == [
+        ("client", "I want to drink less soda."),
+        ("counselor", "You have a goal in mind."),
+    ]
     assert d.meta["system"] == "Be brief.\nstay warm"
 
 
@@ -386,7 +413,9 @@ def test_language_detection():
 
 
 def test_dialogues_reimport_and_duplicate_ids(tmp_path: Path):
-    ds, _ = import_corpus("cpsycound", FIXTURES / "cpsycound", NormalizeOptions(merge_same_role=False, drop_empty=False))
+    ds, _ = import_corpus(
+        "cpsycound", FIXTURES / "cpsycound", NormalizeOptions(merge_same_role=False, drop_empty=False)
+    )
     f = tmp_path / "a.jsonl"
     write_dialogues(f, ds)
     again, st = import_corpus("dialogues", f)

@@ -50,17 +50,20 @@ def old_coders(text):
     return "zh" if cjk / len(letters) >= 0.3 else "en"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("我最近睡得不好。", "zh"),
-    ("I sleep badly these days.", "en"),
-    ("OK，我明白你的意思了，谢谢", "zh"),
-    ("我觉得OK", "zh"),
-    ("I read 《红楼梦》 sometimes, a classic novel that my teacher recommended.", "en"),
-    ("I really love 你 and everything else here", "en"),
-    ("一二 abcdefghij", "zh"),  # 2 CJK x 5 >= 10 Latin letters: the threshold itself
-    ("一二 abcdefghijk", "en"),
-    ("😀 ... 123", "en"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("我最近睡得不好。", "zh"),
+        ("I sleep badly these days.", "en"),
+        ("OK，我明白你的意思了，谢谢", "zh"),
+        ("我觉得OK", "zh"),
+        ("I read 《红楼梦》 sometimes, a classic novel that my teacher recommended.", "en"),
+        ("I really love 你 and everything else here", "en"),
+        ("一二 abcdefghij", "zh"),  # 2 CJK x 5 >= 10 Latin letters: the threshold itself
+        ("一二 abcdefghijk", "en"),
+        ("😀 ... 123", "en"),
+    ],
+)
 def test_one_threshold(text, expected):
     assert LATIN_PER_CJK == 5
     assert detect_language(text) == expected

@@ -55,5 +55,9 @@ def test_options_off_keep_everything():
 
 
 def test_merge_meta_rules():
-    assert merge_meta({"a": [1], "s": "first"}, {"a": [2], "s": "second", "n": 5}) == {"a": [1, 2], "s": "first", "n": 5}
+    assert merge_meta({"a": [1], "s": "first"}, {"a": [2], "s": "second", "n": 5}) == {
+        "a": [1, 2],
+        "s": "first",
+        "n": 5,
+    }
     assert merge_meta({"a": "x"}, {"a": [2]}) == {"a": "x"}

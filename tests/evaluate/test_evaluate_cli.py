@@ -13,7 +13,14 @@ from mi_llm.errors import InputError
 from mi_llm.evaluate import evaluate_file
 from mi_llm.evaluate.paper import reference_pair_scores
 
-GEN = {"do_sample": False, "temperature": 0.0, "max_new_tokens": 256, "seed": 42, "backend": "llamacpp", "model": "gemma-3-270m"}
+GEN = {
+    "do_sample": False,
+    "temperature": 0.0,
+    "max_new_tokens": 256,
+    "seed": 42,
+    "backend": "llamacpp",
+    "model": "gemma-3-270m",
+}
 PAIRS = [
     ("听起来你最近压力很大。", "听起来你最近压力真的很大，对吗？"),
     ("你想聊聊戒烟的事吗？", "你愿意聊聊戒烟吗？"),
@@ -79,7 +86,10 @@ def test_cli_llamafactory_format_default_output(tmp_path):
 
 def test_generation_from_predict_sidecar(tmp_path):
     src = ours(tmp_path, generation=None)
-    sidecar = {"settings": {"backend": "hf", "generation": {"do_sample": True, "temperature": 0.95, "top_p": 0.7}}, "complete": True}
+    sidecar = {
+        "settings": {"backend": "hf", "generation": {"do_sample": True, "temperature": 0.95, "top_p": 0.7}},
+        "complete": True,
+    }
     (tmp_path / "predictions.jsonl.meta.json").write_text(json.dumps(sidecar), encoding="utf-8")
     m = evaluate_file(src)
     assert m["generation"] == {"do_sample": True, "temperature": 0.95, "top_p": 0.7}

@@ -12,10 +12,9 @@ from sacrebleu.metrics import BLEU
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 from sacrebleu.tokenizers.tokenizer_zh import TokenizerZh
 
-from mi_llm.errors import MiLlmError
-from mi_llm.evaluate import compute_metrics
-from mi_llm.evaluate import sacre
 from mi_llm.corpus.language import detect_language
+from mi_llm.errors import MiLlmError
+from mi_llm.evaluate import compute_metrics, sacre
 from mi_llm.evaluate.extended import DistinctCounter, assign_languages, repetition_rate
 from mi_llm.evaluate.ngrams import char_ids, clipped_matches
 from mi_llm.evaluate.paper import (
@@ -119,7 +118,9 @@ def _real_texts(limit: int) -> list[str]:
     root = shared_data_dir()
     texts: list[str] = []
     for f in sorted((root / "cpsycound" / "CPsyCounD").glob("case_*.txt"))[:40]:
-        texts += [line[6:].strip() for line in f.read_text(encoding="utf-8").splitlines() if line.startswith("心理咨询师：")]
+        texts += [
+            line[6:].strip() for line in f.read_text(encoding="utf-8").splitlines() if line.startswith("心理咨询师：")
+        ]
     csv_path = root / "annomi" / "AnnoMI-simple.csv"
     if csv_path.is_file():
         import csv
@@ -324,7 +325,12 @@ def test_families_are_separate_and_languages_broken_down():
     m = compute_metrics(preds, refs)
     assert set(m["paper"]) == {"bleu-4", "rouge-1", "rouge-2", "rouge-l"}
     assert set(m["extended"]) == {
-        "sacrebleu", "distinct-1", "distinct-2", "mean-length", "mean-length-reference", "repetition-rate"
+        "sacrebleu",
+        "distinct-1",
+        "distinct-2",
+        "mean-length",
+        "mean-length-reference",
+        "repetition-rate",
     }
     assert m["languages"] == {"zh": 2, "en": 2}
     assert m["by_language"]["zh"]["n_pairs"] == 2

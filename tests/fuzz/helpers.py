@@ -95,8 +95,25 @@ _scalars = (
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12)
-    | st.sampled_from(["", " ", "client", "counselor", "user", "assistant", "system", "human", "gpt", "zh", "en", "\x00", "1",
-                     "\ud800", "x\udfff"])  # lone surrogates: valid JSON escapes, not characters
+    | st.sampled_from(
+        [
+            "",
+            " ",
+            "client",
+            "counselor",
+            "user",
+            "assistant",
+            "system",
+            "human",
+            "gpt",
+            "zh",
+            "en",
+            "\x00",
+            "1",
+            "\ud800",
+            "x\udfff",
+        ]
+    )  # lone surrogates: valid JSON escapes, not characters
 )
 
 # Any JSON value, nested a little: what a broken or hostile file may hold where a field goes.
@@ -108,10 +125,29 @@ json_values = st.recursive(
 
 # A line that is not one JSON object.
 bad_lines = st.one_of(
-    st.text(alphabet=string.printable.replace("\n", "").replace("\r", "").replace("\x0b", "").replace("\x0c", ""), min_size=1, max_size=30).filter(
-        lambda s: s.strip() and not _is_json_object(s)
+    st.text(
+        alphabet=string.printable.replace("\n", "").replace("\r", "").replace("\x0b", "").replace("\x0c", ""),
+        min_size=1,
+        max_size=30,
+    ).filter(lambda s: s.strip() and not _is_json_object(s)),
+    st.sampled_from(
+        [
+            "{",
+            "}",
+            "[",
+            '{"a": 1',
+            '{"a": }',
+            "nan",
+            "null",
+            "[]",
+            "[{}]",
+            '"text"',
+            "1",
+            "true",
+            "{'a': 1}",
+            '{"a": 1} x',
+        ]
     ),
-    st.sampled_from(["{", "}", "[", '{"a": 1', '{"a": }', "nan", "null", "[]", "[{}]", '"text"', "1", "true", "{'a': 1}", "{\"a\": 1} x"]),
     json_values.filter(lambda v: not isinstance(v, dict)).map(lambda v: json.dumps(v)),
 )
 
@@ -193,7 +229,9 @@ def mutated(draw: st.DrawFn, value: Any) -> Any:
     replaced by a value of another type or by any garbage, deleted (a key or an item), an
     unknown key added, an item duplicated."""
     value = json.loads(json.dumps(value))  # a deep copy to change in place
-    action = draw(st.sampled_from(["other type", "other type", "nasty", "nasty", "garbage", "delete", "add key", "duplicate"]))
+    action = draw(
+        st.sampled_from(["other type", "other type", "nasty", "nasty", "garbage", "delete", "add key", "duplicate"])
+    )
     paths = _paths(value)
     if action == "nasty":  # a wrong value of the right type: where the values are, the leaves
         paths = [p for p in paths if p and not isinstance(_at(value, p), (dict, list))] or paths

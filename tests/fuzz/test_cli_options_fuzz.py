@@ -25,10 +25,12 @@ from hypothesis import strategies as st
 from tests.fuzz.helpers import error_line, names_option, record_exit, run_cli
 
 DIALOGUES = [
-    '{"id": "d%d", "source": "s", "language": "en", "turns": [{"role": "client", "text": "hi %d"}, {"role": "counselor", "text": "hello"}]}' % (i, i)
+    f'{{"id": "d{i}", "source": "s", "language": "en", "turns": [{{"role": "client", "text": "hi {i}"}}, {{"role": "counselor", "text": "hello"}}]}}'
     for i in range(6)
 ]
-PREDICTIONS = '{"prediction": "Tell me more.", "reference": "Say more."}\n{"prediction": "多久了？", "reference": "多久了呢？"}\n'
+PREDICTIONS = (
+    '{"prediction": "Tell me more.", "reference": "Say more."}\n{"prediction": "多久了？", "reference": "多久了呢？"}\n'
+)
 
 INT32_MAX = 2**31 - 1
 SEED_MAX = 2**32 - 1
@@ -46,8 +48,13 @@ class Opt:
     lt: float | None = None
 
     def valid(self, x: float) -> bool:
-        return (math.isfinite(x) and (self.ge is None or x >= self.ge) and (self.gt is None or x > self.gt)
-                and (self.le is None or x <= self.le) and (self.lt is None or x < self.lt))
+        return (
+            math.isfinite(x)
+            and (self.ge is None or x >= self.ge)
+            and (self.gt is None or x > self.gt)
+            and (self.le is None or x <= self.le)
+            and (self.lt is None or x < self.lt)
+        )
 
 
 OPTIONS = [
@@ -176,10 +183,18 @@ def bad_values(opt: Opt) -> st.SearchStrategy[str]:
         out.append(st.sampled_from(["nan", "inf", "-inf", "NaN", "Infinity", "1e309", "-1e309"]))
         if opt.ge is not None or opt.gt is not None:
             low = opt.ge if opt.ge is not None else opt.gt
-            out.append(st.floats(max_value=low, allow_nan=False, allow_infinity=False, exclude_max=opt.ge is not None).map(repr))
+            out.append(
+                st.floats(max_value=low, allow_nan=False, allow_infinity=False, exclude_max=opt.ge is not None).map(
+                    repr
+                )
+            )
         if opt.le is not None or opt.lt is not None:
             high = opt.le if opt.le is not None else opt.lt
-            out.append(st.floats(min_value=high, allow_nan=False, allow_infinity=False, exclude_min=opt.le is not None).map(repr))
+            out.append(
+                st.floats(min_value=high, allow_nan=False, allow_infinity=False, exclude_min=opt.le is not None).map(
+                    repr
+                )
+            )
     return st.one_of(out)
 
 
@@ -188,9 +203,18 @@ def good_values(opt: Opt) -> st.SearchStrategy[str]:
         lo = int(opt.ge if opt.ge is not None else (opt.gt + 1 if opt.gt is not None else -(2**40)))
         hi = int(opt.le if opt.le is not None else (opt.lt - 1 if opt.lt is not None else 2**70))
         return st.integers(lo, hi).map(str)
-    return st.floats(min_value=opt.ge if opt.ge is not None else opt.gt, max_value=opt.le if opt.le is not None else opt.lt,
-                     exclude_min=opt.ge is None and opt.gt is not None, exclude_max=opt.le is None and opt.lt is not None,
-                     allow_nan=False, allow_infinity=False).filter(opt.valid).map(repr)
+    return (
+        st.floats(
+            min_value=opt.ge if opt.ge is not None else opt.gt,
+            max_value=opt.le if opt.le is not None else opt.lt,
+            exclude_min=opt.ge is None and opt.gt is not None,
+            exclude_max=opt.le is None and opt.lt is not None,
+            allow_nan=False,
+            allow_infinity=False,
+        )
+        .filter(opt.valid)
+        .map(repr)
+    )
 
 
 def _ids(opt: Opt) -> str:
@@ -237,7 +261,12 @@ def test_bad_value_is_one_line_naming_the_option(opt, data):
 @given(data=st.data())
 def test_good_value_is_accepted(opt, data):
     value = data.draw(good_values(opt))
-    if opt.command == "data build" and opt.name in ("--train", "--test") and not (0 < float(value) < 1) and float(value) != int(float(value)):
+    if (
+        opt.command == "data build"
+        and opt.name in ("--train", "--test")
+        and not (0 < float(value) < 1)
+        and float(value) != int(float(value))
+    ):
         value = str(int(float(value)))  # counts are whole; fractions are below 1
     with tempfile.TemporaryDirectory() as tmp:
         argv, out, stop = argv_for(opt.command, Path(tmp))
@@ -251,15 +280,29 @@ def test_good_value_is_accepted(opt, data):
 
 # The command each function of the CLI modules implements.
 COMMAND_OF = {
-    "data.import_cmd": "data import", "data.download_cmd": "data download", "data.build_cmd": "data build",
-    "evaluate.evaluate_cmd": "evaluate", "models.prepare_cmd": "models prepare", "models.list_cmd": "models list",
-    "models.predict_cmd": "predict", "train.train_cmd": "train", "train.export_cmd": "export",
-    "miti.score_cmd": "miti score", "miti.agree_cmd": "miti agree", "miti.annotate_cmd": "miti annotate",
-    "miti_coder.code_cmd": "miti code", "miti_coder.code_utterances_cmd": "miti code-utterances",
+    "data.import_cmd": "data import",
+    "data.download_cmd": "data download",
+    "data.build_cmd": "data build",
+    "evaluate.evaluate_cmd": "evaluate",
+    "models.prepare_cmd": "models prepare",
+    "models.list_cmd": "models list",
+    "models.predict_cmd": "predict",
+    "train.train_cmd": "train",
+    "train.export_cmd": "export",
+    "miti.score_cmd": "miti score",
+    "miti.agree_cmd": "miti agree",
+    "miti.annotate_cmd": "miti annotate",
+    "miti_coder.code_cmd": "miti code",
+    "miti_coder.code_utterances_cmd": "miti code-utterances",
     "miti_coder.train_coder_cmd": "miti train-coder",
-    "serve.chat_cmd": "chat", "serve.serve_cmd": "serve", "serve.safety_check_cmd": "safety check",
-    "serve.safety_eval_cmd": "safety eval", "serve.safety_flagged_cmd": "safety flagged",
-    "transcribe.transcribe_cmd": "transcribe", "pipeline.run_cmd": "run", "pipeline.demo_cmd": "demo",
+    "serve.chat_cmd": "chat",
+    "serve.serve_cmd": "serve",
+    "serve.safety_check_cmd": "safety check",
+    "serve.safety_eval_cmd": "safety eval",
+    "serve.safety_flagged_cmd": "safety flagged",
+    "transcribe.transcribe_cmd": "transcribe",
+    "pipeline.run_cmd": "run",
+    "pipeline.demo_cmd": "demo",
 }
 
 
@@ -288,7 +331,9 @@ def numeric_options() -> set[tuple[str, str]]:
             if not options:
                 continue
             key = f"{module_name}.{fname}"
-            assert key in COMMAND_OF, f"a new command function {key}: add it to COMMAND_OF (and its numeric options to OPTIONS)"
+            assert key in COMMAND_OF, (
+                f"a new command function {key}: add it to COMMAND_OF (and its numeric options to OPTIONS)"
+            )
             hints = typing.get_type_hints(fn)
             for name, info in options.items():
                 kinds = set(typing.get_args(hints[name])) | {hints[name]}
@@ -309,8 +354,9 @@ def test_every_numeric_option_is_listed():
 # ---------------------------------------------------------------- the reported cases
 
 
-@pytest.mark.parametrize("args", [["--train", "nan"], ["--train", "inf"], ["--test", "nan"], ["--test", "-inf"],
-                                  ["--history-budget", "-1"]])
+@pytest.mark.parametrize(
+    "args", [["--train", "nan"], ["--train", "inf"], ["--test", "nan"], ["--test", "-inf"], ["--history-budget", "-1"]]
+)
 def test_reported_build_options(args):
     """From the issue: a traceback for nan/inf, a negative --history-budget accepted silently."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -320,14 +366,17 @@ def test_reported_build_options(args):
         assert not out.exists()
 
 
-@pytest.mark.parametrize("args, option", [
-    (["--temperature", "nan", "--timeout", "-5"], "--temperature"),
-    (["--timeout", "-5"], "--timeout"),
-    (["--timeout", "1e10"], "--timeout"),
-    (["--rpm", "-5"], "--rpm"),
-    (["--max-retries", "2000"], "--max-retries"),
-    (["--min-client-similarity", "nan"], "--min-client-similarity"),
-])
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--temperature", "nan", "--timeout", "-5"], "--temperature"),
+        (["--timeout", "-5"], "--timeout"),
+        (["--timeout", "1e10"], "--timeout"),
+        (["--rpm", "-5"], "--rpm"),
+        (["--max-retries", "2000"], "--max-retries"),
+        (["--min-client-similarity", "nan"], "--min-client-similarity"),
+    ],
+)
 def test_reported_transcribe_options(args, option):
     """From the issue: `transcribe --temperature nan --timeout -5` was accepted; the first
     bad option is named, before the input file is read (it does not exist here)."""
@@ -337,11 +386,17 @@ def test_reported_transcribe_options(args, option):
         assert MISSING not in line and not out.exists()
 
 
-@pytest.mark.parametrize("command, args, option", [
-    ("serve", ["--port", "0"], "--port"), ("serve", ["--port", "70000"], "--port"),
-    ("serve", ["--max-tokens-limit", "0"], "--max-tokens-limit"), ("serve", ["--rate-limit", "inf"], "--rate-limit"),
-    ("chat", ["--top-p", "0"], "--top-p"), ("chat", ["--seed", "-1"], "--seed"),
-])
+@pytest.mark.parametrize(
+    "command, args, option",
+    [
+        ("serve", ["--port", "0"], "--port"),
+        ("serve", ["--port", "70000"], "--port"),
+        ("serve", ["--max-tokens-limit", "0"], "--max-tokens-limit"),
+        ("serve", ["--rate-limit", "inf"], "--rate-limit"),
+        ("chat", ["--top-p", "0"], "--top-p"),
+        ("chat", ["--seed", "-1"], "--seed"),
+    ],
+)
 def test_reported_serve_options(command, args, option):
     """Refused while the command line is parsed: before --language (checked first in the
     command), the session database, the model or the server."""

@@ -23,11 +23,32 @@ from hypothesis import strategies as st
 
 from mi_llm.corpus.importers import SOURCES
 from mi_llm.corpus.schema import read_dialogues
-
-from tests.fuzz.helpers import FEW, FUZZ, bad_lines, dumps, error_line, json_values, located_at, mutated, record_exit, run_cli
+from tests.fuzz.helpers import (
+    FEW,
+    FUZZ,
+    bad_lines,
+    dumps,
+    error_line,
+    json_values,
+    located_at,
+    mutated,
+    record_exit,
+    run_cli,
+)
 
 # Every registered source is fuzzed below (llamafactory is sharegpt's registry form).
-FUZZED = {"cpsycound", "cpsycoune", "smile", "psydt", "annomi", "mibot", "sharegpt", "llamafactory", "openai", "dialogues"}
+FUZZED = {
+    "cpsycound",
+    "cpsycoune",
+    "smile",
+    "psydt",
+    "annomi",
+    "mibot",
+    "sharegpt",
+    "llamafactory",
+    "openai",
+    "dialogues",
+}
 
 
 def test_every_source_is_fuzzed():
@@ -35,8 +56,11 @@ def test_every_source_is_fuzzed():
 
 
 def import_run(source: str, path: Path, out: Path):
-    r = run_cli(["data", "import", source, str(path), "-o", str(out), "--language", "en"] if source in ("sharegpt", "openai")
-                else ["data", "import", source, str(path), "-o", str(out)])
+    r = run_cli(
+        ["data", "import", source, str(path), "-o", str(out), "--language", "en"]
+        if source in ("sharegpt", "openai")
+        else ["data", "import", source, str(path), "-o", str(out)]
+    )
     record_exit(r)
     if r.code == 0:
         assert read_dialogues(out), "an import that succeeds writes dialogues the next stage reads"
@@ -63,25 +87,81 @@ def json_array_one_per_line(items: list[Any]) -> str:
 # ---------------------------------------------------------------- chat JSONL sources
 
 SHAREGPT = [
-    {"conversations": [{"from": "human", "value": "I smoke a pack a day."}, {"from": "gpt", "value": "How do you feel about that?"}], "system": "be kind"},
-    {"id": "s-2", "messages": [{"role": "user", "content": "I want to sleep more."}, {"role": "assistant", "content": "What gets in the way?"}]},
-    {"conversations": [{"from": "system", "value": "MI"}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+    {
+        "conversations": [
+            {"from": "human", "value": "I smoke a pack a day."},
+            {"from": "gpt", "value": "How do you feel about that?"},
+        ],
+        "system": "be kind",
+    },
+    {
+        "id": "s-2",
+        "messages": [
+            {"role": "user", "content": "I want to sleep more."},
+            {"role": "assistant", "content": "What gets in the way?"},
+        ],
+    },
+    {
+        "conversations": [
+            {"from": "system", "value": "MI"},
+            {"from": "human", "value": "hi"},
+            {"from": "gpt", "value": "hello"},
+        ]
+    },
 ]
 OPENAI = [
-    {"messages": [{"role": "system", "content": "MI"}, {"role": "user", "content": "I drink too much."}, {"role": "assistant", "content": "Tell me more.", "weight": 1}]},
-    {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}, {"role": "assistant", "content": "Hello"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "MI"},
+            {"role": "user", "content": "I drink too much."},
+            {"role": "assistant", "content": "Tell me more.", "weight": 1},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": "Hello"},
+        ]
+    },
     {"id": "o-3", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
 ]
 PSYDT = [
-    {"id": "p-a", "normalizedTag": "work", "messages": [{"role": "system", "content": "CBT"}, {"role": "user", "content": "我很累"}, {"role": "assistant", "content": "听起来很辛苦"}]},
-    {"id": "p-b", "normalizedTag": "family", "messages": [{"role": "user", "content": "My mother..."}, {"role": "assistant", "content": "Go on."}]},
+    {
+        "id": "p-a",
+        "normalizedTag": "work",
+        "messages": [
+            {"role": "system", "content": "CBT"},
+            {"role": "user", "content": "我很累"},
+            {"role": "assistant", "content": "听起来很辛苦"},
+        ],
+    },
+    {
+        "id": "p-b",
+        "normalizedTag": "family",
+        "messages": [{"role": "user", "content": "My mother..."}, {"role": "assistant", "content": "Go on."}],
+    },
     {"id": "p-c", "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
 ]
 DIALOGUES = [
-    {"id": "d1", "source": "demo", "language": "en", "topic": "smoking", "style": "mi",
-     "turns": [{"role": "client", "text": "I smoke."}, {"role": "counselor", "text": "You smoke.", "codes": [{"text": "You smoke.", "code": "SR"}]}],
-     "miti_globals": {"cct": 3, "sst": 3, "partnership": 4, "empathy": 4}},
-    {"id": "d2", "source": "demo", "language": "zh", "turns": [{"role": "client", "text": "我失眠。"}, {"role": "counselor", "text": "多久了？"}], "meta": {"x": [1]}},
+    {
+        "id": "d1",
+        "source": "demo",
+        "language": "en",
+        "topic": "smoking",
+        "style": "mi",
+        "turns": [
+            {"role": "client", "text": "I smoke."},
+            {"role": "counselor", "text": "You smoke.", "codes": [{"text": "You smoke.", "code": "SR"}]},
+        ],
+        "miti_globals": {"cct": 3, "sst": 3, "partnership": 4, "empathy": 4},
+    },
+    {
+        "id": "d2",
+        "source": "demo",
+        "language": "zh",
+        "turns": [{"role": "client", "text": "我失眠。"}, {"role": "counselor", "text": "多久了？"}],
+        "meta": {"x": [1]},
+    },
     {"id": "d3", "source": "demo", "language": "en", "turns": [{"role": "counselor", "text": "Hi."}]},
 ]
 CHAT_SOURCES = {"sharegpt": SHAREGPT, "openai": OPENAI, "psydt": PSYDT, "dialogues": DIALOGUES}
@@ -188,8 +268,12 @@ def test_chat_repeated_id_is_located():
 # ---------------------------------------------------------------- LLaMA-Factory dataset_info.json
 
 INFO = {
-    "mi_train": {"file_name": "mi_train.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "system": "system"},
-                 "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}},
+    "mi_train": {
+        "file_name": "mi_train.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "system": "system"},
+        "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"},
+    },
     "mi_test": {"file_name": "mi_test.json", "formatting": "sharegpt"},
 }
 
@@ -226,9 +310,13 @@ def test_llamafactory_dataset_info_broken(data):
 
 def test_llamafactory_dataset_info_wrong_types_are_located():
     """The fuzzing's finds: a non-string file_name, columns or tags not an object."""
-    for bad in ({"file_name": 3}, {"file_name": ["a.json"]}, {"file_name": "mi_train.json", "formatting": "sharegpt", "columns": "x"},
-                {"file_name": "mi_train.json", "formatting": "sharegpt", "tags": [1]},
-                {"file_name": "mi_train.json", "formatting": "sharegpt", "tags": {"role_tag": ["from"]}}):
+    for bad in (
+        {"file_name": 3},
+        {"file_name": ["a.json"]},
+        {"file_name": "mi_train.json", "formatting": "sharegpt", "columns": "x"},
+        {"file_name": "mi_train.json", "formatting": "sharegpt", "tags": [1]},
+        {"file_name": "mi_train.json", "formatting": "sharegpt", "tags": {"role_tag": ["from"]}},
+    ):
         text, lines = _info_lines({"mi_test": INFO["mi_test"], "bad": bad})
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -251,7 +339,12 @@ def test_llamafactory_dataset_info_not_an_object(bad):
 
 # ---------------------------------------------------------------- JSON-array sources: cpsycoune, smile
 
-CPSYCOUNE = ["求助者：我最近总是很焦虑。", "支持者：能多说说是什么让你焦虑吗？", "求助者：工作压力。", "支持者：听起来压力很大。"]
+CPSYCOUNE = [
+    "求助者：我最近总是很焦虑。",
+    "支持者：能多说说是什么让你焦虑吗？",
+    "求助者：工作压力。",
+    "支持者：听起来压力很大。",
+]
 SMILE = [
     {"role": "client", "content": "我失眠了。", "annotation": [{"text": "我失眠了。", "label": ""}]},
     {"role": "counselor", "content": "多久了？", "annotation": []},
@@ -291,8 +384,24 @@ def test_json_file_garbage(source, text):
 # ---------------------------------------------------------------- CPsyCounD text files
 
 _cpsy_line = st.one_of(
-    st.sampled_from(["来访者：我睡不好。", "心理咨询师：多久了？", "来访者（程女士）：嗯。", "心理咨询师1:好的", "妈妈：她不听话。",
-                     "（一段时间后）", "来访者：心理咨询师：", "", "   ", "1. 第一点", "A：我", "：", "来访者", "\ufeff"]),
+    st.sampled_from(
+        [
+            "来访者：我睡不好。",
+            "心理咨询师：多久了？",
+            "来访者（程女士）：嗯。",
+            "心理咨询师1:好的",
+            "妈妈：她不听话。",
+            "（一段时间后）",
+            "来访者：心理咨询师：",
+            "",
+            "   ",
+            "1. 第一点",
+            "A：我",
+            "：",
+            "来访者",
+            "\ufeff",
+        ]
+    ),
     st.text(max_size=20).map(lambda s: s.replace("\r", "").replace("\n", "")),
 )
 
@@ -319,14 +428,64 @@ def test_cpsycound_bytes(junk):
 
 # ---------------------------------------------------------------- AnnoMI CSV
 
-ANNOMI_HEADER = ["transcript_id", "mi_quality", "video_title", "video_url", "topic", "utterance_id", "interlocutor", "timestamp",
-                 "utterance_text", "main_therapist_behaviour", "client_talk_type"]
-ANNOMI_ROWS = [
-    ["11", "high", "Demo", "https://example.org/v/11", "smoking", "0", "therapist", "00:00:02", "What brings you in?", "question", "n/a"],
-    ["11", "high", "Demo", "https://example.org/v/11", "smoking", "1", "client", "00:00:07", "My doctor wants me to quit.", "n/a", "neutral"],
-    ["12", "low", "Demo 2", "https://example.org/v/12", "alcohol", "0", "therapist", "00:00:01", "You have to stop.", "other", "n/a"],
+ANNOMI_HEADER = [
+    "transcript_id",
+    "mi_quality",
+    "video_title",
+    "video_url",
+    "topic",
+    "utterance_id",
+    "interlocutor",
+    "timestamp",
+    "utterance_text",
+    "main_therapist_behaviour",
+    "client_talk_type",
 ]
-_cell = st.one_of(st.text(max_size=10), st.sampled_from(["", "n/a", "-1", "1.5", "therapist", "client", "high", "low", " 3 ", "1e3", '"', ","]))
+ANNOMI_ROWS = [
+    [
+        "11",
+        "high",
+        "Demo",
+        "https://example.org/v/11",
+        "smoking",
+        "0",
+        "therapist",
+        "00:00:02",
+        "What brings you in?",
+        "question",
+        "n/a",
+    ],
+    [
+        "11",
+        "high",
+        "Demo",
+        "https://example.org/v/11",
+        "smoking",
+        "1",
+        "client",
+        "00:00:07",
+        "My doctor wants me to quit.",
+        "n/a",
+        "neutral",
+    ],
+    [
+        "12",
+        "low",
+        "Demo 2",
+        "https://example.org/v/12",
+        "alcohol",
+        "0",
+        "therapist",
+        "00:00:01",
+        "You have to stop.",
+        "other",
+        "n/a",
+    ],
+]
+_cell = st.one_of(
+    st.text(max_size=10),
+    st.sampled_from(["", "n/a", "-1", "1.5", "therapist", "client", "high", "low", " 3 ", "1e3", '"', ","]),
+)
 
 
 def _csv(rows: list[list[str]]) -> str:
@@ -353,7 +512,9 @@ def test_annomi_csv_broken(data):
     text = _csv([header, *rows])
     if action == "raw line":
         lines = text.splitlines(keepends=True)
-        lines.insert(k + 1, data.draw(st.text(max_size=30).map(lambda s: s.replace("\r", " ").replace("\n", " "))) + "\n")
+        lines.insert(
+            k + 1, data.draw(st.text(max_size=30).map(lambda s: s.replace("\r", " ").replace("\n", " "))) + "\n"
+        )
         text = "".join(lines)
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "AnnoMI-simple.csv"
@@ -384,9 +545,21 @@ def test_annomi_undecodable(junk):
 MIBOT = {
     "participant_id": "p1",
     "utterances": [
-        {"speaker": "counsellor", "volley_number": 1, "utterance_number": 1, "text": "Hi there!", "auto_misc_label": "Other"},
+        {
+            "speaker": "counsellor",
+            "volley_number": 1,
+            "utterance_number": 1,
+            "text": "Hi there!",
+            "auto_misc_label": "Other",
+        },
         {"speaker": "client", "volley_number": 2, "utterance_number": 2, "text": "I smoke.", "auto_misc_label": "N"},
-        {"speaker": "counsellor", "volley_number": 3, "utterance_number": 3, "text": "Tell me more.", "auto_misc_label": "Q"},
+        {
+            "speaker": "counsellor",
+            "volley_number": 3,
+            "utterance_number": 3,
+            "text": "Tell me more.",
+            "auto_misc_label": "Q",
+        },
     ],
     "stats": {"n": 3},
 }

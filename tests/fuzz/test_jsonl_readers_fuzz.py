@@ -11,22 +11,31 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mi_llm.errors import InputError, MiLlmError
-
 from tests.fuzz.helpers import FEW, FUZZ, bad_lines, dumps, error_line, located_at, mutated, record_exit, run_cli
+
 
 def _session(i: int, language: str, codes: list[str | None], globals_: list[int], **extra: Any) -> dict[str, Any]:
     utts = [{"text": f"U{i}{j}.", "code": c} for j, c in enumerate(codes)]
-    return {"id": f"d{i}", "source": "demo", "language": language, **extra,
-            "turns": [{"role": "client", "text": f"C{i}."}, {"role": "counselor", "text": " ".join(u["text"] for u in utts), "codes": utts}],
-            "miti_globals": dict(zip(("cct", "sst", "partnership", "empathy"), globals_))}
+    return {
+        "id": f"d{i}",
+        "source": "demo",
+        "language": language,
+        **extra,
+        "turns": [
+            {"role": "client", "text": f"C{i}."},
+            {"role": "counselor", "text": " ".join(u["text"] for u in utts), "codes": utts},
+        ],
+        "miti_globals": dict(zip(("cct", "sst", "partnership", "empathy"), globals_)),
+    }
 
 
 # Every session has a reflection, a question, an adherent code and globals, so that one
@@ -39,25 +48,91 @@ DIALOGUES = [
 ]
 # Uncoded dialogues, for the commands that carry their texts into what they write.
 PLAIN_DIALOGUES = [
-    {"id": "p1", "source": "demo", "language": "en", "topic": "smoking", "style": "raw",
-     "turns": [{"role": "client", "text": "I smoke."}, {"role": "counselor", "text": "Tell me more."}, {"role": "client", "text": "Daily."}]},
-    {"id": "p2", "source": "demo", "language": "zh", "turns": [{"role": "client", "text": "我失眠。"}, {"role": "counselor", "text": "多久了？"}],
-     "meta": {"file": "a.txt", "line": 3}},
-    {"id": "p3", "source": "other", "language": "en", "turns": [{"role": "counselor", "text": "Hi."}, {"role": "client", "text": "Hello."},
-                                                                 {"role": "counselor", "text": "How are you?"}]},
+    {
+        "id": "p1",
+        "source": "demo",
+        "language": "en",
+        "topic": "smoking",
+        "style": "raw",
+        "turns": [
+            {"role": "client", "text": "I smoke."},
+            {"role": "counselor", "text": "Tell me more."},
+            {"role": "client", "text": "Daily."},
+        ],
+    },
+    {
+        "id": "p2",
+        "source": "demo",
+        "language": "zh",
+        "turns": [{"role": "client", "text": "我失眠。"}, {"role": "counselor", "text": "多久了？"}],
+        "meta": {"file": "a.txt", "line": 3},
+    },
+    {
+        "id": "p3",
+        "source": "other",
+        "language": "en",
+        "turns": [
+            {"role": "counselor", "text": "Hi."},
+            {"role": "client", "text": "Hello."},
+            {"role": "counselor", "text": "How are you?"},
+        ],
+    },
 ]
 SAMPLES = [
-    {"sample_id": "d1#1", "dialogue_id": "d1", "round": 1, "language": "en", "source": "demo", "topic": "smoking",
-     "system": "You are an MI counselor.", "history": [], "query": "I smoke.", "response": "Tell me more.", "truncated_rounds": 0},
-    {"sample_id": "d2#1", "dialogue_id": "d2", "round": 1, "language": "zh", "source": "demo", "system": "你是咨询师。",
-     "query": "我失眠。", "response": "多久了？"},
-    {"sample_id": "d2#2", "dialogue_id": "d2", "round": 2, "language": "zh", "source": "demo", "system": "你是咨询师。",
-     "history": [["我失眠。", "多久了？"]], "query": "一个月。", "response": "很辛苦。", "truncated_rounds": 0},
+    {
+        "sample_id": "d1#1",
+        "dialogue_id": "d1",
+        "round": 1,
+        "language": "en",
+        "source": "demo",
+        "topic": "smoking",
+        "system": "You are an MI counselor.",
+        "history": [],
+        "query": "I smoke.",
+        "response": "Tell me more.",
+        "truncated_rounds": 0,
+    },
+    {
+        "sample_id": "d2#1",
+        "dialogue_id": "d2",
+        "round": 1,
+        "language": "zh",
+        "source": "demo",
+        "system": "你是咨询师。",
+        "query": "我失眠。",
+        "response": "多久了？",
+    },
+    {
+        "sample_id": "d2#2",
+        "dialogue_id": "d2",
+        "round": 2,
+        "language": "zh",
+        "source": "demo",
+        "system": "你是咨询师。",
+        "history": [["我失眠。", "多久了？"]],
+        "query": "一个月。",
+        "response": "很辛苦。",
+        "truncated_rounds": 0,
+    },
 ]
 PREDICTIONS = [
-    {"sample_id": "d1#1", "prediction": "Tell me more about it.", "reference": "Tell me more.", "language": "en",
-     "generation": {"do_sample": False, "max_new_tokens": 64}, "model": "m", "backend": "hf", "finish_reason": "stop"},
-    {"sample_id": "d2#1", "prediction": "多久了呢？", "reference": "多久了？", "language": "zh", "generation": {"do_sample": False, "max_new_tokens": 64}},
+    {
+        "sample_id": "d1#1",
+        "prediction": "Tell me more about it.",
+        "reference": "Tell me more.",
+        "language": "en",
+        "generation": {"do_sample": False, "max_new_tokens": 64},
+        "model": "m",
+        "backend": "hf",
+        "finish_reason": "stop",
+    },
+    {
+        "sample_id": "d2#1",
+        "prediction": "多久了呢？",
+        "reference": "多久了？",
+        "language": "zh",
+        "generation": {"do_sample": False, "max_new_tokens": 64},
+    },
     {"sample_id": "d2#2", "prediction": "", "reference": "很辛苦。"},
 ]
 LLAMAFACTORY_PREDICTIONS = [
@@ -83,17 +158,35 @@ def _write(tmp: Path, lines: list[str], name: str = "in.jsonl") -> Path:
 # read by an option that fails only then: a harmless change gives that one-line error.
 READERS: dict[str, tuple[list[dict[str, Any]], Callable[[Path, Path], list[str]], str | None]] = {
     "dialogues (data build)": (PLAIN_DIALOGUES, lambda f, out: ["data", "build", f, "-o", out, "--test", "1"], None),
-    "dialogues (data import dialogues)": (PLAIN_DIALOGUES, lambda f, out: ["data", "import", "dialogues", f, "-o", out], None),
-    "coded dialogues (data import dialogues)": (DIALOGUES, lambda f, out: ["data", "import", "dialogues", f, "-o", out], None),
+    "dialogues (data import dialogues)": (
+        PLAIN_DIALOGUES,
+        lambda f, out: ["data", "import", "dialogues", f, "-o", out],
+        None,
+    ),
+    "coded dialogues (data import dialogues)": (
+        DIALOGUES,
+        lambda f, out: ["data", "import", "dialogues", f, "-o", out],
+        None,
+    ),
     "coded sessions (miti score)": (DIALOGUES, lambda f, out: ["miti", "score", f, "-o", out], None),
     "coded sessions (miti agree)": (DIALOGUES, lambda f, out: ["miti", "agree", f, f"B={f}", "-o", out], None),
-    "coded sessions (miti code)": (DIALOGUES, lambda f, out: ["miti", "code", f, "-o", out, "--base-url", "http://127.0.0.1:9"],
-                                   "--base-url applies to an llm"),
-    "samples (predict)": (SAMPLES, lambda f, out: ["predict", "--data", f, "-o", out, "--backend", "no-such-backend"], "unknown backend"),
+    "coded sessions (miti code)": (
+        DIALOGUES,
+        lambda f, out: ["miti", "code", f, "-o", out, "--base-url", "http://127.0.0.1:9"],
+        "--base-url applies to an llm",
+    ),
+    "samples (predict)": (
+        SAMPLES,
+        lambda f, out: ["predict", "--data", f, "-o", out, "--backend", "no-such-backend"],
+        "unknown backend",
+    ),
     "predictions (evaluate)": (PREDICTIONS, lambda f, out: ["evaluate", f, "-o", out], None),
     "llamafactory predictions (evaluate)": (LLAMAFACTORY_PREDICTIONS, lambda f, out: ["evaluate", f, "-o", out], None),
-    "utterances (miti code-utterances)": (UTTERANCES, lambda f, out: ["miti", "code-utterances", f, "-o", out, "--base-url", "http://127.0.0.1:9"],
-                                          "--base-url applies to an llm"),
+    "utterances (miti code-utterances)": (
+        UTTERANCES,
+        lambda f, out: ["miti", "code-utterances", f, "-o", out, "--base-url", "http://127.0.0.1:9"],
+        "--base-url applies to an llm",
+    ),
 }
 
 
@@ -144,7 +237,10 @@ def test_miti_agree_two_sessions():
         assert r.code == 0, r.err
         scores = json.loads(out.read_text(encoding="utf-8"))["session_scores"]["scores"]
         for key, row in scores.items():
-            assert row["icc2_1"] is None and row["note"].startswith("needs at least 3 sessions rated by every coder"), (key, row)
+            assert row["icc2_1"] is None and row["note"].startswith("needs at least 3 sessions rated by every coder"), (
+                key,
+                row,
+            )
         # a third coder makes 6 ratings, enough: identical codings agree perfectly
         r = run_cli(["miti", "agree", f, f"B={f}", f"C={f}", "-o", out])
         assert r.code == 0, r.err
@@ -171,12 +267,13 @@ def test_nested_too_deep_and_lone_surrogate(reader):
 
 # ---------------------------------------------------------------- the readers themselves
 
+
 @FUZZ
 @given(k=st.integers(0, 2), data=st.data())
 def test_iter_jsonl_and_read_models(k, data):
     """mi_llm.io: every bad line is an InputError at its line; nothing else escapes."""
-    from mi_llm.io import iter_jsonl, read_models
     from mi_llm.build.samples import Sample
+    from mi_llm.io import iter_jsonl, read_models
 
     lines = [dumps(r) for r in SAMPLES]
     lines[k] = data.draw(st.one_of(bad_lines, mutated(SAMPLES[k]).map(dumps)))
@@ -237,19 +334,22 @@ def test_sidecar_meta_broken(data):
 ROUND_PREDICTIONS = [{**p, "dialogue_id": s["dialogue_id"], "round": s["round"]} for p, s in zip(PREDICTIONS, SAMPLES)]
 
 
-@pytest.mark.parametrize("bad, what", [
-    ({"round": 1, "prediction": "a"}, "dialogue_id: Field required"),
-    ({"dialogue_id": "d1", "round": "x", "prediction": "a"}, "round: Input should be a valid integer"),
-    ({"dialogue_id": "d1", "round": None, "prediction": "a"}, "round: Input should be a valid integer"),
-    ({"dialogue_id": "d1", "round": "2", "prediction": "a"}, "round: Input should be a valid integer"),
-    ({"dialogue_id": "d1", "round": True, "prediction": "a"}, "round: Input should be a valid integer"),
-    ({"dialogue_id": "d1", "round": 2.5, "prediction": "a"}, "round: Input should be a valid integer"),
-    ({"dialogue_id": "d1", "round": 0, "prediction": "a"}, "round: Input should be greater than or equal to 1"),
-    ({"dialogue_id": ["d1"], "round": 2, "prediction": "a"}, "dialogue_id: Input should be a valid string"),
-    ({"dialogue_id": "d1", "round": 2}, "prediction: Field required"),
-    ({"dialogue_id": "d1", "round": 2, "prediction": None}, "prediction: Input should be a valid string"),
-    ({"dialogue_id": "d1", "round": 1, "prediction": "b"}, "round 1 of dialogue 'd1' repeats line 1"),
-])
+@pytest.mark.parametrize(
+    "bad, what",
+    [
+        ({"round": 1, "prediction": "a"}, "dialogue_id: Field required"),
+        ({"dialogue_id": "d1", "round": "x", "prediction": "a"}, "round: Input should be a valid integer"),
+        ({"dialogue_id": "d1", "round": None, "prediction": "a"}, "round: Input should be a valid integer"),
+        ({"dialogue_id": "d1", "round": "2", "prediction": "a"}, "round: Input should be a valid integer"),
+        ({"dialogue_id": "d1", "round": True, "prediction": "a"}, "round: Input should be a valid integer"),
+        ({"dialogue_id": "d1", "round": 2.5, "prediction": "a"}, "round: Input should be a valid integer"),
+        ({"dialogue_id": "d1", "round": 0, "prediction": "a"}, "round: Input should be greater than or equal to 1"),
+        ({"dialogue_id": ["d1"], "round": 2, "prediction": "a"}, "dialogue_id: Input should be a valid string"),
+        ({"dialogue_id": "d1", "round": 2}, "prediction: Field required"),
+        ({"dialogue_id": "d1", "round": 2, "prediction": None}, "prediction: Input should be a valid string"),
+        ({"dialogue_id": "d1", "round": 1, "prediction": "b"}, "round 1 of dialogue 'd1' repeats line 1"),
+    ],
+)
 def test_predictions_by_round(bad, what):
     """mi_llm.miti.system_sessions.read_predictions_by_round (the pipeline's MITI stage), as found by
     fuzzing it: each broken line is an InputError at its line (a KeyError, ValueError or
@@ -270,7 +370,11 @@ def test_predictions_by_round_valid():
 
     with tempfile.TemporaryDirectory() as tmp:
         f = _write(Path(tmp), [dumps(r) for r in ROUND_PREDICTIONS])
-        assert read_predictions_by_round(f) == {("d1", 1): "Tell me more about it.", ("d2", 1): "多久了呢？", ("d2", 2): ""}
+        assert read_predictions_by_round(f) == {
+            ("d1", 1): "Tell me more about it.",
+            ("d2", 1): "多久了呢？",
+            ("d2", 2): "",
+        }
 
 
 @FUZZ

@@ -17,12 +17,16 @@ from hypothesis import strategies as st
 from tests.fuzz.helpers import FEW, error_line, run_cli
 
 DIALOGUES = "".join(
-    '{"id": "d%d", "source": "s", "language": "en", "turns": [{"role": "client", "text": "hi"}, {"role": "counselor", "text": "hello"}]}\n' % i
+    f'{{"id": "d{i}", "source": "s", "language": "en", "turns": [{{"role": "client", "text": "hi"}}, {{"role": "counselor", "text": "hello"}}]}}\n'
     for i in range(4)
 )
-PREDICTIONS = '{"prediction": "Tell me more.", "reference": "Say more."}\n{"prediction": "多久了？", "reference": "多久了呢？"}\n'
-CODED = ('{"id": "s1", "source": "s", "language": "en", "turns": [{"role": "client", "text": "I smoke."}, {"role": "counselor", '
-         '"text": "You smoke.", "codes": [{"text": "You smoke.", "code": "SR"}]}], "miti_globals": {"cct": 3, "sst": 3, "partnership": 3, "empathy": 3}}\n')
+PREDICTIONS = (
+    '{"prediction": "Tell me more.", "reference": "Say more."}\n{"prediction": "多久了？", "reference": "多久了呢？"}\n'
+)
+CODED = (
+    '{"id": "s1", "source": "s", "language": "en", "turns": [{"role": "client", "text": "I smoke."}, {"role": "counselor", '
+    '"text": "You smoke.", "codes": [{"text": "You smoke.", "code": "SR"}]}], "miti_globals": {"cct": 3, "sst": 3, "partnership": 3, "empathy": 3}}\n'
+)
 
 
 def layout(tmp: Path, kind: str) -> Path:

@@ -30,11 +30,19 @@ def make_samples(n_dialogues: int = 3, rounds: int = 3) -> list[dict]:
         for r in range(1, rounds + 1):
             query = f"client {d}-{r}: I want to quit smoking" + " really" * (d + r)
             response = f"counselor {d}-{r}: it sounds like you are ready"
-            out.append({
-                "sample_id": f"d{d}#{r}", "dialogue_id": f"d{d}", "round": r, "language": "en", "source": "test",
-                "system": "You are a counselor.", "history": [list(h) for h in history], "query": query,
-                "response": response,
-            })
+            out.append(
+                {
+                    "sample_id": f"d{d}#{r}",
+                    "dialogue_id": f"d{d}",
+                    "round": r,
+                    "language": "en",
+                    "source": "test",
+                    "system": "You are a counselor.",
+                    "history": [list(h) for h in history],
+                    "query": query,
+                    "response": response,
+                }
+            )
             history.append([query, response])
     return out
 

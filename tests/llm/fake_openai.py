@@ -16,8 +16,13 @@ class FakeOpenAI:
     plain answer comes after the time its stream would take);
     `words` makes the answer that many words long instead of an echo."""
 
-    def __init__(self, failures: list[int] | None = None, retry_after: str | None = None, chunk_delay: float = 0.0,
-                 words: int | None = None):
+    def __init__(
+        self,
+        failures: list[int] | None = None,
+        retry_after: str | None = None,
+        chunk_delay: float = 0.0,
+        words: int | None = None,
+    ):
         self.failures = list(failures or [])
         self.retry_after = retry_after
         self.chunk_delay = chunk_delay
@@ -47,12 +52,22 @@ class FakeOpenAI:
                 else:
                     text = fake.answer(body)
                     time.sleep(fake.chunk_delay * len(text.split(" ")))  # as long as its stream would take
-                    payload = json.dumps({
-                        "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": len(json.dumps(body["messages"])), "completion_tokens": len(text.split()),
-                                  "total_tokens": 0},
-                    }).encode()
+                    payload = json.dumps(
+                        {
+                            "id": "x",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": body["model"],
+                            "choices": [
+                                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                            ],
+                            "usage": {
+                                "prompt_tokens": len(json.dumps(body["messages"])),
+                                "completion_tokens": len(text.split()),
+                                "total_tokens": 0,
+                            },
+                        }
+                    ).encode()
                     self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -66,8 +81,14 @@ class FakeOpenAI:
                 self.end_headers()
 
                 def send(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> None:
-                    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                             "choices": choices, **({"usage": usage} if usage else {})}
+                    chunk = {
+                        "id": "x",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": choices,
+                        **({"usage": usage} if usage else {}),
+                    }
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
 
@@ -77,8 +98,14 @@ class FakeOpenAI:
                         time.sleep(fake.chunk_delay)
                     send([{"index": 0, "delta": {}, "finish_reason": "stop"}])
                     if (body.get("stream_options") or {}).get("include_usage"):
-                        send([], {"prompt_tokens": len(json.dumps(body["messages"])), "completion_tokens": len(words),
-                                  "total_tokens": 0})
+                        send(
+                            [],
+                            {
+                                "prompt_tokens": len(json.dumps(body["messages"])),
+                                "completion_tokens": len(words),
+                                "total_tokens": 0,
+                            },
+                        )
                     self.wfile.write(b"data: [DONE]\n\n")
                 except (BrokenPipeError, ConnectionResetError):  # the client closed the stream
                     with fake.lock:

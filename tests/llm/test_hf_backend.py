@@ -11,8 +11,7 @@ from mi_llm.errors import MiLlmError
 from mi_llm.llm.backends import get_backend, preset
 
 CONVS = [
-    [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hello " * k}]
-    for k in (1, 7, 3, 12, 2)
+    [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hello " * k}] for k in (1, 7, 3, 12, 2)
 ]
 
 
@@ -35,8 +34,9 @@ def test_greedy_matches_transformers_generate(hf_backend) -> None:
 
     ids = encode_prompt(hf_backend.tokenizer, CONVS[1])
     ours = hf_backend.generate_ids([ids], preset("greedy", max_new_tokens=8))[0][0]
-    ref = hf_backend.model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
-                                    eos_token_id=hf_backend.stop_ids)[0, len(ids):].tolist()
+    ref = hf_backend.model.generate(
+        torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=hf_backend.stop_ids
+    )[0, len(ids) :].tolist()
     cut = next((k for k, t in enumerate(ref) if t in hf_backend.stop_ids), len(ref))
     assert ours == ref[:cut]
 

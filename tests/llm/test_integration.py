@@ -14,7 +14,9 @@ from tests.conftest import needs_setup
 pytestmark = pytest.mark.integration
 
 CONV = [{"role": "system", "content": "You are a counselor."}, {"role": "user", "content": "I want to stop smoking."}]
-needs_llamacpp = needs_setup(importlib.util.find_spec("llama_cpp") is not None, "llama-cpp-python (make venv builds it)")
+needs_llamacpp = needs_setup(
+    importlib.util.find_spec("llama_cpp") is not None, "llama-cpp-python (make venv builds it)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,7 @@ def test_embedded_resolves_to_a_clean_cached_folder(embedded, monkeypatch) -> No
     assert "quantization_config" not in cfg
     assert list(embedded.path.glob("*.safetensors"))
     assert embedded.gguf is not None and embedded.gguf.is_file()
+
     # second resolution: no conversion, no re-hashing (either would raise here; a time limit
     # would pass on a fast machine that did both and fail on a slow one that did neither)
     def forbidden(*args, **kwargs):
@@ -54,7 +57,9 @@ def test_tokenizer_turn_markers(embedded) -> None:
     tok = load_tokenizer(embedded)
     assert tok.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"]) == [105, 106]
     assert 106 in stop_token_ids(tok)
-    ids = tok(tok.apply_chat_template(CONV, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    ids = tok(tok.apply_chat_template(CONV, tokenize=False, add_generation_prompt=True), add_special_tokens=False)[
+        "input_ids"
+    ]
     assert ids[:2] == [2, 105] and ids[-3:-1] == [105, 4368]  # <bos><start_of_turn> ... <start_of_turn>model
 
 
@@ -68,7 +73,10 @@ def test_hf_greedy_generates(embedded) -> None:
 @needs_llamacpp
 def test_llamacpp_single_and_parallel_agree(embedded) -> None:
     cfg = preset("greedy", max_new_tokens=8)
-    convs = [CONV, CONV + [{"role": "assistant", "content": "Tell me more."}, {"role": "user", "content": "It is hard."}]]
+    convs = [
+        CONV,
+        CONV + [{"role": "assistant", "content": "Tell me more."}, {"role": "user", "content": "It is hard."}],
+    ]
     with get_backend("llamacpp", embedded, n_ctx=512) as single:
         a = single.generate(convs, cfg)
     par = get_backend("llamacpp", embedded, n_ctx=512, parallel=2)

@@ -20,10 +20,14 @@ pytestmark = pytest.mark.integration
 
 SYSTEM = "You are a motivational interviewing counselor. Listen, reflect, ask open questions, respect autonomy."
 HISTORY = {  # two dialogues: prompts share the system prompt, and within a dialogue the history too
-    "a": [{"role": "user", "content": "I smoke a pack a day and my doctor is worried."},
-          {"role": "assistant", "content": "You are concerned about what your doctor said."}],
-    "b": [{"role": "user", "content": "我想多运动，但是总是坚持不下来。"},
-          {"role": "assistant", "content": "你希望运动能成为习惯。"}],
+    "a": [
+        {"role": "user", "content": "I smoke a pack a day and my doctor is worried."},
+        {"role": "assistant", "content": "You are concerned about what your doctor said."},
+    ],
+    "b": [
+        {"role": "user", "content": "我想多运动，但是总是坚持不下来。"},
+        {"role": "assistant", "content": "你希望运动能成为习惯。"},
+    ],
 }
 # (dialogue, last client turn, reply fed to the engine), in queue order, with 3 slots: replies
 # of different lengths, so slots finish at different steps and take queued prompts.
@@ -64,15 +68,18 @@ def _cases(backend) -> tuple[list[list[int]], list[list[int]]]:
     round's prompt, without its end-of-turn marker)."""
     convs: list[list[dict[str, str]]] = []
     for dialogue, user, _ in TURNS:
-        before = convs[0] + [{"role": "assistant", "content": TURNS[0][2]}] if dialogue == "a+" else \
-            [{"role": "system", "content": SYSTEM}, *HISTORY[dialogue]]
+        before = (
+            convs[0] + [{"role": "assistant", "content": TURNS[0][2]}]
+            if dialogue == "a+"
+            else [{"role": "system", "content": SYSTEM}, *HISTORY[dialogue]]
+        )
         convs.append([*before, {"role": "user", "content": user}])
     prompts, conts = [], []
     for conv, (_, _, reply) in zip(convs, TURNS):
         prompt = backend.encode(conv)
         nxt = backend.encode([*conv, {"role": "assistant", "content": reply}, {"role": "user", "content": "Yes."}])
         assert nxt[: len(prompt)] == prompt
-        rest = nxt[len(prompt):]
+        rest = nxt[len(prompt) :]
         prompts.append(prompt)
         conts.append(rest[: min(i for i, t in enumerate(rest) if t in backend.stop_ids)])
     # The scenario as designed: the third request finishes first, and the round t+1 prompt

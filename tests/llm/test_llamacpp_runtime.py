@@ -42,7 +42,9 @@ def test_a_real_decode_of_the_embedded_gguf_survives_in_a_child_process() -> Non
 
 
 def test_a_crash_in_the_child_names_the_signal_and_the_cpu_flags(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(rt, "probe_command", lambda gguf: _crashing_child(tmp_path, "os.kill(os.getpid(), signal.SIGSEGV)"))
+    monkeypatch.setattr(
+        rt, "probe_command", lambda gguf: _crashing_child(tmp_path, "os.kill(os.getpid(), signal.SIGSEGV)")
+    )
     result = rt.run_probe(gguf=tmp_path / "x.gguf")
     assert not result.ok
     assert "SIGSEGV" in result.detail and "x.gguf" in result.detail
@@ -50,7 +52,9 @@ def test_a_crash_in_the_child_names_the_signal_and_the_cpu_flags(tmp_path, monke
 
 
 def test_a_child_that_fails_without_a_signal_is_reported_in_one_line(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(rt, "probe_command", lambda gguf: _crashing_child(tmp_path, "print('boom\\nbad', file=sys.stderr); sys.exit(3)"))
+    monkeypatch.setattr(
+        rt, "probe_command", lambda gguf: _crashing_child(tmp_path, "print('boom\\nbad', file=sys.stderr); sys.exit(3)")
+    )
     result = rt.run_probe(gguf=tmp_path / "x.gguf")
     assert not result.ok and "exit 3" in result.detail and "bad" in result.detail and "\n" not in result.detail
 
@@ -89,17 +93,23 @@ def test_the_probe_runs_once_per_build_and_cpu_and_a_crash_is_exit_2_or_a_fallba
 
 @needs_setup(HAS_LLAMA_CPP, "llama-cpp-python (make venv builds it)")
 def test_a_timeout_is_not_cached(home, monkeypatch) -> None:
-    results = iter([rt.ProbeResult(False, "a test decode did not finish in 300 s"), rt.ProbeResult(True, "decoded 8 tokens")])
+    results = iter(
+        [rt.ProbeResult(False, "a test decode did not finish in 300 s"), rt.ProbeResult(True, "decoded 8 tokens")]
+    )
     monkeypatch.setattr(rt, "run_probe", lambda: next(results))
     assert not rt.probe().ok
     assert rt.probe().ok and rt.probe().ok  # second ran the probe again; third came from the cache
 
 
 @needs_setup(HAS_LLAMA_CPP, "llama-cpp-python (make venv builds it)")
-def test_cli_with_llamacpp_asked_by_name_stops_with_exit_2_when_the_probe_fails(home, monkeypatch, tmp_path, capsys) -> None:
+def test_cli_with_llamacpp_asked_by_name_stops_with_exit_2_when_the_probe_fails(
+    home, monkeypatch, tmp_path, capsys
+) -> None:
     from mi_llm.cli import main
 
-    monkeypatch.setattr(rt, "run_probe", lambda: rt.ProbeResult(False, "llama.cpp died with SIGSEGV (CPU: x; flags: amx_int8)"))
+    monkeypatch.setattr(
+        rt, "run_probe", lambda: rt.ProbeResult(False, "llama.cpp died with SIGSEGV (CPU: x; flags: amx_int8)")
+    )
     samples = tmp_path / "s.jsonl"
     samples.write_text("")
     with pytest.raises(SystemExit) as e:
@@ -164,7 +174,7 @@ def test_every_shipped_variant_decodes_or_is_refused_cleanly(tmp_path, monkeypat
     import llama_cpp
 
     lib = rt.lib_dir(llama_cpp)
-    variants = {p.name[len("libggml-cpu-"):-len(".so")]: p for p in rt.cpu_variants(llama_cpp)}
+    variants = {p.name[len("libggml-cpu-") : -len(".so")]: p for p in rt.cpu_variants(llama_cpp)}
     assert set(variants) == set(VARIANT_NEEDS), "cpu_variants.cmake and this table must name the same levels"
     flags = set(rt.cpu_flags())
     for name, path in variants.items():
@@ -198,6 +208,12 @@ def test_no_shipped_library_contains_amx_instructions() -> None:
     import subprocess
 
     for lib in sorted(rt.lib_dir(llama_cpp).glob("*.so")):
-        asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True, check=True).stdout
-        tile = [line for line in asm.splitlines() if any(op in line for op in ("ldtilecfg", "tdpbssd", "tdpbf16ps", "tileloadd"))]
+        asm = subprocess.run(
+            ["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True, check=True
+        ).stdout
+        tile = [
+            line
+            for line in asm.splitlines()
+            if any(op in line for op in ("ldtilecfg", "tdpbssd", "tdpbf16ps", "tileloadd"))
+        ]
         assert not tile, f"{lib.name}: AMX instructions, e.g. {tile[0].strip()}"

@@ -12,7 +12,14 @@ from mi_llm.errors import MiLlmError
 from mi_llm.llm import home, templates
 from mi_llm.llm.load import load_model, load_tokenizer, stop_token_ids
 from mi_llm.llm.resolve import resolve_model
-from mi_llm.llm.templates import FAMILIES, IGNORE_INDEX, encode_chat, encode_prompt, family_for_model_type, render_prompt
+from mi_llm.llm.templates import (
+    FAMILIES,
+    IGNORE_INDEX,
+    encode_chat,
+    encode_prompt,
+    family_for_model_type,
+    render_prompt,
+)
 
 CONV = [
     {"role": "system", "content": "Be kind."},
@@ -61,9 +68,11 @@ def test_family_detection() -> None:
 def test_gemma_template_folds_system_into_first_user_turn(tiny_model: Path) -> None:
     tok = load_tokenizer(str(tiny_model))
     text = render_prompt(tok, CONV[:4])
-    assert text == ("<bos><start_of_turn>user\nBe kind.\n\nI smoke a lot.<end_of_turn>\n"
-                    "<start_of_turn>model\nHow do you feel about it?<end_of_turn>\n"
-                    "<start_of_turn>user\nBad.<end_of_turn>\n<start_of_turn>model\n")
+    assert text == (
+        "<bos><start_of_turn>user\nBe kind.\n\nI smoke a lot.<end_of_turn>\n"
+        "<start_of_turn>model\nHow do you feel about it?<end_of_turn>\n"
+        "<start_of_turn>user\nBad.<end_of_turn>\n<start_of_turn>model\n"
+    )
     assert tok.pad_token is not None
     assert tok.convert_tokens_to_ids("<end_of_turn>") in stop_token_ids(tok)
 
@@ -74,7 +83,7 @@ def test_other_family_templates_render_prefix_by_prefix(tiny_model: Path, family
     tok.chat_template = FAMILIES[family].template
     full = render_prompt(tok, CONV, add_generation_prompt=False)
     prompt = render_prompt(tok, CONV[:-1])
-    assert full.startswith(prompt) and full[len(prompt):].startswith("听起来你想改变。")
+    assert full.startswith(prompt) and full[len(prompt) :].startswith("听起来你想改变。")
     assert "Be kind." in full
 
 
@@ -89,8 +98,9 @@ def test_encode_chat_labels_only_assistant_turns(tiny_model: Path) -> None:
     # the prompt of the last turn is a prefix of the training ids, as at inference
     prompt = encode_prompt(tok, CONV[:-1])
     assert ids[: len(prompt)] == prompt
-    assert tok.decode([t for t, lab in zip(ids[len(prompt):], labels[len(prompt):]) if lab != IGNORE_INDEX]) == (
-        "听起来你想改变。<end_of_turn>\n")
+    assert tok.decode([t for t, lab in zip(ids[len(prompt) :], labels[len(prompt) :]) if lab != IGNORE_INDEX]) == (
+        "听起来你想改变。<end_of_turn>\n"
+    )
 
 
 def test_encode_chat_last_only(tiny_model: Path) -> None:
@@ -105,7 +115,9 @@ def test_encode_chat_slow_path_agrees(tiny_model: Path, monkeypatch: pytest.Monk
     fast = encode_chat(tok, CONV)
     monkeypatch.setattr(templates, "_encode_with_offsets", lambda *a: None)
     slow = encode_chat(tok, CONV)
-    assert slow == fast  # the same ids and the same labels, not just as many (tests/train/test_data.py: a real slow tokenizer)
+    assert (
+        slow == fast
+    )  # the same ids and the same labels, not just as many (tests/train/test_data.py: a real slow tokenizer)
     assert any(lab != IGNORE_INDEX for lab in fast[1])
 
 

@@ -32,7 +32,9 @@ def test_plain_answers_in_order_with_usage() -> None:
 def test_sampling_settings_and_passthrough(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     with FakeOpenAI() as srv:
-        b = backend(srv.base_url, response_format={"type": "json_object"}, extra_body={"chat_template_kwargs": {"x": 1}})
+        b = backend(
+            srv.base_url, response_format={"type": "json_object"}, extra_body={"chat_template_kwargs": {"x": 1}}
+        )
         b.generate(CONVS[:1], preset("llamafactory"))
     body = srv.requests[0]["body"]
     assert body["temperature"] == 0.95 and body["top_p"] == 0.7 and body["top_k"] == 50 and body["max_tokens"] == 1024

@@ -46,7 +46,9 @@ def test_predict_writes_every_sample(hf_backend, test_set: Path, tmp_path: Path)
     r = recs[0]
     assert {"sample_id", "dialogue_id", "round", "language", "prediction", "reference", "generation"} <= set(r)
     assert r["reference"] == want[0]["response"]
-    assert r["generation"]["backend"] == "hf" and r["generation"]["max_new_tokens"] == 4 and r["generation"]["seed"] == 42
+    assert (
+        r["generation"]["backend"] == "hf" and r["generation"]["max_new_tokens"] == 4 and r["generation"]["seed"] == 42
+    )
     meta = json.loads((tmp_path / "pred.jsonl.meta.json").read_text())
     assert meta["complete"] and meta["samples"] == 9 and meta["settings"]["generation"]["do_sample"] is False
     assert res.completion_tokens == sum(x["completion_tokens"] for x in recs)
@@ -106,8 +108,23 @@ def test_cli_predict(tiny_model: Path, test_set: Path, tmp_path: Path, capsys: p
 
     out = tmp_path / "cli.jsonl"
     with pytest.raises(SystemExit) as e:
-        main(["predict", "--model", str(tiny_model), "--data", str(test_set), "-o", str(out),
-              "--max-new-tokens", "3", "--batch-size", "4", "--limit", "5"])
+        main(
+            [
+                "predict",
+                "--model",
+                str(tiny_model),
+                "--data",
+                str(test_set),
+                "-o",
+                str(out),
+                "--max-new-tokens",
+                "3",
+                "--batch-size",
+                "4",
+                "--limit",
+                "5",
+            ]
+        )
     assert e.value.code == 0
     assert len(lines(out)) == 5
     with pytest.raises(SystemExit) as e:
@@ -121,9 +138,19 @@ def test_predict_backend_owns_routing_and_default_batch_sizes(monkeypatch) -> No
     from mi_llm.evaluate.predict import PredictBackend, backend_options, default_batch_size
 
     assert [default_batch_size(b, {}) for b in ("hf", "llamacpp", "openai", "vllm")] == [16, 16, 32, 256]
-    assert default_batch_size("llamacpp", {"parallel": 8}) == 32 and default_batch_size("openai", {"concurrency": 2}) == 8
-    cli = dict(seed=7, device="cpu", gguf="m.gguf", parallel=2, threads=3, base_url="http://h/v1", concurrency=5,
-               extra_body='{"top_k": 1}')
+    assert (
+        default_batch_size("llamacpp", {"parallel": 8}) == 32 and default_batch_size("openai", {"concurrency": 2}) == 8
+    )
+    cli = dict(
+        seed=7,
+        device="cpu",
+        gguf="m.gguf",
+        parallel=2,
+        threads=3,
+        base_url="http://h/v1",
+        concurrency=5,
+        extra_body='{"top_k": 1}',
+    )
     assert backend_options("hf", **cli) == {"device": "cpu"}
     assert backend_options("llamacpp", **cli) == {"gguf": "m.gguf", "parallel": 2, "n_threads": 3, "seed": 7}
     assert backend_options("openai", **cli) == {"base_url": "http://h/v1", "concurrency": 5, "extra_body": {"top_k": 1}}

@@ -22,8 +22,18 @@ SESSIONS = [
 def test_describe_ignores_missing_and_counts_them():
     d = describe([0.5, None, 1.0, 0.0])
     # sorted [0, 0.5, 1]: median 0.5; linear quartiles 0.25 and 0.75
-    assert d == {"n": 3, "missing": 1, "mean": 0.5, "sd": 0.5, "median": 0.5, "q1": 0.25, "q3": 0.75,
-                 "iqr": 0.5, "min": 0.0, "max": 1.0}
+    assert d == {
+        "n": 3,
+        "missing": 1,
+        "mean": 0.5,
+        "sd": 0.5,
+        "median": 0.5,
+        "q1": 0.25,
+        "q3": 0.75,
+        "iqr": 0.5,
+        "min": 0.0,
+        "max": 1.0,
+    }
     empty = describe([None, None])
     assert empty["n"] == 0 and empty["missing"] == 2 and empty["mean"] is None and empty["median"] is None
 
@@ -62,13 +72,17 @@ def test_mixed_definitions_refused():
 
 def test_comparison_table_dict_and_rich():
     model = [score_session(coded([["GI", "Q"], ["SR"]], {"cct": 2, "sst": 2, "partnership": 3, "empathy": 3}))]
-    reference = [score_session(coded([["CR", "Q"], ["CR", "AF"]], {"cct": 4, "sst": 4, "partnership": 4, "empathy": 5}))]
+    reference = [
+        score_session(coded([["CR", "Q"], ["CR", "AF"]], {"cct": 4, "sst": 4, "partnership": 4, "empathy": 5}))
+    ]
     table = comparison_table({"model": model, "reference": reference})
     d = table.to_dict()
     assert d["systems"] == ["model", "reference"] and d["sessions"] == {"model": 1, "reference": 1}
     rows = {r["key"]: r for r in d["rows"]}
     assert rows["pct_cr"]["cells"]["model"]["mean"] == 0.0 and rows["pct_cr"]["cells"]["model"]["level"] == "below fair"
-    assert rows["pct_cr"]["cells"]["reference"]["mean"] == 1.0 and rows["pct_cr"]["cells"]["reference"]["level"] == "good"
+    assert (
+        rows["pct_cr"]["cells"]["reference"]["mean"] == 1.0 and rows["pct_cr"]["cells"]["reference"]["level"] == "good"
+    )
     assert rows["pct_cr"]["paper"]["real counselors"] == {"low": 0.37, "high": 0.37, "level": "below fair"}
     assert rows["mi_adherent_ratio"]["paper"]["fine-tuned LLMs"]["low"] == 0.67
     assert rows["mi_adherent_ratio"]["cells"]["model"]["mean"] is None  # no MIA, no MINA

@@ -24,8 +24,15 @@ BASE = "http://127.0.0.1:8765"  # what the page's requests carry when served on 
 @pytest.fixture
 def sessions(tmp_path):
     a = coded_dict([["Q", "SR"], ["CR"]], {"cct": 4, "sst": 4, "partnership": 4, "empathy": 4}, id="a")
-    b = {"id": "b", "source": "t", "language": "zh", "turns": [
-        {"role": "client", "text": "我想少喝点。"}, {"role": "counselor", "text": "你想少喝一点。是什么让你这么想？"}]}
+    b = {
+        "id": "b",
+        "source": "t",
+        "language": "zh",
+        "turns": [
+            {"role": "client", "text": "我想少喝点。"},
+            {"role": "counselor", "text": "你想少喝一点。是什么让你这么想？"},
+        ],
+    }
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps(a) + "\n" + json.dumps(b, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
@@ -48,13 +55,21 @@ def test_views_save_validation_and_export(sessions, tmp_path):
     assert [u["text"] for u in vb["turns"][1]["utterances"]] == ["你想少喝一点。", "是什么让你这么想？"]
     assert client.get("/api/sessions/9").status_code == 404
 
-    state = {"turns": {"1": [{"text": "Utterance 0.0.", "code": "Q"}, {"text": "Utterance 0.1.", "code": "AF"}],
-                       "3": [{"text": "Utterance 1.0.", "code": None}]},
-             "globals": {"cct": 2, "sst": None, "partnership": 5, "empathy": 5}, "done": False}
+    state = {
+        "turns": {
+            "1": [{"text": "Utterance 0.0.", "code": "Q"}, {"text": "Utterance 0.1.", "code": "AF"}],
+            "3": [{"text": "Utterance 1.0.", "code": None}],
+        },
+        "globals": {"cct": 2, "sst": None, "partnership": 5, "empathy": 5},
+        "done": False,
+    }
     bad = [
         ({**state, "globals": {"cct": 6}}, "outside 1-5"),
         ({**state, "globals": {"warmth": 3}}, "unknown global rating"),
-        ({**state, "turns": {**state["turns"], "1": [{"text": "Utterance 0.0. Utterance 0.1.", "code": "XX"}]}}, "unknown MITI code 'XX'"),
+        (
+            {**state, "turns": {**state["turns"], "1": [{"text": "Utterance 0.0. Utterance 0.1.", "code": "XX"}]}},
+            "unknown MITI code 'XX'",
+        ),
         ({**state, "turns": {"1": state["turns"]["1"]}}, "missing ['3']"),
         ({**state, "turns": {**state["turns"], "3": [{"text": "Something else.", "code": None}]}}, "do not add up"),
     ]
@@ -87,21 +102,29 @@ def test_keep_codes_prefills(sessions):
     assert [u["code"] for u in v["turns"][1]["utterances"]] == ["Q", "SR"] and v["globals"]["cct"] == 4
 
 
-@pytest.mark.parametrize("text,language,expected", [
-    ("You came back. What changed?", "en", ["You came back.", "What changed?"]),
-    ("Keep the 3 a.m. one. Dr. Li agrees!", "en", ["Keep the 3 a.m. one.", "Dr. Li agrees!"]),
-    ('She said "no." Then what?', "en", ['She said "no."', "Then what?"]),
-    ("你来了。发生了什么？“我不知道！”他说。", "zh", ["你来了。", "发生了什么？", "“我不知道！”", "他说。"]),
-    ("没有标点的一句话", "zh", ["没有标点的一句话"]),
-    ("   ", "en", []),
-])
+@pytest.mark.parametrize(
+    "text,language,expected",
+    [
+        ("You came back. What changed?", "en", ["You came back.", "What changed?"]),
+        ("Keep the 3 a.m. one. Dr. Li agrees!", "en", ["Keep the 3 a.m. one.", "Dr. Li agrees!"]),
+        ('She said "no." Then what?', "en", ['She said "no."', "Then what?"]),
+        ("你来了。发生了什么？“我不知道！”他说。", "zh", ["你来了。", "发生了什么？", "“我不知道！”", "他说。"]),
+        ("没有标点的一句话", "zh", ["没有标点的一句话"]),
+        ("   ", "en", []),
+    ],
+)
 def test_presplit(text, language, expected):
     assert split_utterances(text, language) == expected
 
 
-STATE_A = {"turns": {"1": [{"text": "Utterance 0.0.", "code": "Q"}, {"text": "Utterance 0.1.", "code": "AF"}],
-                     "3": [{"text": "Utterance 1.0.", "code": None}]},
-           "globals": {}, "done": False}
+STATE_A = {
+    "turns": {
+        "1": [{"text": "Utterance 0.0.", "code": "Q"}, {"text": "Utterance 0.1.", "code": "AF"}],
+        "3": [{"text": "Utterance 1.0.", "code": None}],
+    },
+    "globals": {},
+    "done": False,
+}
 
 
 def test_host_header_is_checked(sessions):
@@ -162,8 +185,12 @@ def test_autosave_file_is_private(sessions, tmp_path):
 
 def test_annotate_listens_on_loopback_only(sessions):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "mi_llm", "miti", "annotate", str(sessions), "--coder-name", "x",
-                               *args], capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "mi_llm", "miti", "annotate", str(sessions), "--coder-name", "x", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     r = run("--host", "0.0.0.0")
     assert r.returncode == 2 and r.stderr.strip().startswith("--host 0.0.0.0: the coding page has no login"), r.stderr

@@ -20,26 +20,40 @@ from tests.conftest import import_setup, needs_setup
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
-    needs_setup(CHROMIUM.exists(), "headless Chromium absent: install the Debian packages chromium chromium-driver (make browser)"),
+    needs_setup(
+        CHROMIUM.exists(),
+        "headless Chromium absent: install the Debian packages chromium chromium-driver (make browser)",
+    ),
     pytest.mark.timeout(180),
     pytest.mark.slow,
 ]
 
 SESSIONS = [
     {
-        "id": "s1", "source": "test", "language": "en", "topic": "smoking", "style": "mi",
+        "id": "s1",
+        "source": "test",
+        "language": "en",
+        "topic": "smoking",
+        "style": "mi",
         "meta": {"target_behaviour": "quit smoking"},
         "turns": [
             {"role": "client", "text": "I smoke about a pack a day."},
             {"role": "counselor", "text": "You smoke a pack a day. What worries you about it?"},
             {"role": "client", "text": "My kids see me do it."},
-            {"role": "counselor", "text": "Your kids matter a lot to you. It's your choice what happens next. Thanks for telling me."},
+            {
+                "role": "counselor",
+                "text": "Your kids matter a lot to you. It's your choice what happens next. Thanks for telling me.",
+            },
             {"role": "client", "text": "I quit once for a month."},
             {"role": "counselor", "text": "That took real effort and you kept going for a month"},
         ],
     },
     {
-        "id": "s2", "source": "test", "language": "zh", "topic": "饮酒", "style": "mi",
+        "id": "s2",
+        "source": "test",
+        "language": "zh",
+        "topic": "饮酒",
+        "style": "mi",
         "turns": [
             {"role": "client", "text": "我每天都喝一点。"},
             {"role": "counselor", "text": "喝酒已经成了你每天的习惯。你自己怎么看？"},
@@ -49,7 +63,11 @@ SESSIONS = [
 
 EXPECTED_S1 = {
     1: [("You smoke a pack a day.", "SR"), ("What worries you about it?", "Q")],
-    3: [("Your kids matter a lot to you.", "CR"), ("It's your choice what happens next.", "EA"), ("Thanks for telling me.", None)],
+    3: [
+        ("Your kids matter a lot to you.", "CR"),
+        ("It's your choice what happens next.", "EA"),
+        ("Thanks for telling me.", None),
+    ],
     5: [("That took real effort", "AF"), ("and you kept going for a month", "CR")],
 }
 EXPECTED_GLOBALS = {"cct": 4, "sst": 3, "partnership": 5, "empathy": 4}
@@ -63,8 +81,20 @@ def _free_port() -> int:
 
 class Server:
     def __init__(self, sessions: Path, out: Path, port: int):
-        self.args = [sys.executable, "-m", "mi_llm", "miti", "annotate", str(sessions), "--coder-name", "alice",
-                     "--port", str(port), "--out", str(out)]
+        self.args = [
+            sys.executable,
+            "-m",
+            "mi_llm",
+            "miti",
+            "annotate",
+            str(sessions),
+            "--coder-name",
+            "alice",
+            "--port",
+            str(port),
+            "--out",
+            str(out),
+        ]
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
 
@@ -244,24 +274,36 @@ def test_other_sites_cannot_read_or_write_the_coding(tmp_path):
     port = _free_port()
     server = Server(sessions, out, port)
     server.start()
-    state = {"turns": {str(t): [{"text": x, "code": c} for x, c in us] for t, us in EXPECTED_S1.items()},
-             "globals": EXPECTED_GLOBALS, "done": True}
+    state = {
+        "turns": {str(t): [{"text": x, "code": c} for x, c in us] for t, us in EXPECTED_S1.items()},
+        "globals": EXPECTED_GLOBALS,
+        "done": True,
+    }
     try:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=str(CHROMIUM),
                 # Chromium's own Private Network Access block is turned off: other browsers have
                 # none, so it is the server's checks that must hold.
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--host-resolver-rules=MAP evil.example 127.0.0.1",
-                      "--disable-features=BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessSendPreflights,"
-                      "PrivateNetworkAccessRespectPreflightResults,LocalNetworkAccessChecks"],
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--host-resolver-rules=MAP evil.example 127.0.0.1",
+                    "--disable-features=BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessSendPreflights,"
+                    "PrivateNetworkAccessRespectPreflightResults,LocalNetworkAccessChecks",
+                ],
             )
             page = browser.new_page()
             statuses: dict[str, int] = {}
             page.on("response", lambda r: statuses.setdefault(r.request.method + " " + r.url, r.status))
-            page.route("**/attack.html", lambda route: route.fulfill(
-                content_type="text/html", body=ATTACK % {"port": port, "state": json.dumps(state)}))
+            page.route(
+                "**/attack.html",
+                lambda route: route.fulfill(
+                    content_type="text/html", body=ATTACK % {"port": port, "state": json.dumps(state)}
+                ),
+            )
             page.goto(f"http://evil.example:{port}/attack.html")
             page.wait_for_selector("body[data-result]", state="attached", timeout=15_000)
             result = json.loads(page.get_attribute("body", "data-result"))

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from mi_llm.cli.miti import register
 from mi_llm.errors import MiLlmError
-
 from tests.miti.helpers import coded, coded_dict
 
 
@@ -63,10 +62,13 @@ def one_line_error(r, prefix):
 
 
 def test_score_writes_json_with_nulls(tmp_path):
-    src = write(tmp_path / "coded.jsonl", [
-        coded_dict([["SR", "Q"], ["CR"]], {"cct": 4, "sst": 4, "partnership": 4, "empathy": 5}, id="a"),
-        coded_dict([["GI"]], id="b"),  # no globals, no reflections, no questions
-    ])
+    src = write(
+        tmp_path / "coded.jsonl",
+        [
+            coded_dict([["SR", "Q"], ["CR"]], {"cct": 4, "sst": 4, "partnership": 4, "empathy": 5}, id="a"),
+            coded_dict([["GI"]], id="b"),  # no globals, no reflections, no questions
+        ],
+    )
     out = tmp_path / "miti.json"
     r = invoke("score", str(src), "-o", str(out))
     assert r.returncode == 0, r.stderr
@@ -93,7 +95,9 @@ def test_score_named_systems_group_by_and_ratio(tmp_path):
     m = write(tmp_path / "m.jsonl", [coded_dict([["PwP"], ["Persuade"]], id="m1")])
     ref = write(tmp_path / "r.jsonl", [coded_dict([["AF"], ["Persuade"]], id="r1")])
     out = tmp_path / "miti.json"
-    r = invoke("score", f"model={m}", f"reference={ref}", "-o", str(out), "--ratio", "pwp-adherent", "--group-by", "style")
+    r = invoke(
+        "score", f"model={m}", f"reference={ref}", "-o", str(out), "--ratio", "pwp-adherent", "--group-by", "style"
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
     assert list(d["systems"]) == ["model/raw", "reference/raw"]
@@ -107,8 +111,10 @@ def test_score_bad_inputs(tmp_path):
     bad_code["turns"][1]["codes"][0]["code"] = "Question"
     src = write(tmp_path / "c.jsonl", [good, bad_code])
     # Through the real entry point: one line FILE:LINE, exit code 2, no traceback, no output file.
-    line = one_line_error(run("score", str(src), "-o", str(tmp_path / "o.json")),
-                          f"{src}:2: turn 2, utterance 1: unknown MITI code 'Question'")
+    line = one_line_error(
+        run("score", str(src), "-o", str(tmp_path / "o.json")),
+        f"{src}:2: turn 2, utterance 1: unknown MITI code 'Question'",
+    )
     assert "did you mean 'Q'" in line
     assert not (tmp_path / "o.json").exists()
     o = str(tmp_path / "o.json")
@@ -150,11 +156,16 @@ def test_agree_cli(tmp_path):
     r = invoke("agree", str(a), str(b), "-o", str(out))
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
-    assert d["utterances"]["overall"]["units"] == 3 and d["utterances"]["overall"]["percent_agreement"] == pytest.approx(2 / 3)
+    assert d["utterances"]["overall"]["units"] == 3 and d["utterances"]["overall"][
+        "percent_agreement"
+    ] == pytest.approx(2 / 3)
     assert [c["name"] for c in d["coders"]] == ["a", "b"]
     assert "Cohen's kappa" in r.stderr and "ICC(2,1)" in r.stderr
 
-    split = write(tmp_path / "s.jsonl", [coded_dict([["Q"], ["CR"]], id="x", texts=[["Utterance 0.0. Utterance 0.1."], ["Utterance 1.0."]])])
+    split = write(
+        tmp_path / "s.jsonl",
+        [coded_dict([["Q"], ["CR"]], id="x", texts=[["Utterance 0.0. Utterance 0.1."], ["Utterance 1.0."]])],
+    )
     line = one_line_error(run("agree", str(a), str(split)), "the coders split 1 counselor turn(s)")
     assert "--align text" in line
     r = invoke("agree", str(a), str(split), "--align", "text")

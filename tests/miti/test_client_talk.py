@@ -14,7 +14,6 @@ from mi_llm.corpus.schema import Turn
 from mi_llm.miti.coders import client_talk as ct
 from mi_llm.miti.coders import client_talk_cv as cv
 from mi_llm.resources import demo_dialogues
-
 from tests.conftest import shared_data_dir
 
 ANNOMI = shared_data_dir() / "annomi" / "AnnoMI-full.csv"
@@ -23,8 +22,13 @@ NGRAM_ONLY = ct.ClientTalkConfig(previous_weight=0.5, C=1.0)  # no embedded mode
 
 
 def run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "mi_llm", "miti", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mi_llm", "miti", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
 
 
 def _one_line_error(r):
@@ -68,10 +72,16 @@ def test_annomi_client_utterances_have_context_and_majority_labels(annomi):
 def test_ties_are_dropped_and_previous_is_the_latest_counselor_turn(tmp_path):
     p = tmp_path / "a.csv"
     head = "transcript_id,utterance_id,interlocutor,utterance_text,client_talk_type,annotator_id\n"
-    rows = ['7,0,therapist,What would be good about quitting?,,1', '7,1,client,"I could breathe again.",change,1',
-            '7,2,client,But I like it.,sustain,1', '7,2,client,But I like it.,neutral,2',
-            '7,3,therapist,You enjoy it.,,1', '7,4,client,Yeah.,neutral,1', '7,4,client,Yeah.,neutral,2',
-            '7,4,client,Yeah.,sustain,3']
+    rows = [
+        "7,0,therapist,What would be good about quitting?,,1",
+        '7,1,client,"I could breathe again.",change,1',
+        "7,2,client,But I like it.,sustain,1",
+        "7,2,client,But I like it.,neutral,2",
+        "7,3,therapist,You enjoy it.,,1",
+        "7,4,client,Yeah.,neutral,1",
+        "7,4,client,Yeah.,neutral,2",
+        "7,4,client,Yeah.,sustain,3",
+    ]
     p.write_text(head + "\n".join(rows) + "\n")
     ex = ct.load_annomi_client(p)
     assert [(e.text, e.talk) for e in ex] == [("I could breathe again.", "change"), ("Yeah.", "neutral")]
@@ -109,7 +119,7 @@ def test_load_refuses_what_is_not_a_client_coder(tmp_path):
 
 def test_bias_search_and_macro_f1():
     y = np.array([0, 0, 1, 2, 2, 2, 2, 2])
-    scores = np.log(np.array([[.3, .1, .6]] * 2 + [[.1, .3, .6]] + [[.1, .1, .8]] * 5))
+    scores = np.log(np.array([[0.3, 0.1, 0.6]] * 2 + [[0.1, 0.3, 0.6]] + [[0.1, 0.1, 0.8]] * 5))
     assert cv.macro_f1(y, scores.argmax(1)) == pytest.approx((0 + 0 + 2 * 5 / 13) / 3)
     bias, f1 = cv.tune_bias(scores, y)
     assert f1 == pytest.approx(1.0) and bias["change"] > 0 and bias["sustain"] > 0
@@ -120,7 +130,7 @@ def test_folds_never_split_a_transcript():
     folds = cv.transcript_folds(ex, 3)
     assert sorted(np.concatenate(folds).tolist()) == list(range(50))
     groups = [{ex[i].group for i in f} for f in folds]
-    assert all(not (a & b) for k, a in enumerate(groups) for b in groups[k + 1:])
+    assert all(not (a & b) for k, a in enumerate(groups) for b in groups[k + 1 :])
 
 
 def test_talk_is_for_client_turns_only():
@@ -149,10 +159,16 @@ def test_coded_dialogues_get_client_talk(small_coder):
 @needs_annomi
 def test_code_client_cli(small_coder, tmp_path):
     inp = tmp_path / "in.jsonl"
-    rows = [{"id": 1, "text": "I really want to stop drinking, for my kids.", "language": "en",
-             "previous": "What would be good about cutting down?"},
-            {"id": "b", "text": "I don't think I have a problem. Everybody drinks.", "note": "kept"},
-            {"id": 3, "text": "Okay.", "previous": "Shall we look at the form?", "history": "Fine."}]
+    rows = [
+        {
+            "id": 1,
+            "text": "I really want to stop drinking, for my kids.",
+            "language": "en",
+            "previous": "What would be good about cutting down?",
+        },
+        {"id": "b", "text": "I don't think I have a problem. Everybody drinks.", "note": "kept"},
+        {"id": 3, "text": "Okay.", "previous": "Shall we look at the form?", "history": "Fine."},
+    ]
     inp.write_text("".join(json.dumps(x) + "\n" for x in rows))
     out = tmp_path / "out.jsonl"
     r = run("code-client", str(inp), "--coder", str(small_coder), "-o", str(out))
@@ -167,15 +183,18 @@ def test_code_client_cli(small_coder, tmp_path):
     assert "coded 3 client utterances" in r.stderr and "wrote" in r.stderr
 
 
-@pytest.mark.parametrize("line, message", [
-    ({"text": "Hi."}, "needs an 'id'"),
-    ({"id": 1}, "'text' must be a non-empty string"),
-    ({"id": 1, "text": "  "}, "'text' must be a non-empty string"),
-    ({"id": 1, "text": "Hi.", "language": "fr"}, "'language' must be zh or en"),
-    ({"id": 1, "text": "Hi.", "previous": ["a"]}, "'previous' must be a string"),
-    ({"id": 1, "text": "Hi.", "history": 3}, "'history' must be a string"),
-    ({"id": 0, "text": "Hi."}, "id 0 repeats line 1"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ({"text": "Hi."}, "needs an 'id'"),
+        ({"id": 1}, "'text' must be a non-empty string"),
+        ({"id": 1, "text": "  "}, "'text' must be a non-empty string"),
+        ({"id": 1, "text": "Hi.", "language": "fr"}, "'language' must be zh or en"),
+        ({"id": 1, "text": "Hi.", "previous": ["a"]}, "'previous' must be a string"),
+        ({"id": 1, "text": "Hi.", "history": 3}, "'history' must be a string"),
+        ({"id": 0, "text": "Hi."}, "id 0 repeats line 1"),
+    ],
+)
 def test_code_client_cli_bad_lines(tmp_path, line, message):
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"id": 0, "text": "Fine."}) + "\n" + json.dumps(line) + "\n")
@@ -190,7 +209,9 @@ def test_code_client_cli_bad_json_and_bad_coder(tmp_path):
     inp.write_text('{"id": 1, "text": "Fine."}\n{"id": 2, "text": \n')
     assert _one_line_error(run("code-client", str(inp), "-o", str(tmp_path / "o.jsonl"))).startswith(f"{inp}:2:")
     inp.write_text('{"id": 1, "text": "Fine."}\n')
-    err = _one_line_error(run("code-client", str(inp), "-o", str(tmp_path / "o.jsonl"), "--coder", str(tmp_path / "no")))
+    err = _one_line_error(
+        run("code-client", str(inp), "-o", str(tmp_path / "o.jsonl"), "--coder", str(tmp_path / "no"))
+    )
     assert "no such client-talk coder folder" in err
 
 
@@ -212,8 +233,10 @@ def test_scores_count_client_talk():
     def session(i, talks):
         turns = []
         for t in talks:
-            turns += [{"role": "counselor", "text": "Why?", "codes": [{"text": "Why?", "code": "Q"}]},
-                      {"role": "client", "text": "Because.", "talk": t}]
+            turns += [
+                {"role": "counselor", "text": "Why?", "codes": [{"text": "Why?", "code": "Q"}]},
+                {"role": "client", "text": "Because.", "talk": t},
+            ]
         return Dialogue.model_validate({"id": f"s{i}", "source": "t", "language": "en", "turns": turns})
 
     a = score_session(session(1, ["change", "change", "sustain", "neutral"]))

@@ -12,14 +12,18 @@ import pytest
 from mi_llm.corpus.schema import read_dialogues
 from mi_llm.miti.codebook import CODES
 from mi_llm.resources import demo_dialogues, demo_files
-
 from tests.miti.test_coders_llm import FakeOpenAI, _is_globals, _n_utterances
 
 
 def run(*args, env=None):
     """The real command line in a subprocess, as users see it."""
-    return subprocess.run([sys.executable, "-m", "mi_llm", "miti", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mi_llm", "miti", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +58,10 @@ def test_code_dialogues(coder_dir, tmp_path):
 
 def test_code_utterances(coder_dir, tmp_path):
     inp = tmp_path / "in.jsonl"
-    rows = [{"id": 1, "text": "What brings you in today?", "language": "en"},
-            {"id": "b", "text": "你觉得戒烟对你意味着什么？", "context": "我老婆让我来的。", "note": "kept"}]
+    rows = [
+        {"id": 1, "text": "What brings you in today?", "language": "en"},
+        {"id": "b", "text": "你觉得戒烟对你意味着什么？", "context": "我老婆让我来的。", "note": "kept"},
+    ]
     inp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
     out = tmp_path / "out.jsonl"
     r = run("code-utterances", str(inp), "--coder", str(coder_dir), "-o", str(out))
@@ -65,15 +71,18 @@ def test_code_utterances(coder_dir, tmp_path):
     assert [g["code"] for g in got] == ["Q", "Q"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"id": 1}\n', "in.jsonl:1: 'text' must be a non-empty string"),
-    ('{"text": "hi"}\n', "in.jsonl:1: each line needs an 'id'"),
-    ('{"id": 1, "text": "hi"}\n{"id": 1, "text": "yo"}\n', "in.jsonl:2: id 1 repeats line 1"),
-    ('{"id": 1, "text": "hi", "language": "fr"}\n', "in.jsonl:1: 'language' must be zh or en"),
-    ('{"id": 1, "text": "hi", "context": 5}\n', "in.jsonl:1: 'context' must be a string"),
-    ('{"id": 1, "text": "hi"\n', "in.jsonl:1: invalid JSON"),
-    ("\n", "in.jsonl: no utterances in the file"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"id": 1}\n', "in.jsonl:1: 'text' must be a non-empty string"),
+        ('{"text": "hi"}\n', "in.jsonl:1: each line needs an 'id'"),
+        ('{"id": 1, "text": "hi"}\n{"id": 1, "text": "yo"}\n', "in.jsonl:2: id 1 repeats line 1"),
+        ('{"id": 1, "text": "hi", "language": "fr"}\n', "in.jsonl:1: 'language' must be zh or en"),
+        ('{"id": 1, "text": "hi", "context": 5}\n', "in.jsonl:1: 'context' must be a string"),
+        ('{"id": 1, "text": "hi"\n', "in.jsonl:1: invalid JSON"),
+        ("\n", "in.jsonl: no utterances in the file"),
+    ],
+)
 def test_code_utterances_bad_input(coder_dir, tmp_path, content, message):
     inp = tmp_path / "in.jsonl"
     inp.write_text(content)
@@ -85,7 +94,9 @@ def test_code_utterances_bad_input(coder_dir, tmp_path, content, message):
 def test_bad_coder_and_data_specs(tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"id": 1, "text": "hi"}\n')
-    line = _one_line_error(run("code-utterances", str(inp), "--coder", str(tmp_path / "nope"), "-o", str(tmp_path / "o")))
+    line = _one_line_error(
+        run("code-utterances", str(inp), "--coder", str(tmp_path / "nope"), "-o", str(tmp_path / "o"))
+    )
     assert "no such coder folder" in line
     line = _one_line_error(run("code-utterances", str(inp), "--coder", "llm:openai", "-o", str(tmp_path / "o")))
     assert "expected llm:<backend>:<model>" in line
@@ -130,8 +141,18 @@ def test_llm_coder_cli_retries_and_records(tmp_path):
         inp = tmp_path / "in.jsonl"
         inp.write_text('{"id": 1, "text": "How are you?"}\n')
         out = tmp_path / "out.jsonl"
-        r = run("code-utterances", str(inp), "--coder", "llm:openai:fake", "--base-url", server.url,
-                "--retries", "1", "-o", str(out))
+        r = run(
+            "code-utterances",
+            str(inp),
+            "--coder",
+            "llm:openai:fake",
+            "--base-url",
+            server.url,
+            "--retries",
+            "1",
+            "-o",
+            str(out),
+        )
         assert r.returncode == 0, r.stderr
         got = json.loads(out.read_text())
         assert got["code"] is None and "not a JSON object" in got["coder_error"]
@@ -155,8 +176,18 @@ def test_train_coder_source_weights(tmp_path):
     # a dialogues file's labels are their own source, named after the file
     extra = tmp_path / "mine.jsonl"
     extra.write_text(demo_files("en")[0].read_text(encoding="utf-8"), encoding="utf-8")
-    r = run("train-coder", "-o", str(tmp_path / "c"), "--quick", "--data", f"dialogues={extra}",
-            "--weight", "MINE=3", "--weight", "demo=0.5")
+    r = run(
+        "train-coder",
+        "-o",
+        str(tmp_path / "c"),
+        "--quick",
+        "--data",
+        f"dialogues={extra}",
+        "--weight",
+        "MINE=3",
+        "--weight",
+        "demo=0.5",
+    )
     assert r.returncode == 0, r.stderr
     weights = json.loads((tmp_path / "c" / "coder.json").read_text())["config"]["source_weights"]
     assert weights["mine"] == 3.0 and weights["demo"] == 0.5 and weights["welivita"] == 0.2

@@ -28,8 +28,11 @@ def tiny_encoder(tmp_path_factory) -> EncoderConfig:
     out = tmp_path_factory.mktemp("tiny-bert")
     tok = AutoTokenizer.from_pretrained(bundled_encoder())
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(out)
+    BertModel(
+        BertConfig(
+            vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+        )
+    ).save_pretrained(out)
     tok.save_pretrained(out)
     return EncoderConfig(model=str(out), epochs=2, batch_size=8, lr=1e-3)
 
@@ -106,8 +109,12 @@ def test_cli_trains_and_codes_with_an_encoder_given_by_folder(tiny_encoder, tmp_
     meta = json.loads((tmp_path / "c" / "coder.json").read_text())
     assert meta["config"]["encoder"]["model"] == tiny_encoder.model and meta["info"]["experts"] == ["ngram", "encoder"]
     inp = tmp_path / "u.jsonl"
-    inp.write_text("".join(json.dumps({"id": k, "text": t}) + "\n" for k, t in
-                           enumerate(["What brings you here today?", "You feel torn about drinking.", "嗯。"])))
+    inp.write_text(
+        "".join(
+            json.dumps({"id": k, "text": t}) + "\n"
+            for k, t in enumerate(["What brings you here today?", "You feel torn about drinking.", "嗯。"])
+        )
+    )
     r = run("code-utterances", str(inp), "--coder", str(tmp_path / "c"), "-o", str(tmp_path / "o.jsonl"))
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
@@ -119,6 +126,15 @@ def test_cli_encoder_errors_are_one_line(tmp_path):
 
     line = _one_line_error(run("train-coder", "-o", str(tmp_path / "c"), "--encoder", "x"))
     assert "--encoder goes with --recipe encoder" in line and not (tmp_path / "c").exists()
-    line = _one_line_error(run("train-coder", "-o", str(tmp_path / "d"), "--recipe", "encoder",
-                               "--encoder", str(tmp_path / "no-such-encoder")))
+    line = _one_line_error(
+        run(
+            "train-coder",
+            "-o",
+            str(tmp_path / "d"),
+            "--recipe",
+            "encoder",
+            "--encoder",
+            str(tmp_path / "no-such-encoder"),
+        )
+    )
     assert "cannot load the encoder" in line and not (tmp_path / "d").exists()

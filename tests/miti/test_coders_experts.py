@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mi_llm.miti.coders.base import Item
-from mi_llm.miti.coders.embed import EmbeddingCache, Embedder
+from mi_llm.miti.coders.embed import Embedder, EmbeddingCache
 from mi_llm.miti.coders.labels import demo_examples
 from mi_llm.miti.coders.trained import TrainedCoder, default_config, expert_configs
 

@@ -12,22 +12,36 @@ from mi_llm.errors import InputError, MiLlmError
 from mi_llm.miti.codebook import CODES
 from mi_llm.miti.coders import labels as L
 
-ANNOMI_COLS = ["mi_quality", "transcript_id", "topic", "utterance_id", "interlocutor", "utterance_text", "annotator_id",
-               "reflection_subtype", "question_subtype", "therapist_input_subtype", "main_therapist_behaviour",
-               "client_talk_type"]
+ANNOMI_COLS = [
+    "mi_quality",
+    "transcript_id",
+    "topic",
+    "utterance_id",
+    "interlocutor",
+    "utterance_text",
+    "annotator_id",
+    "reflection_subtype",
+    "question_subtype",
+    "therapist_input_subtype",
+    "main_therapist_behaviour",
+    "client_talk_type",
+]
 
 
-@pytest.mark.parametrize("main, refl, ti, expected", [
-    ("question", "n/a", "n/a", "Q"),
-    ("question", "simple", "advice", "Q"),  # the main behaviour decides
-    ("reflection", "simple", "n/a", "SR"),
-    ("reflection", "complex", "n/a", "CR"),
-    ("therapist_input", "n/a", "information", "GI"),
-    ("therapist_input", "n/a", "advice", "Persuade"),
-    ("therapist_input", "n/a", "options", "PwP"),
-    ("therapist_input", "n/a", "negotiation", "Seek"),
-    ("other", "n/a", "n/a", None),
-])
+@pytest.mark.parametrize(
+    "main, refl, ti, expected",
+    [
+        ("question", "n/a", "n/a", "Q"),
+        ("question", "simple", "advice", "Q"),  # the main behaviour decides
+        ("reflection", "simple", "n/a", "SR"),
+        ("reflection", "complex", "n/a", "CR"),
+        ("therapist_input", "n/a", "information", "GI"),
+        ("therapist_input", "n/a", "advice", "Persuade"),
+        ("therapist_input", "n/a", "options", "PwP"),
+        ("therapist_input", "n/a", "negotiation", "Seek"),
+        ("other", "n/a", "n/a", None),
+    ],
+)
 def test_annomi_mapping(main, refl, ti, expected):
     assert L.annomi_code(main, refl, ti) == expected
 
@@ -47,12 +61,26 @@ def test_majority_and_ties():
     assert L.majority([L._UNMAPPABLE]) is L._UNMAPPABLE
 
 
-@pytest.mark.parametrize("label, expected", [
-    ("Closed Question", "Q"), ("Open Question", "Q"), ("Simple Reflection", "SR"), ("Complex Reflection", "CR"),
-    ("Give Information", "GI"), ("Advise with Permission", "PwP"), ("Advise without Permission", "Persuade"),
-    ("Direct", "Persuade"), ("Warn", "Persuade"), ("Affirm", "AF"), ("Emphasize Autonomy", "EA"),
-    ("Confront", "Confront"), ("Support", None), ("Self-Disclose", None), ("Other", None),
-])
+@pytest.mark.parametrize(
+    "label, expected",
+    [
+        ("Closed Question", "Q"),
+        ("Open Question", "Q"),
+        ("Simple Reflection", "SR"),
+        ("Complex Reflection", "CR"),
+        ("Give Information", "GI"),
+        ("Advise with Permission", "PwP"),
+        ("Advise without Permission", "Persuade"),
+        ("Direct", "Persuade"),
+        ("Warn", "Persuade"),
+        ("Affirm", "AF"),
+        ("Emphasize Autonomy", "EA"),
+        ("Confront", "Confront"),
+        ("Support", None),
+        ("Self-Disclose", None),
+        ("Other", None),
+    ],
+)
 def test_welivita_mapping(label, expected):
     assert L.welivita_code(label) == expected
 
@@ -80,18 +108,54 @@ def _annomi_csv(path, rows):
 
 def test_load_annomi_majority_context_and_ties(tmp_path):
     rows = [
-        {"transcript_id": "7", "utterance_id": "0", "interlocutor": "client", "utterance_text": "I drink a lot.", "annotator_id": "1"},
+        {
+            "transcript_id": "7",
+            "utterance_id": "0",
+            "interlocutor": "client",
+            "utterance_text": "I drink a lot.",
+            "annotator_id": "1",
+        },
         # three annotators: 2x complex reflection, 1x question -> CR
-        *({"transcript_id": "7", "utterance_id": "1", "interlocutor": "therapist", "utterance_text": "It worries you.",
-           "annotator_id": a, "main_therapist_behaviour": b, "reflection_subtype": s}
-          for a, b, s in (("1", "reflection", "complex"), ("2", "reflection", "complex"), ("3", "question", "n/a"))),
-        {"transcript_id": "7", "utterance_id": "2", "interlocutor": "client", "utterance_text": "Yes.", "annotator_id": "1"},
+        *(
+            {
+                "transcript_id": "7",
+                "utterance_id": "1",
+                "interlocutor": "therapist",
+                "utterance_text": "It worries you.",
+                "annotator_id": a,
+                "main_therapist_behaviour": b,
+                "reflection_subtype": s,
+            }
+            for a, b, s in (("1", "reflection", "complex"), ("2", "reflection", "complex"), ("3", "question", "n/a"))
+        ),
+        {
+            "transcript_id": "7",
+            "utterance_id": "2",
+            "interlocutor": "client",
+            "utterance_text": "Yes.",
+            "annotator_id": "1",
+        },
         # two annotators disagree: dropped
-        *({"transcript_id": "7", "utterance_id": "3", "interlocutor": "therapist", "utterance_text": "Maybe cut down?",
-           "annotator_id": a, "main_therapist_behaviour": b, "therapist_input_subtype": s}
-          for a, b, s in (("1", "therapist_input", "advice"), ("2", "question", "n/a"))),
-        {"transcript_id": "8", "utterance_id": "0", "interlocutor": "therapist", "utterance_text": "Hi there.",
-         "annotator_id": "1", "main_therapist_behaviour": "other"},
+        *(
+            {
+                "transcript_id": "7",
+                "utterance_id": "3",
+                "interlocutor": "therapist",
+                "utterance_text": "Maybe cut down?",
+                "annotator_id": a,
+                "main_therapist_behaviour": b,
+                "therapist_input_subtype": s,
+            }
+            for a, b, s in (("1", "therapist_input", "advice"), ("2", "question", "n/a"))
+        ),
+        {
+            "transcript_id": "8",
+            "utterance_id": "0",
+            "interlocutor": "therapist",
+            "utterance_text": "Hi there.",
+            "annotator_id": "1",
+            "main_therapist_behaviour": "other",
+        },
     ]
     p = tmp_path / "annomi.csv"
     _annomi_csv(p, rows)
@@ -122,23 +186,47 @@ def test_load_welivita(tmp_path):
         w.writerow({"dialog_id": "counsel_chat | 1", "author": "listener", "text": "No label.", col: ""})
         w.writerow({"dialog_id": "counsel_chat | 1", "author": "listener", "text": "Hugs.", col: "Support"})
     ex = L.load_welivita(p)
-    assert [(e.text, e.code, e.context) for e in ex] == [("Warn text.", "Persuade", "I feel worthless."), ("Hugs.", None, "I feel worthless.")]
+    assert [(e.text, e.code, e.context) for e in ex] == [
+        ("Warn text.", "Persuade", "I feel worthless."),
+        ("Hugs.", None, "I feel worthless."),
+    ]
 
 
 def test_load_mibot(tmp_path):
     (tmp_path / "transcripts").mkdir()
     utts = [
-        {"speaker": "counsellor", "volley_number": 1, "utterance_number": 1, "text": "Hello!", "auto_misc_label": "Other"},
+        {
+            "speaker": "counsellor",
+            "volley_number": 1,
+            "utterance_number": 1,
+            "text": "Hello!",
+            "auto_misc_label": "Other",
+        },
         {"speaker": "client", "volley_number": 2, "utterance_number": 2, "text": "Hi.", "auto_misc_label": "N"},
         {"speaker": "client", "volley_number": 2, "utterance_number": 3, "text": "I smoke.", "auto_misc_label": "N"},
-        {"speaker": "counsellor", "volley_number": 3, "utterance_number": 4, "text": "You smoke.", "auto_misc_label": "R"},
+        {
+            "speaker": "counsellor",
+            "volley_number": 3,
+            "utterance_number": 4,
+            "text": "You smoke.",
+            "auto_misc_label": "R",
+        },
         {"speaker": "counsellor", "volley_number": 3, "utterance_number": 5, "text": "Why?", "auto_misc_label": "Q"},
-        {"speaker": "counsellor", "volley_number": 3, "utterance_number": 6, "text": "Just quit.", "auto_misc_label": "MIIN"},
+        {
+            "speaker": "counsellor",
+            "volley_number": 3,
+            "utterance_number": 6,
+            "text": "Just quit.",
+            "auto_misc_label": "MIIN",
+        },
     ]
     (tmp_path / "transcripts" / "abc.json").write_text(json.dumps({"utterances": utts}))
     ex = L.load_mibot(tmp_path)
-    assert [(e.text, e.code, e.context) for e in ex] == [("Hello!", None, ""), ("Why?", "Q", "Hi. I smoke."),
-                                                         ("Just quit.", "Persuade", "Hi. I smoke.")]
+    assert [(e.text, e.code, e.context) for e in ex] == [
+        ("Hello!", None, ""),
+        ("Why?", "Q", "Hi. I smoke."),
+        ("Just quit.", "Persuade", "Hi. I smoke."),
+    ]
 
 
 def test_demo_examples_cover_every_code_in_both_languages():
@@ -152,7 +240,9 @@ def test_demo_examples_cover_every_code_in_both_languages():
 def test_parse_sources(tmp_path):
     (tmp_path / "a.csv").write_text("x")
     assert L.parse_sources([f"annomi={tmp_path}/a.csv", f"MIBOT={tmp_path}"]) == [
-        ("annomi", tmp_path / "a.csv"), ("mibot", tmp_path)]
+        ("annomi", tmp_path / "a.csv"),
+        ("mibot", tmp_path),
+    ]
     with pytest.raises(MiLlmError, match="no such file"):
         L.parse_sources([f"welivita={tmp_path}/none.csv"])
     with pytest.raises(MiLlmError, match="KIND=PATH"):

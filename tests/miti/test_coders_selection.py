@@ -9,8 +9,8 @@ from sklearn.metrics import cohen_kappa_score, f1_score
 from mi_llm.miti.coders.base import Item
 from mi_llm.miti.coders.evaluate import metrics
 from mi_llm.miti.coders.labels import demo_examples
-from mi_llm.miti.coders.selection import SelectionConfig, fit_biases, inner_folds, objective, scores
 from mi_llm.miti.coders.product import REFLECTIONS, combine
+from mi_llm.miti.coders.selection import SelectionConfig, fit_biases, inner_folds, objective, scores
 from mi_llm.miti.coders.trained import CoderConfig, TrainedCoder, default_config
 
 

@@ -25,12 +25,16 @@ B = ["Q", "Q", "Q", "SR", "SR", "SR", "CR", "GI", "GI", None]
 
 
 def _volleys(codes):
-    return [codes[i:i + 2] for i in range(0, len(codes), 2)]
+    return [codes[i : i + 2] for i in range(0, len(codes), 2)]
 
 
 def _coder(name, dialogues):
-    return CoderFile(name=name, path=f"{name}.jsonl", sessions={d.id: d for d in dialogues},
-                     lines={d.id: i + 1 for i, d in enumerate(dialogues)})
+    return CoderFile(
+        name=name,
+        path=f"{name}.jsonl",
+        sessions={d.id: d for d in dialogues},
+        lines={d.id: i + 1 for i, d in enumerate(dialogues)},
+    )
 
 
 def test_perfect_agreement():
@@ -62,8 +66,15 @@ def test_constructed_disagreement_by_hand():
     cm = r["utterances"]["confusion"]["a vs b"]
     labels = cm["labels"]
     m = {(labels[i], labels[j]): v for i, row in enumerate(cm["matrix"]) for j, v in enumerate(row) if v}
-    assert m == {("Q", "Q"): 3, ("Q", "SR"): 1, ("SR", "SR"): 2, ("CR", "CR"): 1, ("CR", "GI"): 1,
-                 ("GI", "GI"): 1, ("none", "none"): 1}
+    assert m == {
+        ("Q", "Q"): 3,
+        ("Q", "SR"): 1,
+        ("SR", "SR"): 2,
+        ("CR", "CR"): 1,
+        ("CR", "GI"): 1,
+        ("GI", "GI"): 1,
+        ("none", "none"): 1,
+    }
 
 
 def test_icc_forms_by_hand():
@@ -112,7 +123,10 @@ def test_icc_on_globals_across_sessions():
     assert cct["n"] == 3 and cct["icc2_1"] == pytest.approx(2 / 3, abs=1e-6) and cct["icc3_1"] == pytest.approx(1.0)
     tech = r["session_scores"]["scores"]["technical"]  # (c+3)/2 vs (c+4)/2: same shape, halved
     assert tech["icc3_1"] == pytest.approx(1.0) and tech["icc2_1"] == pytest.approx(2 / 3, abs=1e-6)
-    assert "ICC(2,1)" in r["session_scores"]["forms"]["icc2_1"] and "absolute agreement" in r["session_scores"]["forms"]["icc2_1"]
+    assert (
+        "ICC(2,1)" in r["session_scores"]["forms"]["icc2_1"]
+        and "absolute agreement" in r["session_scores"]["forms"]["icc2_1"]
+    )
 
 
 def test_segmentation_mismatch_strict_error_and_text_alignment():

@@ -29,8 +29,16 @@ from tests.miti.helpers import coded
 #   R:Q = (1 + 2) / 2 = 1.5                   (fair: 1 <= 1.5 < 2)
 #   MIA = Seek + AF + EA = 3;  MINA = Persuade + Confront = 2
 #   MI-adherent ratio = 3 / (3 + 2) = 0.6;  counting PwP as adherent: 4 / (4 + 2) = 0.6667
-SESSION_A = [["Q", "Q"], ["SR", "CR", "SR"], ["SR", "SR"], ["AF", "Q"], ["Persuade", "Persuade", "PwP"],
-             [None], ["EA", "Seek", "GI", "Confront"], ["CR"]]
+SESSION_A = [
+    ["Q", "Q"],
+    ["SR", "CR", "SR"],
+    ["SR", "SR"],
+    ["AF", "Q"],
+    ["Persuade", "Persuade", "PwP"],
+    [None],
+    ["EA", "Seek", "GI", "Confront"],
+    ["CR"],
+]
 GLOBALS_A = {"cct": 4, "sst": 3, "partnership": 5, "empathy": 2}
 
 
@@ -44,9 +52,31 @@ def test_volley_rules():
 
 def test_session_a_counts_and_scores():
     s = score_session(coded(SESSION_A, GLOBALS_A))
-    assert s.counts == {"GI": 1, "Persuade": 1, "PwP": 1, "Q": 2, "SR": 1, "CR": 2, "AF": 1, "Seek": 1, "EA": 1, "Confront": 1}
+    assert s.counts == {
+        "GI": 1,
+        "Persuade": 1,
+        "PwP": 1,
+        "Q": 2,
+        "SR": 1,
+        "CR": 2,
+        "AF": 1,
+        "Seek": 1,
+        "EA": 1,
+        "Confront": 1,
+    }
     # before the volley rules: every coded utterance
-    assert s.utterance_counts == {"GI": 1, "Persuade": 2, "PwP": 1, "Q": 3, "SR": 4, "CR": 2, "AF": 1, "Seek": 1, "EA": 1, "Confront": 1}
+    assert s.utterance_counts == {
+        "GI": 1,
+        "Persuade": 2,
+        "PwP": 1,
+        "Q": 3,
+        "SR": 4,
+        "CR": 2,
+        "AF": 1,
+        "Seek": 1,
+        "EA": 1,
+        "Confront": 1,
+    }
     assert (s.n_volleys, s.n_utterances, s.n_uncoded_utterances) == (8, 18, 1)
     assert s.summary.technical == 3.5
     assert s.summary.relational == 3.5
@@ -71,7 +101,9 @@ def test_ratio_definition_pwp_adherent_and_custom():
     assert s.ratio.formula == "(AF + EA) / (AF + EA + Confront)"
 
 
-@pytest.mark.parametrize("spec", ["nonsense", "adherent=AF,XX", "adherent=AF;non-adherent=AF", "adherent=;non-adherent=Persuade"])
+@pytest.mark.parametrize(
+    "spec", ["nonsense", "adherent=AF,XX", "adherent=AF;non-adherent=AF", "adherent=;non-adherent=Persuade"]
+)
 def test_bad_ratio_definitions(spec):
     with pytest.raises(MiLlmError):
         RatioDefinition.parse(spec)
@@ -125,6 +157,8 @@ def test_uncoded_turns_fail_unless_allowed():
 def test_empty_session_is_an_error():
     from mi_llm.corpus.schema import Dialogue
 
-    d = Dialogue.model_validate({"id": "e", "source": "t", "language": "en", "turns": [{"role": "client", "text": "hi"}]})
+    d = Dialogue.model_validate(
+        {"id": "e", "source": "t", "language": "en", "turns": [{"role": "client", "text": "hi"}]}
+    )
     with pytest.raises(MiLlmError, match="'e' is empty"):
         score_session(d)

@@ -11,30 +11,39 @@ from mi_llm.miti.segment import split_utterances
 from mi_llm.resources import demo_dialogues
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("What brings you here? You said your doctor sent you.", ["What brings you here?", "You said your doctor sent you."]),
-    ("Dr. Lee told you that. It scared you!", ["Dr. Lee told you that.", "It scared you!"]),
-    ("You know, e.g. walking at lunch. That could work.", ["You know, e.g. walking at lunch.", "That could work."]),
-    ("So... you're not sure. \"I can't,\" you said.", ["So... you're not sure.", "\"I can't,\" you said."]),
-    ("It costs $9.50 a pack. Wow.", ["It costs $9.50 a pack.", "Wow."]),
-    ("No. God, no. That's the thing.", ["No.", "God, no.", "That's the thing."]),
-    ("Item No. 5 is next. Okay.", ["Item No. 5 is next.", "Okay."]),  # "No." before a number
-    ('She said "no." Then what?', ['She said "no."', "Then what?"]),
-    ("one thought without an end", ["one thought without an end"]),
-    ("   ", []),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "What brings you here? You said your doctor sent you.",
+            ["What brings you here?", "You said your doctor sent you."],
+        ),
+        ("Dr. Lee told you that. It scared you!", ["Dr. Lee told you that.", "It scared you!"]),
+        ("You know, e.g. walking at lunch. That could work.", ["You know, e.g. walking at lunch.", "That could work."]),
+        ("So... you're not sure. \"I can't,\" you said.", ["So... you're not sure.", '"I can\'t," you said.']),
+        ("It costs $9.50 a pack. Wow.", ["It costs $9.50 a pack.", "Wow."]),
+        ("No. God, no. That's the thing.", ["No.", "God, no.", "That's the thing."]),
+        ("Item No. 5 is next. Okay.", ["Item No. 5 is next.", "Okay."]),  # "No." before a number
+        ('She said "no." Then what?', ['She said "no."', "Then what?"]),
+        ("one thought without an end", ["one thought without an end"]),
+        ("   ", []),
+    ],
+)
 def test_english(text, expected):
     assert split_utterances(text, "en") == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("你好。你今天想聊点什么？", ["你好。", "你今天想聊点什么？"]),
-    ("半斤？这也太多了！", ["半斤？", "这也太多了！"]),
-    ("你说“我做不到。”然后呢？", ["你说“我做不到。”", "然后呢？"]),
-    ("好的……那我们继续", ["好的……", "那我们继续"]),
-    ("听起来你已经想了很久", ["听起来你已经想了很久"]),
-    ("You said it. 你说过的。", ["You said it.", "你说过的。"]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("你好。你今天想聊点什么？", ["你好。", "你今天想聊点什么？"]),
+        ("半斤？这也太多了！", ["半斤？", "这也太多了！"]),
+        ("你说“我做不到。”然后呢？", ["你说“我做不到。”", "然后呢？"]),
+        ("好的……那我们继续", ["好的……", "那我们继续"]),
+        ("听起来你已经想了很久", ["听起来你已经想了很久"]),
+        ("You said it. 你说过的。", ["You said it.", "你说过的。"]),
+    ],
+)
 def test_chinese(text, expected):
     assert split_utterances(text, "zh") == expected
 

@@ -1,8 +1,6 @@
 import json
 import shutil
 
-import pytest
-
 from mi_llm.report import ReportData, write_report
 from mi_llm.report.data import AutoRow, Example
 from tests.conftest import needs_setup
@@ -21,11 +19,19 @@ def sample_data() -> ReportData:
     ]
     data.miti_sessions = {"base": [session(3, 1, 0, 2), session(2, 0, 0, 4)], "finetuned": [session(2, 2, 2, 0)]}
     data.miti_aggregate = {
-        "base": {"r_q": {"mean": 0.33, "median": 0.33, "q1": 0.33, "q3": 0.33, "n": 1, "missing": 1}, "pct_cr": {"mean": None, "missing": 2}},
-        "finetuned": {"r_q": {"mean": 2.0, "median": 2.0, "q1": 2.0, "q3": 2.0, "n": 1, "missing": 0}, "pct_cr": {"mean": 0.5, "median": 0.5, "q1": 0.5, "q3": 0.5, "n": 1}},
+        "base": {
+            "r_q": {"mean": 0.33, "median": 0.33, "q1": 0.33, "q3": 0.33, "n": 1, "missing": 1},
+            "pct_cr": {"mean": None, "missing": 2},
+        },
+        "finetuned": {
+            "r_q": {"mean": 2.0, "median": 2.0, "q1": 2.0, "q3": 2.0, "n": 1, "missing": 0},
+            "pct_cr": {"mean": 0.5, "median": 0.5, "q1": 0.5, "q3": 0.5, "n": 1},
+        },
     }
     data.loss_curves = {"tiny": [(1, 3.0), (2, 2.5), (3, 2.1)]}
-    data.examples = [Example("zh", "d1#1", "我想戒烟<script>", "你想改变。", {"base": "好", "finetuned": "听起来你很想改变。"})]
+    data.examples = [
+        Example("zh", "d1#1", "我想戒烟<script>", "你想改变。", {"base": "好", "finetuned": "听起来你很想改变。"})
+    ]
     return data
 
 

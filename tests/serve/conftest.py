@@ -24,7 +24,9 @@ class RecordingEngine(EchoEngine):
         self.calls: list[Messages] = []
         self.finishes: list[str] = []
 
-    def stream(self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+    def stream(
+        self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[str | Finish]:
         self.calls.append([dict(m) for m in messages])
         for item in super().stream(messages, config, cancel):
             if isinstance(item, Finish):
@@ -40,7 +42,9 @@ class BlockingEngine(EchoEngine):
         self.release = threading.Event()
         self.started = threading.Event()
 
-    def stream(self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+    def stream(
+        self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[str | Finish]:
         self.started.set()
         self.release.wait(10)
         yield from super().stream(messages, config, cancel)

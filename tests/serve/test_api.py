@@ -28,7 +28,9 @@ def test_plain_and_streaming_completion_with_openai_client(start_server):
     assert engine.calls[-1][0]["role"] == "system" and "Motivational Interviewing" in engine.calls[-1][0]["content"]
 
     stream = client.chat.completions.create(
-        model="anything", messages=[{"role": "user", "content": "one two three"}], stream=True,
+        model="anything",
+        messages=[{"role": "user", "content": "one two three"}],
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -42,8 +44,11 @@ def test_plain_and_streaming_completion_with_openai_client(start_server):
 
 def test_sse_wire_format(start_server):
     server, _, _ = start_server()
-    with httpx.stream("POST", server.url + "/v1/chat/completions",
-                      json={"messages": [{"role": "user", "content": "hi"}], "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines)
@@ -55,7 +60,9 @@ def test_sse_wire_format(start_server):
 def test_auth_required_when_key_set(start_server):
     server, _, _ = start_server(api_key=KEY)
     with pytest.raises(openai.AuthenticationError):
-        openai_client(server, key="wrong-key-000").chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        openai_client(server, key="wrong-key-000").chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
     r = httpx.get(server.url + "/v1/models")
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert r.json()["error"]["type"] == "authentication_error"
@@ -65,8 +72,12 @@ def test_auth_required_when_key_set(start_server):
 
 
 def test_refuses_to_bind_beyond_localhost_without_key():
-    r = subprocess.run([sys.executable, "-m", "mi_llm", "serve", "--host", "0.0.0.0", "--backend", "echo"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "mi_llm", "serve", "--host", "0.0.0.0", "--backend", "echo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().startswith("refusing to listen on 0.0.0.0 without an API key")
     assert "Traceback" not in r.stderr
@@ -88,10 +99,16 @@ def test_request_size_and_max_tokens_limits(start_server):
     client = openai_client(server)
     with pytest.raises(openai.BadRequestError, match="over this server's limit of 64"):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=65)
-    assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=64).choices
+    assert client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=64
+    ).choices
     with pytest.raises(openai.BadRequestError, match="last message must be a user message"):
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
-    r = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+        client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+        )
+    r = httpx.post(
+        server.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
 
 
@@ -167,14 +184,16 @@ def test_session_persists_across_restart(start_server, tmp_path):
     server, _, _ = start_server(db=db, api_key=KEY)
     client = openai_client(server)
     for text in ("I smoke a pack a day", "I want to cut down"):
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}],
-                                       extra_body={"session_id": "alice-1"})
+        client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": text}], extra_body={"session_id": "alice-1"}
+        )
     server.stop()
 
     server2, engine2, _ = start_server(db=db, api_key=KEY)  # a new process would see the same file
     client2 = openai_client(server2)
-    r = client2.chat.completions.create(model="m", messages=[{"role": "user", "content": "maybe next week"}],
-                                        extra_headers={"X-Session-Id": "alice-1"})
+    r = client2.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "maybe next week"}], extra_headers={"X-Session-Id": "alice-1"}
+    )
     assert r.model_extra["mi_llm"]["session_id"] == "alice-1"
     seen = engine2.calls[-1]
     assert [m["role"] for m in seen] == ["system", "user", "assistant", "user", "assistant", "user"]
@@ -182,26 +201,34 @@ def test_session_persists_across_restart(start_server, tmp_path):
     hist = httpx.get(server2.url + "/v1/sessions/alice-1", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert len(hist["messages"]) == 6 and hist["session"]["flagged"] is False
     # A key this server does not know is refused (another owner's key: test_security.py).
-    assert httpx.delete(server2.url + "/v1/sessions/alice-1", headers={"Authorization": "Bearer other-key-99"}).status_code == 401
+    assert (
+        httpx.delete(server2.url + "/v1/sessions/alice-1", headers={"Authorization": "Bearer other-key-99"}).status_code
+        == 401
+    )
 
 
 def test_sessions_are_per_key(start_server, tmp_path):
     db = tmp_path / "keys.sqlite3"
     server, _, _ = start_server(db=db, api_key=KEY)
-    openai_client(server).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
-                                                  extra_body={"session_id": "shared-name"})
+    openai_client(server).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], extra_body={"session_id": "shared-name"}
+    )
     server.stop()
     server2, _, _ = start_server(db=db, api_key="another-key-456")
     with pytest.raises(openai.NotFoundError):
         openai_client(server2, key="another-key-456").chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], extra_body={"session_id": "shared-name"})
+            model="m", messages=[{"role": "user", "content": "hi"}], extra_body={"session_id": "shared-name"}
+        )
 
 
 def test_crisis_message_gets_safe_response_and_flags_session(start_server):
     server, engine, store = start_server()
     client = openai_client(server, key=None)
-    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "活着没意思，我想一了百了"}],
-                                       extra_body={"session_id": "s-crisis"})
+    r = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "活着没意思，我想一了百了"}],
+        extra_body={"session_id": "s-crisis"},
+    )
     text = r.choices[0].message.content
     assert "400-161-9995" in text and "010-82951332" in text
     assert r.model_extra["mi_llm"]["safety"] == {"crisis": True, "category": "suicide"}
@@ -210,18 +237,29 @@ def test_crisis_message_gets_safe_response_and_flags_session(start_server):
     assert session.flagged and session.flag_category == "suicide"
     assert store.events("s-crisis")[0]["rule"].startswith("zh.suicide")
 
-    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "I don't see the point of going on"}],
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "I don't see the point of going on"}], stream=True
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert "988" in streamed and engine.calls == []
 
 
-@pytest.mark.parametrize("text", ["饿死了，先吃饭", "笑死我了", "this diet is murder", "I am dying for a smoke",
-                                  "my feet are killing me", "I'm just killing time"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "饿死了，先吃饭",
+        "笑死我了",
+        "this diet is murder",
+        "I am dying for a smoke",
+        "my feet are killing me",
+        "I'm just killing time",
+    ],
+)
 def test_idioms_reach_the_model(start_server, text):
     server, engine, store = start_server()
     r = openai_client(server, key=None).chat.completions.create(
-        model="m", messages=[{"role": "user", "content": text}], extra_body={"session_id": "s-idiom"})
+        model="m", messages=[{"role": "user", "content": text}], extra_body={"session_id": "s-idiom"}
+    )
     assert r.choices[0].message.content == "You said: " + text
     assert r.model_extra["mi_llm"]["safety"]["crisis"] is False
     assert not store.get("s-idiom", "local").flagged
@@ -233,8 +271,11 @@ def test_no_conversation_text_in_logs_by_default(start_server, caplog, log_text)
     server, _, _ = start_server(log_text=log_text)
     client = openai_client(server, key=None)
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "zebra-marker quit smoking"}])
-    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "zebra-marker I want to kill myself"}],
-                                   extra_body={"session_id": "who-am-i"})
+    client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "zebra-marker I want to kill myself"}],
+        extra_body={"session_id": "who-am-i"},
+    )
     # What the server process logs (the client's own debug logs are not the server's).
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(("mi_llm", "uvicorn")))
     assert "request chatcmpl-" in logged and "safety: crisis response sent" in logged
@@ -256,10 +297,17 @@ def test_flagged_sessions_are_listed_without_text(start_server, tmp_path):
     db = tmp_path / "flags.sqlite3"
     server, _, _ = start_server(db=db)
     openai_client(server, key=None).chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "quokka-marker my partner threatened to kill me"}],
-        extra_body={"session_id": "flag-me"})
-    r = subprocess.run([sys.executable, "-m", "mi_llm", "safety", "flagged", "--db", str(db)],
-                       capture_output=True, text=True, timeout=60, env={**__import__("os").environ, "COLUMNS": "200"})
+        model="m",
+        messages=[{"role": "user", "content": "quokka-marker my partner threatened to kill me"}],
+        extra_body={"session_id": "flag-me"},
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "mi_llm", "safety", "flagged", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "COLUMNS": "200"},
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout + r.stderr
     assert "flag-me" in out and "abuse" in out and "quokka" not in out

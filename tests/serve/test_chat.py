@@ -31,8 +31,23 @@ def test_chat_history_reset_save_and_safety(tmp_path):
     chat = ChatSession(engine, SafetyLayer(), GenerationConfig(max_new_tokens=50))
     out = io.StringIO()
     saved = tmp_path / "conv.json"
-    n = run_chat(chat, scripted(["I smoke a lot", "I want to stop", "我不想活了", f"/save {saved}", "/reset",
-                                 "hello again", "/bogus", "/quit", "never read"]), out)
+    n = run_chat(
+        chat,
+        scripted(
+            [
+                "I smoke a lot",
+                "I want to stop",
+                "我不想活了",
+                f"/save {saved}",
+                "/reset",
+                "hello again",
+                "/bogus",
+                "/quit",
+                "never read",
+            ]
+        ),
+        out,
+    )
     assert n == 4
     text = out.getvalue()
     assert "You said: I smoke a lot" in text and "400-161-9995" in text and "(conversation cleared)" in text
@@ -65,8 +80,13 @@ def test_chat_session_resumes_from_the_store(tmp_path):
 
 def test_chat_cli_with_echo_backend(tmp_path):
     saved = tmp_path / "c.json"
-    r = subprocess.run([sys.executable, "-m", "mi_llm", "chat", "--backend", "echo", "--language", "zh"],
-                       input=f"你好\n/save {saved}\n/quit\n", capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "mi_llm", "chat", "--backend", "echo", "--language", "zh"],
+        input=f"你好\n/save {saved}\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "counselor> You said: 你好" in r.stdout
     assert json.loads(saved.read_text())["language"] == "zh"

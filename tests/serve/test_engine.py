@@ -46,8 +46,10 @@ def test_hf_stream_equals_backend_generate(tiny_hf_engine):
 def test_context_overflow_drops_oldest_exchanges(tiny_hf_engine):
     long_history = []
     for i in range(40):
-        long_history += [{"role": "user", "content": f"turn {i} " + "word " * 20},
-                         {"role": "assistant", "content": "I hear you " * 10}]
+        long_history += [
+            {"role": "user", "content": f"turn {i} " + "word " * 20},
+            {"role": "assistant", "content": "I hear you " * 10},
+        ]
     msgs = conversation("sys", long_history, "latest")
     cfg = GenerationConfig(max_new_tokens=8)
     from mi_llm.llm.templates import encode_prompt
@@ -78,8 +80,11 @@ def test_unknown_backend():
 
 
 def test_conversation_merges_same_role_turns_and_opens_with_user():
-    msgs = conversation("S", [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "a"},
-                              {"role": "user", "content": "b"}], "c")
+    msgs = conversation(
+        "S",
+        [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+        "c",
+    )
     assert msgs == [{"role": "system", "content": "S"}, {"role": "user", "content": "a\n\nb\n\nc"}]
 
 

@@ -36,8 +36,9 @@ def test_embedded_model_plain_and_streaming(llama_engine, tmp_path):
         text = plain.choices[0].message.content
         assert text.strip() and plain.usage.completion_tokens <= 12 and plain.usage.prompt_tokens > 20
         assert plain.choices[0].finish_reason in ("stop", "length")
-        stream = client.chat.completions.create(model="gemma-3-270m", messages=messages, max_tokens=12, stream=True,
-                                                extra_body={"session_id": "integ"})
+        stream = client.chat.completions.create(
+            model="gemma-3-270m", messages=messages, max_tokens=12, stream=True, extra_body={"session_id": "integ"}
+        )
         pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
         assert len(pieces) >= 2  # token by token, not one block
         assert "".join(pieces) == text  # greedy: streaming gives the same reply

@@ -8,40 +8,58 @@ import sys
 
 import pytest
 
-from mi_llm.errors import MiLlmError
 from mi_llm.corpus.language import detect_language
+from mi_llm.errors import MiLlmError
 from mi_llm.serve.safety.classifier import CrisisClassifier, LanguageRules, classify, normalize
 from mi_llm.serve.safety.evaluate import SPLITS, bundled_set, evaluate, read_labelled
 from mi_llm.serve.safety.layer import SafetyLayer, load_resources
 
 
-@pytest.mark.parametrize("text,category", [
-    ("I don't see the point of going on", "suicide"),
-    ("Everyone would be better off without me.", "suicide"),
-    ("I've been saving my pills to take them all at once", "suicide"),
-    ("I cut myself again last night", "self_harm"),
-    ("I'm scared I might hurt my baby", "harm_others"),
-    ("My husband hits me when he drinks", "abuse"),
-    ("活着没意思", "suicide"),
-    ("我想一了百了", "suicide"),
-    ("我又用刀划自己的手臂了", "self_harm"),
-    ("我真想杀了我老板", "harm_others"),
-    ("我老公喝醉了就打我", "abuse"),
-])
+@pytest.mark.parametrize(
+    "text,category",
+    [
+        ("I don't see the point of going on", "suicide"),
+        ("Everyone would be better off without me.", "suicide"),
+        ("I've been saving my pills to take them all at once", "suicide"),
+        ("I cut myself again last night", "self_harm"),
+        ("I'm scared I might hurt my baby", "harm_others"),
+        ("My husband hits me when he drinks", "abuse"),
+        ("活着没意思", "suicide"),
+        ("我想一了百了", "suicide"),
+        ("我又用刀划自己的手臂了", "self_harm"),
+        ("我真想杀了我老板", "harm_others"),
+        ("我老公喝醉了就打我", "abuse"),
+    ],
+)
 def test_crisis_detected(text, category):
     r = classify(text)
     assert r.crisis and r.category == category, r
     assert r.matched and r.matched.split(".")[1] == category
 
 
-@pytest.mark.parametrize("text", [
-    "饿死了", "笑死我了", "累死了", "this diet is murder", "I am dying for a smoke", "killing time before the gym",
-    "my feet are killing me", "I'm killing myself at work with these hours", "My mom will kill me when she finds out I skipped the gym",
-    "我妈要是知道我没去健身，非得杀了我不可", "想死你了！", "我在双十一秒杀了一个跑步机",
-    "I'm not suicidal, just stressed", "我没有想过自杀", "I read an article about suicide prevention",
-    "I want to cut down on drinking", "I hit the gym four times this week",
-    "It's not like I'm out killing people or anything",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "饿死了",
+        "笑死我了",
+        "累死了",
+        "this diet is murder",
+        "I am dying for a smoke",
+        "killing time before the gym",
+        "my feet are killing me",
+        "I'm killing myself at work with these hours",
+        "My mom will kill me when she finds out I skipped the gym",
+        "我妈要是知道我没去健身，非得杀了我不可",
+        "想死你了！",
+        "我在双十一秒杀了一个跑步机",
+        "I'm not suicidal, just stressed",
+        "我没有想过自杀",
+        "I read an article about suicide prevention",
+        "I want to cut down on drinking",
+        "I hit the gym four times this week",
+        "It's not like I'm out killing people or anything",
+    ],
+)
 def test_idioms_negations_and_health_talk_do_not_fire(text):
     r = classify(text)
     assert not r.crisis, r
@@ -84,10 +102,20 @@ def test_rule_file_errors_are_reported():
     with pytest.raises(MiLlmError, match="invalid regular expression"):
         LanguageRules({"language": "en", "rules": [{"id": "x", "category": "suicide", "pattern": "("}]}, "t.yaml")
     with pytest.raises(MiLlmError, match="unknown definition"):
-        LanguageRules({"language": "en", "rules": [{"id": "x", "category": "suicide", "pattern": "{{nope}}"}]}, "t.yaml")
+        LanguageRules(
+            {"language": "en", "rules": [{"id": "x", "category": "suicide", "pattern": "{{nope}}"}]}, "t.yaml"
+        )
     with pytest.raises(MiLlmError, match="duplicate"):
-        LanguageRules({"language": "en", "rules": [{"id": "x", "category": "suicide", "pattern": "a"},
-                                                   {"id": "x", "category": "suicide", "pattern": "b"}]}, "t.yaml")
+        LanguageRules(
+            {
+                "language": "en",
+                "rules": [
+                    {"id": "x", "category": "suicide", "pattern": "a"},
+                    {"id": "x", "category": "suicide", "pattern": "b"},
+                ],
+            },
+            "t.yaml",
+        )
 
 
 def test_bundled_patterns_have_no_yaml_quoting_leftovers():
@@ -102,12 +130,16 @@ def test_bundled_patterns_have_no_yaml_quoting_leftovers():
 
 
 def test_custom_rules_and_definitions():
-    rules = LanguageRules({
-        "language": "en", "defs": {"verb": "perish|expire"},
-        "negation": {"prefix": r"\bnot\s*$"},
-        "neutral": [{"id": "n", "pattern": "expire(?:d)? soon"}],
-        "rules": [{"id": "r", "category": "suicide", "pattern": ["want to (?:{{verb}})", "expire"]}],
-    }, "custom.yaml")
+    rules = LanguageRules(
+        {
+            "language": "en",
+            "defs": {"verb": "perish|expire"},
+            "negation": {"prefix": r"\bnot\s*$"},
+            "neutral": [{"id": "n", "pattern": "expire(?:d)? soon"}],
+            "rules": [{"id": "r", "category": "suicide", "pattern": ["want to (?:{{verb}})", "expire"]}],
+        },
+        "custom.yaml",
+    )
     clf = CrisisClassifier({"en": rules})
     assert clf.classify("I want to perish").matched == "r"
     assert not clf.classify("I do not want to perish").crisis
@@ -151,7 +183,9 @@ def test_safe_response_has_locale_resources(tmp_path):
     # A deployment's reviewed copy replaces the bundled file for its language.
     (tmp_path / "resources.en.yaml").write_text(
         "language: en\nreviewed: true\nmessages: {suicide: S, self_harm: H, harm_others: O, abuse: A}\n"
-        "resources: [{name: Local line, contact: '555-0100'}]\nclosing: Stay safe.\n", encoding="utf-8")
+        "resources: [{name: Local line, contact: '555-0100'}]\nclosing: Stay safe.\n",
+        encoding="utf-8",
+    )
     custom = SafetyLayer(resources_dir=tmp_path)
     assert custom.check("I want to die").response == "S\n\n- Local line: 555-0100\n\nStay safe."
     assert custom.resources["en"].reviewed and not custom.resources["zh"].reviewed
@@ -166,14 +200,21 @@ def _run(*args):
 
 def test_safety_check_cli(tmp_path):
     src = tmp_path / "in.jsonl"
-    lines = [{"id": "a", "text": "zebra I want to end my life"}, {"id": "b", "text": "饿死了", "language": "zh"},
-             {"id": 3, "text": "My dad beats me"}]
+    lines = [
+        {"id": "a", "text": "zebra I want to end my life"},
+        {"id": "b", "text": "饿死了", "language": "zh"},
+        {"id": 3, "text": "My dad beats me"},
+    ]
     src.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     out = tmp_path / "out.jsonl"
     r = _run("safety", "check", str(src), "-o", str(out))
     assert r.returncode == 0, r.stderr
     got = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [(g["id"], g["crisis"], g["category"]) for g in got] == [("a", True, "suicide"), ("b", False, "none"), (3, True, "abuse")]
+    assert [(g["id"], g["crisis"], g["category"]) for g in got] == [
+        ("a", True, "suicide"),
+        ("b", False, "none"),
+        (3, True, "abuse"),
+    ]
     assert got[0]["matched"] == "en.suicide.end_life" and "text" not in got[0]
     assert "zebra" not in r.stdout + r.stderr  # the text is never echoed
     src.write_text('{"id": "x"}\n')
@@ -195,8 +236,10 @@ def test_check_file_checks_every_line_before_classifying(tmp_path):
     from mi_llm.serve.safety.check import check_file
 
     src = tmp_path / "in.jsonl"
-    src.write_text('{"id": 1, "text": "I want to kill myself"}\n{"id": 2, "text": "I walked today", "language": "en"}\n',
-                   encoding="utf-8")
+    src.write_text(
+        '{"id": 1, "text": "I want to kill myself"}\n{"id": 2, "text": "I walked today", "language": "en"}\n',
+        encoding="utf-8",
+    )
     seen = []
     summary = check_file(src, tmp_path / "out.jsonl", "en", on_start=seen.append, on_line=lambda: seen.append("line"))
     assert seen == [2, "line", "line"]

@@ -23,7 +23,6 @@ from mi_llm.serve.hostguard import HostPolicy, parse_host
 from mi_llm.serve.safety.classifier import default_classifier
 from mi_llm.serve.safety.layer import SafetyLayer
 from mi_llm.serve.sessions import SessionNotFound
-from tests.serve.conftest import openai_client
 
 CHAT = "/v1/chat/completions"
 CRISIS = "I have been thinking about killing myself"
@@ -38,9 +37,16 @@ def _body(*texts: str, **extra) -> dict:
 # ---------------------------------------------------------------- 1. Content-Type and Host
 
 
-@pytest.mark.parametrize("headers", [{"content-type": "text/plain"}, {"content-type": "text/plain;charset=UTF-8"},
-                                     {"content-type": "application/x-www-form-urlencoded"},
-                                     {"content-type": "multipart/form-data; boundary=x"}, {}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "text/plain"},
+        {"content-type": "text/plain;charset=UTF-8"},
+        {"content-type": "application/x-www-form-urlencoded"},
+        {"content-type": "multipart/form-data; boundary=x"},
+        {},
+    ],
+)
 def test_body_not_declared_json_is_415_and_changes_nothing(start_server, headers):
     server, engine, store = start_server()
     # What a cross-site page can send without a preflight: a JSON text in a "simple" body.
@@ -223,15 +229,19 @@ def test_one_key_holder_cannot_touch_anothers_sessions(start_server):
     assert len(before["messages"]) == 2
 
     # Bob: reading, resetting, continuing alice's session all look like "no such session".
-    for r in (httpx.get(url + "/v1/sessions/alice-s", headers=_auth(BOB)),
-              httpx.delete(url + "/v1/sessions/alice-s", headers=_auth(BOB)),
-              httpx.post(url + CHAT, json=_body("tell me what she said", session_id="alice-s"), headers=_auth(BOB))):
+    for r in (
+        httpx.get(url + "/v1/sessions/alice-s", headers=_auth(BOB)),
+        httpx.delete(url + "/v1/sessions/alice-s", headers=_auth(BOB)),
+        httpx.post(url + CHAT, json=_body("tell me what she said", session_id="alice-s"), headers=_auth(BOB)),
+    ):
         assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found", r.text
     assert len(engine.calls) == 1  # bob's message never reached the model with alice's history
     assert httpx.get(url + "/v1/sessions/alice-s", headers=_auth(ALICE)).json() == before
     # A session that does not exist answers the same as another owner's.
-    assert httpx.get(url + "/v1/sessions/nobody", headers=_auth(BOB)).json() == \
-        httpx.get(url + "/v1/sessions/alice-s", headers=_auth(BOB)).json()
+    assert (
+        httpx.get(url + "/v1/sessions/nobody", headers=_auth(BOB)).json()
+        == httpx.get(url + "/v1/sessions/alice-s", headers=_auth(BOB)).json()
+    )
 
     # Bob's own session is his; alice's second key (same owner) sees alice's.
     assert httpx.post(url + CHAT, json=_body("hello", session_id="bob-s"), headers=_auth(BOB)).status_code == 200
@@ -249,15 +259,21 @@ def _keys_file(path: Path, text: str, mode: int = 0o600) -> Path:
 def test_keys_file(tmp_path):
     f = _keys_file(tmp_path / "keys", f"# team\nalice: {ALICE}\n\n  alice: {ALICE2}\nbob:   {BOB}\nbare-key-xyz:123\n")
     keys = read_keys_file(f)
-    assert keys == {ALICE: "owner:alice", ALICE2: "owner:alice", BOB: "owner:bob",
-                    "bare-key-xyz:123": key_id("bare-key-xyz:123")}
+    assert keys == {
+        ALICE: "owner:alice",
+        ALICE2: "owner:alice",
+        BOB: "owner:bob",
+        "bare-key-xyz:123": key_id("bare-key-xyz:123"),
+    }
     ring = KeyRing(keys)
     assert ring.owner(ALICE2) == "owner:alice" and ring.owner("alice") is None and ring.owner(None) is None
     with pytest.raises(MiLlmError, match=r"--api-key-file: .* is open to other users \(mode 0644\): run chmod 600"):
         read_keys_file(_keys_file(tmp_path / "open", f"alice: {ALICE}\n", 0o644))
-    for text, msg in ((f"alice: {ALICE}\nbob: {ALICE}\n", ":2: this key is already on line 1"),
-                      ("carol: short\n", ":1: the API key must be at least 8 characters"),
-                      (f"bad owner: {BOB}\n", ":1: expected 'OWNER: KEY'")):
+    for text, msg in (
+        (f"alice: {ALICE}\nbob: {ALICE}\n", ":2: this key is already on line 1"),
+        ("carol: short\n", ":1: the API key must be at least 8 characters"),
+        (f"bad owner: {BOB}\n", ":1: expected 'OWNER: KEY'"),
+    ):
         with pytest.raises(InputError, match=msg):
             read_keys_file(_keys_file(tmp_path / "k", text))
     with pytest.raises(MiLlmError, match="holds no keys"):
@@ -276,8 +292,13 @@ def _free_port() -> int:
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mi_llm", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "300", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "mi_llm", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "300", **(env or {})},
+    )
 
 
 @pytest.mark.timeout(120)
@@ -287,8 +308,23 @@ def test_serve_command_keys_stay_out_of_argv_and_the_access_log_is_redacted(tmp_
     log_path = tmp_path / "server.log"
     env = {**os.environ, "MI_LLM_HOME": str(tmp_path / "home"), "MI_LLM_API_KEY": "env-key-00004", "COLUMNS": "300"}
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "mi_llm", "serve", "--backend", "echo", "--port", str(port),
-                                 "--api-key-file", str(keys)], stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mi_llm",
+                "serve",
+                "--backend",
+                "echo",
+                "--port",
+                str(port),
+                "--api-key-file",
+                str(keys),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -307,8 +343,12 @@ def test_serve_command_keys_stay_out_of_argv_and_the_access_log_is_redacted(tmp_
         body = _body("hello", session_id="visible-sid-77")
         assert httpx.post(url + CHAT, json=body).status_code == 401
         for key in (ALICE, "env-key-00004"):  # the file's keys and the environment's
-            assert httpx.post(url + CHAT, json={**body, "session_id": f"visible-sid-{key[:3]}"},
-                              headers=_auth(key)).status_code == 200
+            assert (
+                httpx.post(
+                    url + CHAT, json={**body, "session_id": f"visible-sid-{key[:3]}"}, headers=_auth(key)
+                ).status_code
+                == 200
+            )
         assert httpx.post(url + CHAT, json=body, headers=_auth(BOB)).status_code == 200
         assert httpx.get(url + "/v1/sessions/visible-sid-77", headers=_auth(ALICE)).status_code == 404
         assert httpx.get(url + "/v1/sessions/visible-sid-77", headers=_auth(BOB)).status_code == 200

@@ -16,7 +16,10 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 @pytest.fixture(scope="module")
 def browser():
-    require_setup(os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM), f"chromium not installed at {CHROMIUM} (apt-get install chromium chromium-driver)")
+    require_setup(
+        os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM),
+        f"chromium not installed at {CHROMIUM} (apt-get install chromium chromium-driver)",
+    )
     sync_api = import_setup("playwright.sync_api", "Python Playwright")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)

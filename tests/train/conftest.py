@@ -14,8 +14,10 @@ from mi_llm.corpus.schema import Dialogue
 from mi_llm.io import write_jsonl
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-WORDS = ("I feel stressed about work and sleep . How do you feel ? It sounds like you want change . "
-         "我 最近 压力 很大 , 睡不好 。 你 觉得 什么 最 重要 ? 听起来 你 想 改变 。").split()
+WORDS = (
+    "I feel stressed about work and sleep . How do you feel ? It sounds like you want change . "
+    "我 最近 压力 很大 , 睡不好 。 你 觉得 什么 最 重要 ? 听起来 你 想 改变 。"
+).split()
 
 
 def make_tokenizer(path: Path):
@@ -25,28 +27,41 @@ def make_tokenizer(path: Path):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=420, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     rng = random.Random(0)
     tok.train_from_iterator([" ".join(rng.choices(WORDS, k=12)) for _ in range(200)], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     fast.save_pretrained(path)
     return fast
 
 
-def make_tiny_model(path: Path, kind: str = "gemma3", seed: int = 0, hidden: int = 32,
-                    initializer_range: float = 0.02) -> Path:
+def make_tiny_model(
+    path: Path, kind: str = "gemma3", seed: int = 0, hidden: int = 32, initializer_range: float = 0.02
+) -> Path:
     """A tiny model folder that mi_llm.llm.resolve.resolve_model accepts as a local model."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     path.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer(path)
-    common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
-                  pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                  initializer_range=initializer_range)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        initializer_range=initializer_range,
+    )
     torch.manual_seed(seed)
     if kind == "gemma3":
         cfg = Gemma3TextConfig(**common, sliding_window=64, final_logit_softcapping=30.0)
@@ -69,8 +84,9 @@ def make_dialogues(n: int, rounds: int = 3, seed: int = 0) -> list[Dialogue]:
     return out
 
 
-SYSTEM = ("You are an MI counselor. Listen, reflect what you hear, ask open questions, "
-          "and respect the client's autonomy.")
+SYSTEM = (
+    "You are an MI counselor. Listen, reflect what you hear, ask open questions, and respect the client's autonomy."
+)
 
 
 def make_build(path: Path, n: int = 6, rounds: int = 3, seed: int = 0) -> Path:
@@ -119,8 +135,13 @@ def slow_twin(fast):
             self._vocab = fast.get_vocab()
             self._inv = {i: t for t, i in self._vocab.items()}
             added = sorted({t.content for t in fast.added_tokens_decoder.values()})
-            super().__init__(bos_token=fast.bos_token, eos_token=fast.eos_token, pad_token=fast.pad_token,
-                             unk_token=fast.unk_token, additional_special_tokens=added)
+            super().__init__(
+                bos_token=fast.bos_token,
+                eos_token=fast.eos_token,
+                pad_token=fast.pad_token,
+                unk_token=fast.unk_token,
+                additional_special_tokens=added,
+            )
             self.chat_template = fast.chat_template
 
         @property
@@ -153,15 +174,32 @@ def mixed_samples():
     for lang in ("en", "zh"):
         for rounds in (0, 2):
             if lang == "en":
-                hist = [(f"I feel stressed about work {i}, and I can't sleep.", f"How do you feel about that {i}? It sounds hard.")
-                        for i in range(rounds)]
+                hist = [
+                    (
+                        f"I feel stressed about work {i}, and I can't sleep.",
+                        f"How do you feel about that {i}? It sounds hard.",
+                    )
+                    for i in range(rounds)
+                ]
                 query, reply = "Maybe I could walk more.", "It sounds like you want change. What would help?"
             else:
-                hist = [(f"我最近压力很大{i}，睡不好。", f"听起来你很辛苦{i}。你觉得什么最重要？") for i in range(rounds)]
+                hist = [
+                    (f"我最近压力很大{i}，睡不好。", f"听起来你很辛苦{i}。你觉得什么最重要？") for i in range(rounds)
+                ]
                 query, reply = "也许我可以多走走路。", "听起来你想改变。什么会有帮助？"
-            out.append(Sample(sample_id=f"{lang}#{rounds + 1}", dialogue_id=lang, round=rounds + 1, language=lang,
-                              source="t", system="You are an MI counselor. 你是一位动机式访谈咨询师。", history=hist,
-                              query=query, response=reply))
+            out.append(
+                Sample(
+                    sample_id=f"{lang}#{rounds + 1}",
+                    dialogue_id=lang,
+                    round=rounds + 1,
+                    language=lang,
+                    source="t",
+                    system="You are an MI counselor. 你是一位动机式访谈咨询师。",
+                    history=hist,
+                    query=query,
+                    response=reply,
+                )
+            )
     return out
 
 

@@ -66,11 +66,25 @@ main(sys.argv[1:])
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_gemma, build_dir, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--model", str(tiny_gemma), "--data", str(build_dir), "-o", str(out), "--max-steps", "30",
-            "--grad-accum", "1", "--save-steps", "1000"]
+    args = [
+        "train",
+        "--model",
+        str(tiny_gemma),
+        "--data",
+        str(build_dir),
+        "-o",
+        str(out),
+        "--max-steps",
+        "30",
+        "--grad-accum",
+        "1",
+        "--save-steps",
+        "1000",
+    ]
     with open(tmp_path / "stderr.txt", "w+") as err_file:  # a file: a full stderr pipe cannot block the run
-        p = subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER_STEP_2, *args], stdout=subprocess.PIPE,
-                             stderr=err_file, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-c", _PAUSE_AFTER_STEP_2, *args], stdout=subprocess.PIPE, stderr=err_file, text=True
+        )
         for line in p.stdout:  # the event: step 2 is done (and logged)
             if line.startswith("paused after step 2"):
                 break

@@ -28,30 +28,42 @@ def tok(tiny_gemma):
     return load_tokenizer(str(tiny_gemma))
 
 
-def sample(history_rounds: int = 3, response: str = "It sounds like you want change .", round_: int | None = None) -> Sample:
+def sample(
+    history_rounds: int = 3, response: str = "It sounds like you want change .", round_: int | None = None
+) -> Sample:
     hist = [(f"I feel stressed {i} .", f"How do you feel {i} ?") for i in range(history_rounds)]
-    return Sample(sample_id=f"d#{round_ or history_rounds + 1}", dialogue_id="d", round=round_ or history_rounds + 1,
-                  language="en", source="t", system="You are an MI counselor.", history=hist,
-                  query="我 最近 压力 很大", response=response)
+    return Sample(
+        sample_id=f"d#{round_ or history_rounds + 1}",
+        dialogue_id="d",
+        round=round_ or history_rounds + 1,
+        language="en",
+        source="t",
+        system="You are an MI counselor.",
+        history=hist,
+        query="我 最近 压力 很大",
+        response=response,
+    )
 
 
 def labelled_text(tok, ex: Example) -> str:
-    return tok.decode([t for t, l in zip(ex.input_ids, ex.labels) if l != IGNORE_INDEX])
+    return tok.decode([t for t, label in zip(ex.input_ids, ex.labels) if label != IGNORE_INDEX])
 
 
 def test_loss_only_on_target_reply(tok):
     ex = encode_sample(sample(), tok, 1024, last_only=True)
     assert labelled_text(tok, ex) == "It sounds like you want change .<end_of_turn>\n"
     # every label is either ignored or equal to its input token
-    assert all(l in (IGNORE_INDEX, t) for t, l in zip(ex.input_ids, ex.labels))
+    assert all(label in (IGNORE_INDEX, t) for t, label in zip(ex.input_ids, ex.labels))
     assert ex.labels[0] == IGNORE_INDEX and ex.dropped_rounds == 0
 
 
 def test_dialogue_records_train_every_counselor_turn(tok):
     ex = encode_sample(sample(2), tok, 1024, last_only=False)
     text = labelled_text(tok, ex)
-    assert text == ("How do you feel 0 ?<end_of_turn>\nHow do you feel 1 ?<end_of_turn>\n"
-                    "It sounds like you want change .<end_of_turn>\n")
+    assert text == (
+        "How do you feel 0 ?<end_of_turn>\nHow do you feel 1 ?<end_of_turn>\n"
+        "It sounds like you want change .<end_of_turn>\n"
+    )
     # no client or system text in the labels
     assert "stressed" not in text and "counselor" not in text
 

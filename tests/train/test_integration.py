@@ -28,8 +28,10 @@ def trained(demo_build, tmp_path_factory):
     from mi_llm.train.sft import train
 
     out = tmp_path_factory.mktemp("run") / "adapter"
-    r = train(TrainConfig(data=str(demo_build), output=str(out), max_steps=2, grad_accum=2, max_length=256),
-              show_progress=False)
+    r = train(
+        TrainConfig(data=str(demo_build), output=str(out), max_steps=2, grad_accum=2, max_length=256),
+        show_progress=False,
+    )
     return r
 
 
@@ -59,7 +61,9 @@ def _converter_available() -> bool:
 
 def test_export_merged_and_gguf_q8_0_loads_in_llama_cpp(trained, tmp_path):
     require_setup(importlib.util.find_spec("llama_cpp") is not None, "llama-cpp-python (make venv builds it)")
-    require_setup(_converter_available(), "llama.cpp's converter is not cached: run `python -m mi_llm.train.gguf --fetch` once")
+    require_setup(
+        _converter_available(), "llama.cpp's converter is not cached: run `python -m mi_llm.train.gguf --fetch` once"
+    )
     from mi_llm.llm.llamacpp_runtime import import_llama_cpp
     from mi_llm.train.export import export
 
@@ -69,8 +73,9 @@ def test_export_merged_and_gguf_q8_0_loads_in_llama_cpp(trained, tmp_path):
     gguf = r.gguf["q8_0"]
     assert gguf.stat().st_size > 100 * 2**20
     llm = Llama(model_path=str(gguf), n_ctx=256, verbose=False, seed=0)
-    out = llm.create_completion("<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n",
-                                max_tokens=8, temperature=0)
+    out = llm.create_completion(
+        "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n", max_tokens=8, temperature=0
+    )
     assert out["usage"]["completion_tokens"] >= 1
     # the exported vocabulary tokenizes like the model's own tokenizer
     from mi_llm.llm.load import load_tokenizer

@@ -14,8 +14,15 @@ from tests.train.conftest import SYSTEM
 
 
 def test_yaml_from_build_folder(tiny_gemma, build_dir, tmp_path):
-    cfg = TrainConfig(model=str(tiny_gemma), data=str(build_dir), output=str(tmp_path / "run"), max_length=512,
-                      lora_r=16, lora_alpha=32, max_steps=7)
+    cfg = TrainConfig(
+        model=str(tiny_gemma),
+        data=str(build_dir),
+        output=str(tmp_path / "run"),
+        max_length=512,
+        lora_r=16,
+        lora_alpha=32,
+        max_steps=7,
+    )
     path = tmp_path / "lf.yaml"
     write_llamafactory_yaml(path, cfg, resolve_model(str(tiny_gemma)), load_train_data(build_dir), gpu=False)
     c = yaml.safe_load(path.read_text())
@@ -33,8 +40,13 @@ def test_yaml_from_build_folder(tiny_gemma, build_dir, tmp_path):
 def test_yaml_for_loose_samples_writes_its_dataset(tiny_llama, build_dir, tmp_path):
     loose = tmp_path / "mine.jsonl"
     loose.write_text((build_dir / "samples.train.jsonl").read_text())
-    cfg = TrainConfig(model=str(tiny_llama), data=str(loose), output=str(tmp_path / "run"), records="dialogues",
-                      target_modules="q_proj,v_proj")
+    cfg = TrainConfig(
+        model=str(tiny_llama),
+        data=str(loose),
+        output=str(tmp_path / "run"),
+        records="dialogues",
+        target_modules="q_proj,v_proj",
+    )
     path = tmp_path / "cfg" / "lf.yaml"
     write_llamafactory_yaml(path, cfg, resolve_model(str(tiny_llama)), load_train_data(loose), gpu=True)
     c = yaml.safe_load(path.read_text())

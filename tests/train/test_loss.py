@@ -58,8 +58,9 @@ def test_chunked_head_equals_single_pass(tiny_gemma, fused):
     one.backward()
     g1 = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
-    chunked, _ = SelectiveLMLoss(model, logits_chunk=3, fused_head=fused)(b["input_ids"], b["labels"],
-                                                                          b["attention_mask"])
+    chunked, _ = SelectiveLMLoss(model, logits_chunk=3, fused_head=fused)(
+        b["input_ids"], b["labels"], b["attention_mask"]
+    )
     chunked.backward()
     torch.testing.assert_close(chunked, one, rtol=1e-5, atol=1e-5)
     for k, p in model.named_parameters():
@@ -127,4 +128,8 @@ def test_plan_window_groups_samples_by_system_prompt():
 
     w = [ex(zh, [5, 6]), ex(en, [7]), ex(zh, [8, 9, 10]), ex(en, [11, 12]), ex([3] * 20, [4])]
     plan = plan_window(w, max_len=None, min_len=16)
-    assert [(g.members, g.prefix) for g in plan] == [([0, 2], 21), ([1, 3], 21), ([4], 0)]  # 22 shared, the last predicts a target
+    assert [(g.members, g.prefix) for g in plan] == [
+        ([0, 2], 21),
+        ([1, 3], 21),
+        ([4], 0),
+    ]  # 22 shared, the last predicts a target

@@ -16,8 +16,16 @@ from mi_llm.train.sft import train
 
 
 def cfg(model, data, out, **kw) -> TrainConfig:
-    base = dict(model=str(model), data=str(data), output=str(out), max_steps=4, grad_accum=2, save_steps=100,
-                lora_r=4, lora_alpha=8)
+    base = dict(
+        model=str(model),
+        data=str(data),
+        output=str(out),
+        max_steps=4,
+        grad_accum=2,
+        save_steps=100,
+        lora_r=4,
+        lora_alpha=8,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -77,16 +85,18 @@ def test_resume_after_sigterm_equals_uninterrupted_run(tiny_gemma, build_dir, tm
 
 def test_resume_refuses_other_options(tiny_gemma, build_dir, tmp_path):
     out = tmp_path / "cut"
-    train(cfg(tiny_gemma, build_dir, out, max_steps=3, save_steps=1), show_progress=False,
-          on_step=lambda s: os.kill(os.getpid(), signal.SIGTERM) if s == 1 else None)
+    train(
+        cfg(tiny_gemma, build_dir, out, max_steps=3, save_steps=1),
+        show_progress=False,
+        on_step=lambda s: os.kill(os.getpid(), signal.SIGTERM) if s == 1 else None,
+    )
     with pytest.raises(MiLlmError, match=r"lr 0.0001 -> 0.001"):
         train(cfg(tiny_gemma, build_dir, out, max_steps=3, lr=1e-3), resume=True, show_progress=False)
 
 
 def test_dialogue_records_and_padded_batches(tiny_gemma, build_dir, tmp_path):
     out = tmp_path / "dlg"
-    r = train(cfg(tiny_gemma, build_dir, out, records="dialogues", batch_size=2, max_steps=2),
-              show_progress=False)
+    r = train(cfg(tiny_gemma, build_dir, out, records="dialogues", batch_size=2, max_steps=2), show_progress=False)
     conf = json.loads((out / "train_config.json").read_text())
     assert conf["data"]["examples"] == 6  # one record per dialogue
     assert r.steps == 2 and all(x == x for x in losses(out))  # finite losses
@@ -107,15 +117,43 @@ def test_ddp_two_cpu_processes_equal_one_process_with_double_accumulation(tiny_g
     import sys
     from pathlib import Path
 
-    common = ["--model", str(tiny_gemma), "--data", str(build_dir), "--max-steps", "3", "--lora-dropout", "0",
-              "--lora-r", "4", "--lora-alpha", "8"]
+    common = [
+        "--model",
+        str(tiny_gemma),
+        "--data",
+        str(build_dir),
+        "--max-steps",
+        "3",
+        "--lora-dropout",
+        "0",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+    ]
     one = tmp_path / "one"
     train(cfg(tiny_gemma, build_dir, one, max_steps=3, grad_accum=4, lora_dropout=0.0), show_progress=False)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "mi_llm", "train", *common,
-                        "--grad-accum", "2", "-o", str(tmp_path / "ddp")], capture_output=True, text=True, env=env,
-                       timeout=600)
+    r = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mi_llm",
+            "train",
+            *common,
+            "--grad-accum",
+            "2",
+            "-o",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     conf = json.loads((tmp_path / "ddp" / "train_config.json").read_text())
     assert conf["schedule"]["processes"] == 2 and "MULTI_CPU" in conf["runtime"]["distributed"]
@@ -144,8 +182,8 @@ def _loss_of_adapter(model, adapter_dir, examples) -> float:
 def test_overfitting_four_samples_drives_the_loss_down(tiny_gemma_learnable, build_dir, tmp_path):
     """Every step sees the same 4 samples (batch 1, grad-accum 4): a training loop that learns
     drives their loss far down; one whose updates are lost, misdirected or not saved does not."""
-    from mi_llm.io import write_jsonl
     from mi_llm.build.samples import read_samples
+    from mi_llm.io import write_jsonl
     from mi_llm.llm.load import load_tokenizer
     from mi_llm.train.data import encode_samples
 
@@ -153,8 +191,21 @@ def test_overfitting_four_samples_drives_the_loss_down(tiny_gemma_learnable, bui
     data = tmp_path / "four.jsonl"
     write_jsonl(data, [s.model_dump() for s in four])
     out = tmp_path / "run"
-    r = train(cfg(tiny_gemma_learnable, data, out, max_steps=30, grad_accum=4, lr=1e-2, warmup_ratio=0.0,
-                  lr_scheduler="constant_with_warmup", lora_r=8, lora_alpha=16), show_progress=False)
+    r = train(
+        cfg(
+            tiny_gemma_learnable,
+            data,
+            out,
+            max_steps=30,
+            grad_accum=4,
+            lr=1e-2,
+            warmup_ratio=0.0,
+            lr_scheduler="constant_with_warmup",
+            lora_r=8,
+            lora_alpha=16,
+        ),
+        show_progress=False,
+    )
     log = losses(out)
     assert r.steps == 30 and len(log) == 30
     assert log[-1] < 0.5 * log[0], log  # measured: 7.1 -> 1.5

@@ -35,7 +35,7 @@ REPLY = {
 def dialogue_in(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """The original dialogue's turns, parsed from the first user message."""
     user = next(m["content"] for m in messages if m["role"] == "user")
-    obj, _ = json.JSONDecoder().raw_decode(user[user.index(_MARK):])
+    obj, _ = json.JSONDecoder().raw_decode(user[user.index(_MARK) :])
     return obj["turns"]
 
 
@@ -119,7 +119,7 @@ class ScriptedServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def start(self) -> "ScriptedServer":
+    def start(self) -> ScriptedServer:
         self.thread.start()
         return self
 
@@ -155,8 +155,10 @@ class ScriptedServer:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             self._flight.notify_all()
-            self._flight.wait_for(lambda: self.peak_in_flight >= self.script.wait_for_peak or self._released.is_set(),
-                                  timeout=HANG_GUARD_S)
+            self._flight.wait_for(
+                lambda: self.peak_in_flight >= self.script.wait_for_peak or self._released.is_set(),
+                timeout=HANG_GUARD_S,
+            )
         try:
             if held:
                 self._released.wait(HANG_GUARD_S)
@@ -165,17 +167,31 @@ class ScriptedServer:
             with self._flight:
                 self.in_flight -= 1
 
-    def _respond(self, req: dict[str, Any], action: str, turns: list[dict[str, str]], language: str,
-                 call: Call) -> tuple[int, dict[str, str], dict[str, Any]]:
+    def _respond(
+        self, req: dict[str, Any], action: str, turns: list[dict[str, str]], language: str, call: Call
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
         messages = req["messages"]
         name, _, arg = action.partition(":")
         if self.script.delay_s:
             time.sleep(self.script.delay_s)
         if name == "429":
-            return 429, {"Retry-After": arg or "1"}, {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
+            return (
+                429,
+                {"Retry-After": arg or "1"},
+                {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+            )
         if name == "quota":
-            return 429, {}, {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
-                                       "code": "insufficient_quota"}}
+            return (
+                429,
+                {},
+                {
+                    "error": {
+                        "message": "You exceeded your current quota",
+                        "type": "insufficient_quota",
+                        "code": "insufficient_quota",
+                    }
+                },
+            )
         if name in ("500", "401", "400"):
             return int(name), {}, {"error": {"message": f"scripted {name}", "type": "server_error"}}
         if name == "slow":
@@ -184,16 +200,30 @@ class ScriptedServer:
             self._released.wait(HANG_GUARD_S)
         good = good_answer(turns, language)
         answer = {
-            "good": good, "slow": good, "hang": good, "nousage": good, "cut": good[: len(good) // 2],
+            "good": good,
+            "slow": good,
+            "hang": good,
+            "nousage": good,
+            "cut": good[: len(good) // 2],
             "malformed": good[:-3],
-            "wrong_order": json.dumps({"turns": [{"role": "counselor", "text": REPLY[language]}, *json.loads(good)["turns"]]}, ensure_ascii=False),
+            "wrong_order": json.dumps(
+                {"turns": [{"role": "counselor", "text": REPLY[language]}, *json.loads(good)["turns"]]},
+                ensure_ascii=False,
+            ),
             "meta": "Here is the rewritten dialogue:\n" + good,
             "english": good_answer(turns, "en"),  # counselor turns in English, whatever the dialogue's language
         }[name]
         payload: dict[str, Any] = {
-            "id": "chatcmpl-test", "object": "chat.completion", "model": req["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                         "finish_reason": "length" if name == "cut" else "stop"}],
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "model": req["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer},
+                    "finish_reason": "length" if name == "cut" else "stop",
+                }
+            ],
         }
         if name != "nousage":
             payload["usage"] = usage_of(messages, answer)

@@ -47,8 +47,24 @@ def test_cli_run_summary_and_one_line_errors(server, write_inputs, tmp_path):
     src, out = write_inputs(raw), tmp_path / "mi.jsonl"
     prices = tmp_path / "prices.yaml"
     prices.write_text("test-model: {input: 1000, output: 2000}\n")
-    r = subprocess.run(cli(str(src), "-o", str(out), "--base-url", server.base_url, "--model", "test-model",
-                           "--prices", str(prices), "--max-repairs", "1"), capture_output=True, text=True, env=env())
+    r = subprocess.run(
+        cli(
+            str(src),
+            "-o",
+            str(out),
+            "--base-url",
+            server.base_url,
+            "--model",
+            "test-model",
+            "--prices",
+            str(prices),
+            "--max-repairs",
+            "1",
+        ),
+        capture_output=True,
+        text=True,
+        env=env(),
+    )
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stderr and "from cache" in r.stderr and "failures in" in r.stderr
     assert sorted(complete_ids(out)) == sorted(d.id for d in raw if d.id != bad.id)
@@ -56,7 +72,6 @@ def test_cli_run_summary_and_one_line_errors(server, write_inputs, tmp_path):
     summary = json.loads(Path(str(out) + ".summary.json").read_text())
     assert summary["stats"]["cost"] > 0 and summary["stats"]["failed"] == 1
     assert summary["client"]["base_url"] == server.base_url
-
 
 
 def run_in_process(capsys, monkeypatch, *args: str) -> tuple[int, str]:
@@ -72,18 +87,28 @@ def run_in_process(capsys, monkeypatch, *args: str) -> tuple[int, str]:
 def test_bad_input_is_one_line_exit_2(write_inputs, tmp_path, capsys, monkeypatch):
     src, out = write_inputs([make_dialogue("x")]), tmp_path / "mi.jsonl"
     code, err = run_in_process(capsys, monkeypatch, str(src), "-o", str(out), "--concurrency", "0")
-    assert code == 2 and err.strip() == "--concurrency must be at least 1 and at most 2147483647 (got 0)"  # while parsing the command line
+    assert (
+        code == 2 and err.strip() == "--concurrency must be at least 1 and at most 2147483647 (got 0)"
+    )  # while parsing the command line
     code, err = run_in_process(capsys, monkeypatch, str(src), "-o", str(out), "--temperature", "nan")
     assert code == 2 and err.strip() == "--temperature must be a finite number (got nan)"
     missing = tmp_path / "none.jsonl"
     code, err = run_in_process(capsys, monkeypatch, str(missing), "-o", str(out))
     assert code == 2 and err.strip() == f"{missing}: no such file"
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(make_dialogue("y").model_dump_json() + "\n" + '{"id": "z", "source": "s", "language": "fr", "turns": []}\n')
+    bad.write_text(
+        make_dialogue("y").model_dump_json() + "\n" + '{"id": "z", "source": "s", "language": "fr", "turns": []}\n'
+    )
     code, err = run_in_process(capsys, monkeypatch, str(bad), "-o", str(out))
     assert code == 2 and err.strip().startswith(f"{bad}:2: language")
-    code, err = run_in_process(capsys, monkeypatch, str(src), "-o", str(out), "--base-url", "https://api.example.com/v1")
-    assert code == 2 and err.strip().splitlines()[-1] == "the openai backend needs an API key for api.example.com: set OPENAI_API_KEY"
+    code, err = run_in_process(
+        capsys, monkeypatch, str(src), "-o", str(out), "--base-url", "https://api.example.com/v1"
+    )
+    assert (
+        code == 2
+        and err.strip().splitlines()[-1]
+        == "the openai backend needs an API key for api.example.com: set OPENAI_API_KEY"
+    )
     prices = tmp_path / "p.yaml"
     prices.write_text("gpt-4o: {input: -1, output: 1}\n")
     code, err = run_in_process(capsys, monkeypatch, str(src), "-o", str(out), "--prices", str(prices))
@@ -93,20 +118,38 @@ def test_bad_input_is_one_line_exit_2(write_inputs, tmp_path, capsys, monkeypatc
 
 def test_code_with_a_missing_coder_fails_before_any_call(server, write_inputs, tmp_path):
     src = write_inputs([make_dialogue("x")])
-    r = subprocess.run(cli(str(src), "-o", str(tmp_path / "mi.jsonl"), "--base-url", server.base_url, "--code",
-                           "--coder", str(tmp_path / "no-coder")),
-                       capture_output=True, text=True, env=env())
+    r = subprocess.run(
+        cli(
+            str(src),
+            "-o",
+            str(tmp_path / "mi.jsonl"),
+            "--base-url",
+            server.base_url,
+            "--code",
+            "--coder",
+            str(tmp_path / "no-coder"),
+        ),
+        capture_output=True,
+        text=True,
+        env=env(),
+    )
     assert r.returncode == 2 and "no such coder folder" in r.stderr and "Traceback" not in r.stderr
     assert server.calls == []
 
 
 def _start(src: Path, out: Path, server, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(cli(str(src), "-o", str(out), "--base-url", server.base_url, "--concurrency", "3",
-                                "--max-repairs", "1", *extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                            # as from a terminal: a job started in the background (`cmd &`) inherits
-                            # SIGINT ignored, and then Ctrl-C could not be tested
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        cli(
+            str(src), "-o", str(out), "--base-url", server.base_url, "--concurrency", "3", "--max-repairs", "1", *extra
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        # as from a terminal: a job started in the background (`cmd &`) inherits
+        # SIGINT ignored, and then Ctrl-C could not be tested
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _wait_for_lines(out: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -157,7 +200,7 @@ def test_sigkill_mid_run_then_resume(server, write_inputs, tmp_path):
     assert set(failed) == doomed
     # Nothing already written was asked for again, and nothing answered before was paid again,
     # except requests that were in flight when the process died (at most --concurrency).
-    second_run = server.calls[len(first_run):]
+    second_run = server.calls[len(first_run) :]
     keys_written = {first_client(d) for d in ds if d.id in written}
     assert not [c for c in second_run if c.key in keys_written]
     answered_before = {c.body_sha for c in first_run if c.finished is not None}

@@ -13,9 +13,11 @@ from tests.transcribe.conftest import make_dialogue
 def test_run_rewrites_a_seeded_sample_sized_by_the_split(server, write_inputs, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     src = write_inputs([make_dialogue(f"e{i}") for i in range(8)])
-    cfg = ExperimentConfig(sources=[{"kind": "dialogues", "path": str(src)}],
-                           transcribe={"enabled": True, "base_url": server.base_url, "concurrency": 2},
-                           split={"train": 3, "test": 1, "seed": 1})
+    cfg = ExperimentConfig(
+        sources=[{"kind": "dialogues", "path": str(src)}],
+        transcribe={"enabled": True, "base_url": server.base_url, "concurrency": 2},
+        split={"train": 3, "test": 1, "seed": 1},
+    )
     paths = RunPaths(tmp_path / "run")
     for stage in data_stages(cfg, paths):
         stage.run()

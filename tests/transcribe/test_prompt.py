@@ -20,7 +20,10 @@ GOLDEN = Path(__file__).parent / "golden"
 
 FIXTURES = {
     "en": {
-        "id": "golden-en", "source": "test", "language": "en", "topic": "smoking",
+        "id": "golden-en",
+        "source": "test",
+        "language": "en",
+        "topic": "smoking",
         "turns": [
             {"role": "counselor", "text": "Hello, what brings you in today?"},
             {"role": "client", "text": "My doctor says I should quit smoking."},
@@ -32,7 +35,10 @@ FIXTURES = {
         ],
     },
     "zh": {
-        "id": "golden-zh", "source": "test", "language": "zh", "topic": None,
+        "id": "golden-zh",
+        "source": "test",
+        "language": "zh",
+        "topic": None,
         "turns": [
             {"role": "client", "text": "我每天晚上都喝两三瓶啤酒，最近体检说脂肪肝。"},
             {"role": "counselor", "text": "你必须马上戒酒，不然会肝硬化。"},
@@ -67,11 +73,38 @@ def test_prompt_content_covers_mi(language):
     assert p.version == "mi-rewrite-1" and p.version_id.startswith(f"rewrite.{language}@mi-rewrite-1+")
     system = p.sections["system"]
     words = {
-        "en": ["Partnership", "Acceptance", "Compassion", "Evocation", "Open questions", "Affirmations",
-               "complex reflections", "Summaries", "change talk", "sustain talk", "permission", "autonomy".capitalize(),
-               "confront", "client turn"],
-        "zh": ["合作", "接纳", "关怀", "唤起", "开放式提问", "肯定", "复杂反映", "总结", "改变语句", "维持语句",
-               "征得同意", "自主", "对质", "来访者话轮"],
+        "en": [
+            "Partnership",
+            "Acceptance",
+            "Compassion",
+            "Evocation",
+            "Open questions",
+            "Affirmations",
+            "complex reflections",
+            "Summaries",
+            "change talk",
+            "sustain talk",
+            "permission",
+            "autonomy".capitalize(),
+            "confront",
+            "client turn",
+        ],
+        "zh": [
+            "合作",
+            "接纳",
+            "关怀",
+            "唤起",
+            "开放式提问",
+            "肯定",
+            "复杂反映",
+            "总结",
+            "改变语句",
+            "维持语句",
+            "征得同意",
+            "自主",
+            "对质",
+            "来访者话轮",
+        ],
     }[language]
     missing = [w for w in words if w not in system]
     assert not missing, missing
@@ -97,18 +130,23 @@ def test_unknown_topic_and_version_change_on_edit():
     assert edited.version_id != load_rewrite_prompt("zh").version_id  # the content hash shows the edit
 
 
-@pytest.mark.parametrize("text,msg", [
-    ("=== system ===\nx\n=== user ===\ny\n=== repair ===\nz\n", "version"),
-    ("# version: 1\n=== system ===\nx\n=== user ===\ny\n", "missing section"),
-    ("# version: 1\nhello\n=== system ===\n", "before the first"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("=== system ===\nx\n=== user ===\ny\n=== repair ===\nz\n", "version"),
+        ("# version: 1\n=== system ===\nx\n=== user ===\ny\n", "missing section"),
+        ("# version: 1\nhello\n=== system ===\n", "before the first"),
+    ],
+)
 def test_bad_prompt_files(text, msg):
     with pytest.raises(MiLlmError, match=msg):
         parse_prompt(text, "en")
 
 
 def test_unknown_placeholder_and_language():
-    p = parse_prompt("# version: 1\n=== system ===\n{{nope}}\n=== user ===\n{{dialogue}}\n=== repair ===\n{{error}}\n", "en")
+    p = parse_prompt(
+        "# version: 1\n=== system ===\n{{nope}}\n=== user ===\n{{dialogue}}\n=== repair ===\n{{error}}\n", "en"
+    )
     with pytest.raises(MiLlmError, match="unknown placeholder"):
         p.fill("system")
     with pytest.raises(MiLlmError, match="no rewrite prompt"):

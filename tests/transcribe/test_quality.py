@@ -26,8 +26,11 @@ class SentenceCoder:
             for t in d.turns:
                 if t.role == "counselor":
                     a, b = t.text.split(". ", 1)
-                    t = Turn(role="counselor", text=t.text, codes=[Utterance(text=a + ".", code=self.first[d.id]),
-                                                                     Utterance(text=b, code="Q")])
+                    t = Turn(
+                        role="counselor",
+                        text=t.text,
+                        codes=[Utterance(text=a + ".", code=self.first[d.id]), Utterance(text=b, code="Q")],
+                    )
                 turns.append(t)
             out.append(d.model_copy(update={"turns": turns}))
         return out

@@ -56,9 +56,11 @@ def test_good_run_then_rerun_and_cache(server, write_inputs, tmp_path):
 
     # Cost: every call's usage times the gpt-4o price.
     price = DEFAULT_PRICES["gpt-4o"]
-    want = sum(price.cost(**usage_of(c.messages, json.loads(_answer_of(c))) ) for c in server.calls)
+    want = sum(price.cost(**usage_of(c.messages, json.loads(_answer_of(c)))) for c in server.calls)
     assert stats.cost == pytest.approx(want) and stats.cost > 0
-    assert stats.prompt_tokens == sum(usage_of(c.messages, json.loads(_answer_of(c)))["prompt_tokens"] for c in server.calls)
+    assert stats.prompt_tokens == sum(
+        usage_of(c.messages, json.loads(_answer_of(c)))["prompt_tokens"] for c in server.calls
+    )
     summary = json.loads(summary_path(out).read_text())
     assert summary["stats"]["ok"] == 4 and summary["stats"]["cost"] == pytest.approx(want)
     assert "Authorization" not in json.dumps(summary)
@@ -186,8 +188,9 @@ def test_cut_answers_no_usage_and_no_client_turn(server, write_inputs, tmp_path)
     cut, nousage = make_dialogue("cut"), make_dialogue("nousage")
     server.script.scripts[first_client(cut)] = ["cut"]
     server.script.scripts[first_client(nousage)] = ["nousage"]
-    empty = Dialogue.model_validate({"id": "empty", "source": "t", "language": "en",
-                                     "turns": [{"role": "counselor", "text": "Hello?"}]})
+    empty = Dialogue.model_validate(
+        {"id": "empty", "source": "t", "language": "en", "turns": [{"role": "counselor", "text": "Hello?"}]}
+    )
     out = tmp_path / "mi.jsonl"
     stats = transcribe_file(write_inputs([cut, nousage, empty]), out, settings(server, max_repairs=0))
     assert (stats.ok, stats.failed, stats.usage_estimated_calls) == (1, 2, 1)

@@ -41,14 +41,17 @@ def test_fenced_json_and_role_aliases_are_accepted():
     assert [r for r, _ in v.turns][:2] == ["client", "counselor"]
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("", "empty"),
-    ("I cannot help with that.", "no JSON object"),
-    ('{"turns": [{"role": "client", "text": "x"}', "not valid JSON"),
-    ('{"turns": [{"role": "client" "text": "x"}]}', "not valid JSON"),
-    ('{"dialogue": []}', '"turns" list'),
-    ('[1, 2]', "no JSON object"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("", "empty"),
+        ("I cannot help with that.", "no JSON object"),
+        ('{"turns": [{"role": "client", "text": "x"}', "not valid JSON"),
+        ('{"turns": [{"role": "client" "text": "x"}]}', "not valid JSON"),
+        ('{"dialogue": []}', '"turns" list'),
+        ("[1, 2]", "no JSON object"),
+    ],
+)
 def test_unparseable(text, fragment):
     v = validate_answer(text, EN)
     assert not v.ok and fragment in v.reason
@@ -77,14 +80,17 @@ def test_client_turn_count_is_kept_by_default_only():
     assert validate_answer(answer(turns), EN, loose).ok
 
 
-@pytest.mark.parametrize("p,lang,text,what", [
-    (EN, "en", "Here is the rewritten dialogue in MI style.", "talks about the rewrite"),
-    (EN, "en", "Counselor: What would you like to do?", "speaker label"),
-    (EN, "en", "It sounds like walking matters to you. (complex reflection)", "MI code annotation"),
-    (ZH, "zh", "以下是改写后的对话。", "talks about the rewrite"),
-    (ZH, "zh", "咨询师：你怎么看？", "speaker label"),
-    (ZH, "zh", "你希望更健康一些。（复杂反映）", "MI code annotation"),
-])
+@pytest.mark.parametrize(
+    "p,lang,text,what",
+    [
+        (EN, "en", "Here is the rewritten dialogue in MI style.", "talks about the rewrite"),
+        (EN, "en", "Counselor: What would you like to do?", "speaker label"),
+        (EN, "en", "It sounds like walking matters to you. (complex reflection)", "MI code annotation"),
+        (ZH, "zh", "以下是改写后的对话。", "talks about the rewrite"),
+        (ZH, "zh", "咨询师：你怎么看？", "speaker label"),
+        (ZH, "zh", "你希望更健康一些。（复杂反映）", "MI code annotation"),
+    ],
+)
 def test_meta_commentary_inside_turns(p, lang, text, what):
     turns = good(p, lang)
     turns[3]["text"] = text

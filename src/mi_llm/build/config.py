@@ -17,9 +17,12 @@ class BuildConfig(BaseModel):
     test: float = Field(40, ge=0, description="test dialogues: a count, or a fraction below 1")
     seed: int = Field(42, description="seed of the split")
     history_budget: int | None = Field(
-        None, ge=0, description="keep only the most recent rounds of history within this many tokens")
+        None, ge=0, description="keep only the most recent rounds of history within this many tokens"
+    )
     tokenizer: str = Field(
-        "chars", description="unit of --history-budget: 'chars' or a model name/folder whose tokenizer counts")
+        "chars", description="unit of --history-budget: 'chars' or a model name/folder whose tokenizer counts"
+    )
     export_mode: Literal["rounds", "dialogues"] = Field(
         "rounds",
-        description="exports: 'rounds' (one record per sample) or 'dialogues' (one multi-turn record per dialogue)")
+        description="exports: 'rounds' (one record per sample) or 'dialogues' (one multi-turn record per dialogue)",
+    )

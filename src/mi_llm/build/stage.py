@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mi_llm.build.exports import export_records, write_llamafactory, write_openai
 from mi_llm.build.samples import TokenCounter, build_samples, char_count, split_dialogues
@@ -48,7 +49,9 @@ def build(
     if export_mode not in ("rounds", "dialogues"):
         raise MiLlmError(f"--export-mode must be 'rounds' or 'dialogues' (got {export_mode!r})")
     # A negative budget would silently drop every history round; bool is an int to Python.
-    if history_budget is not None and (isinstance(history_budget, bool) or not isinstance(history_budget, int) or history_budget < 0):
+    if history_budget is not None and (
+        isinstance(history_budget, bool) or not isinstance(history_budget, int) or history_budget < 0
+    ):
         raise MiLlmError(f"--history-budget must be a whole number of tokens, at least 0 (got {history_budget!r})")
     folder = BuildPaths(out)
     # Checked before reading the dialogues, so that a bad -o (a file, not a folder; no
@@ -57,8 +60,14 @@ def build(
     dialogues = load_all(paths)
     split = split_dialogues(dialogues, train=train, test=test, seed=seed)
     count = token_counter(tokenizer) if history_budget is not None else char_count
-    summary: dict[str, Any] = {"seed": seed, "history_budget": history_budget, "tokenizer": tokenizer,
-                               "export_mode": export_mode, "unused_dialogues": split.unused, "files": []}
+    summary: dict[str, Any] = {
+        "seed": seed,
+        "history_budget": history_budget,
+        "tokenizer": tokenizer,
+        "export_mode": export_mode,
+        "unused_dialogues": split.unused,
+        "files": [],
+    }
     exports = {}
     for name, part in zip(SPLITS, (split.train, split.test)):
         samples = build_samples(part, history_budget, count)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
-from mi_llm.cli.options import field_option
 from mi_llm.build.config import BuildConfig
+from mi_llm.cli.options import field_option
 from mi_llm.console import console
 
 data_app = typer.Typer(help="Corpora: import, download, build samples.", no_args_is_help=True)
@@ -21,10 +20,13 @@ def register(app: typer.Typer) -> None:
 
 @data_app.command("import")
 def import_cmd(
-    source: str = typer.Argument(..., help="cpsycound | cpsycoune | smile | psydt | annomi | mibot | sharegpt | llamafactory | openai | dialogues | demo (the bundled corpus; PATH is not read, --language picks a part)"),
+    source: str = typer.Argument(
+        ...,
+        help="cpsycound | cpsycoune | smile | psydt | annomi | mibot | sharegpt | llamafactory | openai | dialogues | demo (the bundled corpus; PATH is not read, --language picks a part)",
+    ),
     path: Path = typer.Argument(..., help="folder or file to import"),
     output: Path = typer.Option(..., "-o", "--output", help="dialogues JSONL to write"),
-    language: Optional[str] = typer.Option(None, help="zh | en, for sources that do not say (sharegpt, openai)"),
+    language: str | None = typer.Option(None, help="zh | en, for sources that do not say (sharegpt, openai)"),
     no_merge: bool = typer.Option(False, "--no-merge", help="keep consecutive turns by the same role apart"),
     keep_empty: bool = typer.Option(False, "--keep-empty", help="keep turns with blank text"),
 ) -> None:
@@ -53,7 +55,7 @@ def import_cmd(
 def download_cmd(
     source: str = typer.Argument(..., help="cpsycound | annomi | smile | mibot"),
     dest: Path = typer.Argument(..., help="folder to download into"),
-    base_url: Optional[str] = typer.Option(None, help="mirror to download from instead of the public source"),
+    base_url: str | None = typer.Option(None, help="mirror to download from instead of the public source"),
 ) -> None:
     """Download a public corpus (resumable, size and checksum verified)."""
     from mi_llm.console import setup_logging
@@ -74,7 +76,7 @@ def build_cmd(
     train: float = field_option(BuildConfig, "train"),
     test: float = field_option(BuildConfig, "test"),
     seed: int = field_option(BuildConfig, "seed"),
-    history_budget: Optional[int] = field_option(BuildConfig, "history_budget"),
+    history_budget: int | None = field_option(BuildConfig, "history_budget"),
     tokenizer: str = field_option(BuildConfig, "tokenizer"),
     export_mode: str = field_option(BuildConfig, "export_mode"),
 ) -> None:
@@ -82,8 +84,14 @@ def build_cmd(
     from mi_llm.build.stage import build
 
     summary = build(
-        dialogues, output, train=train, test=test, seed=seed,
-        history_budget=history_budget, tokenizer=tokenizer, export_mode=export_mode,
+        dialogues,
+        output,
+        train=train,
+        test=test,
+        seed=seed,
+        history_budget=history_budget,
+        tokenizer=tokenizer,
+        export_mode=export_mode,
     )
     table = Table(title=f"build {output}")
     for col in ("split", "dialogues", "samples"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,20 +16,23 @@ def register(app: typer.Typer) -> None:
 
 def evaluate_cmd(
     predictions: Path = typer.Argument(
-        ..., help="predictions JSONL: ours (prediction, reference) or LLaMA-Factory's generated_predictions.jsonl (predict, label)"
+        ...,
+        help="predictions JSONL: ours (prediction, reference) or LLaMA-Factory's generated_predictions.jsonl (predict, label)",
     ),
-    output: Optional[Path] = typer.Option(
+    output: Path | None = typer.Option(
         None, "-o", "--output", help="metrics JSON to write (default: metrics.json beside PREDICTIONS)"
     ),
-    per_sample: Optional[Path] = typer.Option(None, "--per-sample", help="also write one JSONL line of scores per pair"),
-    language: Optional[str] = typer.Option(
+    per_sample: Path | None = typer.Option(None, "--per-sample", help="also write one JSONL line of scores per pair"),
+    language: str | None = typer.Option(
         None, "--language", help="zh | en for every pair (default: the file's language field, else detected)"
     ),
-    workers: Optional[int] = typer.Option(
+    workers: int | None = typer.Option(
         None, "--workers", help="processes (default: 2 from 2,000 pairs on)", callback=number(ge=1)
     ),
     reference_impl: bool = typer.Option(
-        False, "--reference-impl", help="compute with the reference libraries as LLaMA-Factory calls them (slow; for audits)"
+        False,
+        "--reference-impl",
+        help="compute with the reference libraries as LLaMA-Factory calls them (slow; for audits)",
     ),
 ) -> None:
     """Score predictions against references: the paper's BLEU-4/ROUGE and the extended family."""
@@ -38,7 +40,6 @@ def evaluate_cmd(
 
     from mi_llm.evaluate.metrics import evaluate_file
     from mi_llm.evaluate.report_table import metrics_tables, settings_lines
-
     from mi_llm.io import check_writable
     from mi_llm.layout import METRICS
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -35,8 +34,9 @@ def register(app: typer.Typer) -> None:
             raise
     else:
         # The automatic coders' commands, after this module's own; once, however often this runs.
-        miti_app.registered_commands += [c for c in coder_app.registered_commands
-                                         if c not in miti_app.registered_commands]
+        miti_app.registered_commands += [
+            c for c in coder_app.registered_commands if c not in miti_app.registered_commands
+        ]
 
 
 def _labelled(spec: str) -> tuple[str | None, Path]:
@@ -53,14 +53,22 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 
 @miti_app.command("score")
 def score_cmd(
-    inputs: list[str] = typer.Argument(..., help="coded Dialogue JSONL file(s); 'NAME=FILE' names a system (default: file name)"),
-    output: Path = typer.Option(..., "-o", "--output", help="JSON file to write (per-session scores, aggregates, table)"),
+    inputs: list[str] = typer.Argument(
+        ..., help="coded Dialogue JSONL file(s); 'NAME=FILE' names a system (default: file name)"
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="JSON file to write (per-session scores, aggregates, table)"
+    ),
     definition: str = typer.Option(
-        "default", "--ratio",
+        "default",
+        "--ratio",
         help="MI-adherent ratio: 'default' = MIA/(MIA+MINA), 'pwp-adherent' (PwP counts as adherent), "
-             "or 'adherent=AF,Seek,EA;non-adherent=Persuade,Confront'"),
+        "or 'adherent=AF,Seek,EA;non-adherent=Persuade,Confront'",
+    ),
     group_by: str = typer.Option("none", help="split each file into systems by: none | style | language | source"),
-    allow_uncoded: bool = typer.Option(False, "--allow-uncoded", help="score counselor turns without codes as uncoded volleys instead of failing"),
+    allow_uncoded: bool = typer.Option(
+        False, "--allow-uncoded", help="score counselor turns without codes as uncoded volleys instead of failing"
+    ),
     paper: bool = typer.Option(True, "--paper/--no-paper", help="show the MI-LLM paper's figures beside the scores"),
 ) -> None:
     """Score coded sessions: behaviour counts, globals, %CR, R:Q, MIA, MINA, MI-adherent ratio."""
@@ -92,9 +100,13 @@ def score_cmd(
 
 @miti_app.command("agree")
 def agree_cmd(
-    files: list[str] = typer.Argument(..., help="two or more coders' coded Dialogue JSONL files; 'NAME=FILE' names a coder"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="JSON file to write"),
-    align: str = typer.Option("strict", help="utterance matching: strict (same segmentation required) | text (pair identical texts)"),
+    files: list[str] = typer.Argument(
+        ..., help="two or more coders' coded Dialogue JSONL files; 'NAME=FILE' names a coder"
+    ),
+    output: Path | None = typer.Option(None, "-o", "--output", help="JSON file to write"),
+    align: str = typer.Option(
+        "strict", help="utterance matching: strict (same segmentation required) | text (pair identical texts)"
+    ),
     definition: str = typer.Option("default", "--ratio", help="MI-adherent ratio definition (see `miti score --help`)"),
 ) -> None:
     """Inter-coder reliability: ICC per score, Cohen's kappa and Krippendorff's alpha per code."""
@@ -132,32 +144,55 @@ def _print_agreement(r: dict) -> None:
         f"sessions matched: {s['matched']}"
         + "".join(f"; only in {k}: {len(v)}" for k, v in s["only_in"].items() if v)
         + f" · utterances compared: {ov['units']} ({r['alignment']['mode']} alignment"
-        + "".join(f"; {k} unmatched {n}" for k, n in r["alignment"]["unmatched"].items() if n) + ")")
+        + "".join(f"; {k} unmatched {n}" for k, n in r["alignment"]["unmatched"].items() if n)
+        + ")"
+    )
     t = Table(title="Utterance level (codes; null = 'none')")
     for col in ("code", *(f"n {c['name']}" for c in r["coders"]), "% agree", "Cohen's kappa", "Kripp. alpha"):
         t.add_column(col)
-    t.add_row("[b]all codes[/]", *["" for _ in r["coders"]], _fmt(ov["percent_agreement"]),
-              _fmt(ov["cohen_kappa"]), _fmt(ov["krippendorff_alpha"]))
+    t.add_row(
+        "[b]all codes[/]",
+        *["" for _ in r["coders"]],
+        _fmt(ov["percent_agreement"]),
+        _fmt(ov["cohen_kappa"]),
+        _fmt(ov["krippendorff_alpha"]),
+    )
     for code, row in u["per_code"].items():
-        t.add_row(code, *[str(row["count"][c["name"]]) for c in r["coders"]], _fmt(row["percent_agreement"]),
-                  _fmt(row["cohen_kappa"]), _fmt(row["krippendorff_alpha"]))
+        t.add_row(
+            code,
+            *[str(row["count"][c["name"]]) for c in r["coders"]],
+            _fmt(row["percent_agreement"]),
+            _fmt(row["cohen_kappa"]),
+            _fmt(row["krippendorff_alpha"]),
+        )
     console.print(t)
-    for pair, cm in u["confusion"].items():
+    for cm in u["confusion"].values():
         ct = Table(title=f"Confusion: rows {cm['rows']}, columns {cm['columns']}")
         ct.add_column("")
         for lab in cm["labels"]:
             ct.add_column(_ABBR.get(lab, lab), justify="right")
         for lab, row in zip(cm["labels"], cm["matrix"]):
-            ct.add_row(lab, *[f"[b]{v}[/]" if i == cm["labels"].index(lab) and v else (str(v) if v else "·")
-                              for i, v in enumerate(row)])
+            ct.add_row(
+                lab,
+                *[
+                    f"[b]{v}[/]" if i == cm["labels"].index(lab) and v else (str(v) if v else "·")
+                    for i, v in enumerate(row)
+                ],
+            )
         console.print(ct)
     it = Table(title="Session level ICC", caption="; ".join(r["session_scores"]["forms"].values()))
     for col in ("score", "sessions", "ICC(2,1)", "95% CI", "ICC(3,1)", "note"):
         it.add_column(col)
     for key, row in r["session_scores"]["scores"].items():
         ci = row["icc2_1_ci95"]
-        it.add_row(key, str(row["n"]), _fmt(row["icc2_1"]), "" if not ci else f"{ci[0]:.2f} to {ci[1]:.2f}",
-                   _fmt(row["icc3_1"]), row["note"] or "")
+        it.add_row(
+            key,
+            str(row["n"]),
+            _fmt(row["icc2_1"]),
+            "" if not ci else f"{ci[0]:.2f} to {ci[1]:.2f}",
+            _fmt(row["icc3_1"]),
+            row["note"] or "",
+        )
     console.print(it)
     b = r["benchmarks"]
     console.print(f"[dim]human benchmarks: session ICC {b['session_icc']}; utterance kappa {b['utterance_kappa']}[/]")
@@ -168,11 +203,28 @@ def annotate_cmd(
     sessions: Path = typer.Argument(..., help="Dialogue JSONL to code (coded or not)"),
     coder_name: str = typer.Option(..., "--coder-name", help="your name or initials (one autosave file per coder)"),
     port: int = typer.Option(8765, help="port of the local page", callback=number(ge=1, le=65535)),
-    host: str = typer.Option("127.0.0.1", help="loopback address to listen on (127.0.0.1, ::1, localhost): the page has no login and the sessions are health data"),
-    allowed_host: list[str] = typer.Option([], "--allowed-host", help="also answer to this Host name (NAME or NAME:PORT; repeatable), e.g. an /etc/hosts alias"),
-    out: Optional[Path] = typer.Option(None, "--out", help="coded JSONL to export to (default SESSIONS.<coder>.coded.jsonl; the autosave file lies beside it)"),
-    keep_codes: bool = typer.Option(False, "--keep-codes", help="start from the codes and globals already in SESSIONS (default: only their segmentation)"),
-    export_only: bool = typer.Option(False, "--export", help="write the export from the autosave file and exit, without serving"),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="loopback address to listen on (127.0.0.1, ::1, localhost): the page has no login and the sessions are health data",
+    ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="also answer to this Host name (NAME or NAME:PORT; repeatable), e.g. an /etc/hosts alias",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="coded JSONL to export to (default SESSIONS.<coder>.coded.jsonl; the autosave file lies beside it)",
+    ),
+    keep_codes: bool = typer.Option(
+        False,
+        "--keep-codes",
+        help="start from the codes and globals already in SESSIONS (default: only their segmentation)",
+    ),
+    export_only: bool = typer.Option(
+        False, "--export", help="write the export from the autosave file and exit, without serving"
+    ),
 ) -> None:
     """Serve a local page to code sessions by hand (MITI 4.2.1); autosaves every change."""
     from mi_llm.miti.annotate.app import AnnotationProject, check_host, serve
@@ -184,8 +236,10 @@ def annotate_cmd(
     project = AnnotationProject(sessions, coder_name, out, keep_codes=keep_codes)
     if export_only:
         r = project.export()
-        console.print(f"exported {r['sessions']} session(s) ({r['done']} done, {r['without_globals']} without all "
-                      f"4 globals; {r['not_saved']} never saved) to {r['path']}")
+        console.print(
+            f"exported {r['sessions']} session(s) ({r['done']} done, {r['without_globals']} without all "
+            f"4 globals; {r['not_saved']} never saved) to {r['path']}"
+        )
         return
     console.print(f"coding {len(project.dialogues)} session(s) as [b]{project.coder}[/]; autosave {project.autosave}")
     shown = f"[{host}]" if ":" in host else host

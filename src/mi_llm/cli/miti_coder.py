@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -18,15 +18,24 @@ from mi_llm.errors import InputError, MiLlmError
 
 coder_app = typer.Typer()
 
-_CODER_HELP = ("'default' (the coder shipped with mi-llm, the same on every machine), a folder from `mi-llm miti train-coder`, "
-               "or llm:<backend>:<model> (e.g. llm:openai:gpt-4o, llm:hf:<model folder>)")
+_CODER_HELP = (
+    "'default' (the coder shipped with mi-llm, the same on every machine), a folder from `mi-llm miti train-coder`, "
+    "or llm:<backend>:<model> (e.g. llm:openai:gpt-4o, llm:hf:<model folder>)"
+)
 
 
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _load(coder: str, base_url: str | None, retries: int) -> Any:
@@ -48,18 +57,26 @@ def _load(coder: str, base_url: str | None, retries: int) -> Any:
 def _summary(codes: list[str | None], errors: int, seconds: float, what: str) -> None:
     c = Counter(x or "null" for x in codes)
     dist = ", ".join(f"{k} {v}" for k, v in c.most_common())
-    console.print(f"coded {len(codes)} {what} in {seconds:.1f} s: {dist or 'nothing'}"
-                  + (f"; [red]{errors} failed[/red] (recorded, code null)" if errors else ""))
+    console.print(
+        f"coded {len(codes)} {what} in {seconds:.1f} s: {dist or 'nothing'}"
+        + (f"; [red]{errors} failed[/red] (recorded, code null)" if errors else "")
+    )
 
 
 @coder_app.command("code")
 def code_cmd(
     input: Path = typer.Argument(..., help="Dialogue JSONL to code"),
-    output: Path = typer.Option(..., "-o", "--output", help="coded Dialogue JSONL (Turn.codes and miti_globals filled)"),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="coded Dialogue JSONL (Turn.codes and miti_globals filled)"
+    ),
     coder: str = typer.Option("default", "--coder", "-c", help=_CODER_HELP),
-    resegment: bool = typer.Option(False, "--resegment", help="split counselor turns again even when they already have utterances"),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="LLM coder: the OpenAI-compatible server's URL"),
-    retries: int = typer.Option(2, "--retries", help="LLM coder: times to re-ask after an invalid answer", callback=number(ge=0, le=100)),
+    resegment: bool = typer.Option(
+        False, "--resegment", help="split counselor turns again even when they already have utterances"
+    ),
+    base_url: str | None = typer.Option(None, "--base-url", help="LLM coder: the OpenAI-compatible server's URL"),
+    retries: int = typer.Option(
+        2, "--retries", help="LLM coder: times to re-ask after an invalid answer", callback=number(ge=0, le=100)
+    ),
 ) -> None:
     """Split counselor turns into utterances, code each one, and rate the 4 globals per session."""
     from mi_llm.corpus.schema import read_dialogues, write_dialogues
@@ -73,8 +90,9 @@ def code_cmd(
     t0 = time.monotonic()
     with _progress() as progress:
         task = progress.add_task(f"coding {len(dialogues)} dialogue(s)", total=None)
-        coded = c.code_dialogues(dialogues, resegment=resegment,
-                                 progress=lambda d, n: progress.update(task, completed=d, total=n))
+        coded = c.code_dialogues(
+            dialogues, resegment=resegment, progress=lambda d, n: progress.update(task, completed=d, total=n)
+        )
     write_dialogues(output, coded)
     codes = [u.code for d in coded for t in d.turns for u in (t.codes or [])]
     errors = sum(d.meta.get("miti_coder_errors", {}).get("utterances", 0) for d in coded)
@@ -117,8 +135,10 @@ def code_utterances_cmd(
     input: Path = typer.Argument(..., help="JSONL lines {id, text, language?, context?}"),
     output: Path = typer.Option(..., "-o", "--output", help="the same lines plus 'code' (a MITI key or null)"),
     coder: str = typer.Option("default", "--coder", "-c", help=_CODER_HELP),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="LLM coder: the OpenAI-compatible server's URL"),
-    retries: int = typer.Option(2, "--retries", help="LLM coder: times to re-ask after an invalid answer", callback=number(ge=0, le=100)),
+    base_url: str | None = typer.Option(None, "--base-url", help="LLM coder: the OpenAI-compatible server's URL"),
+    retries: int = typer.Option(
+        2, "--retries", help="LLM coder: times to re-ask after an invalid answer", callback=number(ge=0, le=100)
+    ),
 ) -> None:
     """Code single utterances (context = the client's previous turn, when given)."""
     from mi_llm.io import write_jsonl
@@ -148,22 +168,43 @@ def code_utterances_cmd(
 @coder_app.command("train-coder")
 def train_coder_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="coder folder to write"),
-    data: list[str] = typer.Option([], "--data", help="KIND=PATH, repeatable: annomi=AnnoMI-full.csv, "
-                                   "welivita=CC_Augmented.csv, mibot=DIR, dialogues=coded.jsonl"),
-    recipe: str = typer.Option("embed", "--recipe", help="embed: n-grams x the embedded model's frozen hidden states "
-                               "(default); tuned: n-grams x blocks of it tuned to the codes (better on English, "
-                               "worse on Chinese without Chinese training codes); encoder: n-grams x a small English encoder "
-                               "fine-tuned end to end (best on English, no help on Chinese); ngram: n-grams only (the shipped default "
-                               "coder's recipe). embed and ngram choose their hyper-parameters on inner folds of the data"),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="with --recipe encoder: the encoder to fine-tune, "
-                                          "a local folder or hub id (default: the bundled all-MiniLM-L6-v2)"),
-    weight: list[str] = typer.Option([], "--weight", help="SOURCE=W, repeatable: how much one source's labels count "
-                                     "(default annomi=1 demo=1 welivita=0.2 mibot=0.2; welivita=1 codes written "
-                                     "counseling better and spoken sessions and Chinese a little worse, see docs/miti-coder.md)"),
-    quick: bool = typer.Option(False, "--quick", help="n-gram, context and surface features with fixed "
-                               "hyper-parameters (no inner cross-validation): the fastest"),
-    embeddings: Optional[bool] = typer.Option(None, "--embeddings/--no-embeddings",
-                                              help="use the embedded model's hidden states (default: on unless --quick)"),
+    data: list[str] = typer.Option(
+        [],
+        "--data",
+        help="KIND=PATH, repeatable: annomi=AnnoMI-full.csv, "
+        "welivita=CC_Augmented.csv, mibot=DIR, dialogues=coded.jsonl",
+    ),
+    recipe: str = typer.Option(
+        "embed",
+        "--recipe",
+        help="embed: n-grams x the embedded model's frozen hidden states "
+        "(default); tuned: n-grams x blocks of it tuned to the codes (better on English, "
+        "worse on Chinese without Chinese training codes); encoder: n-grams x a small English encoder "
+        "fine-tuned end to end (best on English, no help on Chinese); ngram: n-grams only (the shipped default "
+        "coder's recipe). embed and ngram choose their hyper-parameters on inner folds of the data",
+    ),
+    encoder: str | None = typer.Option(
+        None,
+        "--encoder",
+        help="with --recipe encoder: the encoder to fine-tune, "
+        "a local folder or hub id (default: the bundled all-MiniLM-L6-v2)",
+    ),
+    weight: list[str] = typer.Option(
+        [],
+        "--weight",
+        help="SOURCE=W, repeatable: how much one source's labels count "
+        "(default annomi=1 demo=1 welivita=0.2 mibot=0.2; welivita=1 codes written "
+        "counseling better and spoken sessions and Chinese a little worse, see docs/miti-coder.md)",
+    ),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="n-gram, context and surface features with fixed "
+        "hyper-parameters (no inner cross-validation): the fastest",
+    ),
+    embeddings: bool | None = typer.Option(
+        None, "--embeddings/--no-embeddings", help="use the embedded model's hidden states (default: on unless --quick)"
+    ),
 ) -> None:
     """Train the offline coder on the bundled demo codes plus the given labelled data."""
     from mi_llm.miti.coders import train_coder
@@ -177,28 +218,44 @@ def train_coder_cmd(
 
         def on(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                names = {"loading": "loading labelled data", "embeddings": "embedded-model features",
-                         "tuning": "tuning the embedded model's blocks (steps)",
-                         "fine-tuning": "fine-tuning the encoder (steps)",
-                         "selection": "choosing hyper-parameters on inner folds (fits)",
-                         "classifier": "features and classifiers (per expert)", "globals": "global-ratings model"}
+                names = {
+                    "loading": "loading labelled data",
+                    "embeddings": "embedded-model features",
+                    "tuning": "tuning the embedded model's blocks (steps)",
+                    "fine-tuning": "fine-tuning the encoder (steps)",
+                    "selection": "choosing hyper-parameters on inner folds (fits)",
+                    "classifier": "features and classifiers (per expert)",
+                    "globals": "global-ratings model",
+                }
                 tasks[stage] = progress.add_task(names.get(stage, stage), total=total)
             progress.update(tasks[stage], completed=done, total=total)
 
-        folder = train_coder(output, sources, quick=quick, embeddings=embeddings, progress=on, recipe=recipe,
-                             encoder=encoder, weights=weights)
+        folder = train_coder(
+            output,
+            sources,
+            quick=quick,
+            embeddings=embeddings,
+            progress=on,
+            recipe=recipe,
+            encoder=encoder,
+            weights=weights,
+        )
     import json
 
     info = json.loads((folder / "coder.json").read_text())["info"]
-    console.print(f"trained on {info['n_examples']} utterances ({', '.join(f'{k} {v}' for k, v in info['sources'].items())}) "
-                  f"in {time.monotonic() - t0:.0f} s")
+    console.print(
+        f"trained on {info['n_examples']} utterances ({', '.join(f'{k} {v}' for k, v in info['sources'].items())}) "
+        f"in {time.monotonic() - t0:.0f} s"
+    )
     console.print(f"wrote {folder}")
 
 
 # ---------------------------------------------------------------- client talk
 
-_CLIENT_CODER_HELP = ("'default' (the client-talk coder shipped in the package, trained on AnnoMI) or a folder from "
-                      "`mi-llm miti train-client-coder`")
+_CLIENT_CODER_HELP = (
+    "'default' (the client-talk coder shipped in the package, trained on AnnoMI) or a folder from "
+    "`mi-llm miti train-client-coder`"
+)
 
 
 def _read_client_items(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -255,10 +312,18 @@ def code_client_cmd(
 @coder_app.command("train-client-coder")
 def train_client_coder_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="client-talk coder folder to write"),
-    data: Optional[Path] = typer.Option(None, "--data", help="AnnoMI-full.csv (or -simple.csv) with client_talk_type "
-                                        "labels (default: ../shared/data/annomi/AnnoMI-full.csv)"),
-    select: bool = typer.Option(False, "--select", help="choose the recipe again by cross-validation by transcript "
-                                "(minutes) instead of reusing the shipped coder's"),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="AnnoMI-full.csv (or -simple.csv) with client_talk_type "
+        "labels (default: ../shared/data/annomi/AnnoMI-full.csv)",
+    ),
+    select: bool = typer.Option(
+        False,
+        "--select",
+        help="choose the recipe again by cross-validation by transcript "
+        "(minutes) instead of reusing the shipped coder's",
+    ),
 ) -> None:
     """Train a client-talk coder (change / sustain / neutral) on AnnoMI's expert labels."""
     from mi_llm.miti.coders.client_talk import shared_annomi

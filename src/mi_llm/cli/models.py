@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
-from mi_llm.cli.options import INT32_MAX, field_default, field_option, number, seed as seed_check
+from mi_llm.cli.options import INT32_MAX, field_default, field_option, number
+from mi_llm.cli.options import seed as seed_check
 from mi_llm.console import console
 from mi_llm.evaluate.config import PredictConfig
 from mi_llm.llm.backends.config import LlamaCppConfig, OpenAIConfig
 from mi_llm.llm.resolve import DEFAULT_MODEL
 
-models_app = typer.Typer(help="Models: list the known names, prepare (convert) the embedded model.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Models: list the known names, prepare (convert) the embedded model.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -58,44 +60,102 @@ def prepare_cmd(
 def predict_cmd(
     data: Path = typer.Option(..., "--data", help="samples.test.jsonl, or a build folder"),
     output: Path = typer.Option(..., "-o", "--output", help="predictions JSONL to write"),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="model name, HF id, folder, or .gguf (llamacpp); the served model name for openai"),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
+    model: str = typer.Option(
+        DEFAULT_MODEL,
+        "--model",
+        help="model name, HF id, folder, or .gguf (llamacpp); the served model name for openai",
+    ),
+    adapter: Path | None = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
     backend: str = typer.Option("hf", "--backend", help="hf | llamacpp | openai | vllm"),
     preset: str = field_option(PredictConfig, "preset", "--preset"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="override the preset's", callback=number(ge=1, le=INT32_MAX)),
-    temperature: Optional[float] = typer.Option(None, "--temperature", callback=number(ge=0)),
-    top_p: Optional[float] = typer.Option(None, "--top-p", callback=number(gt=0, le=1)),
-    top_k: Optional[int] = typer.Option(None, "--top-k", callback=number(ge=0, le=INT32_MAX)),
-    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", callback=number(gt=0)),
-    seed: Optional[int] = typer.Option(None, "--seed", help="sampling seed (default 42)", callback=seed_check),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="conversations per generate call, written together (default: hf 16; llamacpp 4 x parallel; openai 4 x concurrency; vllm 256)", callback=number(ge=1, le=INT32_MAX)),
-    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N samples", callback=number(ge=1)),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="override the preset's", callback=number(ge=1, le=INT32_MAX)
+    ),
+    temperature: float | None = typer.Option(None, "--temperature", callback=number(ge=0)),
+    top_p: float | None = typer.Option(None, "--top-p", callback=number(gt=0, le=1)),
+    top_k: int | None = typer.Option(None, "--top-k", callback=number(ge=0, le=INT32_MAX)),
+    repetition_penalty: float | None = typer.Option(None, "--repetition-penalty", callback=number(gt=0)),
+    seed: int | None = typer.Option(None, "--seed", help="sampling seed (default 42)", callback=seed_check),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        help="conversations per generate call, written together (default: hf 16; llamacpp 4 x parallel; openai 4 x concurrency; vllm 256)",
+        callback=number(ge=1, le=INT32_MAX),
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="only the first N samples", callback=number(ge=1)),
     overwrite: bool = typer.Option(False, "--overwrite", help="start over instead of resuming"),
-    device: Optional[str] = typer.Option(None, "--device", help="hf/vllm: cpu | cuda (default: cuda when available)"),
-    gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load (default: the model's own)"),
-    parallel: int = typer.Option(field_default(LlamaCppConfig, "parallel"), "--parallel", help="llamacpp: sequences decoded together (1 = single stream)", callback=number(ge=1, le=INT32_MAX)),
-    threads: Optional[int] = typer.Option(None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX)),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1 (key from OPENAI_API_KEY)"),
-    concurrency: int = typer.Option(field_default(OpenAIConfig, "concurrency"), "--concurrency", help="openai: requests in flight", callback=number(ge=1, le=INT32_MAX)),
-    extra_body: Optional[str] = typer.Option(None, "--extra-body", help="openai: JSON object merged into each request"),
+    device: str | None = typer.Option(None, "--device", help="hf/vllm: cpu | cuda (default: cuda when available)"),
+    gguf: Path | None = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load (default: the model's own)"),
+    parallel: int = typer.Option(
+        field_default(LlamaCppConfig, "parallel"),
+        "--parallel",
+        help="llamacpp: sequences decoded together (1 = single stream)",
+        callback=number(ge=1, le=INT32_MAX),
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX)
+    ),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1 (key from OPENAI_API_KEY)"
+    ),
+    concurrency: int = typer.Option(
+        field_default(OpenAIConfig, "concurrency"),
+        "--concurrency",
+        help="openai: requests in flight",
+        callback=number(ge=1, le=INT32_MAX),
+    ),
+    extra_body: str | None = typer.Option(None, "--extra-body", help="openai: JSON object merged into each request"),
 ) -> None:
     """Generate a counselor reply for every test sample (resumable)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from mi_llm.evaluate.predict import PredictBackend, backend_options, count_test_samples, predict, resolve_backend
     from mi_llm.llm.backends import preset as make_preset
 
-    config = make_preset(preset, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                         repetition_penalty=repetition_penalty, seed=seed)
+    config = make_preset(
+        preset,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
     test_file, total = count_test_samples(data, limit)  # a broken line fails before the model loads
     name = resolve_backend(backend)
-    options = backend_options(name, seed=config.seed, device=device, gguf=gguf, parallel=parallel, threads=threads,
-                              base_url=base_url, concurrency=concurrency, extra_body=extra_body)
+    options = backend_options(
+        name,
+        seed=config.seed,
+        device=device,
+        gguf=gguf,
+        parallel=parallel,
+        threads=threads,
+        base_url=base_url,
+        concurrency=concurrency,
+        extra_body=extra_body,
+    )
     chosen = PredictBackend.choose(name, model, adapter, options, batch_size)
     with console.status(f"loading {model} ({name})"):
         be = chosen.load()
-    with be, Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tps]}"),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+    with (
+        be,
+        Progress(
+            TextColumn("predict"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[tps]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar,
+    ):
         task = bar.add_task("predict", total=total, tps="")
         stats = {"tokens": 0}
         t0 = time.monotonic()
@@ -105,8 +165,18 @@ def predict_cmd(
             dt = time.monotonic() - t0
             bar.update(task, advance=n, tps=f"{stats['tokens'] / dt:.1f} tok/s" if dt > 0 else "")
 
-        res = predict(be, test_file, output, config, batch_size=chosen.batch_size, limit=limit, overwrite=overwrite,
-                      progress=on_batch)
+        res = predict(
+            be,
+            test_file,
+            output,
+            config,
+            batch_size=chosen.batch_size,
+            limit=limit,
+            overwrite=overwrite,
+            progress=on_batch,
+        )
         bar.update(task, completed=total)
-    console.print(f"wrote {res.output} ({res.samples} samples, {res.generated_now} generated now, "
-                  f"{res.completion_tokens} tokens in {res.seconds:.1f} s, {res.tokens_per_s:.1f} tok/s)")
+    console.print(
+        f"wrote {res.output} ({res.samples} samples, {res.generated_now} generated now, "
+        f"{res.completion_tokens} tokens in {res.seconds:.1f} s, {res.tokens_per_s:.1f} tok/s)"
+    )

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import annotated_types
 import typer
@@ -114,16 +115,25 @@ def field_bounds(model: type[BaseModel], name: str) -> dict[str, float]:
     """The field's numeric range (ge/gt/le/lt) as `number` takes it."""
     bounds: dict[str, float] = {}
     for m in model.model_fields[name].metadata:
-        for key, kind in (("ge", annotated_types.Ge), ("gt", annotated_types.Gt),
-                          ("le", annotated_types.Le), ("lt", annotated_types.Lt)):
+        for key, kind in (
+            ("ge", annotated_types.Ge),
+            ("gt", annotated_types.Gt),
+            ("le", annotated_types.Le),
+            ("lt", annotated_types.Lt),
+        ):
             if isinstance(m, kind):
                 bounds[key] = getattr(m, key)
     return bounds
 
 
 def field_option(
-    model: type[BaseModel], name: str, *param_decls: str, le: float | None = None,
-    callback: Callable[[Any, Any, Any], Any] | None = None, help: str | None = None, **kwargs: Any,
+    model: type[BaseModel],
+    name: str,
+    *param_decls: str,
+    le: float | None = None,
+    callback: Callable[[Any, Any, Any], Any] | None = None,
+    help: str | None = None,
+    **kwargs: Any,
 ) -> Any:
     """A typer option for a field of `model`: its default, its description as the help (unless
     `help` is given) and, for a numeric field, its range checked while the command line is
@@ -135,6 +145,9 @@ def field_option(
         callback = number(**bounds)
     field = model.model_fields[name]
     return typer.Option(
-        ... if field.is_required() else field_default(model, name), *param_decls, callback=callback,
-        help=help if help is not None else field.description, **kwargs,
+        ... if field.is_required() else field_default(model, name),
+        *param_decls,
+        callback=callback,
+        help=help if help is not None else field.description,
+        **kwargs,
     )

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from mi_llm.console import console, setup_logging
+from mi_llm.console import setup_logging
 from mi_llm.layout import default_run_dir
 
 
@@ -33,7 +32,7 @@ def _run(config_path: Path, run_dir: Path | None, force: bool) -> None:
 
 def run_cmd(
     config: Path = typer.Argument(..., help="experiment config (YAML); see configs/"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where every output goes (default runs/<name>)"),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="where every output goes (default runs/<name>)"),
     force: bool = typer.Option(False, help="rerun every stage even when up to date"),
 ) -> None:
     """Run an experiment: import, (transcribe), build, predict, train, evaluate, MITI, report."""

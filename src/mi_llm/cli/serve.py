@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from mi_llm.cli.options import INT32_MAX, field_default, field_option, number, seed as seed_check
+from mi_llm.cli.options import INT32_MAX, field_default, field_option, number
+from mi_llm.cli.options import seed as seed_check
 from mi_llm.console import console, setup_logging
 from mi_llm.llm.backends.config import LlamaCppConfig
 from mi_llm.serve.config import ServeConfig
 
-safety_app = typer.Typer(help="The crisis safety layer: classify messages, measure the classifier.", no_args_is_help=True)
+safety_app = typer.Typer(
+    help="The crisis safety layer: classify messages, measure the classifier.", no_args_is_help=True
+)
 
 BACKEND_HELP = "llamacpp (default when llama-cpp-python is installed, else hf) | hf | openai | vllm | echo (no model: repeats the message; for testing)"
 
@@ -29,25 +31,35 @@ def _default_db() -> Path:
     return mi_llm_home() / "serve" / "sessions.sqlite3"
 
 
-def _engine_opts(gguf: Optional[Path], n_ctx: int, threads: Optional[int]) -> dict:
+def _engine_opts(gguf: Path | None, n_ctx: int, threads: int | None) -> dict:
     return {"gguf": str(gguf) if gguf else None, "n_ctx": n_ctx, "n_threads": threads}
 
 
 def chat_cmd(
-    model: Optional[str] = typer.Option(None, "--model", help="model name, HF id or folder (default: the embedded gemma-3-270m)"),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
-    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
-    language: Optional[str] = typer.Option(None, "--language", help="zh | en (default: from your first message)"),
-    max_tokens: int = field_option(ServeConfig, "default_max_tokens", "--max-tokens", help="longest reply, in tokens", le=INT32_MAX),
+    model: str | None = typer.Option(
+        None, "--model", help="model name, HF id or folder (default: the embedded gemma-3-270m)"
+    ),
+    adapter: Path | None = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
+    backend: str | None = typer.Option(None, "--backend", help=BACKEND_HELP),
+    language: str | None = typer.Option(None, "--language", help="zh | en (default: from your first message)"),
+    max_tokens: int = field_option(
+        ServeConfig, "default_max_tokens", "--max-tokens", help="longest reply, in tokens", le=INT32_MAX
+    ),
     temperature: float = field_option(ServeConfig, "temperature", "--temperature", help="0 = greedy"),
     top_p: float = field_option(ServeConfig, "top_p", "--top-p"),
-    seed: Optional[int] = typer.Option(None, "--seed", callback=seed_check),
-    session: Optional[str] = typer.Option(None, "--session", help="keep the conversation under this id in --db and resume it"),
-    db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
-    safety_resources: Optional[Path] = typer.Option(None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"),
-    gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
+    seed: int | None = typer.Option(None, "--seed", callback=seed_check),
+    session: str | None = typer.Option(
+        None, "--session", help="keep the conversation under this id in --db and resume it"
+    ),
+    db: Path | None = typer.Option(
+        None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"
+    ),
+    safety_resources: Path | None = typer.Option(
+        None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"
+    ),
+    gguf: Path | None = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
     n_ctx: int = field_option(LlamaCppConfig, "n_ctx", "--n-ctx", le=INT32_MAX),
-    threads: Optional[int] = field_option(LlamaCppConfig, "n_threads", "--threads", le=INT32_MAX),
+    threads: int | None = field_option(LlamaCppConfig, "n_threads", "--threads", le=INT32_MAX),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
 ) -> None:
     """Chat with the counselor in the terminal (streaming; /reset, /save FILE, /quit)."""
@@ -64,9 +76,15 @@ def chat_cmd(
     if session is not None:
         check_session_id(session)
     safety = SafetyLayer(resources_dir=safety_resources)
-    config = GenerationConfig(max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
-                              top_p=top_p, top_k=field_default(ServeConfig, "top_k"),
-                              repetition_penalty=field_default(ServeConfig, "repetition_penalty"), seed=seed)
+    config = GenerationConfig(
+        max_new_tokens=max_tokens,
+        do_sample=temperature > 0,
+        temperature=temperature or 1.0,
+        top_p=top_p,
+        top_k=field_default(ServeConfig, "top_k"),
+        repetition_penalty=field_default(ServeConfig, "repetition_penalty"),
+        seed=seed,
+    )
     with console.status("loading the model"):
         engine = build_engine(backend, model, str(adapter) if adapter else None, **_engine_opts(gguf, n_ctx, threads))
     store = SessionStore(db or _default_db()) if session else None
@@ -80,48 +98,69 @@ def chat_cmd(
 
 
 def serve_cmd(
-    model: Optional[str] = typer.Option(None, "--model", help="model name, HF id or folder (default: the embedded gemma-3-270m)"),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
-    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+    model: str | None = typer.Option(
+        None, "--model", help="model name, HF id or folder (default: the embedded gemma-3-270m)"
+    ),
+    adapter: Path | None = typer.Option(None, "--adapter", help="LoRA adapter folder (from mi-llm train)"),
+    backend: str | None = typer.Option(None, "--backend", help=BACKEND_HELP),
     host: str = field_option(ServeConfig, "host", "--host"),
     port: int = typer.Option(8000, "--port", callback=number(ge=1, le=65535)),
-    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="keys file, one 'OWNER: KEY' (or bare KEY) a line, mode 600; each owner sees only their sessions (also: $MI_LLM_API_KEY)"),
-    allowed_host: list[str] = typer.Option([], "--allowed-host", help="also answer to this Host name (NAME or NAME:PORT; repeatable), e.g. behind a reverse proxy"),
-    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="uvicorn's access log (session ids shown as hashes)"),
-    api_key: Optional[str] = typer.Option(None, "--api-key", hidden=True, help="removed: visible to every user in ps"),
-    db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
-    language: Optional[str] = typer.Option(None, "--language", help="zh | en for every request (default: per message)"),
+    api_key_file: Path | None = typer.Option(
+        None,
+        "--api-key-file",
+        help="keys file, one 'OWNER: KEY' (or bare KEY) a line, mode 600; each owner sees only their sessions (also: $MI_LLM_API_KEY)",
+    ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="also answer to this Host name (NAME or NAME:PORT; repeatable), e.g. behind a reverse proxy",
+    ),
+    access_log: bool = typer.Option(
+        True, "--access-log/--no-access-log", help="uvicorn's access log (session ids shown as hashes)"
+    ),
+    api_key: str | None = typer.Option(None, "--api-key", hidden=True, help="removed: visible to every user in ps"),
+    db: Path | None = typer.Option(
+        None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"
+    ),
+    language: str | None = typer.Option(None, "--language", help="zh | en for every request (default: per message)"),
     max_tokens_limit: int = field_option(ServeConfig, "max_tokens_limit", "--max-tokens-limit", le=INT32_MAX),
-    default_max_tokens: Optional[int] = typer.Option(
-        None, "--default-max-tokens", callback=number(ge=1, le=INT32_MAX),
+    default_max_tokens: int | None = typer.Option(
+        None,
+        "--default-max-tokens",
+        callback=number(ge=1, le=INT32_MAX),
         help=f"max_tokens when a request gives none (default: {field_default(ServeConfig, 'default_max_tokens')}, "
-             "at most --max-tokens-limit)"),
+        "at most --max-tokens-limit)",
+    ),
     max_request_bytes: int = field_option(ServeConfig, "max_request_bytes", "--max-request-bytes"),
     rate_limit: float = field_option(ServeConfig, "rate_per_minute", "--rate-limit"),
     # the rate limiter keeps the bucket as a float: a burst past 2**1024 would overflow it
     rate_burst: int = field_option(ServeConfig, "rate_burst", "--rate-burst", le=INT32_MAX),
     max_queue: int = field_option(ServeConfig, "max_queue", "--max-queue"),
     temperature: float = field_option(ServeConfig, "temperature", "--temperature"),
-    safety_resources: Optional[Path] = typer.Option(None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"),
+    safety_resources: Path | None = typer.Option(
+        None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"
+    ),
     log_text: bool = field_option(ServeConfig, "log_text", "--log-text"),
-    gguf: Optional[Path] = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
+    gguf: Path | None = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
     n_ctx: int = field_option(LlamaCppConfig, "n_ctx", "--n-ctx", le=INT32_MAX),
-    threads: Optional[int] = field_option(LlamaCppConfig, "n_threads", "--threads", le=INT32_MAX),
+    threads: int | None = field_option(LlamaCppConfig, "n_threads", "--threads", le=INT32_MAX),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/models) and a web chat page at /."""
     from mi_llm.errors import MiLlmError
     from mi_llm.serve.api import create_app, run_server
     from mi_llm.serve.auth import ENV_KEY, check_bind, keys_from_env, read_keys_file
-    from mi_llm.serve.hostguard import HostPolicy
     from mi_llm.serve.engine import build_engine
+    from mi_llm.serve.hostguard import HostPolicy
     from mi_llm.serve.safety.layer import SafetyLayer
     from mi_llm.serve.sessions import SessionStore
 
     setup_logging(verbose)
     if api_key is not None:
-        raise MiLlmError(f"--api-key is no longer accepted: a key on the command line is visible to every user of "
-                         f"this machine (ps). Set {ENV_KEY} or pass --api-key-file FILE")
+        raise MiLlmError(
+            f"--api-key is no longer accepted: a key on the command line is visible to every user of "
+            f"this machine (ps). Set {ENV_KEY} or pass --api-key-file FILE"
+        )
     keys = {**keys_from_env(), **(read_keys_file(api_key_file) if api_key_file is not None else {})}
     check_bind(host, bool(keys))  # before loading anything
     HostPolicy(host, allowed_host)  # checks --allowed-host
@@ -137,16 +176,27 @@ def serve_cmd(
     with console.status("loading the model"):
         engine = build_engine(backend, model, str(adapter) if adapter else None, **_engine_opts(gguf, n_ctx, threads))
     settings = ServeConfig(
-        api_keys=keys, host=host, allowed_hosts=list(allowed_host), max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens,
-        max_request_bytes=max_request_bytes, rate_per_minute=rate_limit, rate_burst=rate_burst, max_queue=max_queue,
-        language=language, log_text=log_text, temperature=temperature,
+        api_keys=keys,
+        host=host,
+        allowed_hosts=list(allowed_host),
+        max_tokens_limit=max_tokens_limit,
+        default_max_tokens=default_max_tokens,
+        max_request_bytes=max_request_bytes,
+        rate_per_minute=rate_limit,
+        rate_burst=rate_burst,
+        max_queue=max_queue,
+        language=language,
+        log_text=log_text,
+        temperature=temperature,
     )
     app = create_app(engine, settings, store, safety)
     shown = "[::1]" if host == "::1" else host
     owners = len(set(keys.values()))
     auth = f"auth on: {len(keys)} key(s), {owners} owner(s)" if keys else "auth off"
-    console.print(f"serving {engine.model_id} ({engine.name}) on http://{shown}:{port}/ "
-                  f"({auth}, sessions in {store.path})", soft_wrap=True)
+    console.print(
+        f"serving {engine.model_id} ({engine.name}) on http://{shown}:{port}/ ({auth}, sessions in {store.path})",
+        soft_wrap=True,
+    )
     try:
         run_server(app, host, port, access_log=access_log)
     finally:
@@ -158,14 +208,16 @@ def serve_cmd(
 def safety_check_cmd(
     input: Path = typer.Argument(..., help="JSONL lines {id, text, language?}"),
     output: Path = typer.Option(..., "-o", "--output", help="JSONL lines {id, crisis, category, matched, ...}"),
-    language: Optional[str] = typer.Option(None, "--language", help="zh | en for lines without one (default: detected)"),
+    language: str | None = typer.Option(None, "--language", help="zh | en for lines without one (default: detected)"),
 ) -> None:
     """Classify messages for crisis content (the text is never printed or logged)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mi_llm.serve.safety.check import check_file
 
-    progress = Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    progress = Progress(
+        TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
     task = progress.add_task("classify", total=None)
 
     def on_start(total: int) -> None:  # the bar shows once the input is checked: an error stays one line
@@ -182,9 +234,9 @@ def safety_check_cmd(
 
 @safety_app.command("eval")
 def safety_eval_cmd(
-    data: Optional[Path] = typer.Option(None, "--data", help="your own labelled JSONL {id, text, language, category}"),
+    data: Path | None = typer.Option(None, "--data", help="your own labelled JSONL {id, text, language, category}"),
     split: str = typer.Option("test", "--split", help="bundled set: dev | test | test2 | test3 | all"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the metrics as JSON"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="write the metrics as JSON"),
 ) -> None:
     """Precision and recall of the crisis classifier per language (bundled labelled sets by default)."""
     from rich.table import Table
@@ -206,18 +258,31 @@ def safety_eval_cmd(
     for col in ("language", "n", "crisis", "precision", "recall", "F1", "category acc.", "FP", "FN"):
         table.add_column(col, justify="right")
     for name, m in [*metrics["languages"].items(), ("all", metrics["all"])]:
-        table.add_row(name, str(m["n"]), str(m["crisis"]), _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]),
-                      _fmt(m["category_accuracy"]), str(m["fp"]), str(m["fn"]))
+        table.add_row(
+            name,
+            str(m["n"]),
+            str(m["crisis"]),
+            _fmt(m["precision"]),
+            _fmt(m["recall"]),
+            _fmt(m["f1"]),
+            _fmt(m["category_accuracy"]),
+            str(m["fp"]),
+            str(m["fn"]),
+        )
     console.print(table)
     if metrics["errors"]:
-        console.print("errors (ids): " + ", ".join(f"{e['id']} ({e['gold']}->{e['predicted']})" for e in metrics["errors"]))
+        console.print(
+            "errors (ids): " + ", ".join(f"{e['id']} ({e['gold']}->{e['predicted']})" for e in metrics["errors"])
+        )
     if output is not None:
         write_json(output, metrics)
 
 
 @safety_app.command("flagged")
 def safety_flagged_cmd(
-    db: Optional[Path] = typer.Option(None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"),
+    db: Path | None = typer.Option(
+        None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"
+    ),
 ) -> None:
     """Sessions the safety layer flagged, for human follow-up (ids, categories, times; no text)."""
     import datetime as dt
@@ -237,7 +302,7 @@ def safety_flagged_cmd(
             table.add_column(col)
         rows = store.flagged_sessions()
         for s in rows:
-            when = dt.datetime.fromtimestamp(s.flagged_at or 0, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+            when = dt.datetime.fromtimestamp(s.flagged_at or 0, dt.UTC).strftime("%Y-%m-%d %H:%M")
             rules = sorted({e["rule"] or "" for e in store.events(s.id)})
             table.add_row(s.id, s.flag_category or "", str(s.flag_count), when, ", ".join(rules))
         console.print(table if rows else "no flagged sessions")
@@ -245,5 +310,5 @@ def safety_flagged_cmd(
         store.close()
 
 
-def _fmt(x: Optional[float]) -> str:
+def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"

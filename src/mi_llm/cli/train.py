@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from mi_llm.cli.options import INT32_MAX, field_default, field_option, seed as seed_check
+from mi_llm.cli.options import INT32_MAX, field_default, field_option
+from mi_llm.cli.options import seed as seed_check
 from mi_llm.console import console, setup_logging
 from mi_llm.layout import AdapterPaths
 from mi_llm.train.config import TrainConfig
@@ -37,7 +37,7 @@ def train_cmd(
     data: Path = field_option(TrainConfig, "data", "--data", "-d"),
     output: Path = field_option(TrainConfig, "output", "--output", "-o"),
     epochs: float = field_option(TrainConfig, "epochs"),
-    max_steps: Optional[int] = field_option(TrainConfig, "max_steps", le=INT32_MAX),
+    max_steps: int | None = field_option(TrainConfig, "max_steps", le=INT32_MAX),
     seed: int = field_option(TrainConfig, "seed", callback=seed_check),
     max_length: int = field_option(TrainConfig, "max_length", le=INT32_MAX),
     lr: float = field_option(TrainConfig, "lr"),
@@ -53,15 +53,19 @@ def train_cmd(
     target_modules: str = field_option(TrainConfig, "target_modules"),
     records: str = field_option(TrainConfig, "records"),
     skip_long: bool = typer.Option(
-        field_default(TrainConfig, "on_overflow") == "skip", "--skip-long",
-        help="skip (and count) samples whose query + reply exceed --max-length instead of failing (on_overflow: skip)"),
+        field_default(TrainConfig, "on_overflow") == "skip",
+        "--skip-long",
+        help="skip (and count) samples whose query + reply exceed --max-length instead of failing (on_overflow: skip)",
+    ),
     share_prefix: bool = field_option(TrainConfig, "share_prefix", "--share-prefix/--no-share-prefix"),
     save_steps: int = field_option(TrainConfig, "save_steps"),
     save_total_limit: int = field_option(TrainConfig, "save_total_limit"),
     log_steps: int = field_option(TrainConfig, "log_steps"),
     logits_chunk: int = field_option(TrainConfig, "logits_chunk", le=INT32_MAX),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in --output"),
-    export_llamafactory: Optional[Path] = typer.Option(None, "--export-llamafactory", help="also write the equivalent LLaMA-Factory YAML here"),
+    export_llamafactory: Path | None = typer.Option(
+        None, "--export-llamafactory", help="also write the equivalent LLaMA-Factory YAML here"
+    ),
     gradient_checkpointing: bool = field_option(TrainConfig, "gradient_checkpointing", "--gradient-checkpointing"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -80,13 +84,32 @@ def train_cmd(
         raise MiLlmError(f"{data}: no such file or folder")
     try:
         cfg = TrainConfig(
-            model=model, data=str(data), output=str(output), epochs=epochs, max_steps=max_steps, seed=seed,
-            max_length=max_length, lr=lr, lr_scheduler=lr_scheduler, grad_accum=grad_accum, batch_size=batch_size,
-            warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm, lora_r=lora_r,
-            lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules, records=records,
-            on_overflow="skip" if skip_long else "error", share_prefix=share_prefix,
-            gradient_checkpointing=gradient_checkpointing, save_steps=save_steps,
-            save_total_limit=save_total_limit, log_steps=log_steps, logits_chunk=logits_chunk,
+            model=model,
+            data=str(data),
+            output=str(output),
+            epochs=epochs,
+            max_steps=max_steps,
+            seed=seed,
+            max_length=max_length,
+            lr=lr,
+            lr_scheduler=lr_scheduler,
+            grad_accum=grad_accum,
+            batch_size=batch_size,
+            warmup_ratio=warmup_ratio,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=target_modules,
+            records=records,
+            on_overflow="skip" if skip_long else "error",
+            share_prefix=share_prefix,
+            gradient_checkpointing=gradient_checkpointing,
+            save_steps=save_steps,
+            save_total_limit=save_total_limit,
+            log_steps=log_steps,
+            logits_chunk=logits_chunk,
         )
     except ValidationError as e:
         raise MiLlmError(f"bad option: {describe_validation_error(e)}") from None
@@ -96,8 +119,10 @@ def train_cmd(
     if not r.main_process:  # the main process reports for all
         raise typer.Exit(130 if r.interrupted else 0)
     if r.interrupted:
-        console.print(f"interrupted after step {r.steps}; checkpoint saved in {r.output / 'checkpoints'}; "
-                      "continue with the same command and --resume")
+        console.print(
+            f"interrupted after step {r.steps}; checkpoint saved in {r.output / 'checkpoints'}; "
+            "continue with the same command and --resume"
+        )
         raise typer.Exit(130)
     loss = f"{r.final_loss:.4f}" if r.final_loss is not None else "-"
     console.print(
@@ -108,12 +133,20 @@ def train_cmd(
 
 
 def export_cmd(
-    adapter: Path = typer.Option(..., "--adapter", "-a", help="the --output folder of `mi-llm train` (or an adapter folder)"),
+    adapter: Path = typer.Option(
+        ..., "--adapter", "-a", help="the --output folder of `mi-llm train` (or an adapter folder)"
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="folder for the merged model"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="base model; default: the one the adapter names"),
+    model: str | None = typer.Option(None, "--model", "-m", help="base model; default: the one the adapter names"),
     gguf: str = typer.Option("", "--gguf", help="also write GGUF files, e.g. f16,q8_0 (bf16, f32 too)"),
-    dtype: str = typer.Option("auto", help="dtype of the saved safetensors: auto (the base's) | float32 | bfloat16 | float16"),
-    llama_cpp: Optional[Path] = typer.Option(None, "--llama-cpp", help="a llama.cpp tree with convert_hf_to_gguf.py (default: fetched once from the llama-cpp-python sdist)"),
+    dtype: str = typer.Option(
+        "auto", help="dtype of the saved safetensors: auto (the base's) | float32 | bfloat16 | float16"
+    ),
+    llama_cpp: Path | None = typer.Option(
+        None,
+        "--llama-cpp",
+        help="a llama.cpp tree with convert_hf_to_gguf.py (default: fetched once from the llama-cpp-python sdist)",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Merge a LoRA adapter into its base model: safetensors + tokenizer, and GGUF for llama.cpp."""

@@ -24,10 +24,11 @@ import os
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -342,7 +343,11 @@ class _Fetcher:
         if problem:
             part.unlink(missing_ok=True)
             final.unlink(missing_ok=True)
-            origin = "the manifest" if (rf.sha256 or rf.size is not None) else f"the first download (recorded in {self.lock.path})"
+            origin = (
+                "the manifest"
+                if (rf.sha256 or rf.size is not None)
+                else f"the first download (recorded in {self.lock.path})"
+            )
             raise MiLlmError(f"{url}: {problem} (expected values from {origin}); the download was removed")
         # No fsync per file (thousands of small files): a file damaged by a crash fails the
         # checksum recorded for it and is fetched again on the next run.
@@ -391,7 +396,11 @@ class _Fetcher:
                         else:
                             raise MiLlmError(f"{url}: HTTP {r.status_code} {r.reason_phrase}")
                         length = r.headers.get("content-length")
-                        total = offset + int(length) if length and length.isdigit() and "content-encoding" not in r.headers else None
+                        total = (
+                            offset + int(length)
+                            if length and length.isdigit() and "content-encoding" not in r.headers
+                            else None
+                        )
                         if size is not None and total is not None and total != size:
                             raise MiLlmError(f"{url}: the server reports {total:,} bytes, expected {size:,}")
                         if task is None and (total is None or total > (1 << 20)):
@@ -412,7 +421,9 @@ class _Fetcher:
                     have = part.stat().st_size if part.exists() else 0
                     if failures > self.retries:
                         kept = f"{part} keeps the {have:,} bytes received: " if have else "nothing received; "
-                        raise MiLlmError(f"{url}: {e or type(e).__name__}; {kept}run the command again to resume") from None
+                        raise MiLlmError(
+                            f"{url}: {e or type(e).__name__}; {kept}run the command again to resume"
+                        ) from None
                     log.info("%s: %s; resuming at byte %d (retry %d of %d)", label, e, have, failures, self.retries)
                     time.sleep(0.2 * failures)
         finally:
@@ -583,4 +594,3 @@ def _fetch_all(
         for f in futures:
             if f.done() and not f.cancelled() and f.exception() is not None:
                 raise f.exception()  # type: ignore[misc]
-

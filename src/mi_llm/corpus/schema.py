@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -43,7 +44,7 @@ class Turn(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _codes_cover_text(self) -> "Turn":
+    def _codes_cover_text(self) -> Turn:
         if self.talk is not None and self.role != "client":
             raise ValueError("only client turns carry a talk type")
         if self.codes is None:

@@ -12,14 +12,16 @@ from mi_llm.llm.backends.base import GenerationConfig, preset
 class PredictConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    preset: str = Field("greedy", description="greedy | llamafactory (do_sample, T 0.95, top-p 0.7, top-k 50, 1024 tokens)")
+    preset: str = Field(
+        "greedy", description="greedy | llamafactory (do_sample, T 0.95, top-p 0.7, top-k 50, 1024 tokens)"
+    )
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(8, ge=1, description="conversations per generate call, written together")
     limit: int | None = Field(None, ge=1, description="predict only the first N test samples")
     seed: int = 42
 
     @model_validator(mode="after")
-    def _known_preset(self) -> "PredictConfig":
+    def _known_preset(self) -> PredictConfig:
         self.generation_config()
         return self
 

@@ -26,6 +26,7 @@ EXTENDED_METRICS: tuple[str, ...] = (
 )
 REPETITION_N = 4
 
+
 def assign_languages(predictions: list[str], references: list[str]) -> list[str]:
     """A language per pair, from the reference, else the prediction, else the majority."""
     found = [detect_language(ref, None) or detect_language(pred, None) for pred, ref in zip(predictions, references)]

@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -297,7 +298,9 @@ def compute_metrics(
     }
     if len(present) > 1:
         result["by_language"] = {
-            lang: _summary([r for r, l in zip(rows, langs) if l == lang], distinct[lang], sacre.TOKENIZERS[lang])
+            lang: _summary(
+                [r for r, row_lang in zip(rows, langs) if row_lang == lang], distinct[lang], sacre.TOKENIZERS[lang]
+            )
             for lang in present
         }
     result["definitions"] = DEFINITIONS

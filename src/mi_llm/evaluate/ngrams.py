@@ -10,8 +10,8 @@ arithmetic only: the counts are exact, so BLEU computed from them is the same fl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -21,8 +21,9 @@ import logging
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 PAPER_METRICS: tuple[str, ...] = ("bleu-4", "rouge-1", "rouge-2", "rouge-l")
 """Names as LLaMA-Factory writes them (it prefixes `predict_` / `eval_` in its results)."""

@@ -116,7 +116,11 @@ def backend_options(
     if backend == "llamacpp":
         return {"gguf": gguf, "parallel": parallel, "n_threads": threads, "seed": seed}
     if backend == "openai":
-        return {"base_url": base_url, "concurrency": concurrency, "extra_body": _json_object(extra_body, "--extra-body")}
+        return {
+            "base_url": base_url,
+            "concurrency": concurrency,
+            "extra_body": _json_object(extra_body, "--extra-body"),
+        }
     if backend == "vllm":
         return {"device": device}
     return {}
@@ -145,8 +149,14 @@ class PredictBackend:
     batch_size: int = DEFAULT_BATCH_SIZE
 
     @classmethod
-    def choose(cls, backend: str, model: str, adapter: str | Path | None = None,
-               options: Mapping[str, Any] | None = None, batch_size: int | None = None) -> "PredictBackend":
+    def choose(
+        cls,
+        backend: str,
+        model: str,
+        adapter: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+        batch_size: int | None = None,
+    ) -> PredictBackend:
         name = resolve_backend(backend)
         opts = dict(options or {})
         size = batch_size or default_batch_size(name, opts)
@@ -159,7 +169,7 @@ class PredictBackend:
 
         return get_backend(self.name, self.model, adapter=self.adapter, **self.options)
 
-    def predict(self, data: str | Path, output: str | Path, config: GenerationConfig, **kwargs: Any) -> "PredictResult":
+    def predict(self, data: str | Path, output: str | Path, config: GenerationConfig, **kwargs: Any) -> PredictResult:
         """Load the backend and predict (kwargs: those of `predict`)."""
         with self.load() as backend:
             return predict(backend, data, output, config, batch_size=self.batch_size, **kwargs)
@@ -180,7 +190,9 @@ def read_done(output: Path) -> dict[str, dict[str, Any]]:
             if lineno >= len(lines) - 1:  # the last line, cut short by an interruption
                 log.warning("%s:%d: dropping an incomplete last line", output, lineno)
                 break
-            raise InputError(output, "not a predictions line (invalid JSON); remove the file or choose another -o", lineno) from None
+            raise InputError(
+                output, "not a predictions line (invalid JSON); remove the file or choose another -o", lineno
+            ) from None
         if not isinstance(obj, dict) or "sample_id" not in obj or "prediction" not in obj:
             raise InputError(output, "not a predictions line (no sample_id/prediction)", lineno)
         done[obj["sample_id"]] = obj
@@ -206,8 +218,13 @@ def settings_key(backend_info: dict[str, Any], config: GenerationConfig) -> dict
     model = backend_info.get("model")
     if isinstance(model, dict):
         model = {k: model.get(k) for k in ("name", "sha256", "path")}
-    return {"backend": backend_info.get("backend"), "model": model, "adapter": backend_info.get("adapter"),
-            "gguf": backend_info.get("gguf"), "generation": config.to_dict()}
+    return {
+        "backend": backend_info.get("backend"),
+        "model": model,
+        "adapter": backend_info.get("adapter"),
+        "gguf": backend_info.get("gguf"),
+        "generation": config.to_dict(),
+    }
 
 
 def predict(
@@ -235,16 +252,23 @@ def predict(
     if done and sidecar.is_file():
         old = json.loads(sidecar.read_text(encoding="utf-8")).get("settings")
         if old != key:
-            raise MiLlmError(f"{output} holds predictions made with other settings ({_diff(old, key)}); "
-                             "pass --overwrite or choose another -o")
+            raise MiLlmError(
+                f"{output} holds predictions made with other settings ({_diff(old, key)}); "
+                "pass --overwrite or choose another -o"
+            )
     wanted = set(ids)
     done = {k: v for k, v in done.items() if k in wanted}
     todo = [s for s in samples if s.sample_id not in done]
     if done:
         log.info("resuming: %d of %d samples already predicted in %s", len(done), len(samples), output)
     meta: dict[str, Any] = {
-        "settings": key, "backend": info, "data": str(test_file), "samples": len(samples),
-        "batch_size": batch_size, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": False,
+        "settings": key,
+        "backend": info,
+        "data": str(test_file),
+        "samples": len(samples),
+        "batch_size": batch_size,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "complete": False,
     }
     write_json(sidecar, meta)
     # Length-sorted batches pad least (hf); dialogue order lets llama.cpp reuse the cached
@@ -252,8 +276,12 @@ def predict(
     order = order or getattr(backend, "preferred_order", "length")
     if order == "length":
         todo.sort(key=lambda s: sum(len(m["content"]) for m in s.messages()))
-    generation = {**config.to_dict(), "backend": info.get("backend"), "model": _model_name(info),
-                  "adapter": info.get("adapter")}
+    generation = {
+        **config.to_dict(),
+        "backend": info.get("backend"),
+        "model": _model_name(info),
+        "adapter": info.get("adapter"),
+    }
     t0 = time.monotonic()
     n_tokens = n_prompt = 0
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -263,10 +291,14 @@ def predict(
             chunk = todo[start : start + batch_size]
             completions = backend.generate([s.messages() for s in chunk], config)
             if len(completions) != len(chunk):
-                raise MiLlmError(f"backend {info.get('backend')} returned {len(completions)} completions for {len(chunk)} prompts")
+                raise MiLlmError(
+                    f"backend {info.get('backend')} returned {len(completions)} completions for {len(chunk)} prompts"
+                )
             for s, c in zip(chunk, completions):
                 rec = _record(s, c.text, generation)
-                rec.update(prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, finish_reason=c.finish_reason)
+                rec.update(
+                    prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, finish_reason=c.finish_reason
+                )
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 done[s.sample_id] = rec
                 n_tokens += c.completion_tokens
@@ -277,17 +309,29 @@ def predict(
                 progress(len(chunk), sum(c.completion_tokens for c in completions))
     seconds = time.monotonic() - t0
     write_jsonl(output, (done[i] for i in ids))  # whole, in test-set order
-    meta.update(complete=True, finished=time.strftime("%Y-%m-%dT%H:%M:%S"), generated_now=len(todo),
-                seconds=round(seconds, 2), completion_tokens=n_tokens, prompt_tokens=n_prompt,
-                tokens_per_s=round(n_tokens / seconds, 2) if seconds > 0 else None)
+    meta.update(
+        complete=True,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        generated_now=len(todo),
+        seconds=round(seconds, 2),
+        completion_tokens=n_tokens,
+        prompt_tokens=n_prompt,
+        tokens_per_s=round(n_tokens / seconds, 2) if seconds > 0 else None,
+    )
     write_json(sidecar, meta)
     return PredictResult(output, len(samples), len(todo), n_tokens, n_prompt, seconds)
 
 
 def _record(s: Sample, prediction: str, generation: dict[str, Any]) -> dict[str, Any]:
     return {
-        "sample_id": s.sample_id, "dialogue_id": s.dialogue_id, "round": s.round, "language": s.language,
-        "source": s.source, "topic": s.topic, "prediction": prediction, "reference": s.response,
+        "sample_id": s.sample_id,
+        "dialogue_id": s.dialogue_id,
+        "round": s.round,
+        "language": s.language,
+        "source": s.source,
+        "topic": s.topic,
+        "prediction": prediction,
+        "reference": s.response,
         "generation": generation,
     }
 
@@ -307,5 +351,8 @@ def _diff(old: Any, new: dict[str, Any]) -> str:
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Token counts over prediction records (for reports)."""
     toks = [r.get("completion_tokens", 0) or 0 for r in results]
-    return {"samples": len(results), "completion_tokens": sum(toks),
-            "stopped": sum(1 for r in results if r.get("finish_reason") == "stop")}
+    return {
+        "samples": len(results),
+        "completion_tokens": sum(toks),
+        "stopped": sum(1 for r in results if r.get("finish_reason") == "stop"),
+    }

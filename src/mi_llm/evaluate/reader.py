@@ -134,7 +134,9 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(path, f"not valid UTF-8 ({e.reason} at byte {e.start})", raw[: e.start].count(b"\n") + 1) from None
+        raise InputError(
+            path, f"not valid UTF-8 ({e.reason} at byte {e.start})", raw[: e.start].count(b"\n") + 1
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

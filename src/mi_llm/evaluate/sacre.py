@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
+from functools import cache, lru_cache
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _library_tokenizer(name: str) -> Callable[[str], str]:
     return TokenizerZh() if name == "zh" else Tokenizer13a()
 
 
-@lru_cache(maxsize=None)
+@cache
 def tokenizer(name: str, fast: bool = True) -> Callable[[str], str]:
     """The sacreBLEU tokenizer `name` ("zh" or "13a") as used by BLEU: text -> tokenized text."""
     if name not in ("zh", "13a"):
@@ -163,7 +163,7 @@ def bleu_from_stats(stats: list[int], effective_order: bool = False):  # -> sacr
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def signature(tokenize: str) -> str:
     """sacreBLEU's signature for corpus BLEU with one reference and tokenizer `tokenize`
     (several tokenizers, for pooled languages, are joined with '+')."""

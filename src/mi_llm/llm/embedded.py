@@ -90,8 +90,15 @@ def _progress():  # a rich progress display on stderr (the library's only UI)
 
     from mi_llm.console import console
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def convert_gguf(gguf: Path, out: Path, family: Family, sha256: str | None = None) -> Path:
@@ -128,11 +135,19 @@ def convert_gguf(gguf: Path, out: Path, family: Family, sha256: str | None = Non
         if "quantization_config" in cfg:  # a null value crashes transformers' quantizer check
             del cfg["quantization_config"]
             cfg_path.write_text(json.dumps(cfg, indent=2))
-        (tmp / MODEL_INFO_FILE).write_text(json.dumps({
-            "name": EMBEDDED_MODEL, "family": family.name, "gguf": str(gguf.resolve()), "gguf_sha256": sha256,
-            "converted_with": {"transformers": __import__("transformers").__version__},
-            "seconds": round(time.monotonic() - t0, 1),
-        }, indent=2))
+        (tmp / MODEL_INFO_FILE).write_text(
+            json.dumps(
+                {
+                    "name": EMBEDDED_MODEL,
+                    "family": family.name,
+                    "gguf": str(gguf.resolve()),
+                    "gguf_sha256": sha256,
+                    "converted_with": {"transformers": __import__("transformers").__version__},
+                    "seconds": round(time.monotonic() - t0, 1),
+                },
+                indent=2,
+            )
+        )
         del model
         _make_readable(tmp)  # mkdtemp made it private; the cache is shared like any model folder
         try:

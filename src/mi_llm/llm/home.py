@@ -43,8 +43,9 @@ def seed_sha256(path: Path, digest: str) -> None:
     """Record a digest already verified (e.g. by the file's installer) so it is not computed."""
     path = Path(path).resolve()
     st = path.stat()
-    write_json(sha256_cache_file(path), {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                         "sha256": digest})
+    write_json(
+        sha256_cache_file(path), {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    )
 
 
 def file_sha256(path: Path) -> str:

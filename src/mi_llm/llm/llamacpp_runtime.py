@@ -56,8 +56,10 @@ def import_llama_cpp(check: bool = True) -> Any:
     try:
         import llama_cpp
     except ImportError:
-        raise MiLlmError("the llamacpp backend needs llama-cpp-python: pip install llama-cpp-python "
-                         "(or pip install 'mi-llm[llamacpp]')") from None
+        raise MiLlmError(
+            "the llamacpp backend needs llama-cpp-python: pip install llama-cpp-python "
+            "(or pip install 'mi-llm[llamacpp]')"
+        ) from None
     except OSError as e:  # the shared library itself does not load
         raise MiLlmError(f"llama-cpp-python is installed but its library does not load ({e})") from None
     load_cpu_backend(llama_cpp)
@@ -127,8 +129,22 @@ def cpu_model() -> str:
 
 
 # The flags that decide which llama.cpp kernels run; the ones a crash report names.
-SIMD_FLAGS = ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx_vnni", "avx512f", "avx512vbmi",
-              "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+SIMD_FLAGS = (
+    "sse4_2",
+    "avx",
+    "f16c",
+    "fma",
+    "avx2",
+    "bmi2",
+    "avx_vnni",
+    "avx512f",
+    "avx512vbmi",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 def simd_flags() -> str:
@@ -151,8 +167,7 @@ def build_fingerprint() -> dict[str, Any] | None:
         v = version("llama_cpp_python")
     except PackageNotFoundError:
         v = "unknown"
-    return {"version": v, "lib": str(lib),
-            "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+    return {"version": v, "lib": str(lib), "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
 
 def probe_cache_path(fingerprint: dict[str, Any]) -> Path:
@@ -196,12 +211,19 @@ def run_probe(gguf: str | Path | None = None, timeout: float = PROBE_TIMEOUT_S) 
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        return ProbeResult(False, f"a test decode did not finish in {timeout:.0f} s (CPU flags: {simd_flags()})",
-                           seconds=time.monotonic() - t0)
+        return ProbeResult(
+            False,
+            f"a test decode did not finish in {timeout:.0f} s (CPU flags: {simd_flags()})",
+            seconds=time.monotonic() - t0,
+        )
     took = time.monotonic() - t0
     if p.returncode < 0:
-        return ProbeResult(False, f"llama.cpp died with {_signal_name(p.returncode)} in a test decode of {Path(gguf).name} "
-                                  f"(CPU: {cpu_model()}; flags: {simd_flags()})", seconds=took)
+        return ProbeResult(
+            False,
+            f"llama.cpp died with {_signal_name(p.returncode)} in a test decode of {Path(gguf).name} "
+            f"(CPU: {cpu_model()}; flags: {simd_flags()})",
+            seconds=took,
+        )
     last = (p.stdout.strip().splitlines() or [""])[-1]
     try:
         out = json.loads(last)
@@ -209,7 +231,9 @@ def run_probe(gguf: str | Path | None = None, timeout: float = PROBE_TIMEOUT_S) 
         err = (p.stderr.strip().splitlines() or ["no output"])[-1][:300]
         return ProbeResult(False, f"the llama.cpp test decode failed (exit {p.returncode}: {err})", seconds=took)
     if p.returncode != 0 or not out.get("ok"):
-        return ProbeResult(False, f"the llama.cpp test decode failed: {out.get('error', f'exit {p.returncode}')}", seconds=took)
+        return ProbeResult(
+            False, f"the llama.cpp test decode failed: {out.get('error', f'exit {p.returncode}')}", seconds=took
+        )
     return ProbeResult(True, f"decoded {out['tokens']} tokens", out.get("system_info", ""), took)
 
 
@@ -247,8 +271,10 @@ def ensure_usable(explicit: bool) -> bool:
     if result.ok:
         return True
     if explicit:
-        raise MiLlmError(f"llama.cpp is not usable on this machine: {result.detail}; use --backend hf, "
-                         "or rebuild llama-cpp-python with `make venv` (tools/llama_cpp/build.sh)")
+        raise MiLlmError(
+            f"llama.cpp is not usable on this machine: {result.detail}; use --backend hf, "
+            "or rebuild llama-cpp-python with `make venv` (tools/llama_cpp/build.sh)"
+        )
     log.warning("llama.cpp is not usable on this machine (%s): using the hf backend", result.detail)
     return False
 
@@ -261,17 +287,24 @@ def _child(gguf: str) -> dict[str, Any]:
     from llama_cpp._utils import suppress_stdout_stderr
 
     with suppress_stdout_stderr(disable=False):
-        llm = llama_cpp.Llama(model_path=gguf, n_ctx=256, n_batch=64, n_threads=min(4, os.cpu_count() or 1),
-                              verbose=False, seed=1)
+        llm = llama_cpp.Llama(
+            model_path=gguf, n_ctx=256, n_batch=64, n_threads=min(4, os.cpu_count() or 1), verbose=False, seed=1
+        )
     # A prompt of several dozen tokens: the batched matrix products (where the AMX kernels
     # crashed) run on the prompt, single-token ones on the generated tokens.
-    prompt = ("You are a counselor who uses motivational interviewing. The client says: I know I should "
-              "walk more, but after work I am too tired and I just want to sit down. Counselor:")
+    prompt = (
+        "You are a counselor who uses motivational interviewing. The client says: I know I should "
+        "walk more, but after work I am too tired and I just want to sit down. Counselor:"
+    )
     out = llm.create_completion(prompt, max_tokens=8, temperature=0.0)
     n = int(out["usage"]["completion_tokens"])
     if n < 1:
         return {"ok": False, "error": "no token generated"}
-    return {"ok": True, "tokens": n, "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
+    return {
+        "ok": True,
+        "tokens": n,
+        "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

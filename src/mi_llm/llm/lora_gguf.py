@@ -45,8 +45,10 @@ def convert_lora(adapter: Path, out: Path, arch: str, n_layers: int) -> Path:
     if cfg.get("peft_type", "LORA") != "LORA":
         raise MiLlmError(f"{adapter}: only LoRA adapters can be applied by llama.cpp (got {cfg.get('peft_type')})")
     if cfg.get("use_rslora") or cfg.get("use_dora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise MiLlmError(f"{adapter}: rsLoRA/DoRA/per-module ranks are not supported by the llama.cpp path; "
-                         "merge the adapter (mi-llm export) instead")
+        raise MiLlmError(
+            f"{adapter}: rsLoRA/DoRA/per-module ranks are not supported by the llama.cpp path; "
+            "merge the adapter (mi-llm export) instead"
+        )
     if cfg.get("modules_to_save"):
         raise MiLlmError(f"{adapter}: adapters with modules_to_save need merging (mi-llm export)")
     weights = AdapterPaths(adapter).weights

@@ -48,8 +48,16 @@ class ApiError(MiLlmError):
     5xx, timeouts, dropped connections); `fatal`: no request can succeed (bad key, unknown
     model); `attempts`: the HTTP requests it took."""
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False, fatal: bool = False,
-                 retry_after: float | None = None, attempts: int = 1):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        fatal: bool = False,
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ):
         super().__init__(message)
         self.status, self.retryable, self.fatal, self.retry_after = status, retryable, fatal, retry_after
         self.attempts = attempts
@@ -76,7 +84,9 @@ class _Call:
 _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("mi_llm_openai_call", default=None)
 
 
-def resolve_endpoint(base_url: str | None, api_key: str | None, api_key_env: str = "OPENAI_API_KEY") -> tuple[str, str, str]:
+def resolve_endpoint(
+    base_url: str | None, api_key: str | None, api_key_env: str = "OPENAI_API_KEY"
+) -> tuple[str, str, str]:
     """(base URL, host, key): the URL from the argument, OPENAI_BASE_URL or OpenAI's; a local
     server needs no key ("EMPTY"), a remote one must have one."""
     url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -122,8 +132,15 @@ class OpenAICompatClient:
     """An `AsyncOpenAI` with our defaults; `complete` and `stream` take a chat-completions
     request (a dict of the API's fields, `extra_body` for a server's own ones)."""
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout_s: float = 120.0, max_retries: int = 6, max_connections: int = 64):
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 120.0,
+        max_retries: int = 6,
+        max_connections: int = 64,
+    ):
         self.base_url, self.host, self._key = resolve_endpoint(base_url, api_key, api_key_env)
         self.timeout_s = float(timeout_s)
         self.max_retries = max(0, int(max_retries))
@@ -143,15 +160,23 @@ class OpenAICompatClient:
 
             http = openai.DefaultAsyncHttpxClient(
                 timeout=httpx2.Timeout(self.timeout_s, connect=min(self.timeout_s, 15.0)),
-                limits=httpx2.Limits(max_connections=self.max_connections,
-                                     max_keepalive_connections=self.max_connections),
+                limits=httpx2.Limits(
+                    max_connections=self.max_connections, max_keepalive_connections=self.max_connections
+                ),
                 event_hooks={"request": [_count_request], "response": [_see_response]},
             )
-            self._sdk = openai.AsyncOpenAI(api_key=self._key, base_url=self.base_url, timeout=self.timeout_s,
-                                           max_retries=self.max_retries, http_client=http)
+            self._sdk = openai.AsyncOpenAI(
+                api_key=self._key,
+                base_url=self.base_url,
+                timeout=self.timeout_s,
+                max_retries=self.max_retries,
+                http_client=http,
+            )
         return self._sdk
 
-    async def complete(self, request: dict[str, Any], on_retry_after: Callable[[float], None] | None = None) -> ChatResult:
+    async def complete(
+        self, request: dict[str, Any], on_retry_after: Callable[[float], None] | None = None
+    ) -> ChatResult:
         """One chat completion (the SDK retries transient failures); `ApiError` when it fails."""
         call = _Call(on_retry_after)
         token = _CALL.set(call)
@@ -166,14 +191,21 @@ class OpenAICompatClient:
             text = choice.message.content or ""
             finish = choice.finish_reason
         except (AttributeError, IndexError, TypeError):
-            raise ApiError("HTTP 200 with a body that is not a chat completion", status=200, retryable=True,
-                           attempts=call.attempts) from None
+            raise ApiError(
+                "HTTP 200 with a body that is not a chat completion", status=200, retryable=True, attempts=call.attempts
+            ) from None
         usage = getattr(resp, "usage", None)
         pt, ct = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
         if isinstance(pt, int) and isinstance(ct, int):
             return ChatResult(text, finish, pt, ct, attempts=call.attempts)
-        return ChatResult(text, finish, estimate_tokens(request.get("messages", [])),
-                          estimate_tokens([{"content": text}]), True, attempts=call.attempts)
+        return ChatResult(
+            text,
+            finish,
+            estimate_tokens(request.get("messages", [])),
+            estimate_tokens([{"content": text}]),
+            True,
+            attempts=call.attempts,
+        )
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[str | ChatResult]:
         """The text deltas of one chat completion, then a `ChatResult` (text "") with the finish
@@ -183,7 +215,8 @@ class OpenAICompatClient:
         token = _CALL.set(call)
         try:
             stream = await self._client().chat.completions.create(
-                **request, stream=True, stream_options={"include_usage": True})
+                **request, stream=True, stream_options={"include_usage": True}
+            )
         except Exception as e:  # noqa: BLE001
             raise _api_error(e, call.attempts) from None
         finally:
@@ -209,8 +242,14 @@ class OpenAICompatClient:
         if isinstance(pt, int) and isinstance(ct, int):
             yield ChatResult("", finish, pt, ct, attempts=call.attempts)
         else:
-            yield ChatResult("", finish, estimate_tokens(request.get("messages", [])),
-                             estimate_tokens([{"content": "".join(pieces)}]), True, attempts=call.attempts)
+            yield ChatResult(
+                "",
+                finish,
+                estimate_tokens(request.get("messages", [])),
+                estimate_tokens([{"content": "".join(pieces)}]),
+                True,
+                attempts=call.attempts,
+            )
 
     async def aclose(self) -> None:
         if self._sdk is not None:
@@ -269,8 +308,14 @@ def _api_error(e: Exception, attempts: int) -> ApiError:
         text = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message[:200]}" if message else "")
         if status == 429 and code == "insufficient_quota":
             return ApiError(text, status=status, fatal=True, attempts=attempts)
-        return ApiError(text, status=status, retryable=status in RETRYABLE_STATUS, fatal=status in FATAL_STATUS,
-                        retry_after=parse_retry_after(e.response.headers), attempts=attempts)
+        return ApiError(
+            text,
+            status=status,
+            retryable=status in RETRYABLE_STATUS,
+            fatal=status in FATAL_STATUS,
+            retry_after=parse_retry_after(e.response.headers),
+            attempts=attempts,
+        )
     if isinstance(e, openai.OpenAIError):
         return ApiError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", attempts=attempts)
     raise e

@@ -67,8 +67,14 @@ def prepare_embedded(force: bool = False) -> ResolvedModel:
     emb = prepare_embedded_folder(force)
     family = emb.family
     return ResolvedModel(
-        name=DEFAULT_MODEL, path=emb.path, family=family.name, chat_template=family.template, source="embedded",
-        gguf=emb.gguf, sha256=emb.sha256, stop_tokens=family.stop_tokens(),
+        name=DEFAULT_MODEL,
+        path=emb.path,
+        family=family.name,
+        chat_template=family.template,
+        source="embedded",
+        gguf=emb.gguf,
+        sha256=emb.sha256,
+        stop_tokens=family.stop_tokens(),
     )
 
 
@@ -90,15 +96,19 @@ def resolve_model(name_or_path: str | Path | None = None) -> ResolvedModel:
             raise MiLlmError(f"{p}: not a model folder (no config.json)")
         return _resolve_folder(name, p, "local")
     if p.suffix == ".gguf" and p.is_file():
-        raise MiLlmError(f"{p}: a GGUF file is used by the llamacpp backend only (--backend llamacpp --model <hf folder> --gguf {p})")
+        raise MiLlmError(
+            f"{p}: a GGUF file is used by the llamacpp backend only (--backend llamacpp --model <hf folder> --gguf {p})"
+        )
     hub_id = KNOWN_MODELS.get(name.lower())
     if hub_id is None and _HF_ID.match(name) and not p.exists() and not name.startswith((".", "/", "~")):
         hub_id = name
     if hub_id is None:
         if "/" in name or p.suffix:
             raise MiLlmError(f"{name}: no such model folder")
-        raise MiLlmError(f"unknown model {name!r}; choose one of: {', '.join(known_choices())}, "
-                         "a Hugging Face id (org/name) or a local model folder")
+        raise MiLlmError(
+            f"unknown model {name!r}; choose one of: {', '.join(known_choices())}, "
+            "a Hugging Face id (org/name) or a local model folder"
+        )
     return _resolve_folder(name, _hub_snapshot(hub_id), "hub")
 
 
@@ -114,9 +124,15 @@ def _hub_snapshot(hub_id: str) -> Path:
             allow_patterns=["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py"],
         )
     except Exception as e:  # noqa: BLE001 - the hub client raises many kinds; all mean "not available"
-        why = "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline else f"{type(e).__name__}: {e}"
-        raise MiLlmError(f"model {hub_id!r}: no such local folder, and as a Hugging Face id it is not available: "
-                         f"{why}. Download it where the hub is reachable (huggingface-cli download) or pass a local folder") from None
+        why = (
+            "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+            if offline
+            else f"{type(e).__name__}: {e}"
+        )
+        raise MiLlmError(
+            f"model {hub_id!r}: no such local folder, and as a Hugging Face id it is not available: "
+            f"{why}. Download it where the hub is reachable (huggingface-cli download) or pass a local folder"
+        ) from None
     return Path(path)
 
 
@@ -131,8 +147,15 @@ def _resolve_folder(name: str, path: Path, source: str) -> ResolvedModel:
     gguf = Path(info["gguf"]) if info.get("gguf") and Path(info["gguf"]).is_file() else None
     trust = family.trust_remote_code or bool(cfg.get("auto_map"))
     return ResolvedModel(
-        name=name, path=path.resolve(), family=family.name, chat_template=own or family.template, source=source,
-        gguf=gguf, sha256=info.get("gguf_sha256"), stop_tokens=family.stop_tokens(), trust_remote_code=trust,
+        name=name,
+        path=path.resolve(),
+        family=family.name,
+        chat_template=own or family.template,
+        source=source,
+        gguf=gguf,
+        sha256=info.get("gguf_sha256"),
+        stop_tokens=family.stop_tokens(),
+        trust_remote_code=trust,
         extra={"own_template": own is not None},
     )
 

@@ -124,8 +124,14 @@ FAMILIES: dict[str, Family] = {
         Family("llama3", LLAMA3, "<|eot_id|>", ("llama",)),
         Family("chatml", CHATML, "<|im_end|>", ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")),
         Family("baichuan2", BAICHUAN2, None, ("baichuan",), trust_remote_code=True),
-        Family("glm4", GLM4, None, ("chatglm", "glm4", "glm"), trust_remote_code=True,
-               extra_stops=("<|user|>", "<|observation|>")),
+        Family(
+            "glm4",
+            GLM4,
+            None,
+            ("chatglm", "glm4", "glm"),
+            trust_remote_code=True,
+            extra_stops=("<|user|>", "<|observation|>"),
+        ),
         Family("default", DEFAULT, None),
     )
 }
@@ -159,7 +165,9 @@ def end_of_turn_ids(tok: Any, stops: Sequence[str]) -> list[int]:
 def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
     """The chat template applied to `messages`, as text (special tokens included)."""
     try:
-        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
     except Exception as e:  # noqa: BLE001 - jinja errors (e.g. roles that do not alternate)
         raise MiLlmError(f"chat template failed: {e}") from None
 
@@ -199,8 +207,10 @@ def encode_chat(
         before = render_prompt(tokenizer, messages[:i], add_generation_prompt=True)
         upto = render_prompt(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if not upto.startswith(before) or not full.startswith(upto):
-            raise MiLlmError("the chat template does not render conversations prefix by prefix; "
-                             "cannot locate the assistant replies for the loss")
+            raise MiLlmError(
+                "the chat template does not render conversations prefix by prefix; "
+                "cannot locate the assistant replies for the loss"
+            )
         spans.append((len(before), len(upto)))
     if last_only:
         spans = spans[-1:]

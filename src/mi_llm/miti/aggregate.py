@@ -6,8 +6,9 @@ a global of a session without ratings) and say how many were left out (`missing`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -27,8 +28,12 @@ def describe(values: Sequence[float | None]) -> dict[str, Any]:
     return out | {
         "mean": float(vals.mean()),
         "sd": float(vals.std(ddof=1)) if vals.size > 1 else None,
-        "median": median, "q1": q1, "q3": q3, "iqr": q3 - q1,
-        "min": float(vals.min()), "max": float(vals.max()),
+        "median": median,
+        "q1": q1,
+        "q3": q3,
+        "iqr": q3 - q1,
+        "min": float(vals.min()),
+        "max": float(vals.max()),
     }
 
 
@@ -135,7 +140,11 @@ class ComparisonTable:
             "mi_adherent_ratio_definition": self.definition,
             "rows": [
                 {
-                    "key": r.key, "label": r.label, "fair": r.fair, "good": r.good, "note": r.note,
+                    "key": r.key,
+                    "label": r.label,
+                    "fair": r.fair,
+                    "good": r.good,
+                    "note": r.note,
                     "cells": {s: vars(c) for s, c in r.cells.items()},
                     "paper": {k: {"low": lo, "high": hi, "level": lv} for k, (lo, hi, lv) in r.paper.items()},
                 }
@@ -144,8 +153,11 @@ class ComparisonTable:
         }
 
     def to_rich(self, title: str = "MITI 4.2.1 summary scores") -> Table:
-        table = Table(title=title, caption=f"mean (median, IQR) over sessions; MI-adherent ratio = {self.definition}; "
-                      "[green]good[/] / [yellow]fair[/] / [red]below fair[/] against the manual's thresholds")
+        table = Table(
+            title=title,
+            caption=f"mean (median, IQR) over sessions; MI-adherent ratio = {self.definition}; "
+            "[green]good[/] / [yellow]fair[/] / [red]below fair[/] against the manual's thresholds",
+        )
         table.add_column("score", no_wrap=True)
         for s in self.systems:
             table.add_column(f"{s} (n={self.sessions[s]})", min_width=11, overflow="fold")
@@ -182,19 +194,40 @@ def comparison_table(systems: dict[str, Sequence[SessionScores]], *, paper: bool
     for key in SCORE_KEYS:
         fair, good = THRESHOLDS.get(key, (None, None))
         cells = {
-            name: Cell(**{k: agg[key][k] for k in ("mean", "median", "q1", "q3", "n", "missing")},
-                       level=level(key, agg[key]["mean"]))
+            name: Cell(
+                **{k: agg[key][k] for k in ("mean", "median", "q1", "q3", "n", "missing")},
+                level=level(key, agg[key]["mean"]),
+            )
             for name, agg in aggs.items()
         }
-        figs = {
-            label: (lo, hi, level(key, hi) if lo == hi or level(key, lo) == level(key, hi) else
-                    f"{level(key, lo)} to {level(key, hi)}")
-            for label, (lo, hi) in PAPER_FIGURES.get(key, {}).items()
-        } if paper else {}
-        rows.append(Row(key=key, label=SCORE_LABELS[key], cells=cells, fair=fair, good=good,
-                        paper=figs, note=PAPER_NOTES.get(key) if paper else None))
+        figs = (
+            {
+                label: (
+                    lo,
+                    hi,
+                    level(key, hi)
+                    if lo == hi or level(key, lo) == level(key, hi)
+                    else f"{level(key, lo)} to {level(key, hi)}",
+                )
+                for label, (lo, hi) in PAPER_FIGURES.get(key, {}).items()
+            }
+            if paper
+            else {}
+        )
+        rows.append(
+            Row(
+                key=key,
+                label=SCORE_LABELS[key],
+                cells=cells,
+                fair=fair,
+                good=good,
+                paper=figs,
+                note=PAPER_NOTES.get(key) if paper else None,
+            )
+        )
     return ComparisonTable(
-        systems=list(systems), rows=rows,
+        systems=list(systems),
+        rows=rows,
         definition=next(iter(formulas)) if formulas else "",
         sessions={name: len(scores) for name, scores in systems.items()},
     )

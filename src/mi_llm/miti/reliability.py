@@ -21,10 +21,11 @@ import logging
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,10 @@ def read_coder_file(path: str | Path, name: str | None = None) -> CoderFile:
     rows = read_coded_dialogues(path)
     path = Path(path)
     return CoderFile(
-        name=name or path.stem, path=path,
-        sessions={d.id: d for _, d in rows}, lines={d.id: line for line, d in rows},
+        name=name or path.stem,
+        path=path,
+        sessions={d.id: d for _, d in rows},
+        lines={d.id: line for line, d in rows},
     )
 
 
@@ -105,8 +108,12 @@ def align(coders: Sequence[CoderFile], session_ids: Sequence[str], mode: str = "
         base = dialogues[0]
         for c, d in zip(coders[1:], dialogues[1:]):
             if [(t.role, _norm(t.text)) for t in d.turns] != [(t.role, _norm(t.text)) for t in base.turns]:
-                raise InputError(c.path, f"session {sid!r} differs in its turns from {coders[0].name}'s "
-                                 "(the coders must code the same dialogue)", c.lines[sid])
+                raise InputError(
+                    c.path,
+                    f"session {sid!r} differs in its turns from {coders[0].name}'s "
+                    "(the coders must code the same dialogue)",
+                    c.lines[sid],
+                )
         for ti, turn in enumerate(base.turns):
             if turn.role != "counselor":
                 continue
@@ -131,11 +138,14 @@ def align(coders: Sequence[CoderFile], session_ids: Sequence[str], mode: str = "
         raise MiLlmError(
             f"the coders split {len(mismatches)} counselor turn(s) into utterances differently: "
             f"{'; '.join(mismatches[:3])}{more}. Agree on one segmentation (e.g. annotate from the same "
-            "pre-split file) or pass --align text to pair utterances with identical text and leave out the rest")
+            "pre-split file) or pass --align text to pair utterances with identical text and leave out the rest"
+        )
     return Alignment(mode=mode, units=units, unmatched=unmatched)
 
 
-def _align_by_text(sid: str, ti: int, coders: Sequence[CoderFile], per_coder: list, unmatched: dict[str, int]) -> list[Unit]:
+def _align_by_text(
+    sid: str, ti: int, coders: Sequence[CoderFile], per_coder: list, unmatched: dict[str, int]
+) -> list[Unit]:
     used = [set() for _ in coders]
     units = []
     for k, u in enumerate(per_coder[0]):
@@ -213,8 +223,14 @@ def icc(table: dict[str, list[float]], coders: int | None = None) -> dict[str, A
     import pandas as pd
     import pingouin
 
-    out: dict[str, Any] = {"n": len(table), "icc2_1": None, "icc2_1_ci95": None, "icc3_1": None,
-                           "icc3_1_ci95": None, "note": None}
+    out: dict[str, Any] = {
+        "n": len(table),
+        "icc2_1": None,
+        "icc2_1_ci95": None,
+        "icc3_1": None,
+        "icc3_1_ci95": None,
+        "note": None,
+    }
     if coders is None:
         coders = max((len(v) for v in table.values()), default=2)
     needed = min_icc_sessions(coders)
@@ -286,9 +302,16 @@ def utterance_agreement(units: Sequence[Unit], names: Sequence[str]) -> dict[str
         }
     confusion = {}
     for i, j in pairs:
-        m = confusion_matrix(list(cols[i]), list(cols[j]), labels=list(LABELS)) if units else np.zeros((len(LABELS),) * 2, int)
+        m = (
+            confusion_matrix(list(cols[i]), list(cols[j]), labels=list(LABELS))
+            if units
+            else np.zeros((len(LABELS),) * 2, int)
+        )
         confusion[f"{names[i]} vs {names[j]}"] = {
-            "rows": names[i], "columns": names[j], "labels": list(LABELS), "matrix": m.astype(int).tolist(),
+            "rows": names[i],
+            "columns": names[j],
+            "labels": list(LABELS),
+            "matrix": m.astype(int).tolist(),
         }
     return {"labels": list(LABELS), "overall": overall, "per_code": per_code, "confusion": confusion}
 
@@ -343,7 +366,10 @@ def agreement(
         "sessions": {"matched": len(common), "only_in": only_in},
         "alignment": {"mode": aligned.mode, "units": len(aligned.units), "unmatched": aligned.unmatched},
         "utterances": utterance_agreement(aligned.units, names),
-        "session_scores": {"forms": ICC_FORMS, "mi_adherent_ratio": definition.describe(),
-                           "scores": session_agreement(scores)},
+        "session_scores": {
+            "forms": ICC_FORMS,
+            "mi_adherent_ratio": definition.describe(),
+            "scores": session_agreement(scores),
+        },
         "benchmarks": HUMAN_BENCHMARKS,
     }

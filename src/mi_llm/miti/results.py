@@ -30,8 +30,12 @@ from mi_llm.miti.session import CodedSession
 MITI_SCORES_VERSION = 2
 
 # Scores whose undefined sessions are worth a note, and why they are undefined.
-_UNDEFINED_WHY = (("pct_cr", "no reflection"), ("r_q", "no question"),
-                  ("mi_adherent_ratio", "no adherent or non-adherent code"), ("technical", "no global ratings"))
+_UNDEFINED_WHY = (
+    ("pct_cr", "no reflection"),
+    ("r_q", "no question"),
+    ("mi_adherent_ratio", "no adherent or non-adherent code"),
+    ("technical", "no global ratings"),
+)
 
 
 class DialogueCoder(Protocol):
@@ -162,16 +166,27 @@ def code_and_score(
         agg = aggregates[label]
         for key, why in _UNDEFINED_WHY:
             if agg[key]["missing"]:
-                notes.append(f"{label}: {key} undefined in {agg[key]['missing']} of {len(scores)} session(s) "
-                             f"({why}); left out of its statistics")
+                notes.append(
+                    f"{label}: {key} undefined in {agg[key]['missing']} of {len(scores)} session(s) "
+                    f"({why}); left out of its statistics"
+                )
     return MitiScores(
         coder=coder_name if coder is not None else None,
-        mi_adherent_ratio=RatioInfo(definition=ratio.name, formula=ratio.describe(),
-                                    adherent=list(ratio.adherent), non_adherent=list(ratio.non_adherent)),
+        mi_adherent_ratio=RatioInfo(
+            definition=ratio.name,
+            formula=ratio.describe(),
+            adherent=list(ratio.adherent),
+            non_adherent=list(ratio.non_adherent),
+        ),
         thresholds={k: Threshold(fair=f, good=g) for k, (f, g) in THRESHOLDS.items()},
         systems={
-            label: SystemScores(files=sources[label], n_sessions=len(scores), aggregate=aggregates[label],
-                                pooled=pooled(scores), sessions=scores)  # type: ignore[arg-type]
+            label: SystemScores(
+                files=sources[label],
+                n_sessions=len(scores),
+                aggregate=aggregates[label],
+                pooled=pooled(scores),
+                sessions=scores,
+            )  # type: ignore[arg-type]
             for label, scores in scored.items()
         },
         comparison=comparison_table(scored, paper=paper).to_dict(),
@@ -196,8 +211,11 @@ def read_miti_scores(path: str | Path) -> MitiScores:
     version = obj.get("schema_version") if isinstance(obj, dict) else None
     if version != MITI_SCORES_VERSION:
         was = "no schema_version" if version is None else f"schema_version {version!r}"
-        raise InputError(path, f"MITI scores in an older format ({was}; this mi-llm reads {MITI_SCORES_VERSION}): "
-                               "re-run the miti stage (`mi-llm run CONFIG` reruns it) or `mi-llm miti score`")
+        raise InputError(
+            path,
+            f"MITI scores in an older format ({was}; this mi-llm reads {MITI_SCORES_VERSION}): "
+            "re-run the miti stage (`mi-llm run CONFIG` reruns it) or `mi-llm miti score`",
+        )
     try:
         return MitiScores.model_validate(obj)
     except ValidationError as e:

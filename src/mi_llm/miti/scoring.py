@@ -64,7 +64,7 @@ class RatioDefinition(BaseModel):
         return tuple(dict.fromkeys(codes))
 
     @model_validator(mode="after")
-    def _disjoint(self) -> "RatioDefinition":
+    def _disjoint(self) -> RatioDefinition:
         both = set(self.adherent) & set(self.non_adherent)
         if both:
             raise ValueError(f"code(s) {', '.join(sorted(both))} cannot be both adherent and non-adherent")
@@ -74,7 +74,7 @@ class RatioDefinition(BaseModel):
         return f"({' + '.join(self.adherent)}) / ({' + '.join(self.adherent + self.non_adherent)})"
 
     @classmethod
-    def parse(cls, spec: str) -> "RatioDefinition":
+    def parse(cls, spec: str) -> RatioDefinition:
         """A preset name, or 'adherent=AF,Seek,EA,PwP;non-adherent=Persuade,Confront'."""
         spec = spec.strip()
         if spec in RATIO_DEFINITIONS:
@@ -82,7 +82,8 @@ class RatioDefinition(BaseModel):
         if "=" not in spec:
             raise MiLlmError(
                 f"unknown MI-adherent ratio definition {spec!r}: use one of {', '.join(RATIO_DEFINITIONS)} "
-                "or 'adherent=AF,Seek,EA;non-adherent=Persuade,Confront'")
+                "or 'adherent=AF,Seek,EA;non-adherent=Persuade,Confront'"
+            )
         parts: dict[str, tuple[str, ...]] = {}
         for part in spec.split(";"):
             key, _, value = part.partition("=")
@@ -213,12 +214,22 @@ def score_session(session: CodedSession | Dialogue, definition: RatioDefinition 
         mi_adherent_ratio=_ratio(adherent, adherent + non_adherent),
     )
     return SessionScores(
-        id=session.id, language=session.language, style=session.style, source=session.source,
-        topic=session.topic, n_volleys=len(session.volleys), n_utterances=n_utt, n_uncoded_utterances=n_null,
-        uncoded_volleys=session.uncoded_volleys, counts=counts, utterance_counts=utterance_counts,
-        globals=None if g is None else g.model_dump(), summary=summary,
-        ratio=RatioCounts(definition=definition.name, formula=definition.describe(),
-                          adherent=adherent, non_adherent=non_adherent),
+        id=session.id,
+        language=session.language,
+        style=session.style,
+        source=session.source,
+        topic=session.topic,
+        n_volleys=len(session.volleys),
+        n_utterances=n_utt,
+        n_uncoded_utterances=n_null,
+        uncoded_volleys=session.uncoded_volleys,
+        counts=counts,
+        utterance_counts=utterance_counts,
+        globals=None if g is None else g.model_dump(),
+        summary=summary,
+        ratio=RatioCounts(
+            definition=definition.name, formula=definition.describe(), adherent=adherent, non_adherent=non_adherent
+        ),
         levels={k: level(k, getattr(summary, k)) for k in THRESHOLDS},
         client_talk=client_talk(session.client_talk),
     )
@@ -229,5 +240,6 @@ def client_talk(talk: Sequence[str]) -> ClientTalk | None:
     if not talk:
         return None
     n = {t: sum(1 for x in talk if x == t) for t in ("change", "sustain", "neutral")}
-    return ClientTalk(**n, change_share=_ratio(n["change"], n["change"] + n["sustain"]),
-                      ct_st=_ratio(n["change"], n["sustain"]))
+    return ClientTalk(
+        **n, change_share=_ratio(n["change"], n["change"] + n["sustain"]), ct_st=_ratio(n["change"], n["sustain"])
+    )

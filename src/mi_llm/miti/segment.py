@@ -18,11 +18,33 @@ from mi_llm.corpus.language import detect_language
 
 # English: a sentence ends at . ! ? (or an ellipsis), maybe followed by closing quotes or
 # brackets, then whitespace and something that can start a sentence.
-_EN_END = re.compile(r"""(?:[.!?]+|\u2026)["'\u201d\u2019)\]]*(?=\s+["'\u201c\u2018(\[]?[A-Z0-9\u00c0-\u024f\u4e00-\u9fff])""")
+_EN_END = re.compile(
+    r"""(?:[.!?]+|\u2026)["'\u201d\u2019)\]]*(?=\s+["'\u201c\u2018(\[]?[A-Z0-9\u00c0-\u024f\u4e00-\u9fff])"""
+)
 # Words whose trailing period does not end a sentence.
 _EN_ABBREV = {
-    "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "eg", "ie",
-    "approx", "fig", "a.m", "p.m", "u.s", "cf", "mt", "ave",
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "st",
+    "jr",
+    "sr",
+    "vs",
+    "etc",
+    "e.g",
+    "i.e",
+    "eg",
+    "ie",
+    "approx",
+    "fig",
+    "a.m",
+    "p.m",
+    "u.s",
+    "cf",
+    "mt",
+    "ave",
 }
 # Chinese: full-width or ASCII sentence enders (and ellipses), plus closing quotes/brackets.
 _ZH_END = re.compile(r"""(?:[。！？!?]+|……|…|\.{3,})[”’」』）)\]"']*""")
@@ -36,7 +58,11 @@ def _en_cuts(text: str) -> list[int]:
             # the word before the period: an abbreviation or a single initial does not end it
             word = re.search(r"([A-Za-z.]+)$", text[: m.start()])
             w = word.group(1).lower() if word else ""
-            if w in _EN_ABBREV or (w == "no" and re.match(r"\s+\d", text[end:])) or (len(w) == 1 and w.isalpha() and text[m.start() - 1].isupper()):
+            if (
+                w in _EN_ABBREV
+                or (w == "no" and re.match(r"\s+\d", text[end:]))
+                or (len(w) == 1 and w.isalpha() and text[m.start() - 1].isupper())
+            ):
                 continue
         cuts.append(end)
     return cuts

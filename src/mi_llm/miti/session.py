@@ -17,9 +17,10 @@ utterance exactly one code, so by the time a session is scored they have been ap
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -70,7 +71,7 @@ class CodedSession:
     client_talk: tuple[str, ...] = ()
 
     @classmethod
-    def from_dialogue(cls, dialogue: Dialogue, *, allow_uncoded: bool = False) -> "CodedSession":
+    def from_dialogue(cls, dialogue: Dialogue, *, allow_uncoded: bool = False) -> CodedSession:
         """Check a coded dialogue; raises MiLlmError naming the session and turn."""
         volleys: list[Volley] = []
         uncoded = 0
@@ -81,7 +82,8 @@ class CodedSession:
                 if not allow_uncoded:
                     raise MiLlmError(
                         f"session {dialogue.id!r}: counselor turn {i + 1} is not coded (no `codes`); "
-                        "code it first (mi-llm miti code / annotate) or pass --allow-uncoded")
+                        "code it first (mi-llm miti code / annotate) or pass --allow-uncoded"
+                    )
                 uncoded += 1
                 volleys.append(Volley(i, (Utterance(text=turn.text, code=None),)))
                 continue
@@ -94,9 +96,15 @@ class CodedSession:
         if not volleys:
             raise MiLlmError(f"session {dialogue.id!r} is empty: it has no counselor turns to score")
         return cls(
-            id=dialogue.id, language=dialogue.language, style=dialogue.style, source=dialogue.source,
-            topic=dialogue.topic, volleys=tuple(volleys), globals=dialogue.miti_globals,
-            uncoded_volleys=uncoded, client_talk=tuple(t.talk for t in dialogue.turns if t.talk),
+            id=dialogue.id,
+            language=dialogue.language,
+            style=dialogue.style,
+            source=dialogue.source,
+            topic=dialogue.topic,
+            volleys=tuple(volleys),
+            globals=dialogue.miti_globals,
+            uncoded_volleys=uncoded,
+            client_talk=tuple(t.talk for t in dialogue.turns if t.talk),
         )
 
     @property
@@ -109,7 +117,8 @@ def presplit_turn(turn: Turn, language: str) -> list[Utterance]:
     if turn.codes:
         return [Utterance(text=u.text, code=u.code) for u in turn.codes]
     return [Utterance(text=t, code=None) for t in split_utterances(turn.text, language)] or [
-        Utterance(text=turn.text, code=None)]
+        Utterance(text=turn.text, code=None)
+    ]
 
 
 def with_coding(dialogue: Dialogue, codes: dict[int, list[Utterance]], globals: GlobalRatings | None) -> Dialogue:

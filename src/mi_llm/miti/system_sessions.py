@@ -37,13 +37,17 @@ def read_predictions_by_round(path: str | Path) -> dict[tuple[str, int], str]:
             raise InputError(path, describe_validation_error(e), lineno) from None
         key = (rec.dialogue_id, rec.round)
         if key in first_line:  # two replies for one round: which one was coded would be arbitrary
-            raise InputError(path, f"round {rec.round} of dialogue {rec.dialogue_id!r} repeats line {first_line[key]}", lineno)
+            raise InputError(
+                path, f"round {rec.round} of dialogue {rec.dialogue_id!r} repeats line {first_line[key]}", lineno
+            )
         first_line[key] = lineno
         out[key] = rec.prediction
     return out
 
 
-def system_sessions(dialogues: Sequence[Dialogue], predictions: dict[tuple[str, int], str], system: str) -> list[Dialogue]:
+def system_sessions(
+    dialogues: Sequence[Dialogue], predictions: dict[tuple[str, int], str], system: str
+) -> list[Dialogue]:
     """Each dialogue with its answering counselor turns replaced by the predicted replies,
     uncoded; dialogues with no predicted round (e.g. cut by --limit) are left out."""
     out = []
@@ -63,6 +67,9 @@ def system_sessions(dialogues: Sequence[Dialogue], predictions: dict[tuple[str, 
             turns.append(Turn(role=t.role, text=t.text))
         if replaced == 0 or replaced != rnd:  # not predicted, or only partly (cut by a limit)
             continue
-        out.append(d.model_copy(update={"turns": turns, "miti_globals": None, "style": "mi",
-                                        "meta": {**d.meta, "system": system}}))
+        out.append(
+            d.model_copy(
+                update={"turns": turns, "miti_globals": None, "style": "mi", "meta": {**d.meta, "system": system}}
+            )
+        )
     return out

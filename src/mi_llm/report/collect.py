@@ -64,7 +64,7 @@ def examples(paths: RunPaths, systems: list[tuple[str, str, str]], seed: int) ->
     return out
 
 
-def collect(cfg: "ExperimentConfig", paths: RunPaths) -> ReportData:
+def collect(cfg: ExperimentConfig, paths: RunPaths) -> ReportData:
     systems = cfg.systems()
     data = ReportData(name=cfg.name)
     for _, key, system in systems:
@@ -75,8 +75,9 @@ def collect(cfg: "ExperimentConfig", paths: RunPaths) -> ReportData:
         for label, result in miti.systems.items():
             data.miti_sessions[label] = [s.report_dict() for s in result.sessions]
             data.miti_aggregate[label] = {k: stats.model_dump(mode="json") for k, stats in result.aggregate.items()}
-        data.notes.append(f"MITI codes by the automatic coder {miti.coder!r}; "
-                          "see docs/miti-coder.md for its measured validity.")
+        data.notes.append(
+            f"MITI codes by the automatic coder {miti.coder!r}; see docs/miti-coder.md for its measured validity."
+        )
         data.notes += miti.notes  # the coder's validity, why automatic globals are left out, undefined scores
     if cfg.train_enabled:
         for m in cfg.models:

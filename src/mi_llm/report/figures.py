@@ -15,7 +15,7 @@ from mi_llm.report.data import ReportData  # noqa: E402
 THRESHOLDS = {"r_q": (1.0, 2.0), "pct_cr": (0.40, 0.50)}  # (fair, good), MITI 4.2.1
 
 
-def _save(fig: "plt.Figure", path: Path) -> Path:
+def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")

@@ -64,19 +64,24 @@ def miti_table(data: ReportData) -> dict[str, Any]:
                 text += f" [{agg['missing']} undefined]"
             cells.append({"text": text, "level": _level(mean, fair, good)})
         paper = PAPER_MITI.get(key, {})
-        rows.append({
-            "label": label,
-            "cells": cells,
-            "paper": "; ".join(f"{k} {v}" for k, v in paper.items()) or "",
-            "thresholds": "" if fair is None else f"fair {fair:g} / good {good:g}",
-        })
+        rows.append(
+            {
+                "label": label,
+                "cells": cells,
+                "paper": "; ".join(f"{k} {v}" for k, v in paper.items()) or "",
+                "thresholds": "" if fair is None else f"fair {fair:g} / good {good:g}",
+            }
+        )
     return {"systems": systems, "rows": rows}
 
 
 def auto_table(data: ReportData) -> list[dict[str, Any]]:
     return [
         {
-            "model": r.model, "language": r.language, "system": r.system, "n": r.n,
+            "model": r.model,
+            "language": r.language,
+            "system": r.system,
+            "n": r.n,
             "scores": [_fmt(r.scores.get(m)) for m in AUTO_METRICS],
             "paper": PAPER_AUTOMATIC["bleu-4"].get(r.system, ""),
         }

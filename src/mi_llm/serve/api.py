@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from mi_llm.corpus.language import detect_language
 from mi_llm.errors import MiLlmError
 from mi_llm.llm.backends.base import GenerationConfig
 from mi_llm.prompts import load_prompt
@@ -52,7 +53,6 @@ from mi_llm.serve.protocol import (
     usage,
 )
 from mi_llm.serve.ratelimit import TokenBucketLimiter
-from mi_llm.corpus.language import detect_language
 from mi_llm.serve.safety.layer import CheckedMessages, SafetyDecision, SafetyLayer
 from mi_llm.serve.sessions import SessionNotFound, SessionStore, check_session_id
 from mi_llm.serve.worker import GenerationWorker, QueueFull
@@ -79,7 +79,9 @@ class BodyLimit:
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Any) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Any
+    ) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
@@ -116,9 +118,17 @@ class BodyLimit:
     async def _reject(self, send: Any) -> None:
         err = ApiError(413, f"request body too large (limit {self.limit} bytes)", code="request_too_large")
         body = json.dumps(err.body()).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -152,15 +162,25 @@ class ChatService:
         if self.keys:
             owner = self.keys.owner(bearer_token(request.headers.get("authorization")))
             if owner is None:
-                raise ApiError(401, "missing or invalid API key (send Authorization: Bearer KEY)",
-                               "authentication_error", "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+                raise ApiError(
+                    401,
+                    "missing or invalid API key (send Authorization: Bearer KEY)",
+                    "authentication_error",
+                    "invalid_api_key",
+                    {"WWW-Authenticate": "Bearer"},
+                )
             client = Client(owner=owner, rate_key=owner + "@" + host)
         else:
             client = Client(owner="local", rate_key="ip:" + host)
         wait = self.limiter.acquire(client.rate_key)
         if wait > 0:
-            raise ApiError(429, f"rate limit exceeded; retry in {wait:.1f} s", "rate_limit_error", "rate_limit_exceeded",
-                           {"Retry-After": str(max(1, int(wait + 0.999)))})
+            raise ApiError(
+                429,
+                f"rate limit exceeded; retry in {wait:.1f} s",
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                {"Retry-After": str(max(1, int(wait + 0.999)))},
+            )
         return client
 
     # ---------------------------------------------------------------- chat
@@ -171,15 +191,24 @@ class ChatService:
         if max_tokens < 1:
             raise ApiError(400, "max_tokens must be at least 1")
         if max_tokens > s.max_tokens_limit:
-            raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {s.max_tokens_limit}",
-                           code="max_tokens_too_large")
+            raise ApiError(
+                400,
+                f"max_tokens {max_tokens} is over this server's limit of {s.max_tokens_limit}",
+                code="max_tokens_too_large",
+            )
         temperature = s.temperature if req.temperature is None else req.temperature
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > 4:
             raise ApiError(400, "at most 4 stop sequences")
         return GenerationConfig(
-            max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
-            top_p=req.top_p or s.top_p, top_k=s.top_k, repetition_penalty=s.repetition_penalty, seed=req.seed, stop=stops,
+            max_new_tokens=max_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else 1.0,
+            top_p=req.top_p or s.top_p,
+            top_k=s.top_k,
+            repetition_penalty=s.repetition_penalty,
+            seed=req.seed,
+            stop=stops,
         )
 
     async def chat(self, request: Request) -> Response:
@@ -218,8 +247,9 @@ class ChatService:
         # Earlier user messages too: a crisis in a client-sent history (or a new session's seed)
         # must not reach the model. Turns already answered by the safety layer are not re-judged.
         earlier = [m for m in seen if m["role"] == "user" and not m.get("safety")]
-        decision, which = self.safety.check_messages([*(m["content"] for m in earlier), user], language,
-                                                     self.checked, f"{client.owner}\0{sid or ''}")
+        decision, which = self.safety.check_messages(
+            [*(m["content"] for m in earlier), user], language, self.checked, f"{client.owner}\0{sid or ''}"
+        )
         if decision.crisis and which < len(earlier) and any(m is earlier[which] for m in seed):
             earlier[which]["safety"] = decision.result.category  # stored marked: it was answered
         rid = new_id()
@@ -228,18 +258,27 @@ class ChatService:
         if self.settings.log_text:
             log.info("request %s user text: %r", rid, user)
         if decision.crisis:
-            where = "the new message" if which == len(earlier) else f"earlier user message {which + 1} of {len(earlier)} unanswered"
+            where = (
+                "the new message"
+                if which == len(earlier)
+                else f"earlier user message {which + 1} of {len(earlier)} unanswered"
+            )
             return self._safe_response(rid, req, decision, sid, seed, user, language, ext, headers, where)
         try:
             job = self.worker.submit(convo, config)
         except QueueFull:
-            raise ApiError(503, "the server is busy; retry shortly", "server_error", "queue_full", {"Retry-After": "5"}) from None
+            raise ApiError(
+                503, "the server is busy; retry shortly", "server_error", "queue_full", {"Retry-After": "5"}
+            ) from None
         record = _Record(rid, sid, language, time.monotonic())
         if req.stream:
             include_usage = bool((req.stream_options or {}).get("include_usage"))
             gen = self._sse(job, record, ext, seed, user, include_usage)
-            return StreamingResponse(gen, media_type="text/event-stream",
-                                     headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                gen,
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         parts: list[str] = []
         finish = Finish("stop", 0, 0)
         try:
@@ -254,11 +293,19 @@ class ChatService:
         text = "".join(parts)
         self._store(sid, seed, user, text, language, finish)
         self._log(record, finish, decision)
-        body = completion_body(rid, self.engine.model_id, text, _finish_reason(finish), usage(finish.prompt_tokens, finish.completion_tokens), ext)
+        body = completion_body(
+            rid,
+            self.engine.model_id,
+            text,
+            _finish_reason(finish),
+            usage(finish.prompt_tokens, finish.completion_tokens),
+            ext,
+        )
         return JSONResponse(body, headers=headers)
 
-    async def _sse(self, job: Any, record: _Record, ext: dict[str, Any], seed: list[dict[str, str]], user: str,
-                   include_usage: bool) -> AsyncIterator[str]:
+    async def _sse(
+        self, job: Any, record: _Record, ext: dict[str, Any], seed: list[dict[str, str]], user: str, include_usage: bool
+    ) -> AsyncIterator[str]:
         model, created = self.engine.model_id, int(time.time())
         parts: list[str] = []
         finish = Finish("cancelled", 0, 0)
@@ -273,7 +320,9 @@ class ChatService:
                 yield chunk(record.rid, model, created, {"content": item})
             yield chunk(record.rid, model, created, {}, _finish_reason(finish))
             if include_usage:
-                yield chunk(record.rid, model, created, None, usage=usage(finish.prompt_tokens, finish.completion_tokens))
+                yield chunk(
+                    record.rid, model, created, None, usage=usage(finish.prompt_tokens, finish.completion_tokens)
+                )
             self._store(record.sid, seed, user, "".join(parts), record.language, finish)
             yield "data: [DONE]\n\n"
         except MiLlmError as e:
@@ -286,19 +335,44 @@ class ChatService:
         finally:
             self._log(record, finish, None)
 
-    def _safe_response(self, rid: str, req: ChatRequest, decision: SafetyDecision, sid: str | None,
-                       seed: list[dict[str, str]], user: str, language: str, ext: dict[str, Any],
-                       headers: dict[str, str], where: str) -> Response:
+    def _safe_response(
+        self,
+        rid: str,
+        req: ChatRequest,
+        decision: SafetyDecision,
+        sid: str | None,
+        seed: list[dict[str, str]],
+        user: str,
+        language: str,
+        ext: dict[str, Any],
+        headers: dict[str, str],
+        where: str,
+    ) -> Response:
         text = decision.response or ""
         cat = decision.result.category
         if sid is not None:
             self.store.flag(sid, cat, decision.result.matched)
-            self.store.append(sid, [*seed, {"role": "user", "content": user, "safety": cat},
-                                    {"role": "assistant", "content": text, "safety": cat}], language)
-        log.warning("safety: crisis response sent (request %s, category %s, rule %s, in %s, session %s)",
-                    rid, cat, decision.result.matched, where, short_hash(sid))
+            self.store.append(
+                sid,
+                [
+                    *seed,
+                    {"role": "user", "content": user, "safety": cat},
+                    {"role": "assistant", "content": text, "safety": cat},
+                ],
+                language,
+            )
+        log.warning(
+            "safety: crisis response sent (request %s, category %s, rule %s, in %s, session %s)",
+            rid,
+            cat,
+            decision.result.matched,
+            where,
+            short_hash(sid),
+        )
         if not req.stream:
-            return JSONResponse(completion_body(rid, self.engine.model_id, text, "stop", usage(0, 0), ext), headers=headers)
+            return JSONResponse(
+                completion_body(rid, self.engine.model_id, text, "stop", usage(0, 0), ext), headers=headers
+            )
 
         async def events() -> AsyncIterator[str]:
             created = int(time.time())
@@ -309,21 +383,35 @@ class ChatService:
                 yield chunk(rid, self.engine.model_id, created, None, usage=usage(0, 0))
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
+        )
 
-    def _store(self, sid: str | None, seed: list[dict[str, str]], user: str, reply: str, language: str, finish: Finish) -> None:
+    def _store(
+        self, sid: str | None, seed: list[dict[str, str]], user: str, reply: str, language: str, finish: Finish
+    ) -> None:
         if self.settings.log_text:
             log.info("reply text (session %s): %r", short_hash(sid), reply)
         if sid is None or finish.reason == "cancelled":
             return
-        self.store.append(sid, [*seed, {"role": "user", "content": user}, {"role": "assistant", "content": reply}], language)
+        self.store.append(
+            sid, [*seed, {"role": "user", "content": user}, {"role": "assistant", "content": reply}], language
+        )
 
     def _log(self, record: _Record, finish: Finish, decision: SafetyDecision | None) -> None:
         total = time.monotonic() - record.t0
         ttft = f"{record.ttft:.3f}s" if record.ttft is not None else "-"
-        log.info("request %s: %s, %d prompt + %d completion tokens, first token %s, total %.3fs, session %s, language %s",
-                 record.rid, finish.reason, finish.prompt_tokens, finish.completion_tokens, ttft, total,
-                 short_hash(record.sid), record.language)
+        log.info(
+            "request %s: %s, %d prompt + %d completion tokens, first token %s, total %.3fs, session %s, language %s",
+            record.rid,
+            finish.reason,
+            finish.prompt_tokens,
+            finish.completion_tokens,
+            ttft,
+            total,
+            short_hash(record.sid),
+            record.language,
+        )
 
 
 @dataclass
@@ -343,8 +431,12 @@ def _finish_reason(finish: Finish) -> str:
     return finish.reason if finish.reason in ("stop", "length") else "stop"
 
 
-def create_app(engine: ChatEngine, settings: ServeConfig | None = None, store: SessionStore | None = None,
-               safety: SafetyLayer | None = None) -> FastAPI:
+def create_app(
+    engine: ChatEngine,
+    settings: ServeConfig | None = None,
+    store: SessionStore | None = None,
+    safety: SafetyLayer | None = None,
+) -> FastAPI:
     settings = settings or ServeConfig()
     hosts = HostPolicy(settings.host, settings.allowed_hosts)  # bad --allowed-host fails before any set-up
     store = store or SessionStore(":memory:")
@@ -375,8 +467,10 @@ def create_app(engine: ChatEngine, settings: ServeConfig | None = None, store: S
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         service.guard(request)
-        return {"object": "list", "data": [{"id": engine.model_id, "object": "model", "created": service.started,
-                                            "owned_by": "mi-llm"}]}
+        return {
+            "object": "list",
+            "data": [{"id": engine.model_id, "object": "model", "created": service.started, "owned_by": "mi-llm"}],
+        }
 
     @app.get("/v1/sessions/{session_id}")
     async def get_session(session_id: str, request: Request) -> dict[str, Any]:
@@ -411,8 +505,11 @@ def create_app(engine: ChatEngine, settings: ServeConfig | None = None, store: S
     app.router.on_shutdown.append(service.worker.close)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # before auth and parsing
     # Outermost: a foreign Host or a non-JSON body is refused before the body is even read.
-    app.add_middleware(LocalServerGuard, policy=hosts,
-                       error_body=lambda status, message, code: ApiError(status, message, code=code).body())
+    app.add_middleware(
+        LocalServerGuard,
+        policy=hosts,
+        error_body=lambda status, message, code: ApiError(status, message, code=code).body(),
+    )
     return app
 
 
@@ -455,8 +552,9 @@ def uvicorn_config(app: Any, host: str, port: int, *, access_log: bool, log_leve
 class BackgroundServer:
     """uvicorn in a thread (tests, embedding): `with BackgroundServer(app) as s: s.url`."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                 access_log: bool = False):
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", access_log: bool = False
+    ):
         import uvicorn
 
         self.config = uvicorn_config(app, host, port, access_log=access_log, log_level=log_level, lifespan="on")
@@ -495,8 +593,9 @@ def run_server(app: Any, host: str, port: int, access_log: bool = True) -> None:
     path and status (no bodies, no session ids)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn_config(app, host, port, access_log=access_log, log_level="info",
-                                           timeout_graceful_shutdown=5))
+    server = uvicorn.Server(
+        uvicorn_config(app, host, port, access_log=access_log, log_level="info", timeout_graceful_shutdown=5)
+    )
     try:
         server.run()
     except KeyboardInterrupt:

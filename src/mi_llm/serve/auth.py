@@ -114,8 +114,9 @@ def read_keys_file(path: str | Path, option: str = "--api-key-file") -> dict[str
     except (OSError, UnicodeDecodeError) as e:
         raise MiLlmError(f"{option}: {path}: cannot read it ({e})") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise MiLlmError(f"{option}: {path} is open to other users (mode {stat.S_IMODE(st.st_mode):04o}): "
-                         f"run chmod 600 {path}")
+        raise MiLlmError(
+            f"{option}: {path} is open to other users (mode {stat.S_IMODE(st.st_mode):04o}): run chmod 600 {path}"
+        )
     keys: dict[str, str] = {}
     lines: dict[str, int] = {}
     for n, raw in enumerate(text.splitlines(), 1):

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from mi_llm.corpus.language import detect_language
 from mi_llm.errors import MiLlmError
 from mi_llm.io import write_json
 from mi_llm.llm.backends.base import GenerationConfig
 from mi_llm.prompts import load_prompt
 from mi_llm.serve.engine import ChatEngine, Finish
 from mi_llm.serve.protocol import conversation
-from mi_llm.corpus.language import detect_language
 from mi_llm.serve.safety.layer import SafetyLayer
 from mi_llm.serve.sessions import SessionStore
 
@@ -105,17 +105,24 @@ class ChatSession:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path).expanduser()
-        write_json(path, {
-            "model": self.engine.model_id, "language": self.language, "session_id": self.session_id,
-            "flagged": self.flagged, "flag_category": self.flag_category,
-            "saved": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "messages": self.history,
-        })
+        write_json(
+            path,
+            {
+                "model": self.engine.model_id,
+                "language": self.language,
+                "session_id": self.session_id,
+                "flagged": self.flagged,
+                "flag_category": self.flag_category,
+                "saved": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "messages": self.history,
+            },
+        )
         return path
 
 
-def run_chat(session: ChatSession, read: Callable[[str], str] = input, out: TextIO | None = None,
-             banner: str | None = None) -> int:
+def run_chat(
+    session: ChatSession, read: Callable[[str], str] = input, out: TextIO | None = None, banner: str | None = None
+) -> int:
     """The read-reply loop; returns the number of messages answered."""
     import sys
 
@@ -169,7 +176,9 @@ def run_chat(session: ChatSession, read: Callable[[str], str] = input, out: Text
             for item in stream:
                 if isinstance(item, Turn):
                     if item.crisis:
-                        write("\n(safety: this conversation has been flagged; the reply above is a fixed safety message)")
+                        write(
+                            "\n(safety: this conversation has been flagged; the reply above is a fixed safety message)"
+                        )
                     elif item.finish == "length":
                         write(" [...]")
                     continue

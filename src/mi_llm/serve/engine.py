@@ -37,7 +37,9 @@ class ChatEngine:
     name = "base"
     model_id = "model"
 
-    def stream(self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+    def stream(
+        self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[str | Finish]:
         """Text pieces of the reply, then one `Finish`."""
         raise NotImplementedError
 
@@ -68,7 +70,9 @@ class EchoEngine(ChatEngine):
         self.delay = delay
         self.prefix = prefix
 
-    def stream(self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+    def stream(
+        self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[str | Finish]:
         last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
         words = (self.prefix + last).split(" ")
         prompt_tokens = sum(len(m.get("content", "").split()) for m in messages)
@@ -101,7 +105,9 @@ class BackendEngine(ChatEngine):
     def close(self) -> None:
         self.backend.close()
 
-    def stream(self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+    def stream(
+        self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[str | Finish]:
         yield from self.backend.stream_chat(messages, config, cancel)
 
 

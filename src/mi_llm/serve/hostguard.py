@@ -30,8 +30,10 @@ from mi_llm.errors import MiLlmError
 from mi_llm.serve.auth import is_loopback
 
 # Pages may load only this server's own files; nothing may frame them.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -107,8 +109,12 @@ class HostPolicy:
             return False
         if name in self.names:
             return True
-        return _is_ip(name) and isinstance(local_addr, str) and _is_ip(local_addr) and \
-            ipaddress.ip_address(name) == ipaddress.ip_address(local_addr)
+        return (
+            _is_ip(name)
+            and isinstance(local_addr, str)
+            and _is_ip(local_addr)
+            and ipaddress.ip_address(name) == ipaddress.ip_address(local_addr)
+        )
 
 
 def is_json(content_type: str | None) -> bool:
@@ -140,25 +146,35 @@ class LocalServerGuard:
         self.policy = policy
         self.error_body = error_body
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Any) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Any
+    ) -> None:
         if scope["type"] != "http":  # neither app serves websockets
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
         if not self.policy.allows(headers.get("host"), scope.get("server")):
-            await self._reject(send, 421, "this server does not answer to that Host header (pass --allowed-host NAME "
-                                          "to add a name)", "host_not_allowed")
+            await self._reject(
+                send,
+                421,
+                "this server does not answer to that Host header (pass --allowed-host NAME to add a name)",
+                "host_not_allowed",
+            )
             return
         if carries_body(scope["method"], headers) and not is_json(headers.get("content-type")):
-            await self._reject(send, 415, "request bodies must be sent as Content-Type: application/json",
-                               "unsupported_media_type")
+            await self._reject(
+                send, 415, "request bodies must be sent as Content-Type: application/json", "unsupported_media_type"
+            )
             return
         await self.app(scope, receive, send)
 
     async def _reject(self, send: Any, status: int, message: str, code: str) -> None:
         body = json.dumps(self.error_body(status, message, code)).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
         headers += [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -22,8 +22,14 @@ from mi_llm.io import describe_validation_error
 class ApiError(Exception):
     """An error answered in OpenAI's format: {"error": {"message", "type", "code"}}."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -123,19 +129,39 @@ def new_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
-def completion_body(rid: str, model: str, text: str, finish: str, usage: dict[str, int], ext: dict[str, Any]) -> dict[str, Any]:
+def completion_body(
+    rid: str, model: str, text: str, finish: str, usage: dict[str, int], ext: dict[str, Any]
+) -> dict[str, Any]:
     return {
-        "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}],
-        "usage": usage, "mi_llm": ext,
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}
+        ],
+        "usage": usage,
+        "mi_llm": ext,
     }
 
 
-def chunk(rid: str, model: str, created: int, delta: dict[str, Any] | None, finish: str | None = None,
-          usage: dict[str, int] | None = None, ext: dict[str, Any] | None = None) -> str:
+def chunk(
+    rid: str,
+    model: str,
+    created: int,
+    delta: dict[str, Any] | None,
+    finish: str | None = None,
+    usage: dict[str, int] | None = None,
+    ext: dict[str, Any] | None = None,
+) -> str:
     """One server-sent event `data: {...}` of a chat.completion.chunk."""
-    obj: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                           "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    obj: dict[str, Any] = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
     if usage is not None:
         obj["usage"] = usage
     if ext is not None:
@@ -144,5 +170,8 @@ def chunk(rid: str, model: str, created: int, delta: dict[str, Any] | None, fini
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -75,9 +75,14 @@ class Session:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "created": int(self.created), "updated": int(self.updated), "language": self.language,
-            "flagged": self.flagged, "flag_category": self.flag_category,
-            "flagged_at": int(self.flagged_at) if self.flagged_at else None, "flag_count": self.flag_count,
+            "id": self.id,
+            "created": int(self.created),
+            "updated": int(self.updated),
+            "language": self.language,
+            "flagged": self.flagged,
+            "flag_category": self.flag_category,
+            "flagged_at": int(self.flagged_at) if self.flagged_at else None,
+            "flag_count": self.flag_count,
         }
 
 
@@ -115,7 +120,8 @@ class SessionStore:
     def _row(self, session_id: str) -> Session | None:
         row = self._db.execute(
             "SELECT id, owner, created, updated, language, flagged, flag_category, flagged_at, flag_count "
-            "FROM sessions WHERE id = ?", (session_id,),
+            "FROM sessions WHERE id = ?",
+            (session_id,),
         ).fetchone()
         if row is None:
             return None

@@ -27,8 +27,12 @@ def load_peft_model(cfg: TrainConfig, rm: Any, dtype: torch.dtype) -> Any:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_targets(), task_type="CAUSAL_LM", bias="none",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_targets(),
+        task_type="CAUSAL_LM",
+        bias="none",
     )
     try:
         peft_model = get_peft_model(model, lora)
@@ -46,7 +50,7 @@ def adapter_state(acc: Any, wrapper: Any) -> dict[str, torch.Tensor]:
     """Full (gathered under ZeRO-3/FSDP) state dict of the PEFT model inside the objective
     `wrapper` (its attribute `model`), keys as PeftModel's."""
     sd = acc.get_state_dict(wrapper)
-    return {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+    return {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
 
 
 def save_adapter(acc: Any, wrapper: Any, out: Path, base_name: str) -> None:

@@ -12,9 +12,26 @@ from mi_llm.llm.resolve import DEFAULT_MODEL
 
 # Options that change what is learned: a resumed run must keep them all.
 RESULT_KEYS = (
-    "model", "data", "epochs", "max_steps", "seed", "max_length", "lr", "lr_scheduler", "grad_accum",
-    "batch_size", "warmup_ratio", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout",
-    "target_modules", "records", "on_overflow", "share_prefix",
+    "model",
+    "data",
+    "epochs",
+    "max_steps",
+    "seed",
+    "max_length",
+    "lr",
+    "lr_scheduler",
+    "grad_accum",
+    "batch_size",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "records",
+    "on_overflow",
+    "share_prefix",
 )
 
 
@@ -62,9 +79,7 @@ class TrainConfig(BaseModel):
     share_prefix: bool = Field(
         True, description="compute the prompt prefix shared by a window's samples once (single process, batch 1)"
     )
-    gradient_checkpointing: bool = Field(
-        False, description="recompute activations in backward (less memory, slower)"
-    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, slower)")
     save_steps: int = Field(50, ge=1, description="checkpoint every N optimizer steps")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     log_steps: int = Field(1, ge=1, description="write train_log.jsonl every N steps")

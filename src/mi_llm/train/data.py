@@ -111,7 +111,11 @@ def _default_encoder() -> ChatEncoder:
 
 
 def encode_sample(
-    sample: Sample, tokenizer: Any, max_length: int, last_only: bool = True, encode: ChatEncoder | None = None,
+    sample: Sample,
+    tokenizer: Any,
+    max_length: int,
+    last_only: bool = True,
+    encode: ChatEncoder | None = None,
     where: str = "",
 ) -> Example:
     """Tokens + labels of one sample; history rounds are dropped from the oldest until the
@@ -186,8 +190,10 @@ def encode_samples(
         stats.max_tokens = max(stats.max_tokens, len(ex))
     stats.examples = len(out)
     if not out:
-        raise MiLlmError(f"{where}no trainable sample left (skipped {stats.skipped_too_long} too long, "
-                         f"{stats.skipped_no_target} without target tokens)")
+        raise MiLlmError(
+            f"{where}no trainable sample left (skipped {stats.skipped_too_long} too long, "
+            f"{stats.skipped_no_target} without target tokens)"
+        )
     return out, stats
 
 
@@ -234,15 +240,21 @@ class Schedule:
         return micro / self.micro_per_epoch
 
 
-def make_schedule(n_examples: int, batch_size: int, grad_accum: int, epochs: float, max_steps: int | None,
-                  world: int = 1) -> Schedule:
+def make_schedule(
+    n_examples: int, batch_size: int, grad_accum: int, epochs: float, max_steps: int | None, world: int = 1
+) -> Schedule:
     per_epoch = math.ceil(math.ceil(n_examples / batch_size) / world)
     total = max_steps or max(1, math.ceil(epochs * per_epoch / grad_accum))
     return Schedule(per_epoch, grad_accum, total)
 
 
 def micro_stream(
-    lengths: Sequence[int], batch_size: int, seed: int, start_micro: int, sched: Schedule, world: int = 1,
+    lengths: Sequence[int],
+    batch_size: int,
+    seed: int,
+    start_micro: int,
+    sched: Schedule,
+    world: int = 1,
     rank: int = 0,
 ) -> Iterator[tuple[int, list[int]]]:
     """(micro index, example indices) from `start_micro` to the end of training, for `rank`."""

@@ -73,7 +73,7 @@ def check_adapter_matches(model: Any, adapter: Path, model_name: str) -> None:
             if not key.endswith(part):
                 continue
             path = key[: -len(part)]
-            path = path[len("base_model.model."):] if path.startswith("base_model.model.") else path
+            path = path[len("base_model.model.") :] if path.startswith("base_model.model.") else path
             try:
                 mod = model.get_submodule(path)
             except AttributeError:
@@ -132,8 +132,14 @@ def _warn_other_base(adapter: Path, rm: Any) -> None:
         return
     same = (trained.get("sha256") and trained.get("sha256") == rm.sha256) or trained.get("path") == str(rm.path)
     if not same:
-        log.warning("adapter %s was trained on %s (%s), merging into %s (%s)", adapter, trained.get("name"),
-                    trained.get("path"), rm.name, rm.path)
+        log.warning(
+            "adapter %s was trained on %s (%s), merging into %s (%s)",
+            adapter,
+            trained.get("name"),
+            trained.get("path"),
+            rm.name,
+            rm.path,
+        )
 
 
 def export(
@@ -172,7 +178,11 @@ def export(
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))  # with the chat template
         _strip_quant_config(tmp / "config.json")
-        info = {"name": out.name, "family": rm.family, "merged_from": {"base": rm.describe(), "adapter": str(ad.resolve())}}
+        info = {
+            "name": out.name,
+            "family": rm.family,
+            "merged_from": {"base": rm.describe(), "adapter": str(ad.resolve())},
+        }
         (tmp / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         if out.exists():
             out.rmdir()

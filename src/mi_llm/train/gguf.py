@@ -57,14 +57,27 @@ def fetch_converter(version: str, dest: Path) -> Path:
         log.info("fetching llama.cpp's converter from the llama-cpp-python %s source distribution", version)
         # Only llama-cpp-python itself as source: `:all:` would also build every one of its
         # build dependencies from source (cmake included) when pip has no cache.
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python", "--quiet",
-               "-d", tmp, f"llama-cpp-python=={version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            "llama-cpp-python",
+            "--quiet",
+            "-d",
+            tmp,
+            f"llama-cpp-python=={version}",
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True)
         sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if r.returncode != 0 or not sdists:
             why = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no sdist"]
-            raise MiLlmError(f"could not fetch llama-cpp-python {version} to get llama.cpp's GGUF converter "
-                             f"({why[0]}); pass --llama-cpp DIR (a llama.cpp checkout)")
+            raise MiLlmError(
+                f"could not fetch llama-cpp-python {version} to get llama.cpp's GGUF converter "
+                f"({why[0]}); pass --llama-cpp DIR (a llama.cpp checkout)"
+            )
         stage = Path(tmp) / "tree"
         with tarfile.open(sdists[0]) as tf:
             prefix = None
@@ -113,8 +126,19 @@ def convert_to_gguf(
 ) -> Path:
     """Run the converter in its own process (its `gguf` package must not mix with ours)."""
     conv = find_converter(llama_cpp)
-    cmd = [sys.executable, "-m", "mi_llm.train.gguf_runner", "--llama-cpp", str(conv), "--model", str(model_dir),
-           "--outfile", str(outfile), "--outtype", outtype]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mi_llm.train.gguf_runner",
+        "--llama-cpp",
+        str(conv),
+        "--model",
+        str(model_dir),
+        "--outfile",
+        str(outfile),
+        "--outtype",
+        outtype,
+    ]
     if vocab_from is not None and not (model_dir / "tokenizer.model").is_file():
         cmd += ["--vocab-from", str(vocab_from)]
     tpl_file = None

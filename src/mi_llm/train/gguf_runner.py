@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
 
     ftype = {
-        "f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     }[a.outtype]
     template = a.chat_template_file.read_text(encoding="utf-8") if a.chat_template_file else None
     with torch.inference_mode():

@@ -106,7 +106,12 @@ def llamafactory_config(
 
 
 def write_llamafactory_yaml(
-    path: Path, cfg: TrainConfig, rm: Any, data: Any, gpu: bool = True, output_dir: str | None = None,
+    path: Path,
+    cfg: TrainConfig,
+    rm: Any,
+    data: Any,
+    gpu: bool = True,
+    output_dir: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     path = Path(path)

@@ -101,7 +101,10 @@ class SelectiveLMLoss(nn.Module):
         return F.cross_entropy(logits, targets, reduction="sum")
 
     def forward(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         past_key_values: Any = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """With `past_key_values` (a shared prefix, see mi_llm.train.prefix), `input_ids` and
@@ -109,8 +112,9 @@ class SelectiveLMLoss(nn.Module):
         lm = causal_lm_of(self.model)
         decoder = lm.get_decoder()
         kw = {cache_kwarg(decoder): past_key_values} if past_key_values is not None else {}
-        out: Any = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=past_key_values is not None,
-                           **kw)
+        out: Any = decoder(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=past_key_values is not None, **kw
+        )
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         # Position t predicts token t+1: keep the hidden states whose next token is labelled.
         targets = labels[:, 1:]

@@ -12,7 +12,14 @@ def counting_progress(description: str, total: int, enabled: bool = True) -> Ite
 
     from mi_llm.console import console
 
-    with Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not enabled, transient=True) as p:
+    with Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+        transient=True,
+    ) as p:
         task = p.add_task(description, total=total)
         yield lambda n: p.advance(task, n)

@@ -43,8 +43,14 @@ def _windows(stream: Iterator[tuple[int, list[int]]], size: int) -> Iterator[lis
 class SftTrainer(LoraTrainer[list[Batch]]):
     """LoRA SFT of `cfg.model` on the samples of `cfg.data` (selective-logits LM loss)."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, export_llamafactory: Path | None = None,
-                 show_progress: bool = True, on_step: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: bool = False,
+        export_llamafactory: Path | None = None,
+        show_progress: bool = True,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
         super().__init__(cfg, resume, show_progress, on_step)
         self.export_llamafactory = export_llamafactory
         self.share_prefix = False
@@ -57,8 +63,9 @@ class SftTrainer(LoraTrainer[list[Batch]]):
         if self.export_llamafactory and self.main:
             from mi_llm.train.llamafactory import write_llamafactory_yaml
 
-            write_llamafactory_yaml(self.export_llamafactory, self.cfg, self.rm, self.data,
-                                    gpu=torch.cuda.is_available())
+            write_llamafactory_yaml(
+                self.export_llamafactory, self.cfg, self.rm, self.data, gpu=torch.cuda.is_available()
+            )
             log.info("wrote LLaMA-Factory config %s", self.export_llamafactory)
 
     def encode(self, tokenizer: Any) -> int:
@@ -67,9 +74,15 @@ class SftTrainer(LoraTrainer[list[Batch]]):
         cfg = self.cfg
         records = select_records(self.data.samples, cfg.records)
         with counting_progress("encoding samples", len(records), enabled=self.main and self.show_progress) as advance:
-            self.examples, self.stats = encode_samples(records, tokenizer, cfg.max_length, cfg.records,
-                                                       cfg.on_overflow, samples_file=self.data.samples_file,
-                                                       progress=advance)
+            self.examples, self.stats = encode_samples(
+                records,
+                tokenizer,
+                cfg.max_length,
+                cfg.records,
+                cfg.on_overflow,
+                samples_file=self.data.samples_file,
+                progress=advance,
+            )
         _log_overflow(self.stats, cfg.max_length)
         self.lengths = [len(e) for e in self.examples]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -93,11 +106,17 @@ class SftTrainer(LoraTrainer[list[Batch]]):
     def windows(self, start_step: int) -> Iterator[list[Batch]]:
         cfg = self.cfg
         lm = causal_lm_of(self.peft_model)
-        self.share_prefix = (cfg.share_prefix and self.world == 1 and cfg.batch_size == 1
-                             and not cfg.gradient_checkpointing and prefix_supported(lm))
+        self.share_prefix = (
+            cfg.share_prefix
+            and self.world == 1
+            and cfg.batch_size == 1
+            and not cfg.gradient_checkpointing
+            and prefix_supported(lm)
+        )
         self.max_prefix = max_prefix_len(lm.config)
-        stream = micro_stream(self.lengths, cfg.batch_size, cfg.seed, start_step * cfg.grad_accum, self.schedule,
-                              self.world, self.rank)
+        stream = micro_stream(
+            self.lengths, cfg.batch_size, cfg.seed, start_step * cfg.grad_accum, self.schedule, self.world, self.rank
+        )
         return ([[self.examples[i] for i in b] for b in window] for window in _windows(stream, cfg.grad_accum))
 
     def window_counts(self, window: list[Batch]) -> tuple[int, int]:
@@ -117,8 +136,9 @@ class SftTrainer(LoraTrainer[list[Batch]]):
         for group in plan:
             shared = self._shared_prefix(window[group.members[0]][0], group) if group.prefix else None
             for i in group.members:
-                inputs = {k: (v.to(acc.device) if v is not None else None)
-                          for k, v in collate(window[i], self.pad_id).items()}
+                inputs = {
+                    k: (v.to(acc.device) if v is not None else None) for k, v in collate(window[i], self.pad_id).items()
+                }
                 with acc.accumulate(self.model):
                     loss_sum = self._loss_sum(inputs, group.prefix, shared)
                     acc.backward(loss_sum * scale)
@@ -133,7 +153,7 @@ class SftTrainer(LoraTrainer[list[Batch]]):
     def _shared_prefix(self, first: Example, group: Group) -> SharedPrefix:
         """One forward of the prefix the group's samples share (its backward after the last of them)."""
         with self.acc.autocast():
-            shared = SharedPrefix(self.model, torch.tensor([first.input_ids[:group.prefix]], device=self.acc.device))
+            shared = SharedPrefix(self.model, torch.tensor([first.input_ids[: group.prefix]], device=self.acc.device))
         self.prefix_tokens_saved += group.prefix * (len(group.members) - 1)
         return shared
 
@@ -141,8 +161,9 @@ class SftTrainer(LoraTrainer[list[Batch]]):
         """The micro-batch's sum of token losses; after a shared prefix, only its remaining tokens."""
         if prefix:
             assert shared is not None
-            loss_sum, _ = self.model(inputs["input_ids"][:, prefix:], inputs["labels"][:, prefix:], None,
-                                     shared.cache())
+            loss_sum, _ = self.model(
+                inputs["input_ids"][:, prefix:], inputs["labels"][:, prefix:], None, shared.cache()
+            )
         else:
             loss_sum, _ = self.model(inputs["input_ids"], inputs["labels"], inputs["attention_mask"])
         return loss_sum
@@ -153,11 +174,16 @@ class SftTrainer(LoraTrainer[list[Batch]]):
 
 def _log_overflow(stats: EncodeStats, max_length: int) -> None:
     if stats.skipped_too_long:
-        log.warning("skipped %d samples longer than --max-length %d even without history",
-                    stats.skipped_too_long, max_length)
+        log.warning(
+            "skipped %d samples longer than --max-length %d even without history", stats.skipped_too_long, max_length
+        )
     if stats.truncated:
-        log.info("%d samples lost %d history rounds (oldest first) to fit --max-length %d",
-                 stats.truncated, stats.dropped_rounds, max_length)
+        log.info(
+            "%d samples lost %d history rounds (oldest first) to fit --max-length %d",
+            stats.truncated,
+            stats.dropped_rounds,
+            max_length,
+        )
 
 
 def train(

@@ -90,8 +90,9 @@ class StopFlag:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("stop requested: finishing this optimizer step and saving a checkpoint "
-                    "(Ctrl-C again aborts without saving)")
+        log.warning(
+            "stop requested: finishing this optimizer step and saving a checkpoint (Ctrl-C again aborts without saving)"
+        )
 
     def __enter__(self) -> StopFlag:
         import threading
@@ -134,8 +135,9 @@ def prepare_output(cfg: TrainConfig, resume: bool) -> tuple[Path, Path | None, d
     latest = ck.latest_checkpoint(out)
     if not resume:
         if latest is not None or cfg_file.is_file():
-            raise MiLlmError(f"{out}: already holds a training run; pass --resume to continue it "
-                             "or choose another --output")
+            raise MiLlmError(
+                f"{out}: already holds a training run; pass --resume to continue it or choose another --output"
+            )
         return out, None, None
     if cfg_file.is_file():
         saved = json.loads(cfg_file.read_text(encoding="utf-8")).get("config", {})
@@ -162,14 +164,27 @@ def truncate_log(path: Path, step: int) -> None:
 
 
 def training_progress(total: int, start: int, enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from mi_llm.console import console
 
     p = Progress(
-        TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=not enabled,
+        TextColumn("[bold]train[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
     )
     task = p.add_task("train", total=total, completed=start, loss="-", tps="-")
     return p, task
@@ -182,8 +197,13 @@ class LoraTrainer(ABC, Generic[Window]):
     """Trains a LoRA adapter into `cfg.output`; `on_step(step)` is called after each optimizer
     step (tests use it to interrupt a run at a known step)."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, show_progress: bool = True,
-                 on_step: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: bool = False,
+        show_progress: bool = True,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
         self.cfg = cfg.model_copy(update={"data": str(Path(cfg.data).expanduser().resolve())})
         self.resume_requested = resume
         self.show_progress = show_progress
@@ -265,8 +285,7 @@ class LoraTrainer(ABC, Generic[Window]):
         n_examples = self.encode(tokenizer)
         del tokenizer  # a 262k-entry tokenizer holds ~300 MB that training does not need
         release_memory()
-        self.schedule = make_schedule(n_examples, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.max_steps,
-                                      self.world)
+        self.schedule = make_schedule(n_examples, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.max_steps, self.world)
 
     def build_model(self) -> None:
         dtype = torch.bfloat16 if self.acc.mixed_precision == "bf16" else torch.float32
@@ -283,8 +302,12 @@ class LoraTrainer(ABC, Generic[Window]):
         self.n_total = sum(p.numel() for p in self.model.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.warmup_steps = math.ceil(cfg.warmup_ratio * self.schedule.total_steps)
-        self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=self.warmup_steps,
-                                       num_training_steps=self.schedule.total_steps)
+        self.scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=self.warmup_steps,
+            num_training_steps=self.schedule.total_steps,
+        )
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         # Not prepared: accelerate would step it once per process. Stepped once per optimizer step.
         acc.register_for_checkpointing(self.scheduler)
@@ -296,11 +319,13 @@ class LoraTrainer(ABC, Generic[Window]):
         if self.checkpoint is not None and self.checkpoint_state is not None:
             self.acc.load_state(str(self.checkpoint))
             state = self.checkpoint_state
-            self.counters = Counters(step=int(state["step"]), tokens=int(state["tokens"]),
-                                     target_tokens=int(state["target_tokens"]),
-                                     elapsed_before=float(state.get("elapsed", 0.0)))
-            log.info("resumed from %s (step %d of %d)", self.checkpoint, self.counters.step,
-                     self.schedule.total_steps)
+            self.counters = Counters(
+                step=int(state["step"]),
+                tokens=int(state["tokens"]),
+                target_tokens=int(state["target_tokens"]),
+                elapsed_before=float(state.get("elapsed", 0.0)),
+            )
+            log.info("resumed from %s (step %d of %d)", self.checkpoint, self.counters.step, self.schedule.total_steps)
             if self.main:
                 truncate_log(log_path, self.counters.step)
         elif self.main and log_path.exists():
@@ -316,26 +341,44 @@ class LoraTrainer(ABC, Generic[Window]):
         self.summary = {
             "config": cfg.model_dump(),
             "model": self.rm.describe(),
-            "data": {"samples_file": str(data.samples_file), "build_dir": str(data.build_dir) if data.build_dir else None,
-                     **self.data_summary()},
-            "schedule": {"total_steps": sched.total_steps, "micro_batches_per_epoch": sched.micro_per_epoch,
-                         "warmup_steps": self.warmup_steps, "processes": self.world},
+            "data": {
+                "samples_file": str(data.samples_file),
+                "build_dir": str(data.build_dir) if data.build_dir else None,
+                **self.data_summary(),
+            },
+            "schedule": {
+                "total_steps": sched.total_steps,
+                "micro_batches_per_epoch": sched.micro_per_epoch,
+                "warmup_steps": self.warmup_steps,
+                "processes": self.world,
+            },
             "parameters": {"trainable": self.n_trainable, "total": self.n_total},
-            "runtime": {"device": str(acc.device), "mixed_precision": acc.mixed_precision,
-                        "distributed": str(acc.distributed_type), "torch": torch.__version__,
-                        "transformers": __import__("transformers").__version__, "peft": __import__("peft").__version__},
+            "runtime": {
+                "device": str(acc.device),
+                "mixed_precision": acc.mixed_precision,
+                "distributed": str(acc.distributed_type),
+                "torch": torch.__version__,
+                "transformers": __import__("transformers").__version__,
+                "peft": __import__("peft").__version__,
+            },
         }
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.paths.train_config, self.summary)
-            log.info("%s, %d optimizer steps; %.2f%% of %d parameters trainable", self.describe_data(),
-                     sched.total_steps, 100 * self.n_trainable / self.n_total, self.n_total)
+            log.info(
+                "%s, %d optimizer steps; %.2f%% of %d parameters trainable",
+                self.describe_data(),
+                sched.total_steps,
+                100 * self.n_trainable / self.n_total,
+                self.n_total,
+            )
 
     def train_loop(self) -> None:
         windows = self.windows(self.counters.step)
         self._started = time.monotonic()
-        self._progress, self._task = training_progress(self.schedule.total_steps, self.counters.step,
-                                                       self.main and self.show_progress)
+        self._progress, self._task = training_progress(
+            self.schedule.total_steps, self.counters.step, self.main and self.show_progress
+        )
         self._log_file = open(self.paths.train_log, "a", encoding="utf-8") if self.main else None
         try:
             with StopFlag() as stop, self._progress:
@@ -358,8 +401,7 @@ class LoraTrainer(ABC, Generic[Window]):
         """(target tokens, tokens) of the window over all processes; None when any process was
         asked to stop (all of them stop at the same step)."""
         n_targets, n_tokens = self.window_counts(window)
-        local = torch.tensor([n_targets, n_tokens, float(stop_requested)], dtype=torch.float64,
-                             device=self.acc.device)
+        local = torch.tensor([n_targets, n_tokens, float(stop_requested)], dtype=torch.float64, device=self.acc.device)
         total = self.acc.reduce(local, reduction="sum") if self.world > 1 else local
         if total[2] > 0:
             return None
@@ -378,8 +420,9 @@ class LoraTrainer(ABC, Generic[Window]):
     def _elapsed(self, now: float) -> float:
         return self.counters.elapsed_before + now - self._started
 
-    def end_step(self, window_loss: torch.Tensor, grad_norm: Any, n_targets: int, n_tokens: int,
-                 step_started: float) -> None:
+    def end_step(
+        self, window_loss: torch.Tensor, grad_norm: Any, n_targets: int, n_tokens: int, step_started: float
+    ) -> None:
         """After an optimizer step: the scheduler, the counters, progress, log, checkpoint."""
         c, cfg = self.counters, self.cfg
         lr = self.scheduler.get_last_lr()[0]
@@ -395,17 +438,24 @@ class LoraTrainer(ABC, Generic[Window]):
         elapsed = self._elapsed(now)
         tokens_per_s = self.run_tokens / max(now - self._started, 1e-9)
         if self.main:
-            self._progress.update(self._task, completed=c.step, loss=f"{self.last_loss:.4f}",
-                                  tps=f"{tokens_per_s:,.0f}")
+            self._progress.update(
+                self._task, completed=c.step, loss=f"{self.last_loss:.4f}", tps=f"{tokens_per_s:,.0f}"
+            )
             if c.step % cfg.log_steps == 0 or c.step == self.schedule.total_steps:
-                self.write_log_record({
-                    "step": c.step, "epoch": round(self.schedule.epoch_of(c.step * cfg.grad_accum), 4),
-                    "loss": round(self.last_loss, 6), "lr": lr,
-                    "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
-                    "tokens": c.tokens, "target_tokens": c.target_tokens,
-                    "step_tokens_per_s": round(n_tokens / max(now - step_started, 1e-9), 1),
-                    "tokens_per_s": round(tokens_per_s, 1), "elapsed": round(elapsed, 3),
-                })
+                self.write_log_record(
+                    {
+                        "step": c.step,
+                        "epoch": round(self.schedule.epoch_of(c.step * cfg.grad_accum), 4),
+                        "loss": round(self.last_loss, 6),
+                        "lr": lr,
+                        "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
+                        "tokens": c.tokens,
+                        "target_tokens": c.target_tokens,
+                        "step_tokens_per_s": round(n_tokens / max(now - step_started, 1e-9), 1),
+                        "tokens_per_s": round(tokens_per_s, 1),
+                        "elapsed": round(elapsed, 3),
+                    }
+                )
         if c.step % cfg.save_steps == 0 and c.step < self.schedule.total_steps:
             self.save_checkpoint(c.step, elapsed)
         if self.on_step is not None:
@@ -428,8 +478,16 @@ class LoraTrainer(ABC, Generic[Window]):
         acc.save_state(str(tmp), **extra)
         acc.wait_for_everyone()
         if self.main:
-            write_json(tmp / ck.STATE_FILE, {"step": at, "tokens": c.tokens, "target_tokens": c.target_tokens,
-                                             "elapsed": elapsed, "total_steps": self.schedule.total_steps})
+            write_json(
+                tmp / ck.STATE_FILE,
+                {
+                    "step": at,
+                    "tokens": c.tokens,
+                    "target_tokens": c.target_tokens,
+                    "elapsed": elapsed,
+                    "total_steps": self.schedule.total_steps,
+                },
+            )
             os.replace(tmp, final)
             ck.prune(self.out, self.cfg.save_total_limit)
         acc.wait_for_everyone()
@@ -438,15 +496,28 @@ class LoraTrainer(ABC, Generic[Window]):
         c, acc = self.counters, self.acc
         seconds = time.monotonic() - self._started
         result = TrainResult(
-            output=self.out, steps=c.step, interrupted=self.interrupted, final_loss=self.last_loss,
-            tokens=c.tokens, target_tokens=c.target_tokens, seconds=seconds,
-            tokens_per_s=self.run_tokens / max(seconds, 1e-9), peak_rss_mb=peak_rss_mb(), main_process=self.main,
+            output=self.out,
+            steps=c.step,
+            interrupted=self.interrupted,
+            final_loss=self.last_loss,
+            tokens=c.tokens,
+            target_tokens=c.target_tokens,
+            seconds=seconds,
+            tokens_per_s=self.run_tokens / max(seconds, 1e-9),
+            peak_rss_mb=peak_rss_mb(),
+            main_process=self.main,
         )
         self.summary["result"] = {
-            "steps": c.step, "finished": not self.interrupted, "final_loss": self.last_loss, "tokens": c.tokens,
-            "target_tokens": c.target_tokens, "seconds_this_run": round(seconds, 3),
-            "load_seconds": round(self.load_seconds, 3), "tokens_per_s_this_run": round(result.tokens_per_s, 2),
-            "peak_rss_mb": round(result.peak_rss_mb, 1), **self.result_summary(),
+            "steps": c.step,
+            "finished": not self.interrupted,
+            "final_loss": self.last_loss,
+            "tokens": c.tokens,
+            "target_tokens": c.target_tokens,
+            "seconds_this_run": round(seconds, 3),
+            "load_seconds": round(self.load_seconds, 3),
+            "tokens_per_s_this_run": round(result.tokens_per_s, 2),
+            "peak_rss_mb": round(result.peak_rss_mb, 1),
+            **self.result_summary(),
             "elapsed_total": round(c.elapsed_before + seconds, 3),
         }
         result.summary = self.summary

@@ -11,12 +11,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from mi_llm.transcribe.config import TranscribeConfig, TranscribeGenerationConfig, ValidationConfig
-    from mi_llm.transcribe.prompt import load_rewrite_prompt, prepare, render_messages
-    from mi_llm.transcribe.runner import RunStats, transcribe_file
-    from mi_llm.transcribe.store import failures_path
-    from mi_llm.transcribe.validate import validate_answer
+if TYPE_CHECKING:  # the names __getattr__ loads, for type checkers
+    from mi_llm.transcribe.config import TranscribeConfig as TranscribeConfig
+    from mi_llm.transcribe.config import TranscribeGenerationConfig as TranscribeGenerationConfig
+    from mi_llm.transcribe.config import ValidationConfig as ValidationConfig
+    from mi_llm.transcribe.prompt import load_rewrite_prompt as load_rewrite_prompt
+    from mi_llm.transcribe.prompt import prepare as prepare
+    from mi_llm.transcribe.prompt import render_messages as render_messages
+    from mi_llm.transcribe.runner import RunStats as RunStats
+    from mi_llm.transcribe.runner import transcribe_file as transcribe_file
+    from mi_llm.transcribe.store import failures_path as failures_path
+    from mi_llm.transcribe.validate import validate_answer as validate_answer
 
 # Loaded on first use: the CLI reads TranscribeConfig's defaults while it builds its options,
 # and must not pay for the HTTP client and the runner then.

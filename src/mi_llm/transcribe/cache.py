@@ -32,12 +32,16 @@ CREATE TABLE IF NOT EXISTS calls (
 """
 
 
-def call_key(backend: str, model: str, prompt_version: str, messages: list[dict[str, str]], settings: dict[str, Any]) -> str:
+def call_key(
+    backend: str, model: str, prompt_version: str, messages: list[dict[str, str]], settings: dict[str, Any]
+) -> str:
     payload = {
         "backend": backend,
         "model": model,
         "prompt_version": prompt_version,
-        "messages_sha256": hashlib.sha256(json.dumps(messages, ensure_ascii=False, sort_keys=True).encode()).hexdigest(),
+        "messages_sha256": hashlib.sha256(
+            json.dumps(messages, ensure_ascii=False, sort_keys=True).encode()
+        ).hexdigest(),
         "settings": settings,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -74,8 +78,19 @@ class CallCache:
     def put(self, key: str, backend: str, model: str, prompt_version: str, call: CachedCall) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, backend, model, prompt_version, call.text, call.finish_reason, call.prompt_tokens,
-             call.completion_tokens, int(call.usage_estimated), call.cost, time.time()),
+            (
+                key,
+                backend,
+                model,
+                prompt_version,
+                call.text,
+                call.finish_reason,
+                call.prompt_tokens,
+                call.completion_tokens,
+                int(call.usage_estimated),
+                call.cost,
+                time.time(),
+            ),
         )
 
     def __len__(self) -> int:

@@ -29,8 +29,12 @@ class ChatClient(Protocol):
     backend: str
     model: str
 
-    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig,
-                       on_retry_after: RetryAfterHook | None = None) -> ChatResult: ...
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        gen: TranscribeGenerationConfig,
+        on_retry_after: RetryAfterHook | None = None,
+    ) -> ChatResult: ...
 
     async def aclose(self) -> None: ...
 
@@ -43,21 +47,39 @@ class OpenAIClient:
 
     backend = "openai"
 
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 120.0, max_connections: int = 64,
-                 max_tokens_param: str = "max_tokens", max_retries: int = 6):
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 120.0,
+        max_connections: int = 64,
+        max_tokens_param: str = "max_tokens",
+        max_retries: int = 6,
+    ):
         self.model = model
         self.max_tokens_param = max_tokens_param  # newer OpenAI models want "max_completion_tokens"
-        self.client = OpenAICompatClient(base_url, api_key, api_key_env, timeout_s=timeout_s, max_retries=max_retries,
-                                         max_connections=max_connections)
+        self.client = OpenAICompatClient(
+            base_url,
+            api_key,
+            api_key_env,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            max_connections=max_connections,
+        )
         self.base_url, self.host = self.client.base_url, self.client.host
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model, "base_url": self.base_url}
 
     def payload(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": gen.temperature,
-                                self.max_tokens_param: gen.max_tokens}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": gen.temperature,
+            self.max_tokens_param: gen.max_tokens,
+        }
         if gen.top_p != 1.0:
             body["top_p"] = gen.top_p
         if gen.seed is not None:
@@ -66,16 +88,29 @@ class OpenAIClient:
             body["response_format"] = {"type": "json_object"}
         return body
 
-    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig,
-                       on_retry_after: RetryAfterHook | None = None) -> ChatResult:
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        gen: TranscribeGenerationConfig,
+        on_retry_after: RetryAfterHook | None = None,
+    ) -> ChatResult:
         return await self.client.complete(_sdk_request(self.payload(messages, gen)), on_retry_after)
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
 
-_SDK_FIELDS = {"model", "messages", "temperature", "top_p", "seed", "response_format", "max_tokens",
-               "max_completion_tokens", "stop"}
+_SDK_FIELDS = {
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "seed",
+    "response_format",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+}
 
 
 def _sdk_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -92,8 +127,15 @@ class BackendClient:
     interface. Requests that wait together are sent as one batch (up to `batch_size`), in a
     worker thread so the event loop stays free."""
 
-    def __init__(self, backend: str, model: str, batch_size: int = 4, adapter: str | None = None,
-                 instance: Any = None, **opts: Any):
+    def __init__(
+        self,
+        backend: str,
+        model: str,
+        batch_size: int = 4,
+        adapter: str | None = None,
+        instance: Any = None,
+        **opts: Any,
+    ):
         self.backend, self.model, self.batch_size = backend, model, max(1, batch_size)
         if instance is None:
             from mi_llm.llm.backends import get_backend
@@ -103,7 +145,9 @@ class BackendClient:
             except ImportError as e:
                 raise MiLlmError(f"the {backend} backend is not available here ({e})") from None
         self._impl = instance
-        self._queue: asyncio.Queue[tuple[list[dict[str, str]], TranscribeGenerationConfig, asyncio.Future[ChatResult]]] | None = None
+        self._queue: (
+            asyncio.Queue[tuple[list[dict[str, str]], TranscribeGenerationConfig, asyncio.Future[ChatResult]]] | None
+        ) = None
         self._worker: asyncio.Task[None] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -117,12 +161,20 @@ class BackendClient:
     def _config(self, gen: TranscribeGenerationConfig) -> Any:
         from mi_llm.llm.backends import GenerationConfig
 
-        return GenerationConfig(max_new_tokens=gen.max_tokens, do_sample=gen.temperature > 0,
-                                temperature=gen.temperature if gen.temperature > 0 else 1.0,
-                                top_p=gen.top_p, seed=gen.seed)
+        return GenerationConfig(
+            max_new_tokens=gen.max_tokens,
+            do_sample=gen.temperature > 0,
+            temperature=gen.temperature if gen.temperature > 0 else 1.0,
+            top_p=gen.top_p,
+            seed=gen.seed,
+        )
 
-    async def complete(self, messages: list[dict[str, str]], gen: TranscribeGenerationConfig,
-                       on_retry_after: RetryAfterHook | None = None) -> ChatResult:
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        gen: TranscribeGenerationConfig,
+        on_retry_after: RetryAfterHook | None = None,
+    ) -> ChatResult:
         if self._queue is None:  # (a local model is never rate-limited: no Retry-After)
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._run())
@@ -161,15 +213,32 @@ class BackendClient:
         await asyncio.to_thread(self._impl.close)
 
 
-def make_client(backend: str, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                timeout_s: float = 120.0, concurrency: int = 4, max_tokens_param: str = "max_tokens",
-                max_retries: int = 6, **opts: Any) -> ChatClient:
+def make_client(
+    backend: str,
+    model: str,
+    *,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout_s: float = 120.0,
+    concurrency: int = 4,
+    max_tokens_param: str = "max_tokens",
+    max_retries: int = 6,
+    **opts: Any,
+) -> ChatClient:
     if backend == "openai":
         if opts.get("adapter"):
-            raise MiLlmError("--adapter does not apply to the openai backend: serve the adapter and name it with --model")
-        return OpenAIClient(model, base_url=base_url, api_key_env=api_key_env, timeout_s=timeout_s,
-                            max_connections=max(concurrency, 1), max_tokens_param=max_tokens_param,
-                            max_retries=max_retries)
+            raise MiLlmError(
+                "--adapter does not apply to the openai backend: serve the adapter and name it with --model"
+            )
+        return OpenAIClient(
+            model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            timeout_s=timeout_s,
+            max_connections=max(concurrency, 1),
+            max_tokens_param=max_tokens_param,
+            max_retries=max_retries,
+        )
     if base_url:
         raise MiLlmError(f"--base-url applies to the openai backend only (got --backend {backend})")
     return BackendClient(backend, model, batch_size=concurrency, **opts)

@@ -8,7 +8,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-
 class TranscribeGenerationConfig(BaseModel):
     """Decoding settings of the rewrite; part of the call cache's key."""
 
@@ -70,9 +69,7 @@ class TranscribeConfig(BaseModel):
     timeout_s: float = Field(120.0, gt=0, description="seconds per request")
     limit: int | None = Field(None, ge=1, description="only the first N input dialogues")
     id_suffix: str = Field("", description="appended to each output id (default: ids are kept)")
-    retry_failed: bool = Field(
-        False, description="try the failure report's dialogues again, bypassing the cache"
-    )
+    retry_failed: bool = Field(False, description="try the failure report's dialogues again, bypassing the cache")
     cache_path: Path | None = Field(None, description="SQLite call cache (default <output>.cache.sqlite)")
     prices_path: Path | None = Field(
         None, description="price table, YAML or JSON: {model: {input: USD/1M, output: USD/1M}}"

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from mi_llm.corpus.schema import Dialogue
@@ -47,7 +47,9 @@ class RewritePrompt:
         def sub(m: re.Match[str]) -> str:
             key = m.group(1)
             if key not in values:
-                raise MiLlmError(f"prompt {self.version_id}: section {section!r} uses unknown placeholder {{{{{key}}}}}")
+                raise MiLlmError(
+                    f"prompt {self.version_id}: section {section!r} uses unknown placeholder {{{{{key}}}}}"
+                )
             return str(values[key])
 
         return _PLACEHOLDER.sub(sub, text)
@@ -86,7 +88,7 @@ def parse_prompt(text: str, language: str, source: str = "<prompt>") -> RewriteP
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_rewrite_prompt(language: str) -> RewritePrompt:
     """The bundled rewrite prompt for `language` (zh | en)."""
     if language not in LANGUAGES:

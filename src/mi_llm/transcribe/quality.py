@@ -26,7 +26,8 @@ def code_output(output: Path, coder_name: str = "default", coder: DialogueCoder 
     dialogues = read_dialogues(output)
     coder = coder or load_coder(coder_name)
     log.info("coding %d rewritten dialogue(s) with the MITI coder %r", len(dialogues), coder_name)
-    scores = code_and_score({Path(output).stem: dialogues}, coder, coder_name=coder_name,
-                            coded_file=lambda _: beside(output, CODED_SUFFIX))
+    scores = code_and_score(
+        {Path(output).stem: dialogues}, coder, coder_name=coder_name, coded_file=lambda _: beside(output, CODED_SUFFIX)
+    )
     write_miti_scores(beside(output, MITI_SUFFIX), scores)
     return scores

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from mi_llm.corpus.schema import Dialogue, Turn, read_dialogues
 from mi_llm.errors import MiLlmError
 from mi_llm.io import write_json
 from mi_llm.layout import CACHE_SUFFIX, SUMMARY_SUFFIX, beside
-from mi_llm.transcribe.cache import CachedCall, CallCache, call_key
 from mi_llm.llm.backends import BACKENDS
+from mi_llm.transcribe.cache import CachedCall, CallCache, call_key
 from mi_llm.transcribe.clients import ApiError, ChatClient, ChatResult, make_client
 from mi_llm.transcribe.config import TranscribeConfig, TranscribeGenerationConfig
 from mi_llm.transcribe.pricing import PriceTable, load_prices
@@ -92,8 +92,15 @@ ProgressHook = Callable[[RunStats], None]
 
 
 class Transcriber:
-    def __init__(self, settings: TranscribeConfig, client: ChatClient, cache: CallCache, prices: PriceTable,
-                 store: ResultStore, on_progress: ProgressHook | None = None):
+    def __init__(
+        self,
+        settings: TranscribeConfig,
+        client: ChatClient,
+        cache: CallCache,
+        prices: PriceTable,
+        store: ResultStore,
+        on_progress: ProgressHook | None = None,
+    ):
         self.s, self.client, self.cache, self.prices, self.store = settings, client, cache, prices, store
         self.stats = RunStats()
         self.limiter = RateLimiter(settings.rpm, settings.tpm)
@@ -111,8 +118,14 @@ class Transcriber:
                 self.stats.cached_prompt_tokens += hit.prompt_tokens
                 self.stats.cached_completion_tokens += hit.completion_tokens
                 self.stats.saved_cost += hit.cost or 0.0
-                return ChatResult(hit.text, hit.finish_reason, hit.prompt_tokens, hit.completion_tokens, hit.usage_estimated,
-                                  attempts=0)
+                return ChatResult(
+                    hit.text,
+                    hit.finish_reason,
+                    hit.prompt_tokens,
+                    hit.completion_tokens,
+                    hit.usage_estimated,
+                    attempts=0,
+                )
         reserve = estimate_tokens(messages) + self.s.gen.max_tokens
         slot = await self.limiter.acquire(reserve)
         try:
@@ -128,9 +141,15 @@ class Transcriber:
         self._count_requests(res.attempts)
         self.limiter.settle(slot, res.prompt_tokens + res.completion_tokens)
         cost = self.prices.cost(self.client.backend, self.client.model, res.prompt_tokens, res.completion_tokens)
-        self.cache.put(key, self.client.backend, self.client.model, prompt_version,
-                       CachedCall(res.text, res.finish_reason, res.prompt_tokens, res.completion_tokens,
-                                  res.usage_estimated, cost))
+        self.cache.put(
+            key,
+            self.client.backend,
+            self.client.model,
+            prompt_version,
+            CachedCall(
+                res.text, res.finish_reason, res.prompt_tokens, res.completion_tokens, res.usage_estimated, cost
+            ),
+        )
         st.paid += 1
         st.usage.update(prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens)
         self.stats.prompt_tokens += res.prompt_tokens
@@ -172,8 +191,10 @@ class Transcriber:
                 return
             verdict = validate_answer(res.text, prepared, self.s.validation)
             if res.finish_reason == "length":
-                verdict.errors.insert(0, f"the answer was cut off at the token limit ({self.s.gen.max_tokens}): "
-                                         "keep counselor turns short")
+                verdict.errors.insert(
+                    0,
+                    f"the answer was cut off at the token limit ({self.s.gen.max_tokens}): keep counselor turns short",
+                )
             if verdict.ok:
                 self._write(dialogue, prepared, verdict.turns, prompt.version_id, attempt + 1, st)
                 return
@@ -193,32 +214,61 @@ class Transcriber:
             "usage": dict(st.usage),
         }
 
-    def _write(self, d: Dialogue, prepared: PreparedDialogue, turns: list[tuple[str, str]], prompt_version: str,
-               attempts: int, st: _DialogueState) -> None:
-        meta = {**d.meta, "transcribe": {
-            "source_id": d.id,
-            "source_style": d.style,
-            **self._meta(prompt_version, attempts, st),
-            "generation": self.s.gen.key(),
-            "input": {"dropped_leading_counselor": prepared.dropped_leading_counselor,
-                      "merged_turns": prepared.merged_turns, "dropped_blank": prepared.dropped_blank},
-        }}
-        out = Dialogue(id=d.id + self.s.id_suffix, source=d.source, language=d.language, topic=d.topic, style="mi",
-                       turns=[Turn(role=r, text=t) for r, t in turns], meta=meta)  # type: ignore[arg-type]
+    def _write(
+        self,
+        d: Dialogue,
+        prepared: PreparedDialogue,
+        turns: list[tuple[str, str]],
+        prompt_version: str,
+        attempts: int,
+        st: _DialogueState,
+    ) -> None:
+        meta = {
+            **d.meta,
+            "transcribe": {
+                "source_id": d.id,
+                "source_style": d.style,
+                **self._meta(prompt_version, attempts, st),
+                "generation": self.s.gen.key(),
+                "input": {
+                    "dropped_leading_counselor": prepared.dropped_leading_counselor,
+                    "merged_turns": prepared.merged_turns,
+                    "dropped_blank": prepared.dropped_blank,
+                },
+            },
+        }
+        out = Dialogue(
+            id=d.id + self.s.id_suffix,
+            source=d.source,
+            language=d.language,
+            topic=d.topic,
+            style="mi",
+            turns=[Turn(role=r, text=t) for r, t in turns],
+            meta=meta,
+        )  # type: ignore[arg-type]
         self.store.append_ok(out)
         self.stats.ok += 1
         self._finished(st)
 
-    def _fail(self, d: Dialogue, kind: str, reason: str, errors: list[str], st: _DialogueState,
-              prompt_version: str | None = None) -> None:
-        self.store.append_failure({
-            "id": d.id,
-            "kind": kind,
-            "reason": reason,
-            "errors": errors,
-            **self._meta(prompt_version, len(errors), st),
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
+    def _fail(
+        self,
+        d: Dialogue,
+        kind: str,
+        reason: str,
+        errors: list[str],
+        st: _DialogueState,
+        prompt_version: str | None = None,
+    ) -> None:
+        self.store.append_failure(
+            {
+                "id": d.id,
+                "kind": kind,
+                "reason": reason,
+                "errors": errors,
+                **self._meta(prompt_version, len(errors), st),
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
         self.stats.failed += 1
         self._kinds[kind] += 1
         self.stats.failure_kinds = dict(self._kinds)
@@ -325,8 +375,9 @@ def transcribe_file(
     cache: CallCache | None = None
     try:
         cache = CallCache(cache_path)
-        t = Transcriber(settings, client or _NamedOnly(settings.backend, settings.model), cache, prices, store,
-                        on_progress)
+        t = Transcriber(
+            settings, client or _NamedOnly(settings.backend, settings.model), cache, prices, store, on_progress
+        )
         todo = t.plan(dialogues)
         if todo and client is None and owned is None:
             owned = _make_client(settings)  # a local model is loaded only when there is work
@@ -339,18 +390,23 @@ def transcribe_file(
         try:
             return asyncio.run(_run_and_close(t, todo, owned))
         finally:
-            write_json(summary_path(output_path), {
-                "input": str(input_path),
-                "output": str(output_path),
-                "failures": str(store.failures),
-                "cache": str(cache_path),
-                "settings": settings.describe(),
-                "client": t.client.describe(),
-                "prompts": {lang: load_rewrite_prompt(lang).version_id for lang in sorted({d.language for d in dialogues})},
-                "stats": asdict(t.stats),
-                "output_dialogues": len(store.done),
-                "failure_report_dialogues": len(store.failed),
-            })
+            write_json(
+                summary_path(output_path),
+                {
+                    "input": str(input_path),
+                    "output": str(output_path),
+                    "failures": str(store.failures),
+                    "cache": str(cache_path),
+                    "settings": settings.describe(),
+                    "client": t.client.describe(),
+                    "prompts": {
+                        lang: load_rewrite_prompt(lang).version_id for lang in sorted({d.language for d in dialogues})
+                    },
+                    "stats": asdict(t.stats),
+                    "output_dialogues": len(store.done),
+                    "failure_report_dialogues": len(store.failed),
+                },
+            )
     finally:
         if cache is not None:
             cache.close()
@@ -358,9 +414,17 @@ def transcribe_file(
 
 
 def _make_client(s: TranscribeConfig) -> ChatClient:
-    return make_client(s.backend, s.model, base_url=s.base_url, api_key_env=s.api_key_env, timeout_s=s.timeout_s,
-                       concurrency=s.concurrency, max_tokens_param=s.max_tokens_param, max_retries=s.max_retries,
-                       **s.backend_opts)
+    return make_client(
+        s.backend,
+        s.model,
+        base_url=s.base_url,
+        api_key_env=s.api_key_env,
+        timeout_s=s.timeout_s,
+        concurrency=s.concurrency,
+        max_tokens_param=s.max_tokens_param,
+        max_retries=s.max_retries,
+        **s.backend_opts,
+    )
 
 
 async def _run_and_close(t: Transcriber, todo: list[tuple[Dialogue, bool]], owned: ChatClient | None) -> RunStats:
@@ -377,7 +441,9 @@ class _NamedOnly:
     def __init__(self, backend: str, model: str):
         self.backend, self.model = backend, model
 
-    async def complete(self, messages: Messages, gen: TranscribeGenerationConfig, on_retry_after: Any = None) -> ChatResult:
+    async def complete(
+        self, messages: Messages, gen: TranscribeGenerationConfig, on_retry_after: Any = None
+    ) -> ChatResult:
         raise RuntimeError("no client was made")
 
     async def aclose(self) -> None:

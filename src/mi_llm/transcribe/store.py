@@ -42,7 +42,9 @@ def _read_ids(path: Path) -> dict[str, tuple[int, dict[str, Any]]]:
         if not isinstance(rid, str):
             raise InputError(path, "record without an 'id'", lineno)
         if rid in out:
-            raise InputError(path, f"id {rid!r} repeats line {out[rid][0]}: this file was not written by one run at a time", lineno)
+            raise InputError(
+                path, f"id {rid!r} repeats line {out[rid][0]}: this file was not written by one run at a time", lineno
+            )
         out[rid] = (lineno, obj)
     return out
 
@@ -132,7 +134,7 @@ class ResultStore:
                 os.close(fd)  # closing releases the lock
         self._fail_fd = self._out_fd = None
 
-    def __enter__(self) -> "ResultStore":
+    def __enter__(self) -> ResultStore:
         self.open()
         return self
 

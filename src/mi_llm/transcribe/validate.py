@@ -17,27 +17,54 @@ from mi_llm.transcribe.prompt import PreparedDialogue, expected_turns
 
 # Speaker names a model may use instead of ours; anything else is rejected.
 ROLE_ALIASES: dict[str, str] = {
-    "client": "client", "user": "client", "patient": "client", "来访者": "client", "求助者": "client",
-    "counselor": "counselor", "counsellor": "counselor", "therapist": "counselor", "assistant": "counselor",
-    "咨询师": "counselor", "心理咨询师": "counselor",
+    "client": "client",
+    "user": "client",
+    "patient": "client",
+    "来访者": "client",
+    "求助者": "client",
+    "counselor": "counselor",
+    "counsellor": "counselor",
+    "therapist": "counselor",
+    "assistant": "counselor",
+    "咨询师": "counselor",
+    "心理咨询师": "counselor",
 }
 
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*?)\n?```$", re.S)
 
 # Commentary inside a turn: talk about the rewrite, speaker labels, MI code annotations.
 _META_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("talks about the rewrite", re.compile(
-        r"\b(here is|here's|below is)\b[^.\n]{0,40}\b(rewrit\w*|dialogue|version|conversation)\b"
-        r"|\brewritten (dialogue|version|conversation)\b|\bas an ai\b|\blanguage model\b", re.I)),
-    ("talks about the rewrite", re.compile(
-        r"以下是[^。\n]{0,12}(改写|重写|修改|对话|版本)|(改写|重写)(后的|如下|版本)|作为(一个)?(AI|人工智能|语言模型)")),
-    ("starts with a speaker label", re.compile(
-        r"^\s*[\*\[【(（]?\s*(counsel+or|client|therapist|user|assistant|咨询师|心理咨询师|来访者|求助者)\s*[\*\]】)）]?\s*[:：]", re.I)),
-    ("contains an MI code annotation", re.compile(
-        r"[\(\[（【]\s*(open(-ended)? question|closed question|simple reflection|complex reflection|double-sided reflection"
-        r"|reflection|affirm(ation)?|summary|change talk|sustain talk|OARS|MITI?|emphasi[sz]ing autonomy"
-        r"|开放式(提问|问题)|封闭式(提问|问题)|简单反映|复杂反映|双面反映|反映|肯定|总结|改变语句|维持语句|强调自主)"
-        r"[^\)\]）】]{0,30}[\)\]）】]", re.I)),
+    (
+        "talks about the rewrite",
+        re.compile(
+            r"\b(here is|here's|below is)\b[^.\n]{0,40}\b(rewrit\w*|dialogue|version|conversation)\b"
+            r"|\brewritten (dialogue|version|conversation)\b|\bas an ai\b|\blanguage model\b",
+            re.I,
+        ),
+    ),
+    (
+        "talks about the rewrite",
+        re.compile(
+            r"以下是[^。\n]{0,12}(改写|重写|修改|对话|版本)|(改写|重写)(后的|如下|版本)|作为(一个)?(AI|人工智能|语言模型)"
+        ),
+    ),
+    (
+        "starts with a speaker label",
+        re.compile(
+            r"^\s*[\*\[【(（]?\s*(counsel+or|client|therapist|user|assistant|咨询师|心理咨询师|来访者|求助者)\s*[\*\]】)）]?\s*[:：]",
+            re.I,
+        ),
+    ),
+    (
+        "contains an MI code annotation",
+        re.compile(
+            r"[\(\[（【]\s*(open(-ended)? question|closed question|simple reflection|complex reflection|double-sided reflection"
+            r"|reflection|affirm(ation)?|summary|change talk|sustain talk|OARS|MITI?|emphasi[sz]ing autonomy"
+            r"|开放式(提问|问题)|封闭式(提问|问题)|简单反映|复杂反映|双面反映|反映|肯定|总结|改变语句|维持语句|强调自主)"
+            r"[^\)\]）】]{0,30}[\)\]）】]",
+            re.I,
+        ),
+    ),
 )
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -75,7 +102,10 @@ def extract_json(answer: str) -> tuple[Any, str | None]:
     if start < 0:
         return None, "the answer contains no JSON object"
     if text[:start].strip():
-        return None, f"there is text outside the JSON object ({_snippet(text[:start])!r}): answer with the JSON object only"
+        return (
+            None,
+            f"there is text outside the JSON object ({_snippet(text[:start])!r}): answer with the JSON object only",
+        )
     try:
         obj, end = json.JSONDecoder().raw_decode(text, start)
     except json.JSONDecodeError as e:
@@ -104,7 +134,7 @@ def parse_turns(answer: str) -> tuple[list[tuple[str, str]], list[str]]:
         role = ROLE_ALIASES.get(str(t.get("role", "")).strip().lower())
         text = t.get("text")
         if role is None:
-            errors.append(f"turn {i} has role {t.get('role')!r}; use \"client\" or \"counselor\"")
+            errors.append(f'turn {i} has role {t.get("role")!r}; use "client" or "counselor"')
         if not isinstance(text, str) or not text.strip():
             errors.append(f"turn {i} has no text")
         keys = sorted(k for k in t if k not in ("role", "text"))
@@ -122,14 +152,18 @@ def _role_errors(turns: list[tuple[str, str]], n_client: int, keep_count: bool) 
     for i, (role, _) in enumerate(turns, start=1):
         want = "client" if i % 2 == 1 else "counselor"
         if role != want:
-            errors.append(f"turn {i} is by the {role} but should be by the {want}: turns alternate, starting with the client")
+            errors.append(
+                f"turn {i} is by the {role} but should be by the {want}: turns alternate, starting with the client"
+            )
             break
     if turns[-1][0] != "counselor":
         errors.append("the last turn must be a counselor turn: every client turn gets one counselor reply")
     got = sum(1 for r, _ in turns if r == "client")
     if keep_count and got != n_client:
-        errors.append(f"the answer has {got} client turns but the original has {n_client}; keep every client turn "
-                      f"({expected_turns(n_client)} turns in all)")
+        errors.append(
+            f"the answer has {got} client turns but the original has {n_client}; keep every client turn "
+            f"({expected_turns(n_client)} turns in all)"
+        )
     return errors
 
 
@@ -158,9 +192,13 @@ def _language_errors(turns: list[tuple[str, str]], language: str, s: ValidationC
     counselor = "".join(t for r, t in turns if r == "counselor")
     cjk, ascii_ = language_shares(counselor)
     if language == "zh" and cjk < s.zh_min_cjk_share:
-        return [f"the counselor turns are not in Chinese (CJK share {cjk:.0%}, need {s.zh_min_cjk_share:.0%}): write in Chinese"]
+        return [
+            f"the counselor turns are not in Chinese (CJK share {cjk:.0%}, need {s.zh_min_cjk_share:.0%}): write in Chinese"
+        ]
     if language == "en" and (cjk > s.en_max_cjk_share or ascii_ < s.en_min_ascii_share):
-        return [f"the counselor turns are not in English (CJK share {cjk:.0%}, ASCII letters {ascii_:.0%}): write in English"]
+        return [
+            f"the counselor turns are not in English (CJK share {cjk:.0%}, ASCII letters {ascii_:.0%}): write in English"
+        ]
     return []
 
 
@@ -173,7 +211,9 @@ def client_similarity(original: list[str], rewritten: list[str]) -> float:
     return SequenceMatcher(None, "\n".join(original), "\n".join(rewritten), autojunk=False).ratio()
 
 
-def validate_answer(answer: str, prepared: PreparedDialogue, settings: ValidationConfig = ValidationConfig()) -> Verdict:
+def validate_answer(
+    answer: str, prepared: PreparedDialogue, settings: ValidationConfig = ValidationConfig()
+) -> Verdict:
     turns, errors = parse_turns(answer)
     if not turns and errors:
         return Verdict([], errors)
@@ -184,6 +224,8 @@ def validate_answer(answer: str, prepared: PreparedDialogue, settings: Validatio
         new_client = [t for r, t in turns if r == "client"]
         sim = client_similarity(prepared.client_texts, new_client)
         if sim < settings.min_client_similarity:
-            errors.append(f"the client turns were changed too much (similarity {sim:.2f}, need "
-                          f"{settings.min_client_similarity:.2f}): keep what the client says")
+            errors.append(
+                f"the client turns were changed too much (similarity {sim:.2f}, need "
+                f"{settings.min_client_similarity:.2f}): keep what the client says"
+            )
     return Verdict(turns, errors)

@@ -9,11 +9,21 @@ or the bundled demo corpus, with the language override.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 # Importing each module registers its source(s), in this order (the order of the choices).
-from mi_llm.corpus.importers import cpsycound, cpsycoune, smile, psydt, annomi, mibot, sharegpt, openai_messages, dialogues  # noqa: F401, I001
+from mi_llm.corpus.importers import (  # noqa: F401, I001
+    annomi,
+    cpsycound,
+    cpsycoune,
+    dialogues,
+    mibot,
+    openai_messages,
+    psydt,
+    sharegpt,
+    smile,
+)
 from mi_llm.corpus.importers._common import IMPORTERS
 from mi_llm.corpus.normalize import NormalizeOptions, NormalizeStats, normalize
 from mi_llm.corpus.schema import Dialogue
@@ -60,8 +70,9 @@ def import_corpus(
     return out, stats
 
 
-def source_files(source: str, path: str | Path | None, language: str | None = None,
-                 style: str | None = None) -> list[Path]:
+def source_files(
+    source: str, path: str | Path | None, language: str | None = None, style: str | None = None
+) -> list[Path]:
     """The files or folder a source reads (what the pipeline fingerprints)."""
     if source == DEMO:
         from mi_llm.resources import demo_files
@@ -91,7 +102,7 @@ def import_source(
         return [n for d in demo_dialogues(language, style) if (n := normalize(d, opts, stats))], stats
     if path is None:
         raise MiLlmError(f"source {source!r} needs a path")
-    dialogues, stats = import_corpus(source, path, opts)
+    imported, stats = import_corpus(source, path, opts)
     if language:
-        dialogues = [d.model_copy(update={"language": language}) for d in dialogues]
-    return dialogues, stats
+        imported = [d.model_copy(update={"language": language}) for d in imported]
+    return imported, stats

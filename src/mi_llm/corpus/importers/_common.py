@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from mi_llm.corpus.language import detect_language
 from mi_llm.corpus.schema import Dialogue, Turn
-from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, iter_jsonl, too_deep_line
 from mi_llm.errors import InputError, MiLlmError
+from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, iter_jsonl, too_deep_line
 from mi_llm.registry import Registry
 
 # source name -> `import_path(path) -> Iterator[Dialogue]`, each registered by its module
@@ -38,7 +39,9 @@ def find_files(path: Path, patterns: Iterable[str], what: str) -> list[Path]:
         found.update(
             p
             for p in path.glob(pattern)
-            if p.is_file() and not p.name.endswith(".part") and not any(x.startswith(".") for x in p.relative_to(path).parts)
+            if p.is_file()
+            and not p.name.endswith(".part")
+            and not any(x.startswith(".") for x in p.relative_to(path).parts)
         )
     if not found:
         raise MiLlmError(f"{path}: no {what} found (looked for {', '.join(patterns)})")

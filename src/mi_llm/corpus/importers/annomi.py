@@ -18,8 +18,9 @@ import csv
 import io
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mi_llm.corpus.importers._common import IMPORTERS, read_text
 from mi_llm.corpus.schema import Dialogue, Turn
@@ -112,7 +113,9 @@ def _labels(row: dict[str, str], role: str, full: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if full:
         # isdecimal, not isdigit: int() refuses digits such as '²' that isdigit accepts
-        out["annotator_id"] = int(row["annotator_id"]) if row["annotator_id"].strip().isdecimal() else _na(row["annotator_id"])
+        out["annotator_id"] = (
+            int(row["annotator_id"]) if row["annotator_id"].strip().isdecimal() else _na(row["annotator_id"])
+        )
     if role == "counselor":
         for col in _THERAPIST_LABELS if full else ("main_therapist_behaviour",):
             out[col] = _na(row[col])
@@ -131,9 +134,13 @@ def _dialogue(path: Path, tid: int, utterances: dict[int, list[tuple[int, dict[s
         role = _ROLES[row["interlocutor"].strip()]
         for other_line, other in rows[1:]:
             if _ROLES[other["interlocutor"].strip()] != role:
-                raise InputError(path, f"transcript {tid} utterance {uid}: interlocutor differs from line {line}", other_line)
+                raise InputError(
+                    path, f"transcript {tid} utterance {uid}: interlocutor differs from line {line}", other_line
+                )
             if other["utterance_text"].strip() != row["utterance_text"].strip():
-                log.warning("%s:%d: annotators' texts of one utterance differ; keeping line %d's", path, other_line, line)
+                log.warning(
+                    "%s:%d: annotators' texts of one utterance differ; keeping line %d's", path, other_line, line
+                )
         text = row["utterance_text"]
         utt = {
             "utterance_id": uid,

@@ -16,8 +16,9 @@ and are separated by blank lines. Quirks seen in the real files and how they map
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mi_llm.corpus.importers._common import IMPORTERS, find_files, read_text
 from mi_llm.corpus.schema import Dialogue, Turn

@@ -7,8 +7,8 @@ The path may be the CPsyCounE folder (topic = each sub-folder's name), one topic
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mi_llm.corpus.importers._common import IMPORTERS, SeenIds, find_files, iter_json_array, slug
 from mi_llm.corpus.schema import Dialogue, Turn

@@ -6,8 +6,8 @@ dialogue id may appear only once across all of them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mi_llm.corpus.importers._common import IMPORTERS, find_files
 from mi_llm.corpus.schema import Dialogue, read_dialogues

@@ -17,10 +17,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from mi_llm.corpus.importers._common import IMPORTERS, SeenIds, array_item_line, find_files, json_type, line_of, read_text
+from mi_llm.corpus.importers._common import (
+    IMPORTERS,
+    SeenIds,
+    array_item_line,
+    find_files,
+    json_type,
+    line_of,
+    read_text,
+)
 from mi_llm.corpus.schema import Dialogue, Turn
 from mi_llm.errors import InputError
 from mi_llm.io import NESTED_TOO_DEEPLY, check_json_text, too_deep_line
@@ -58,7 +67,11 @@ def parse_file(path: Path) -> Dialogue:
         raise InputError(path, "expected an object with an 'utterances' list", 1)
     raw_pid = obj.get("participant_id")
     if raw_pid is not None and (isinstance(raw_pid, bool) or not isinstance(raw_pid, (str, int))):
-        raise InputError(path, f"'participant_id' should be a string, got {json_type(raw_pid)}", line_of(text, text.find('"participant_id"')))
+        raise InputError(
+            path,
+            f"'participant_id' should be a string, got {json_type(raw_pid)}",
+            line_of(text, text.find('"participant_id"')),
+        )
     pid = str(raw_pid or path.stem)
     volleys: list[tuple[Any, str, list[dict[str, Any]]]] = []
     for i, u in enumerate(obj["utterances"]):
@@ -67,7 +80,9 @@ def parse_file(path: Path) -> Dialogue:
             raise InputError(path, f"{where}: expected an object", array_item_line(text, "utterances", i))
         for key in ("speaker", "text"):
             if not isinstance(u.get(key), str):
-                raise InputError(path, f"{where}: missing or non-string {key!r}", array_item_line(text, "utterances", i))
+                raise InputError(
+                    path, f"{where}: missing or non-string {key!r}", array_item_line(text, "utterances", i)
+                )
         role = _ROLES.get(u["speaker"].strip().lower())
         if role is None:
             raise InputError(

@@ -6,8 +6,8 @@ a string or a list of text parts. A JSON array of such records is read too.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mi_llm.corpus.importers._common import IMPORTERS, SeenIds, chat_dialogue, find_files, iter_records
 from mi_llm.corpus.schema import Dialogue

@@ -6,8 +6,9 @@ goes to meta["system"], normalizedTag to topic. The path may also be a folder of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mi_llm.corpus.importers._common import IMPORTERS, SeenIds, find_files, iter_records, json_type, require_str
 from mi_llm.corpus.language import detect_language

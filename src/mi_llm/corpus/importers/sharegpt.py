@@ -11,10 +11,20 @@ every *.json / *.jsonl file in it is.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from mi_llm.corpus.importers._common import IMPORTERS, SeenIds, chat_dialogue, json_type, find_files, iter_json_object, iter_records, read_text
+from mi_llm.corpus.importers._common import (
+    IMPORTERS,
+    SeenIds,
+    chat_dialogue,
+    find_files,
+    iter_json_object,
+    iter_records,
+    json_type,
+    read_text,
+)
 from mi_llm.corpus.schema import Dialogue
 from mi_llm.errors import InputError
 from mi_llm.layout import DATASET_INFO, EXPORT_META
@@ -73,7 +83,9 @@ def _registered(folder: Path) -> list[tuple[Path, Spec]]:
             raise InputError(info_path, f"dataset {name!r}: missing 'file_name'", line)
         file_name = entry["file_name"]
         if not isinstance(file_name, str) or not file_name.strip():
-            raise InputError(info_path, f"dataset {name!r}: 'file_name' should be a file name, got {json_type(file_name)}", line)
+            raise InputError(
+                info_path, f"dataset {name!r}: 'file_name' should be a file name, got {json_type(file_name)}", line
+            )
         if entry.get("formatting", "alpaca") != "sharegpt":
             raise InputError(info_path, f"dataset {name!r} is not in sharegpt format; only sharegpt is imported", line)
         spec = Spec(_mapping(entry, "columns", info_path, line, name), _mapping(entry, "tags", info_path, line, name))
@@ -109,4 +121,3 @@ def parse_record(rec: dict[str, Any], path: Path, line: int, index: int, spec: S
     return chat_dialogue(
         SOURCE, path, line, index, rec, messages, role_key, content_key, roles, spec.system_tag, rec.get(spec.system)
     )
-

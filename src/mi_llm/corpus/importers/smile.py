@@ -7,8 +7,9 @@ Some dialogues have no counselor turn at all: they are imported (and give no sam
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mi_llm.corpus.importers._common import IMPORTERS, find_files, iter_json_array, json_type, require_str
 from mi_llm.corpus.schema import Dialogue, Turn

@@ -26,8 +26,18 @@ from mi_llm.llm.backends.base import (
     preset,
 )
 
-__all__ = ["BACKENDS", "PRESETS", "Backend", "Completion", "Finish", "GenerationConfig", "Messages", "get_backend",
-           "preset", "resolve_auto_backend"]
+__all__ = [
+    "BACKENDS",
+    "PRESETS",
+    "Backend",
+    "Completion",
+    "Finish",
+    "GenerationConfig",
+    "Messages",
+    "get_backend",
+    "preset",
+    "resolve_auto_backend",
+]
 
 
 def get_backend(name: str, model: Any, adapter: str | Path | None = None, **opts: Any) -> Backend:

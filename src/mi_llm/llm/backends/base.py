@@ -52,7 +52,9 @@ class GenerationConfig:
 # "llamafactory" = LLaMA-Factory's generation defaults (its GeneratingArguments).
 PRESETS: Registry[GenerationConfig] = Registry("generation preset")
 PRESETS.add("greedy", GenerationConfig())
-PRESETS.add("llamafactory", GenerationConfig(do_sample=True, temperature=0.95, top_p=0.7, top_k=50, max_new_tokens=1024))
+PRESETS.add(
+    "llamafactory", GenerationConfig(do_sample=True, temperature=0.95, top_p=0.7, top_k=50, max_new_tokens=1024)
+)
 
 
 def preset(name: str = "greedy", **overrides: Any) -> GenerationConfig:
@@ -86,8 +88,9 @@ class Backend(ABC):
     def generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
         """One completion of the next assistant turn for each conversation, in order."""
 
-    def stream_chat(self, messages: Messages, config: GenerationConfig,
-                    cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+    def stream_chat(
+        self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[str | Finish]:
         """The next assistant turn of one conversation as text pieces (leading whitespace and
         stop strings never sent), then one `Finish`. Setting `cancel` ends the stream at the
         next token with `Finish("cancelled", ...)`. A backend that streams token by token
@@ -123,16 +126,19 @@ def first_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def fit_context(messages: Messages, encode: Callable[[Messages], list[int]], limit: int,
-                max_new: int) -> tuple[Messages, list[int]]:
+def fit_context(
+    messages: Messages, encode: Callable[[Messages], list[int]], limit: int, max_new: int
+) -> tuple[Messages, list[int]]:
     """Drop the oldest exchanges until the prompt and the reply fit the context; (messages, ids)."""
     msgs = list(messages)
     ids = encode(msgs)
     while len(ids) + max_new > limit:
         first = 1 if msgs and msgs[0]["role"] == "system" else 0
         if len(msgs) - first <= 1:
-            raise MiLlmError(f"the message is too long: {len(ids)} prompt tokens + {max_new} new tokens exceed the "
-                             f"model's context of {limit} tokens")
+            raise MiLlmError(
+                f"the message is too long: {len(ids)} prompt tokens + {max_new} new tokens exceed the "
+                f"model's context of {limit} tokens"
+            )
         del msgs[first : first + 2]  # one user turn and the reply to it
         ids = encode(msgs)
     return msgs, ids

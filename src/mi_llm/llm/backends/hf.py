@@ -75,7 +75,9 @@ def apply_adapter(model: Any, adapter: str | Path, base_path: Path, merge: bool 
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter))
     except (RuntimeError, ValueError, KeyError) as e:  # shape mismatch, missing modules
-        raise MiLlmError(f"{adapter}: adapter does not fit the base model {base_path}: {str(e).splitlines()[0]}") from None
+        raise MiLlmError(
+            f"{adapter}: adapter does not fit the base model {base_path}: {str(e).splitlines()[0]}"
+        ) from None
     peft_model.eval()
     return peft_model.merge_and_unload() if merge else peft_model
 
@@ -130,12 +132,17 @@ class HFBackend(Backend):
             for i, (ids, finished) in zip(idx, outs):
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 text, cut = first_stop(text, config.stop)
-                results[i] = Completion(text=text.strip(), prompt_tokens=len(prompts[i]), completion_tokens=len(ids),
-                                        finish_reason="stop" if finished or cut else "length")
+                results[i] = Completion(
+                    text=text.strip(),
+                    prompt_tokens=len(prompts[i]),
+                    completion_tokens=len(ids),
+                    finish_reason="stop" if finished or cut else "length",
+                )
         return [r for r in results if r is not None]
 
-    def stream_chat(self, messages: Messages, config: GenerationConfig,
-                    cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+    def stream_chat(
+        self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[str | Finish]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -163,9 +170,14 @@ class HFBackend(Backend):
         streamer = Counting(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         ids = torch.tensor([prompt], device=self.device)
         kwargs: dict[str, Any] = dict(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.max_new_tokens,
-            eos_token_id=list(self.stop_ids), pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([Cancelled()]), do_sample=config.do_sample,
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=config.max_new_tokens,
+            eos_token_id=list(self.stop_ids),
+            pad_token_id=self.tokenizer.pad_token_id,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([Cancelled()]),
+            do_sample=config.do_sample,
             repetition_penalty=config.repetition_penalty,
         )
         if config.do_sample:
@@ -209,7 +221,15 @@ class HFBackend(Backend):
         if tail:
             yield tail
         n = streamer.n
-        reason = "stop" if trim.stopped else "cancelled" if cancel.is_set() else "stop" if n < config.max_new_tokens else "length"
+        reason = (
+            "stop"
+            if trim.stopped
+            else "cancelled"
+            if cancel.is_set()
+            else "stop"
+            if n < config.max_new_tokens
+            else "length"
+        )
         yield Finish(reason, len(prompt), n)
 
     def generate_ids(self, prompts: Sequence[list[int]], config: GenerationConfig) -> list[tuple[list[int], bool]]:
@@ -225,8 +245,10 @@ class HFBackend(Backend):
         width = max(len(p) for p in prompts)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit and width + config.max_new_tokens > limit:
-            raise MiLlmError(f"prompt of {width} tokens + {config.max_new_tokens} new tokens exceeds the model's "
-                             f"context of {limit} tokens")
+            raise MiLlmError(
+                f"prompt of {width} tokens + {config.max_new_tokens} new tokens exceeds the model's "
+                f"context of {limit} tokens"
+            )
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
         ids = torch.full((n, width), pad, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
@@ -250,10 +272,18 @@ class HFBackend(Backend):
         cache_kw = self._cache_kwarg()
         with torch.inference_mode():
             for step in range(config.max_new_tokens):
-                logits = self.model(
-                    input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, logits_to_keep=1,
-                    **{cache_kw: cache},
-                ).logits[:, -1, :].float()
+                logits = (
+                    self.model(
+                        input_ids=step_ids,
+                        attention_mask=mask,
+                        position_ids=step_pos,
+                        use_cache=True,
+                        logits_to_keep=1,
+                        **{cache_kw: cache},
+                    )
+                    .logits[:, -1, :]
+                    .float()
+                )
                 if processors:
                     logits = processors(history, logits)
                 if config.do_sample:

@@ -42,11 +42,22 @@ from mi_llm.llm.llamacpp_runtime import import_llama_cpp
 log = logging.getLogger(__name__)
 
 # GGUF architecture -> our template family, for a bare GGUF without a chat template.
-_ARCH_FAMILY = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "llama": "llama3", "qwen2": "chatml",
-                "qwen3": "chatml", "glm4": "glm4", "chatglm": "glm4", "baichuan": "baichuan2"}
+_ARCH_FAMILY = {
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "llama": "llama3",
+    "qwen2": "chatml",
+    "qwen3": "chatml",
+    "glm4": "glm4",
+    "chatglm": "glm4",
+    "baichuan": "baichuan2",
+}
 
 
-def render_jinja(template: str, messages: Sequence[dict[str, str]], bos: str, eos: str, add_generation_prompt: bool = True) -> str:
+def render_jinja(
+    template: str, messages: Sequence[dict[str, str]], bos: str, eos: str, add_generation_prompt: bool = True
+) -> str:
     """Render a chat template without transformers (sandboxed Jinja, as transformers does)."""
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -57,21 +68,26 @@ def render_jinja(template: str, messages: Sequence[dict[str, str]], bos: str, eo
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(template).render(messages=list(messages), bos_token=bos, eos_token=eos,
-                                                add_generation_prompt=add_generation_prompt)
+        return env.from_string(template).render(
+            messages=list(messages), bos_token=bos, eos_token=eos, add_generation_prompt=add_generation_prompt
+        )
     except TemplateError as e:
         raise MiLlmError(f"chat template failed: {e}") from None
 
 
 def find_gguf(model: Any, gguf: str | Path | None) -> tuple[Path, Any]:
     """(GGUF path, ResolvedModel or None)."""
-    from mi_llm.llm.resolve import resolve_model, ResolvedModel
+    from mi_llm.llm.resolve import ResolvedModel, resolve_model
 
     if gguf:
         g = Path(gguf)
         if not g.is_file():
             raise MiLlmError(f"{g}: no such GGUF file")
-        rm = model if isinstance(model, ResolvedModel) else (None if str(model).endswith(".gguf") else resolve_model(model))
+        rm = (
+            model
+            if isinstance(model, ResolvedModel)
+            else (None if str(model).endswith(".gguf") else resolve_model(model))
+        )
         return g, rm
     if not isinstance(model, ResolvedModel) and str(model).endswith(".gguf"):
         g = Path(model)
@@ -117,8 +133,13 @@ class LlamaCppBackend(Backend):
         self.n_ctx = n_ctx
         kwargs: dict[str, Any] = dict(
             # with parallel slots the engine has its own context; this one only needs to exist
-            model_path=str(self.gguf), n_ctx=n_ctx if self.parallel == 1 else 256, n_threads=self.n_threads,
-            n_threads_batch=self.n_threads, n_batch=n_batch, n_ubatch=min(n_batch, 512), verbose=False,
+            model_path=str(self.gguf),
+            n_ctx=n_ctx if self.parallel == 1 else 256,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+            n_batch=n_batch,
+            n_ubatch=min(n_batch, 512),
+            verbose=False,
             seed=seed if seed is not None else llama_cpp.LLAMA_DEFAULT_SEED,
         )
         if self.lora_gguf:
@@ -152,8 +173,10 @@ class LlamaCppBackend(Backend):
             check_adapter(adapter, self.resolved.path)
         arch = gguf_arch(self.gguf)
         if arch not in ARCHS.values():
-            raise MiLlmError(f"{adapter}: llama.cpp cannot apply this adapter to a {arch} GGUF here; "
-                             "merge it and export a GGUF (mi-llm export --gguf)")
+            raise MiLlmError(
+                f"{adapter}: llama.cpp cannot apply this adapter to a {arch} GGUF here; "
+                "merge it and export a GGUF (mi-llm export --gguf)"
+            )
         folder = AdapterPaths(adapter)
         out = folder.llamacpp_lora(arch)
         if out.is_file() and out.stat().st_mtime >= folder.weights.stat().st_mtime:
@@ -227,8 +250,10 @@ class LlamaCppBackend(Backend):
         prompts = [self.encode(m) for m in batch]
         for p in prompts:
             if len(p) + config.max_new_tokens > self.n_ctx:
-                raise MiLlmError(f"prompt of {len(p)} tokens + {config.max_new_tokens} new tokens exceeds the "
-                                 f"context of {self.n_ctx} tokens (n_ctx)")
+                raise MiLlmError(
+                    f"prompt of {len(p)} tokens + {config.max_new_tokens} new tokens exceeds the "
+                    f"context of {self.n_ctx} tokens (n_ctx)"
+                )
         if self._engine is not None:
             outs = self._engine.generate(prompts, config)
             results = []
@@ -244,10 +269,12 @@ class LlamaCppBackend(Backend):
         if config.seed is not None:
             self.llm.set_seed(config.seed)
         gen = self.llm.generate(
-            prompt, reset=True,
+            prompt,
+            reset=True,
             temp=config.temperature if config.do_sample else 0.0,
             top_k=config.top_k if config.do_sample and config.top_k > 0 else 1 if not config.do_sample else 0,
-            top_p=config.top_p if config.do_sample else 1.0, min_p=0.0,
+            top_p=config.top_p if config.do_sample else 1.0,
+            min_p=0.0,
             repeat_penalty=config.repetition_penalty,
         )
         for tok in gen:
@@ -268,8 +295,9 @@ class LlamaCppBackend(Backend):
         text, cut = first_stop(text, config.stop)
         return Completion(text.strip(), len(prompt), len(ids), "stop" if stopped or cut else "length")
 
-    def stream_chat(self, messages: Messages, config: GenerationConfig,
-                    cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+    def stream_chat(
+        self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[str | Finish]:
         if self._engine is not None:  # the batch engine has no token stream
             yield from super().stream_chat(messages, config, cancel)
             return

@@ -43,8 +43,9 @@ class _Request:
 
 
 class BatchEngine:
-    def __init__(self, llm: Any, slots: int, n_ctx: int, stop_ids: Sequence[int], n_batch: int = 512,
-                 unified: bool = False):
+    def __init__(
+        self, llm: Any, slots: int, n_ctx: int, stop_ids: Sequence[int], n_batch: int = 512, unified: bool = False
+    ):
         import llama_cpp
         from llama_cpp import _internals as internals
 

@@ -54,11 +54,14 @@ class OpenAIBackend(Backend):
         **_: Any,
     ):
         if adapter:
-            raise MiLlmError("--adapter does not apply to the openai backend: serve the adapter and name it with --model")
+            raise MiLlmError(
+                "--adapter does not apply to the openai backend: serve the adapter and name it with --model"
+            )
         self.model = str(model)
         self.concurrency = max(1, int(concurrency))
-        self.client = OpenAICompatClient(base_url, api_key, timeout_s=timeout, max_retries=max_retries,
-                                         max_connections=self.concurrency)
+        self.client = OpenAICompatClient(
+            base_url, api_key, timeout_s=timeout, max_retries=max_retries, max_connections=self.concurrency
+        )
         self.host = self.client.host
         self.response_format = response_format
         self.extra_body = extra_body or {}
@@ -67,9 +70,14 @@ class OpenAIBackend(Backend):
         self._loop = LoopThread()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model, "base_url": self.client.base_url,
-                "concurrency": self.concurrency, "max_retries": self.client.max_retries,
-                "response_format": self.response_format}
+        return {
+            "backend": self.name,
+            "model": self.model,
+            "base_url": self.client.base_url,
+            "concurrency": self.concurrency,
+            "max_retries": self.client.max_retries,
+            "response_format": self.response_format,
+        }
 
     def _request(self, messages: Messages, config: GenerationConfig) -> dict[str, Any]:
         """The SDK's arguments of one chat completion; what OpenAI's API lacks goes in extra_body."""
@@ -102,10 +110,16 @@ class OpenAIBackend(Backend):
 
     def _completion(self, res: ChatResult) -> Completion:
         self.retries += max(0, res.attempts - 1)
-        return Completion(text=res.text.strip(), prompt_tokens=res.prompt_tokens,
-                          completion_tokens=res.completion_tokens, finish_reason=res.finish_reason)
+        return Completion(
+            text=res.text.strip(),
+            prompt_tokens=res.prompt_tokens,
+            completion_tokens=res.completion_tokens,
+            finish_reason=res.finish_reason,
+        )
 
-    async def _complete_all(self, batch: Sequence[Messages], config: GenerationConfig) -> list[ChatResult | BaseException]:
+    async def _complete_all(
+        self, batch: Sequence[Messages], config: GenerationConfig
+    ) -> list[ChatResult | BaseException]:
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(messages: Messages) -> ChatResult:
@@ -128,8 +142,9 @@ class OpenAIBackend(Backend):
                 raise out
         return [self._completion(out) for out in outs]  # type: ignore[arg-type]
 
-    def stream_chat(self, messages: Messages, config: GenerationConfig,
-                    cancel: threading.Event | None = None) -> Iterator[str | Finish]:
+    def stream_chat(
+        self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[str | Finish]:
         if not self.client.is_local:
             log.info("sending a conversation to %s", self.host)
         lead = LeadingSpaceTrimmer()

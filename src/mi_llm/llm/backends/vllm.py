@@ -33,8 +33,10 @@ class VLLMBackend(Backend):
         try:
             import vllm
         except ImportError:
-            raise MiLlmError("the vllm backend needs vLLM on a CUDA machine: pip install vllm "
-                             "(or serve the model with `vllm serve` and use --backend openai)") from None
+            raise MiLlmError(
+                "the vllm backend needs vLLM on a CUDA machine: pip install vllm "
+                "(or serve the model with `vllm serve` and use --backend openai)"
+            ) from None
         from mi_llm.llm.backends.hf import check_adapter
         from mi_llm.llm.load import load_tokenizer, stop_token_ids
         from mi_llm.llm.resolve import resolve_model
@@ -45,8 +47,13 @@ class VLLMBackend(Backend):
         self.tokenizer = load_tokenizer(self.resolved)
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.adapter = str(adapter) if adapter else None
-        kwargs: dict[str, Any] = dict(model=str(self.resolved.path), dtype=dtype, trust_remote_code=self.resolved.trust_remote_code,
-                                      gpu_memory_utilization=gpu_memory_utilization, seed=0)
+        kwargs: dict[str, Any] = dict(
+            model=str(self.resolved.path),
+            dtype=dtype,
+            trust_remote_code=self.resolved.trust_remote_code,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=0,
+        )
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         self._lora = None
@@ -60,8 +67,12 @@ class VLLMBackend(Backend):
         self.llm = vllm.LLM(**kwargs)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.resolved.describe(), "adapter": self.adapter,
-                "vllm": getattr(self._vllm, "__version__", None)}
+        return {
+            "backend": self.name,
+            "model": self.resolved.describe(),
+            "adapter": self.adapter,
+            "vllm": getattr(self._vllm, "__version__", None),
+        }
 
     def generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
         from mi_llm.llm.templates import encode_prompt
@@ -91,4 +102,3 @@ class VLLMBackend(Backend):
 
     def close(self) -> None:
         self.llm = None
-

@@ -57,8 +57,9 @@ def default_paths(sessions: Path, coder: str, out: Path | None) -> tuple[Path, P
 class AnnotationProject:
     """The sessions being coded, one coder, the autosave store and the export file."""
 
-    def __init__(self, sessions_path: str | Path, coder: str, out: str | Path | None = None,
-                 *, keep_codes: bool = False):
+    def __init__(
+        self, sessions_path: str | Path, coder: str, out: str | Path | None = None, *, keep_codes: bool = False
+    ):
         if not coder.strip():
             raise MiLlmError("--coder-name must not be blank")
         self.sessions_path = Path(sessions_path)
@@ -67,7 +68,9 @@ class AnnotationProject:
         rows = read_coded_dialogues(self.sessions_path)
         for lineno, d in rows:
             if not any(t.role == "counselor" for t in d.turns):
-                raise InputError(self.sessions_path, f"session {d.id!r} is empty: it has no counselor turns to code", lineno)
+                raise InputError(
+                    self.sessions_path, f"session {d.id!r} is empty: it has no counselor turns to code", lineno
+                )
         self.dialogues: list[Dialogue] = [d for _, d in rows]
         self.out, self.autosave = default_paths(self.sessions_path, self.coder, Path(out) if out else None)
         self.store = AutosaveStore(self.autosave, self.coder)
@@ -108,10 +111,15 @@ class AnnotationProject:
         state, at, _ = self.state(index)
         utts = [u for us in state["turns"].values() for u in us]
         return {
-            "index": index, "id": d.id, "topic": d.topic, "language": d.language,
-            "utterances": len(utts), "coded": sum(u["code"] is not None for u in utts),
+            "index": index,
+            "id": d.id,
+            "topic": d.topic,
+            "language": d.language,
+            "utterances": len(utts),
+            "coded": sum(u["code"] is not None for u in utts),
             "rated": sum(v is not None for v in state["globals"].values()),
-            "done": bool(state.get("done")), "saved_at": at,
+            "done": bool(state.get("done")),
+            "saved_at": at,
         }
 
     def view(self, index: int) -> dict[str, Any]:
@@ -124,10 +132,16 @@ class AnnotationProject:
                 turn["utterances"] = state["turns"][str(i)]
             turns.append(turn)
         return {
-            "index": index, "id": d.id, "language": d.language, "topic": d.topic,
+            "index": index,
+            "id": d.id,
+            "language": d.language,
+            "topic": d.topic,
             "target_behaviour": d.meta.get("target_behaviour"),
-            "turns": turns, "globals": state["globals"], "done": bool(state.get("done")),
-            "saved_at": at, "warning": warning,
+            "turns": turns,
+            "globals": state["globals"],
+            "done": bool(state.get("done")),
+            "saved_at": at,
+            "warning": warning,
         }
 
     def meta(self) -> dict[str, Any]:
@@ -211,8 +225,10 @@ def check_host(host: str) -> str:
     from mi_llm.serve.auth import is_loopback
 
     if not is_loopback(host):
-        raise MiLlmError(f"--host {host}: the coding page has no login and shows health data, so it listens on "
-                         "this machine only (127.0.0.1, ::1 or localhost); reach it from elsewhere through an SSH tunnel")
+        raise MiLlmError(
+            f"--host {host}: the coding page has no login and shows health data, so it listens on "
+            "this machine only (127.0.0.1, ::1 or localhost); reach it from elsewhere through an SSH tunnel"
+        )
     return host
 
 
@@ -275,8 +291,9 @@ def create_app(project: AnnotationProject, host: str = "127.0.0.1", allowed_host
     return app
 
 
-def serve(project: AnnotationProject, host: str = "127.0.0.1", port: int = 8765,
-          allowed_hosts: Iterable[str] = ()) -> None:
+def serve(
+    project: AnnotationProject, host: str = "127.0.0.1", port: int = 8765, allowed_hosts: Iterable[str] = ()
+) -> None:
     import socket
 
     import uvicorn

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import stat
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ class AutosaveStore:
         elif owner != coder:
             raise MiLlmError(
                 f"{self.path} holds {owner!r}'s coding, not {coder!r}'s: use --coder-name {owner} "
-                "or another --out for a second coder")
+                "or another --out for a second coder"
+            )
         self.coder = coder
 
     def _meta(self, key: str) -> str | None:
@@ -70,7 +71,7 @@ class AutosaveStore:
         return None if row is None else (json.loads(row[0]), row[1])
 
     def put(self, session_id: str, state: dict[str, Any]) -> str:
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO sessions (id, state, updated_at) VALUES (?, ?, ?) "
@@ -104,6 +105,8 @@ def _create_private(path: Path) -> None:
         try:
             os.chmod(path, 0o600)
         except OSError as e:
-            raise MiLlmError(f"{path} is open to other users (mode {mode:04o}) and cannot be narrowed ({e.strerror}): "
-                             f"run chmod 600 {path}") from None
+            raise MiLlmError(
+                f"{path} is open to other users (mode {mode:04o}) and cannot be narrowed ({e.strerror}): "
+                f"run chmod 600 {path}"
+            ) from None
         log.warning("%s was open to other users (mode %04o): now 0600", path, mode)

@@ -1,5 +1,6 @@
 """The safety layer in front of the counselor model: crisis detection and safe responses."""
 
+from mi_llm.corpus.language import detect_language
 from mi_llm.serve.safety.classifier import (
     CATEGORIES,
     NONE,
@@ -8,6 +9,13 @@ from mi_llm.serve.safety.classifier import (
     classify,
     default_classifier,
 )
-from mi_llm.corpus.language import detect_language
 
-__all__ = ["CATEGORIES", "NONE", "CrisisClassifier", "SafetyResult", "classify", "default_classifier", "detect_language"]
+__all__ = [
+    "CATEGORIES",
+    "NONE",
+    "CrisisClassifier",
+    "SafetyResult",
+    "classify",
+    "default_classifier",
+    "detect_language",
+]

@@ -114,11 +114,17 @@ class LanguageRules:
             subj = data.get("subject") or {}
             self.subject_tokens = _compile(subj.get("tokens"), f"{source}: subject.tokens", defs)
             self.first_person = _compile(subj.get("first_person"), f"{source}: subject.first_person", defs)
-            self.neutral = [Neutral(n["id"], _compile(n["pattern"], f"{source}: {n['id']}", defs)) for n in data.get("neutral") or []]
+            self.neutral = [
+                Neutral(n["id"], _compile(n["pattern"], f"{source}: {n['id']}", defs))
+                for n in data.get("neutral") or []
+            ]
             self.rules = [
                 Rule(
-                    id=r["id"], category=r["category"], regex=_compile(r["pattern"], f"{source}: {r['id']}", defs),
-                    negatable=bool(r.get("negatable", True)), subject=r.get("subject"),
+                    id=r["id"],
+                    category=r["category"],
+                    regex=_compile(r["pattern"], f"{source}: {r['id']}", defs),
+                    negatable=bool(r.get("negatable", True)),
+                    subject=r.get("subject"),
                     within_negation=bool(r.get("within_negation", False)),
                     overrides_neutral=bool(r.get("overrides_neutral", False)),
                 )
@@ -278,8 +284,14 @@ class CrisisClassifier:
         best = min(matches, key=lambda m: (CATEGORIES.index(m.category), m.span[0]))
         cats = [c for c in CATEGORIES if any(m.category == c for m in matches)]
         return SafetyResult(
-            crisis=True, category=best.category, language=lang, matched=best.rule, span=best.span,
-            categories=cats, rules=sorted({m.rule for m in matches}), suppressed=suppressed,
+            crisis=True,
+            category=best.category,
+            language=lang,
+            matched=best.rule,
+            span=best.span,
+            categories=cats,
+            rules=sorted({m.rule for m in matches}),
+            suppressed=suppressed,
         )
 
 

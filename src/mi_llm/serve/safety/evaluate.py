@@ -79,8 +79,16 @@ def evaluate(rows: Iterable[dict[str, Any]], classifier: CrisisClassifier | None
         p, r = _ratio(c["tp"], c["tp"] + c["fp"]), _ratio(c["tp"], c["tp"] + c["fn"])
         f1 = round(2 * p * r / (p + r), 4) if p and r else None
         stats = {
-            "n": c["n"], "crisis": c["tp"] + c["fn"], "tp": c["tp"], "fp": c["fp"], "fn": c["fn"], "tn": c["tn"],
-            "precision": p, "recall": r, "f1": f1, "category_accuracy": _ratio(c["cat_ok"], c["tp"]),
+            "n": c["n"],
+            "crisis": c["tp"] + c["fn"],
+            "tp": c["tp"],
+            "fp": c["fp"],
+            "fn": c["fn"],
+            "tn": c["tn"],
+            "precision": p,
+            "recall": r,
+            "f1": f1,
+            "category_accuracy": _ratio(c["cat_ok"], c["tp"]),
         }
         if name == "all":
             out["all"] = stats

@@ -87,7 +87,9 @@ def load_resources(language: str, directory: str | Path | None = None) -> Crisis
     fmt = str(data.get("item_format") or "- {name}: {contact}")
     if "{name}" not in fmt or "{contact}" not in fmt:
         raise MiLlmError(f"{source}: item_format must contain {{name}} and {{contact}}")
-    return CrisisResources(language, msgs, items, str(data.get("closing") or ""), bool(data.get("reviewed")), source, fmt)
+    return CrisisResources(
+        language, msgs, items, str(data.get("closing") or ""), bool(data.get("reviewed")), source, fmt
+    )
 
 
 @dataclass
@@ -145,8 +147,12 @@ class SafetyLayer:
     def warn_unreviewed(self) -> None:
         for r in self.resources.values():
             if not r.reviewed:
-                log.warning("crisis resources for %r (%s) are not marked reviewed: have them checked for this "
-                            "deployment (see docs/serve.md)", r.language, r.source)
+                log.warning(
+                    "crisis resources for %r (%s) are not marked reviewed: have them checked for this "
+                    "deployment (see docs/serve.md)",
+                    r.language,
+                    r.source,
+                )
 
     def check(self, text: str, language: str | None = None) -> SafetyDecision:
         result = self.classifier.classify(text, language)
@@ -157,8 +163,9 @@ class SafetyLayer:
         lang = lang if lang in self.resources else "en"
         return SafetyDecision(result, self.resources[lang].response(result.category))
 
-    def check_messages(self, texts: Sequence[str], language: str | None = None,
-                       checked: CheckedMessages | None = None, scope: str = "") -> tuple[SafetyDecision, int]:
+    def check_messages(
+        self, texts: Sequence[str], language: str | None = None, checked: CheckedMessages | None = None, scope: str = ""
+    ) -> tuple[SafetyDecision, int]:
         """The decision for a conversation's user messages (oldest first, the new one last) and
         the index of the message it is about. The new message is checked first, then every
         earlier one `checked` has not seen in `scope`, oldest first; the first crisis answers.
