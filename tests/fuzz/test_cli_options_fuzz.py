@@ -295,6 +295,8 @@ COMMAND_OF = {
     "miti_coder.code_cmd": "miti code",
     "miti_coder.code_utterances_cmd": "miti code-utterances",
     "miti_coder.train_coder_cmd": "miti train-coder",
+    "miti_coder.code_client_cmd": "miti code-client",
+    "miti_coder.train_client_coder_cmd": "miti train-client-coder",
     "serve.chat_cmd": "chat",
     "serve.serve_cmd": "serve",
     "serve.safety_check_cmd": "safety check",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from mi_llm.build.samples import Sample, system_prompt_for
 from mi_llm.corpus.schema import Dialogue
@@ -39,10 +39,10 @@ def export_records(
 ) -> list[tuple[str, list[tuple[str, str]]]]:
     """(system, rounds) per record: one per sample, or one per dialogue with every round."""
     if mode == "rounds":
-        return [(s.system, [*s.history, (s.query, s.response)]) for s in split]  # type: ignore[union-attr]
+        return [(s.system, [*s.history, (s.query, s.response)]) for s in cast("list[Sample]", split)]
     return [
         (system_prompt_for(d.language, system_overrides), [(c.text, r.text) for c, r in d.rounds()])
-        for d in split  # type: ignore[union-attr]
+        for d in cast("list[Dialogue]", split)
     ]
 
 

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except _click_exception_types() as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # `mi-llm data` alone: the help is the answer
-            e.show()
+            e.show()  # type: ignore[attr-defined]  # click's NoArgsIsHelpError, a ClickException
             sys.exit(2)
         print(usage_error_line(e), file=sys.stderr)
         sys.exit(2)

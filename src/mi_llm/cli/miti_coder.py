@@ -43,7 +43,7 @@ def _load(coder: str, base_url: str | None, retries: int) -> Any:
 
     if coder.startswith("llm:"):
         c = load_coder(coder, base_url=base_url)
-        c.retries = retries
+        c.retries = retries  # type: ignore[attr-defined]  # an LLM coder (llm: prefix) has retries
         return c
     if base_url:
         raise MiLlmError("--base-url applies to an llm:<backend>:<model> coder only")

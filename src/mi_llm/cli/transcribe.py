@@ -95,7 +95,7 @@ def transcribe_cmd(
         _print_quality(code_output(output, coder, coder_impl))
 
 
-def _run_with_progress(dialogues, output, settings, transcribe_file):  # type: ignore[no-untyped-def]
+def _run_with_progress(dialogues, output, settings, transcribe_file):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -122,7 +122,7 @@ def _run_with_progress(dialogues, output, settings, transcribe_file):  # type: i
     )
     task = progress.add_task("transcribe", total=None, ok=0, failed=0, cached=0, cost="$0.0000")
 
-    def on_start(stats) -> None:  # type: ignore[no-untyped-def]
+    def on_start(stats) -> None:
         # Shown only once the inputs are read and checked: an input error stays one clean line.
         if stats.already_done or stats.already_failed:
             console.print(
@@ -132,7 +132,7 @@ def _run_with_progress(dialogues, output, settings, transcribe_file):  # type: i
         progress.update(task, total=stats.todo)
         progress.start()
 
-    def on_progress(stats) -> None:  # type: ignore[no-untyped-def]
+    def on_progress(stats) -> None:
         progress.update(
             task,
             completed=stats.finished,
@@ -148,7 +148,7 @@ def _run_with_progress(dialogues, output, settings, transcribe_file):  # type: i
         progress.stop()
 
 
-def _print_summary(stats, output: Path) -> None:  # type: ignore[no-untyped-def]
+def _print_summary(stats, output: Path) -> None:
     from rich.table import Table
 
     from mi_llm.transcribe.store import failures_path
@@ -183,13 +183,13 @@ def _print_summary(stats, output: Path) -> None:  # type: ignore[no-untyped-def]
     )
 
 
-def _print_quality(scores) -> None:  # type: ignore[no-untyped-def]
+def _print_quality(scores) -> None:
     from rich.table import Table
 
     def fmt(v: object, pct: bool = False) -> str:
         if v is None:
             return "n/a (undefined)"
-        return f"{v:.0%}" if pct else f"{v:.2f}"  # type: ignore[str-format]
+        return f"{v:.0%}" if pct else f"{v:.2f}"
 
     (rewrites,) = scores.systems.values()  # code_output scores one system: the output file
     t = Table(title=f"MITI ({rewrites.n_sessions} rewritten dialogues, coder {scores.coder})")

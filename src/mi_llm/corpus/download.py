@@ -434,14 +434,14 @@ class _Fetcher:
 def _start_of(content_range: str | None) -> int | None:
     # "bytes 100-199/200"
     try:
-        return int(content_range.split()[1].split("-")[0]) if content_range else None  # type: ignore[union-attr]
+        return int(content_range.split()[1].split("-")[0]) if content_range else None
     except (IndexError, ValueError):
         return None
 
 
 def _total_from_content_range(content_range: str | None) -> int | None:
     try:
-        total = content_range.rsplit("/", 1)[1] if content_range else "*"  # type: ignore[union-attr]
+        total = content_range.rsplit("/", 1)[1] if content_range else "*"
         return int(total)
     except (IndexError, ValueError):
         return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 # CJK Unified Ideographs, Extension A and the compatibility ideographs.
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -25,7 +25,11 @@ _ENOUGH = 2000  # letters: counting stops once this many are seen (long dialogue
 D = TypeVar("D")
 
 
-def detect_language(text: str | Iterable[str], default: D = "en") -> str | D:  # type: ignore[assignment]
+@overload
+def detect_language(text: str | Iterable[str]) -> str: ...
+@overload
+def detect_language(text: str | Iterable[str], default: D) -> str | D: ...
+def detect_language(text: str | Iterable[str], default: object = "en") -> object:
     """'zh' when CJK characters are at least 1/`LATIN_PER_CJK` of the Latin letters of
     `text` (a string, or strings read in order until 2000 letters are seen), 'en' when
     it has Latin letters otherwise, `default` when it has neither."""

@@ -246,8 +246,8 @@ def predict(
     key = settings_key(info, config)
     sidecar = meta_file(output)
     if overwrite:
-        for f in (output, sidecar):
-            f.unlink(missing_ok=True)
+        for stale in (output, sidecar):
+            stale.unlink(missing_ok=True)
     done = read_done(output)
     if done and sidecar.is_file():
         old = json.loads(sidecar.read_text(encoding="utf-8")).get("settings")

@@ -24,7 +24,7 @@ def load_tokenizer(name_or_path: str | Path | ResolvedModel | None = None) -> An
     if tok.pad_token is None:
         # Batches are padded with the attention mask off, so any token will do; eos is always there.
         tok.pad_token = tok.eos_token
-    tok.mi_llm_stop_ids = end_of_turn_ids(tok, rm.stop_tokens)  # type: ignore[attr-defined]
+    tok.mi_llm_stop_ids = end_of_turn_ids(tok, rm.stop_tokens)
     return tok
 
 
@@ -64,12 +64,12 @@ def load_model(
     dtype = dtype or default_dtype(device)
     tok = load_tokenizer(rm)
     model = AutoModelForCausalLM.from_pretrained(str(rm.path), dtype=dtype, trust_remote_code=rm.trust_remote_code)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers types .to() as a decorator wrapper
     model.eval()
     stops = stop_token_ids(tok)
     if stops:
         model.generation_config.eos_token_id = stops
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
-    model.mi_llm_resolved = rm  # type: ignore[attr-defined]
+    model.mi_llm_resolved = rm  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules
     return model, tok

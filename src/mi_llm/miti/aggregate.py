@@ -6,7 +6,7 @@ a global of a session without ratings) and say how many were left out (`missing`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,7 +182,7 @@ def _styled(text: str, lv: str | None) -> str:
     return f"[{color}]{text}[/]" if color else text
 
 
-def comparison_table(systems: dict[str, Sequence[SessionScores]], *, paper: bool = True) -> ComparisonTable:
+def comparison_table(systems: Mapping[str, Sequence[SessionScores]], *, paper: bool = True) -> ComparisonTable:
     """Side-by-side table of systems (e.g. 'model', 'reference') and the paper's figures."""
     if not systems:
         raise MiLlmError("no systems to compare")

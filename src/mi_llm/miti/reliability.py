@@ -146,7 +146,7 @@ def align(coders: Sequence[CoderFile], session_ids: Sequence[str], mode: str = "
 def _align_by_text(
     sid: str, ti: int, coders: Sequence[CoderFile], per_coder: list, unmatched: dict[str, int]
 ) -> list[Unit]:
-    used = [set() for _ in coders]
+    used: list[set[int]] = [set() for _ in coders]
     units = []
     for k, u in enumerate(per_coder[0]):
         key = _norm(u.text)

@@ -27,7 +27,7 @@ from mi_llm.miti.session import CodedSession
 # 1: before one schema (the pipeline, `miti score` and `transcribe --code` each wrote their
 # own shape, with no version field). Bump it when the schema changes: the pipeline's miti
 # stage has it in its fingerprint, so a run reruns the stage and rewrites the file.
-MITI_SCORES_VERSION = 2
+MITI_SCORES_VERSION: Literal[2] = 2
 
 # Scores whose undefined sessions are worth a note, and why they are undefined.
 _UNDEFINED_WHY = (
@@ -186,7 +186,7 @@ def code_and_score(
                 aggregate=aggregates[label],
                 pooled=pooled(scores),
                 sessions=scores,
-            )  # type: ignore[arg-type]
+            )
             for label, scores in scored.items()
         },
         comparison=comparison_table(scored, paper=paper).to_dict(),

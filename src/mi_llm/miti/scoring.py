@@ -192,12 +192,12 @@ def score_session(session: CodedSession | Dialogue, definition: RatioDefinition 
     for volley in session.volleys:
         for code in volley.counted():
             counts[code] += 1
-        for code in volley.codes:
+        for utterance_code in volley.codes:
             n_utt += 1
-            if code is None:
+            if utterance_code is None:
                 n_null += 1
             else:
-                utterance_counts[code] += 1
+                utterance_counts[utterance_code] += 1
     g = session.globals
     reflections = counts["SR"] + counts["CR"]
     mia = counts["Seek"] + counts["AF"] + counts["EA"]

@@ -28,7 +28,7 @@ def load_peft_model(cfg: TrainConfig, rm: Any, dtype: torch.dtype) -> Any:
         model.enable_input_require_grads()
     lora = LoraConfig(
         r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
+        lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft annotates int; a float scale works
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.lora_targets(),
         task_type="CAUSAL_LM",

@@ -52,7 +52,7 @@ def _dataset(cfg: TrainConfig, data: Any, yaml_path: Path) -> tuple[str, str, bo
     out = yaml_path.resolve().parent / f"{yaml_path.stem}_data"
     records = select_records(data.samples, mode)
     pairs = [(s.system, [*s.history, (s.query, s.response)]) for s in records]
-    write_llamafactory(out, {"train": pairs}, mode)  # type: ignore[arg-type]
+    write_llamafactory(out, {"train": pairs}, mode)
     return dataset, str(out), mode == "rounds"
 
 

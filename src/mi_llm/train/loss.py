@@ -64,8 +64,9 @@ def output_cache(out: Any) -> Any:
     raise RuntimeError("the decoder returned no cache")
 
 
-def causal_lm_of(model: nn.Module) -> nn.Module:
-    """The *ForCausalLM module inside a PEFT wrapper (LoRA layers injected in place)."""
+def causal_lm_of(model: nn.Module) -> Any:
+    """The *ForCausalLM module inside a PEFT wrapper (LoRA layers injected in place); Any, as
+    transformers' PreTrainedModel methods (get_decoder, get_output_embeddings) are untyped."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 

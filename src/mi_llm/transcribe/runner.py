@@ -245,7 +245,7 @@ class Transcriber:
             style="mi",
             turns=[Turn(role=r, text=t) for r, t in turns],
             meta=meta,
-        )  # type: ignore[arg-type]
+        )
         self.store.append_ok(out)
         self.stats.ok += 1
         self._finished(st)

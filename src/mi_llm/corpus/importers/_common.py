@@ -247,8 +247,8 @@ def chat_dialogue(
         if role in system_roles:
             systems.append(content)
         elif role in roles:
-            meta = {"weight": m["weight"]} if "weight" in m else {}
-            turns.append(Turn(role=roles[role], text=content, meta=meta))  # type: ignore[arg-type]
+            turn_meta = {"weight": m["weight"]} if "weight" in m else {}
+            turns.append(Turn(role=roles[role], text=content, meta=turn_meta))
         else:
             # speaker names may come from dataset_info.json: keep the message on one line
             known = ", ".join(r if r.isprintable() else repr(r) for r in [*roles, *sorted(system_roles)])

@@ -156,7 +156,7 @@ def _dialogue(path: Path, tid: int, utterances: dict[int, list[tuple[int, dict[s
         source=SOURCE,
         language="en",
         topic=topic,
-        style=_QUALITY[quality],  # type: ignore[arg-type]
+        style=_QUALITY[quality],
         turns=turns,
         meta={
             "transcript_id": tid,

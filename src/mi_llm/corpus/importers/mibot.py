@@ -106,7 +106,7 @@ def parse_file(path: Path) -> Dialogue:
     if not volleys:
         raise InputError(path, "no utterances")
     turns = [
-        Turn(role=role, text=" ".join(u["text"] for u in utts if u["text"]), meta={"utterances": utts})  # type: ignore[arg-type]
+        Turn(role=role, text=" ".join(u["text"] for u in utts if u["text"]), meta={"utterances": utts})
         for _, role, utts in volleys
     ]
     meta: dict[str, Any] = {"participant_id": pid, "file": path.name}

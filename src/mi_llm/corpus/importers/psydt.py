@@ -63,7 +63,7 @@ def parse_record(rec: dict[str, Any], path: Path, line: int) -> Dialogue:
     return Dialogue(
         id=f"{SOURCE}-{rec['id']}",
         source=SOURCE,
-        language=detect_language(t.text for t in turns),  # type: ignore[arg-type]
+        language=detect_language(t.text for t in turns),
         topic=str(tag) if tag not in (None, "") else None,
         style="raw",
         turns=turns,

@@ -148,7 +148,7 @@ class HFBackend(Backend):
 
         from mi_llm.llm.templates import encode_prompt
 
-        cancel = cancel or threading.Event()
+        cancel_event = cancel or threading.Event()
         limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
         _, prompt = fit_context(messages, lambda m: encode_prompt(self.tokenizer, m), limit, config.max_new_tokens)
 
@@ -164,7 +164,7 @@ class HFBackend(Backend):
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                done = cancel.is_set() or stop_early.is_set()
+                done = cancel_event.is_set() or stop_early.is_set()
                 return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
         streamer = Counting(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
@@ -225,7 +225,7 @@ class HFBackend(Backend):
             "stop"
             if trim.stopped
             else "cancelled"
-            if cancel.is_set()
+            if cancel_event.is_set()
             else "stop"
             if n < config.max_new_tokens
             else "length"

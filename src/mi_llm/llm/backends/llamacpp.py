@@ -329,8 +329,9 @@ class LlamaCppBackend(Backend):
         yield Finish(reason, len(prompt), len(ids))
 
     def close(self) -> None:
-        if getattr(self, "_engine", None) is not None:
-            self._engine.close()
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.close()
             self._engine = None
         llm = getattr(self, "llm", None)
         if llm is not None:

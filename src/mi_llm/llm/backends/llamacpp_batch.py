@@ -233,11 +233,11 @@ class BatchEngine:
             for idx, slot in outputs:
                 req = active[slot]
                 logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.n_vocab,))
-                tok = choose(req, logits)
-                if tok is None:
+                chosen = choose(req, logits)
+                if chosen is None:
                     del active[slot]
                 else:
-                    req.last = tok
+                    req.last = chosen
 
     @staticmethod
     def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:

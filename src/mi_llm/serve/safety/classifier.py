@@ -110,19 +110,19 @@ class LanguageRules:
             neg = data.get("negation") or {}
             self.neg_prefix = _compile(neg.get("prefix"), f"{source}: negation.prefix", defs)
             self.neg_within = _compile(neg.get("within"), f"{source}: negation.within", defs)
-            self.clause_split = _compile(data.get("clause_split") or r"[.!?;\n]", f"{source}: clause_split")
+            self.clause_split = _compile_required(data.get("clause_split") or r"[.!?;\n]", f"{source}: clause_split")
             subj = data.get("subject") or {}
             self.subject_tokens = _compile(subj.get("tokens"), f"{source}: subject.tokens", defs)
             self.first_person = _compile(subj.get("first_person"), f"{source}: subject.first_person", defs)
             self.neutral = [
-                Neutral(n["id"], _compile(n["pattern"], f"{source}: {n['id']}", defs))
+                Neutral(n["id"], _compile_required(n["pattern"], f"{source}: {n['id']}", defs))
                 for n in data.get("neutral") or []
             ]
             self.rules = [
                 Rule(
                     id=r["id"],
                     category=r["category"],
-                    regex=_compile(r["pattern"], f"{source}: {r['id']}", defs),
+                    regex=_compile_required(r["pattern"], f"{source}: {r['id']}", defs),
                     negatable=bool(r.get("negatable", True)),
                     subject=r.get("subject"),
                     within_negation=bool(r.get("within_negation", False)),
@@ -233,6 +233,15 @@ def _compile(pattern: str | list[str] | None, where: str, defs: dict[str, str] |
         return re.compile(pattern)
     except re.error as e:
         raise MiLlmError(f"{where}: invalid regular expression ({e})") from None
+
+
+def _compile_required(
+    pattern: str | list[str] | None, where: str, defs: dict[str, str] | None = None
+) -> re.Pattern[str]:
+    compiled = _compile(pattern, where, defs)
+    if compiled is None:
+        raise MiLlmError(f"{where}: a pattern is required")
+    return compiled
 
 
 def _default_rules_text(language: str) -> tuple[str, str]:
