@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test bench browser clean lock
+.PHONY: venv demo test lint bench browser clean lock
 
 # Every package is pinned in constraints.txt (regenerate: `make lock`). llama-cpp-python is built
 # by tools/llama_cpp/build.sh for every x86-64 CPU (runtime dispatch, no AMX kernels; never
@@ -39,6 +39,12 @@ browser:
 
 demo: venv
 	$(VENV)/bin/mi-llm demo
+
+# Lint, format and types of the package first (seconds), then every test.
+lint: venv
+	$(PY) -m ruff check src tests benchmarks tools
+	$(PY) -m ruff format --check src tests benchmarks tools
+	$(PY) -m mypy
 
 test: venv browser
 	$(PY) -m pytest -q -p no:cacheprovider
