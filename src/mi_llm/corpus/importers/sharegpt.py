@@ -56,7 +56,7 @@ def _mapping(entry: dict[str, Any], key: str, path: Path, line: int, name: str) 
         raise InputError(path, f"dataset {name!r}: {key!r} should be an object, got {json_type(value)}", line)
     for k, v in value.items():
         if not isinstance(v, str):
-            raise InputError(path, f"dataset {name!r}: {key}.{k} should be a string, got {json_type(v)}", line)
+            raise InputError(path, f"dataset {name!r}: {key}[{k!r}] should be a string, got {json_type(v)}", line)
     return value
 
 
