@@ -13,17 +13,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Importing each module registers its source(s), in this order (the order of the choices).
-from mi_llm.corpus.importers import (  # noqa: F401, I001
-    annomi,
+# isort: off
+from mi_llm.corpus.importers import (  # noqa: F401
     cpsycound,
     cpsycoune,
-    dialogues,
-    mibot,
-    openai_messages,
-    psydt,
-    sharegpt,
     smile,
+    psydt,
+    annomi,
+    mibot,
+    sharegpt,
+    openai_messages,
+    dialogues,
 )
+
+# isort: on
 from mi_llm.corpus.importers._common import IMPORTERS
 from mi_llm.corpus.normalize import NormalizeOptions, NormalizeStats, normalize
 from mi_llm.corpus.schema import Dialogue
