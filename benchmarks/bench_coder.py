@@ -80,14 +80,23 @@ def recipes(embedder: Embedder | None) -> dict[str, CoderConfig]:
 
 def fitter(config: CoderConfig, embedder: Embedder | None, tuned_embedder: Embedder | None = None):
     def fit(train: list[L.Example]) -> TrainedCoder:
-        return TrainedCoder.fit(train, config, embedder=embedder if config.features.embeddings else None,
-                                tuned_embedder=tuned_embedder if config.tuned else None)
+        return TrainedCoder.fit(
+            train,
+            config,
+            embedder=embedder if config.features.embeddings else None,
+            tuned_embedder=tuned_embedder if config.tuned else None,
+        )
+
     return fit
 
 
 def row(name: str, m: dict[str, Any]) -> dict[str, Any]:
-    return {"recipe": name, **{k: m[k] for k in ("n", "kappa", "macro_f1", "macro_f1_codes", "accuracy", "seconds") if k in m},
-            "per_code_f1": {c: v["f1"] for c, v in m["per_code"].items()}, "per_code": m["per_code"]}
+    return {
+        "recipe": name,
+        **{k: m[k] for k in ("n", "kappa", "macro_f1", "macro_f1_codes", "accuracy", "seconds") if k in m},
+        "per_code_f1": {c: v["f1"] for c, v in m["per_code"].items()},
+        "per_code": m["per_code"],
+    }
 
 
 def show(title: str, rows: list[dict[str, Any]]) -> None:
@@ -96,8 +105,14 @@ def show(title: str, rows: list[dict[str, Any]]) -> None:
     for col in ("recipe", "n", "kappa", "macro-F1", "macro-F1 codes", *codes):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(r["recipe"], str(r["n"]), f"{r['kappa']:.3f}", f"{r['macro_f1']:.3f}", f"{r['macro_f1_codes']:.3f}",
-                  *(f"{r['per_code_f1'][c]:.2f}" if c in r["per_code_f1"] else "" for c in codes))
+        t.add_row(
+            r["recipe"],
+            str(r["n"]),
+            f"{r['kappa']:.3f}",
+            f"{r['macro_f1']:.3f}",
+            f"{r['macro_f1_codes']:.3f}",
+            *(f"{r['per_code_f1'][c]:.2f}" if c in r["per_code_f1"] else "" for c in codes),
+        )
     console.print(t)
 
 
@@ -106,9 +121,20 @@ def md_table(title: str, rows: list[dict[str, Any]]) -> str:
     head = ["recipe", "n", "kappa", "macro-F1", "macro-F1 (codes)", *codes]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([r["recipe"], str(r["n"]), f"{r['kappa']:.3f}", f"{r['macro_f1']:.3f}",
-                                         f"{r['macro_f1_codes']:.3f}",
-                                         *(f"{r['per_code_f1'][c]:.2f}" if c in r["per_code_f1"] else "–" for c in codes)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["recipe"],
+                    str(r["n"]),
+                    f"{r['kappa']:.3f}",
+                    f"{r['macro_f1']:.3f}",
+                    f"{r['macro_f1_codes']:.3f}",
+                    *(f"{r['per_code_f1'][c]:.2f}" if c in r["per_code_f1"] else "–" for c in codes),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +146,9 @@ def main() -> None:
     ap.add_argument("--timing-recipes", default="ngram,tuned,encoder", help="recipes timed by the timing section")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--no-embeddings", action="store_true", help="skip the recipes that need the embedded model")
-    ap.add_argument("--weights", default=None, help="source weights, e.g. welivita=0.2,mibot=0.2 (default: the recipe's)")
+    ap.add_argument(
+        "--weights", default=None, help="source weights, e.g. welivita=0.2,mibot=0.2 (default: the recipe's)"
+    )
     ap.add_argument("--limit", type=int, default=None, help="keep the first N utterances of each source (a smoke test)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--md", type=Path, default=None)
@@ -152,12 +180,27 @@ def main() -> None:
     mibot = L.load_mibot(src["mibot"])
     demo_en, demo_zh = L.demo_examples("en"), L.demo_examples("zh")
     if args.limit:
-        annomi, welivita, mibot, demo_en, demo_zh = (x[: args.limit] for x in (annomi, welivita, mibot, demo_en, demo_zh))
-    console.print(f"loaded AnnoMI {len(annomi)}, Welivita {len(welivita)}, MIBot {len(mibot)}, demo en {len(demo_en)}, "
-                  f"demo zh {len(demo_zh)} utterances in {time.monotonic() - t_load:.1f} s")
-    results: dict[str, Any] = {"data": str(data), "folds": args.folds, "weights": args.weights, "embedder": embedder.config() if embedder else None,
-                               "counts": {"annomi": len(annomi), "welivita": len(welivita), "mibot": len(mibot),
-                                          "demo_en": len(demo_en), "demo_zh": len(demo_zh)}, "sections": {}}
+        annomi, welivita, mibot, demo_en, demo_zh = (
+            x[: args.limit] for x in (annomi, welivita, mibot, demo_en, demo_zh)
+        )
+    console.print(
+        f"loaded AnnoMI {len(annomi)}, Welivita {len(welivita)}, MIBot {len(mibot)}, demo en {len(demo_en)}, "
+        f"demo zh {len(demo_zh)} utterances in {time.monotonic() - t_load:.1f} s"
+    )
+    results: dict[str, Any] = {
+        "data": str(data),
+        "folds": args.folds,
+        "weights": args.weights,
+        "embedder": embedder.config() if embedder else None,
+        "counts": {
+            "annomi": len(annomi),
+            "welivita": len(welivita),
+            "mibot": len(mibot),
+            "demo_en": len(demo_en),
+            "demo_zh": len(demo_zh),
+        },
+        "sections": {},
+    }
     md: list[str] = []
 
     if embedder is not None and {"full", "embed"} & set(chosen) and CODING_SECTIONS & set(sections):
@@ -166,18 +209,24 @@ def main() -> None:
 
         every = annomi + welivita + mibot + demo_en + demo_zh
         t0 = time.monotonic()
-        with Progress(TextColumn("embedding utterances"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as p:
+        with Progress(
+            TextColumn("embedding utterances"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as p:
             task = p.add_task("", total=len(every))
-            embedder.embed([e.text for e in every], [e.context for e in every],
-                           progress=lambda d, n: p.update(task, completed=d, total=n))
+            embedder.embed(
+                [e.text for e in every],
+                [e.context for e in every],
+                progress=lambda d, n: p.update(task, completed=d, total=n),
+            )
         results["embedding_fill_seconds"] = round(time.monotonic() - t0, 1)
 
     def run_cv(name: str, title: str, examples, extra_by_recipe) -> None:
         rows = []
         for rname, cfg in chosen.items():
             extra = extra_by_recipe(rname)
-            _, m = ev.cross_validate(examples, fitter(cfg, embedder, tuned_embedder), n_folds=args.folds, extra_train=extra)
+            _, m = ev.cross_validate(
+                examples, fitter(cfg, embedder, tuned_embedder), n_folds=args.folds, extra_train=extra
+            )
             rows.append(row(rname, m))
             console.print(f"{name} {rname}: kappa {m['kappa']:.3f} macro-F1 {m['macro_f1']:.3f} ({m['seconds']:.0f} s)")
         results["sections"][name] = rows
@@ -198,30 +247,54 @@ def main() -> None:
     all_but_welivita = annomi + mibot + demo_en + demo_zh
     if "annomi" in sections:
         # The baseline is trained on AnnoMI alone (as in the issue); the others on everything else too.
-        run_cv("annomi", f"AnnoMI, {args.folds}-fold CV by transcript (in-domain), other sources in training", annomi,
-               lambda r: [] if r == "baseline" else everything_else)
+        run_cv(
+            "annomi",
+            f"AnnoMI, {args.folds}-fold CV by transcript (in-domain), other sources in training",
+            annomi,
+            lambda r: [] if r == "baseline" else everything_else,
+        )
     if "annomi_only" in sections:
-        run_cv("annomi_only", f"AnnoMI, {args.folds}-fold CV by transcript, trained on AnnoMI only", annomi,
-               lambda r: [])
+        run_cv(
+            "annomi_only", f"AnnoMI, {args.folds}-fold CV by transcript, trained on AnnoMI only", annomi, lambda r: []
+        )
     if "ood" in sections:
-        run_held("ood", "Welivita CC_Augmented (automatic labels), trained without Welivita (out-of-domain proxy)",
-                 lambda r: all_but_welivita, welivita)
+        run_held(
+            "ood",
+            "Welivita CC_Augmented (automatic labels), trained without Welivita (out-of-domain proxy)",
+            lambda r: all_but_welivita,
+            welivita,
+        )
     if "welivita" in sections:
-        run_cv("welivita", f"Welivita CC_Augmented (automatic labels), {args.folds}-fold CV by thread, "
-               "every other source in training (the shipped setting of the out-of-domain case)", welivita,
-               lambda r: all_but_welivita)
+        run_cv(
+            "welivita",
+            f"Welivita CC_Augmented (automatic labels), {args.folds}-fold CV by thread, "
+            "every other source in training (the shipped setting of the out-of-domain case)",
+            welivita,
+            lambda r: all_but_welivita,
+        )
     if "crossling" in sections:
-        run_held("crossling", "Chinese demo codes, trained on English data only (cross-lingual)",
-                 lambda r: annomi + welivita + mibot + demo_en, demo_zh)
+        run_held(
+            "crossling",
+            "Chinese demo codes, trained on English data only (cross-lingual)",
+            lambda r: annomi + welivita + mibot + demo_en,
+            demo_zh,
+        )
     if "zh" in sections:
-        run_cv("zh", f"Chinese demo codes, {args.folds}-fold CV by dialogue, English data + other zh folds in training",
-               demo_zh, lambda r: annomi + welivita + mibot + demo_en)
+        run_cv(
+            "zh",
+            f"Chinese demo codes, {args.folds}-fold CV by dialogue, English data + other zh folds in training",
+            demo_zh,
+            lambda r: annomi + welivita + mibot + demo_en,
+        )
     if "globals" in sections:
-        results["sections"]["globals"] = bench_globals(args.folds, chosen.get("full") or chosen["ngram+ctx"], embedder,
-                                                       annomi + welivita + mibot)
+        results["sections"]["globals"] = bench_globals(
+            args.folds, chosen.get("full") or chosen["ngram+ctx"], embedder, annomi + welivita + mibot
+        )
         md.append(results["sections"]["globals"]["md"])
     if "timing" in sections:
-        results["sections"]["timing"] = bench_timing(Path(data), [] if embedder is None else args.timing_recipes.split(","))
+        results["sections"]["timing"] = bench_timing(
+            Path(data), [] if embedder is None else args.timing_recipes.split(",")
+        )
         md.append(results["sections"]["timing"]["md"])
 
     if args.json:
@@ -259,23 +332,43 @@ def bench_globals(folds: int, cfg: CoderConfig, embedder: Embedder | None, engli
         for d in coder.code_dialogues(test):
             pred_coded[d.id] = d.miti_globals
     out: dict[str, Any] = {"seconds": round(time.monotonic() - t0, 1)}
-    lines = ["**Global ratings (1-5), 5-fold CV by dialogue on the 100 demo sessions**", "",
-             "| from | rating | MAE | exact | within 1 | Pearson r |", "|---|---|---|---|---|---|"]
+    lines = [
+        "**Global ratings (1-5), 5-fold CV by dialogue on the 100 demo sessions**",
+        "",
+        "| from | rating | MAE | exact | within 1 | Pearson r |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, pred in (("gold codes", pred_gold_codes), ("coder's codes", pred_coded)):
         out[name] = {}
         for g in GLOBALS:
             y = np.array([getattr(gold[i], g) for i in gold])
             p = np.array([getattr(pred[i], g) for i in gold])
             r = float(np.corrcoef(y, p)[0, 1]) if p.std() > 0 and y.std() > 0 else float("nan")
-            m = {"mae": float(np.abs(y - p).mean()), "exact": float((y == p).mean()),
-                 "within1": float((np.abs(y - p) <= 1).mean()), "pearson": r}
+            m = {
+                "mae": float(np.abs(y - p).mean()),
+                "exact": float((y == p).mean()),
+                "within1": float((np.abs(y - p) <= 1).mean()),
+                "pearson": r,
+            }
             out[name][g] = m
-            lines.append(f"| {name} | {g} | {m['mae']:.2f} | {m['exact']:.2f} | {m['within1']:.2f} | {m['pearson']:.2f} |")
-        base = {g: float(np.abs(np.array([getattr(gold[i], g) for i in gold]) -
-                                np.mean([getattr(gold[i], g) for i in gold])).mean()) for g in GLOBALS}
+            lines.append(
+                f"| {name} | {g} | {m['mae']:.2f} | {m['exact']:.2f} | {m['within1']:.2f} | {m['pearson']:.2f} |"
+            )
+        base = {
+            g: float(
+                np.abs(
+                    np.array([getattr(gold[i], g) for i in gold]) - np.mean([getattr(gold[i], g) for i in gold])
+                ).mean()
+            )
+            for g in GLOBALS
+        }
         out["mae_of_predicting_the_mean"] = base
     # Within one style: does it rank MI sessions, or only tell MI from advice-giving ones?
-    lines += ["", "| from gold codes, within | rating | n | MAE | MAE of the style's mean | Pearson r |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| from gold codes, within | rating | n | MAE | MAE of the style's mean | Pearson r |",
+        "|---|---|---|---|---|---|",
+    ]
     out["within_style"] = {}
     for style in ("mi", "raw"):
         ids = [d.id for d in ds if d.style == style]
@@ -283,11 +376,19 @@ def bench_globals(folds: int, cfg: CoderConfig, embedder: Embedder | None, engli
             y = np.array([getattr(gold[i], g) for i in ids])
             p = np.array([getattr(pred_gold_codes[i], g) for i in ids])
             r = float(np.corrcoef(y, p)[0, 1]) if p.std() > 0 and y.std() > 0 else float("nan")
-            m = {"n": len(ids), "mae": float(np.abs(y - p).mean()), "mae_mean": float(np.abs(y - y.mean()).mean()), "pearson": r}
+            m = {
+                "n": len(ids),
+                "mae": float(np.abs(y - p).mean()),
+                "mae_mean": float(np.abs(y - y.mean()).mean()),
+                "pearson": r,
+            }
             out["within_style"][f"{style}/{g}"] = m
             lines.append(f"| {style} | {g} | {m['n']} | {m['mae']:.2f} | {m['mae_mean']:.2f} | {m['pearson']:.2f} |")
     lines.append("")
-    lines.append("MAE of always predicting the corpus mean: " + ", ".join(f"{g} {v:.2f}" for g, v in out["mae_of_predicting_the_mean"].items()))
+    lines.append(
+        "MAE of always predicting the corpus mean: "
+        + ", ".join(f"{g} {v:.2f}" for g, v in out["mae_of_predicting_the_mean"].items())
+    )
     out["md"] = "\n".join(lines) + "\n"
     console.print(out["md"])
     return out
@@ -318,17 +419,24 @@ def bench_timing(data: Path, recipes: list[str]) -> dict[str, Any]:
             coder.code_dialogues(ds)
             n = sum(len(t.codes or []) for d in ds for t in d.turns)
             out[recipe] = {
-                "train_seconds": round(total, 1), "n_examples": coder.info["n_examples"],
+                "train_seconds": round(total, 1),
+                "n_examples": coder.info["n_examples"],
                 "stages": {k: round(v, 1) for k, v in stage_t.items() if not k.endswith("_start")},
                 "code_utterances_per_second": round(n / (time.monotonic() - t1), 1),
                 "model_mb": round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6, 1),
             }
             stage_t.clear()
         del os.environ["MI_LLM_EMBED_CACHE"]
-    lines = ["**Training and coding time (this machine, CPU)**", "", "| recipe | utterances | train (s) | stages (s) | coding (utt/s) | folder (MB) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "**Training and coding time (this machine, CPU)**",
+        "",
+        "| recipe | utterances | train (s) | stages (s) | coding (utt/s) | folder (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for k, v in out.items():
-        lines.append(f"| {k} | {v['n_examples']} | {v['train_seconds']} | {v['stages']} | {v['code_utterances_per_second']} | {v['model_mb']} |")
+        lines.append(
+            f"| {k} | {v['n_examples']} | {v['train_seconds']} | {v['stages']} | {v['code_utterances_per_second']} | {v['model_mb']} |"
+        )
     res = {**out, "md": "\n".join(lines) + "\n"}
     console.print(res["md"])
     return res

@@ -59,8 +59,9 @@ def test_selected_coder_records_its_choice_and_codes_unseen_dialogues():
     ex = demo_examples()
     held = set(sorted({e.group for e in ex})[::4])
     cfg = default_config(recipe="ngram")
-    cfg.selection = SelectionConfig(folds=2, C=[1.0, 4.0], refine=[False, True],
-                                    source_weights={"demo": [0.5, 1.0], "annomi": [2.0]}).to_dict()
+    cfg.selection = SelectionConfig(
+        folds=2, C=[1.0, 4.0], refine=[False, True], source_weights={"demo": [0.5, 1.0], "annomi": [2.0]}
+    ).to_dict()
     coder = TrainedCoder.fit([e for e in ex if e.group not in held], cfg)
     rec = coder.info["selection"]
     assert coder.config.selection is None and rec["inner_folds"] == 2

@@ -56,10 +56,15 @@ def test_code_dialogues_fills_codes_and_globals(coder):
 def test_save_and_load_round_trip(coder, tmp_path):
     coder.save(tmp_path / "c")
     again = TrainedCoder.load(tmp_path / "c")
-    items = [Item("What would you like to change?", "", "en"), Item("你已经坚持了两个星期，真不容易。", "我这两周都没喝。", "zh")]
+    items = [
+        Item("What would you like to change?", "", "en"),
+        Item("你已经坚持了两个星期，真不容易。", "我这两周都没喝。", "zh"),
+    ]
     assert again.code_utterances(items) == coder.code_utterances(items)
     meta = json.loads((tmp_path / "c" / "coder.json").read_text())
-    assert meta["kind"] == "trained" and meta["info"]["sources"] == {"demo": len(ALL) - sum(e.group in HELD_OUT for e in ALL)}
+    assert meta["kind"] == "trained" and meta["info"]["sources"] == {
+        "demo": len(ALL) - sum(e.group in HELD_OUT for e in ALL)
+    }
     assert isinstance(load_coder(tmp_path / "c"), TrainedCoder)
 
 
@@ -79,8 +84,14 @@ def test_train_coder_records_its_data_and_licences(tmp_path):
     out = train_coder(tmp_path / "c", [], quick=True)
     info = json.loads((out / "coder.json").read_text())["info"]
     assert info["sources"] == {"demo": len(ALL)}
-    assert info["data"] == [{"kind": "demo", "file": "mi_llm/resources/demo (bundled)", "utterances": len(ALL),
-                             "licence": "mi-llm's own (the bundled demo corpus)"}]
+    assert info["data"] == [
+        {
+            "kind": "demo",
+            "file": "mi_llm/resources/demo (bundled)",
+            "utterances": len(ALL),
+            "licence": "mi-llm's own (the bundled demo corpus)",
+        }
+    ]
 
 
 def test_default_is_the_shipped_coder(tmp_path, monkeypatch):
@@ -95,8 +106,12 @@ def test_default_is_the_shipped_coder(tmp_path, monkeypatch):
     # trained on the sources whose licences allow shipping: AnnoMI and the demo corpus only
     assert set(info["sources"]) == {"annomi", "demo"}
     assert {d["kind"] for d in info["data"]} == {"annomi", "demo"}
-    assert all(d["licence"] and d["utterances"] > 0 and "/" not in d["file"].removesuffix(" (bundled)")
-               .removeprefix("mi_llm/resources/demo") for d in info["data"])
+    assert all(
+        d["licence"]
+        and d["utterances"] > 0
+        and "/" not in d["file"].removesuffix(" (bundled)").removeprefix("mi_llm/resources/demo")
+        for d in info["data"]
+    )
     assert "unseen AnnoMI transcripts" in c.validity and "kappa" in c.validity
     size = sum(f.stat().st_size for f in c.folder.rglob("*") if f.is_file())
     assert size < 10e6, size  # small enough for git and the wheel

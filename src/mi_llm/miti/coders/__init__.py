@@ -35,9 +35,17 @@ def default_coder_dir() -> Path:
     return Path(str(resources.files("mi_llm.resources").joinpath("coders", "default")))
 
 
-def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] = (), quick: bool = False,
-                embeddings: bool | None = None, config: Any = None, progress: Any = None,
-                recipe: str = "embed", encoder: str | None = None, weights: dict[str, float] | None = None) -> Path:
+def train_coder(
+    out_dir: str | Path,
+    sources: Iterable[tuple[str, str | Path]] = (),
+    quick: bool = False,
+    embeddings: bool | None = None,
+    config: Any = None,
+    progress: Any = None,
+    recipe: str = "embed",
+    encoder: str | None = None,
+    weights: dict[str, float] | None = None,
+) -> Path:
     """Train a coder on the bundled demo codes plus `sources` [(kind, path)]; save it in `out_dir`.
 
     `recipe` (`trained.RECIPES`): `embed` (the default) reads the embedded model's frozen hidden
@@ -69,18 +77,27 @@ def train_coder(out_dir: str | Path, sources: Iterable[tuple[str, str | Path]] =
         present = {e.source.casefold(): e.source for e in examples}
         for name, w in weights.items():
             if name.casefold() not in present:
-                raise MiLlmError(f"--weight {name}: no training utterances come from that source "
-                                 f"(sources here: {', '.join(sorted(present.values()))})")
+                raise MiLlmError(
+                    f"--weight {name}: no training utterances come from that source "
+                    f"(sources here: {', '.join(sorted(present.values()))})"
+                )
             config.source_weights[present[name.casefold()]] = w
     coder = TrainedCoder.fit(examples, config, dialogues_for_globals=demo_dialogues(), progress=progress)
     from mi_llm.miti.coders.labels import LICENCES
 
     counts = coder.info.get("sources", {})
     # file names only: a shipped coder must not carry the paths of the machine that trained it
-    coder.info["data"] = [{"kind": k, "file": Path(p).name, "utterances": counts.get(k, 0),
-                           "licence": LICENCES.get(k, "see the source")} for k, p in sources] + [
-        {"kind": "demo", "file": "mi_llm/resources/demo (bundled)", "utterances": counts.get("demo", 0),
-         "licence": LICENCES["demo"]}]
+    coder.info["data"] = [
+        {"kind": k, "file": Path(p).name, "utterances": counts.get(k, 0), "licence": LICENCES.get(k, "see the source")}
+        for k, p in sources
+    ] + [
+        {
+            "kind": "demo",
+            "file": "mi_llm/resources/demo (bundled)",
+            "utterances": counts.get("demo", 0),
+            "licence": LICENCES["demo"],
+        }
+    ]
     coder.info["quick"] = quick
     out = coder.save(out_dir)
     log.info("trained a coder on %d utterances in %.0f s: %s", coder.info["n_examples"], coder.info["seconds"], out)
@@ -107,8 +124,10 @@ def load_coder(spec: str | Path = "default", **llm_opts: Any) -> Coder:
         return TrainedCoder.load(folder)
     folder = Path(s).expanduser()
     if not folder.exists():
-        raise MiLlmError(f"{folder}: no such coder folder (use a folder from `mi-llm miti train-coder`, "
-                         "`default`, or llm:<backend>:<model>)")
+        raise MiLlmError(
+            f"{folder}: no such coder folder (use a folder from `mi-llm miti train-coder`, "
+            "`default`, or llm:<backend>:<model>)"
+        )
     return TrainedCoder.load(folder)
 
 

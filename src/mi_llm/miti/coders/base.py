@@ -57,18 +57,21 @@ class Coder:
     def code_items(self, items: Sequence[Item], progress: Progress | None = None) -> list[Result]:
         raise NotImplementedError
 
-    def code_volleys(self, volleys: Sequence[tuple[str, list[str], str | None]],
-                     progress: Progress | None = None) -> list[list[Result]]:
+    def code_volleys(
+        self, volleys: Sequence[tuple[str, list[str], str | None]], progress: Progress | None = None
+    ) -> list[list[Result]]:
         """Codes of each volley's utterances; a volley is (client's previous turn, texts, language)."""
         items = [Item(x, ctx, lang) for ctx, texts, lang in volleys for x in texts]
         flat = self.code_items(items, progress) if items else []
         out, k = [], 0
         for _, texts, _ in volleys:
-            out.append(flat[k: k + len(texts)])
+            out.append(flat[k : k + len(texts)])
             k += len(texts)
         return out
 
-    def code_utterances(self, items: Iterable[dict[str, Any] | Item], progress: Progress | None = None) -> list[str | None]:
+    def code_utterances(
+        self, items: Iterable[dict[str, Any] | Item], progress: Progress | None = None
+    ) -> list[str | None]:
         """Codes of utterances given as `Item`s or dicts {text, context?, language?}."""
         return [r.code for r in self.code_items(_as_items(items), progress)]
 
@@ -83,8 +86,13 @@ class Coder:
     def rate_globals_many(self, dialogues: Sequence[Dialogue]) -> list[tuple[GlobalRatings | None, str | None]]:
         return [self.rate_globals(d) for d in dialogues]
 
-    def code_dialogues(self, dialogues: Sequence[Dialogue], resegment: bool = False,
-                       progress: Progress | None = None, client_talk: Any = "default") -> list[Dialogue]:
+    def code_dialogues(
+        self,
+        dialogues: Sequence[Dialogue],
+        resegment: bool = False,
+        progress: Progress | None = None,
+        client_talk: Any = "default",
+    ) -> list[Dialogue]:
         """Copies of the dialogues with every counselor turn split, coded, and globals rated,
         and every client turn given its talk type (`Turn.talk`).
 
@@ -115,10 +123,14 @@ class Coder:
             if errors:
                 meta["miti_coder_errors"] = errors
             # validated: the utterances must add up to the turn's text
-            out[di].turns[ti] = Turn.model_validate({
-                "role": old.role, "text": old.text, "meta": meta,
-                "codes": [{"text": x, "code": r.code} for x, r in zip(texts, res)] if texts else None,
-            })
+            out[di].turns[ti] = Turn.model_validate(
+                {
+                    "role": old.role,
+                    "text": old.text,
+                    "meta": meta,
+                    "codes": [{"text": x, "code": r.code} for x, r in zip(texts, res)] if texts else None,
+                }
+            )
         rated = self.rate_globals_many(out)
         for d, (ratings, err) in zip(out, rated):
             d.miti_globals = ratings

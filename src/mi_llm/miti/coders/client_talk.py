@@ -125,8 +125,16 @@ def load_annomi_client(path: str | Path) -> list[ClientExample]:
             if not counts or tie or not r["text"].strip():
                 dropped += 1
             else:
-                out.append(ClientExample(text=r["text"], talk=counts[0][0], group=f"annomi-{tid}",
-                                         previous=previous, history=history, uid=f"annomi-{tid}-{uid}"))
+                out.append(
+                    ClientExample(
+                        text=r["text"],
+                        talk=counts[0][0],
+                        group=f"annomi-{tid}",
+                        previous=previous,
+                        history=history,
+                        uid=f"annomi-{tid}-{uid}",
+                    )
+                )
             last_client = r["text"]
     log.info("AnnoMI: %d client utterances, %d dropped (tie or no talk type)", len(out), dropped)
     return out
@@ -152,7 +160,7 @@ class ClientEmbedder(Embedder):
         return {**super().config(), "speaker": "client"}
 
     @classmethod
-    def from_config(cls, cfg: dict, cache_dir: Path | None = None) -> "ClientEmbedder":
+    def from_config(cls, cfg: dict, cache_dir: Path | None = None) -> ClientEmbedder:
         return cls(cache_dir=cache_dir, **{k: v for k, v in cfg.items() if k != "speaker"})
 
     def _encode_one(self, text: str, context: str) -> tuple[list[int], int]:
@@ -161,7 +169,7 @@ class ClientEmbedder(Embedder):
         head = [tok.bos_token_id] if tok.bos_token_id is not None else []
         if self.context:
             ctx = tok(context.strip(), add_special_tokens=False)["input_ids"] if context.strip() else []
-            head += tok("Counselor:", add_special_tokens=False)["input_ids"] + ctx[-self.context_tokens:]
+            head += tok("Counselor:", add_special_tokens=False)["input_ids"] + ctx[-self.context_tokens :]
             head += tok("\nClient:", add_special_tokens=False)["input_ids"]
         else:
             head += tok("Client:", add_special_tokens=False)["input_ids"]
@@ -196,7 +204,7 @@ class ClientTalkConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClientTalkConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ClientTalkConfig:
         return cls(**d)
 
 
@@ -215,15 +223,28 @@ class NgramFeaturizer:
         c = self.config
 
         def words(max_features: int | None = None) -> Any:
-            return TfidfVectorizer(tokenizer=tokenize, preprocessor=normalize, token_pattern=None, ngram_range=(1, 2),
-                                   sublinear_tf=True, min_df=c.min_df, max_features=max_features)
+            return TfidfVectorizer(
+                tokenizer=tokenize,
+                preprocessor=normalize,
+                token_pattern=None,
+                ngram_range=(1, 2),
+                sublinear_tf=True,
+                min_df=c.min_df,
+                max_features=max_features,
+            )
 
         v: dict[str, Any] = {}
         if c.words:
             v["text"] = words()
         if c.chars:
-            v["chars"] = TfidfVectorizer(analyzer="char_wb", preprocessor=normalize, ngram_range=(2, 5),
-                                         sublinear_tf=True, min_df=c.min_df, max_features=200_000)
+            v["chars"] = TfidfVectorizer(
+                analyzer="char_wb",
+                preprocessor=normalize,
+                ngram_range=(2, 5),
+                sublinear_tf=True,
+                min_df=c.min_df,
+                max_features=200_000,
+            )
         if c.previous_weight > 0:
             v["previous"] = words(50_000)
         if c.history_weight > 0:
@@ -246,14 +267,17 @@ class NgramFeaturizer:
         self.vectorizers = self._make()
         if not self.vectorizers:
             raise MiLlmError("the client-talk recipe has no n-gram block")
-        return sparse.hstack([v.fit_transform(self._source(n, items)) * self._weight(n)
-                              for n, v in self.vectorizers.items()], format="csr")
+        return sparse.hstack(
+            [v.fit_transform(self._source(n, items)) * self._weight(n) for n, v in self.vectorizers.items()],
+            format="csr",
+        )
 
     def transform(self, items: Sequence[ClientItem]) -> Any:
         from scipy import sparse
 
-        return sparse.hstack([v.transform(self._source(n, items)) * self._weight(n)
-                              for n, v in self.vectorizers.items()], format="csr")
+        return sparse.hstack(
+            [v.transform(self._source(n, items)) * self._weight(n) for n, v in self.vectorizers.items()], format="csr"
+        )
 
 
 def _one_thread() -> Any:
@@ -262,8 +286,9 @@ def _one_thread() -> Any:
     return threadpool_limits(limits=1)
 
 
-def fit_ngram_expert(items: Sequence[ClientItem], y: Sequence[str], config: ClientTalkConfig,
-                     sample_weight: np.ndarray | None = None) -> tuple[NgramFeaturizer, Any]:
+def fit_ngram_expert(
+    items: Sequence[ClientItem], y: Sequence[str], config: ClientTalkConfig, sample_weight: np.ndarray | None = None
+) -> tuple[NgramFeaturizer, Any]:
     from sklearn.linear_model import LogisticRegression
 
     feat = NgramFeaturizer(config)
@@ -274,8 +299,9 @@ def fit_ngram_expert(items: Sequence[ClientItem], y: Sequence[str], config: Clie
     return feat, clf
 
 
-def fit_embed_expert(emb: np.ndarray, y: Sequence[str], config: ClientTalkConfig,
-                     sample_weight: np.ndarray | None = None) -> tuple[Any, Any]:
+def fit_embed_expert(
+    emb: np.ndarray, y: Sequence[str], config: ClientTalkConfig, sample_weight: np.ndarray | None = None
+) -> tuple[Any, Any]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -301,8 +327,12 @@ def aligned_log_proba(clf: Any, X: Any) -> np.ndarray:
     return np.log(np.clip(out, 1e-12, 1.0))
 
 
-def combine(ngram_lp: np.ndarray | None, embed_lp: np.ndarray | None, config: ClientTalkConfig,
-            ngram_vote: np.ndarray | None = None) -> np.ndarray:
+def combine(
+    ngram_lp: np.ndarray | None,
+    embed_lp: np.ndarray | None,
+    config: ClientTalkConfig,
+    ngram_vote: np.ndarray | None = None,
+) -> np.ndarray:
     """Scores (not normalised) per talk type: the weighted product of the experts plus the bias.
     `ngram_vote`: per item, how much the n-gram expert's vote counts (its language coverage)."""
     n = (ngram_lp if ngram_lp is not None else embed_lp).shape[0]  # type: ignore[union-attr]
@@ -324,8 +354,14 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 class ClientTalkCoder:
     """Codes client utterances change | sustain | neutral."""
 
-    def __init__(self, config: ClientTalkConfig, ngram: tuple[NgramFeaturizer, Any] | None,
-                 embed: tuple[Any, Any] | None, info: dict[str, Any] | None = None, folder: Path | None = None):
+    def __init__(
+        self,
+        config: ClientTalkConfig,
+        ngram: tuple[NgramFeaturizer, Any] | None,
+        embed: tuple[Any, Any] | None,
+        info: dict[str, Any] | None = None,
+        folder: Path | None = None,
+    ):
         self.config = config
         self.ngram = ngram
         self.embed = embed
@@ -335,9 +371,14 @@ class ClientTalkCoder:
         self._embedder: ClientEmbedder | None = None
 
     @classmethod
-    def fit(cls, examples: Sequence[ClientExample], config: ClientTalkConfig | None = None,
-            embeddings: np.ndarray | None = None, embedder: ClientEmbedder | None = None,
-            sample_weight: np.ndarray | None = None) -> "ClientTalkCoder":
+    def fit(
+        cls,
+        examples: Sequence[ClientExample],
+        config: ClientTalkConfig | None = None,
+        embeddings: np.ndarray | None = None,
+        embedder: ClientEmbedder | None = None,
+        sample_weight: np.ndarray | None = None,
+    ) -> ClientTalkCoder:
         """`embeddings`: precomputed vectors of the examples (cross-validation computes them once)."""
         config = config or ClientTalkConfig()
         if not examples:
@@ -383,8 +424,9 @@ class ClientTalkCoder:
         floor = max(1, self.config.min_language_examples)
         return np.array([min(1.0, seen.get(it.lang, 0) / floor) for it in items])
 
-    def scores(self, items: Sequence[ClientItem], embeddings: np.ndarray | None = None,
-               progress: Any = None) -> np.ndarray:
+    def scores(
+        self, items: Sequence[ClientItem], embeddings: np.ndarray | None = None, progress: Any = None
+    ) -> np.ndarray:
         ngram_lp = embed_lp = None
         if self.ngram is not None:
             feat, clf = self.ngram
@@ -393,8 +435,9 @@ class ClientTalkCoder:
             if embeddings is None:
                 if self._embedder is None:
                     self._embedder = ClientEmbedder.from_config(self.config.embeddings or {})
-                embeddings = self._embedder.embed([it.text for it in items], [it.previous for it in items],
-                                                  progress=progress)
+                embeddings = self._embedder.embed(
+                    [it.text for it in items], [it.previous for it in items], progress=progress
+                )
             scaler, clf = self.embed
             embed_lp = aligned_log_proba(clf, _scaled(scaler, embeddings))
         return combine(ngram_lp, embed_lp, self.config, self._language_vote(items))
@@ -403,8 +446,9 @@ class ClientTalkCoder:
         """Probabilities per talk type (columns: TALK_TYPES), bias included."""
         return softmax(self.scores(items, embeddings))
 
-    def code(self, items: Sequence[ClientItem], embeddings: np.ndarray | None = None,
-             progress: Any = None) -> list[str]:
+    def code(
+        self, items: Sequence[ClientItem], embeddings: np.ndarray | None = None, progress: Any = None
+    ) -> list[str]:
         if not items:
             return []
         s = self.scores(items, embeddings, progress)
@@ -420,8 +464,13 @@ class ClientTalkCoder:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_writer(folder / "model.joblib", "wb") as f:
             joblib.dump({"ngram": self.ngram, "embed": self.embed}, f, compress=3)
-        meta = {"format": FORMAT, "version": VERSION, "labels": list(TALK_TYPES),
-                "config": self.config.to_dict(), "info": self.info}
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "labels": list(TALK_TYPES),
+            "config": self.config.to_dict(),
+            "info": self.info,
+        }
         if validity is not None:
             meta["validity"] = validity
         elif self.info.get("validity"):
@@ -432,14 +481,16 @@ class ClientTalkCoder:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "ClientTalkCoder":
+    def load(cls, folder: str | Path) -> ClientTalkCoder:
         import joblib
 
         folder = Path(folder)
         meta_path = folder / "client_talk.json"
         if not meta_path.is_file():
-            raise MiLlmError(f"{folder}: not a client-talk coder folder (no client_talk.json); train one with "
-                             f"`mi-llm miti train-client-coder -o {folder}`")
+            raise MiLlmError(
+                f"{folder}: not a client-talk coder folder (no client_talk.json); train one with "
+                f"`mi-llm miti train-client-coder -o {folder}`"
+            )
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except ValueError as e:
@@ -447,14 +498,17 @@ class ClientTalkCoder:
         if meta.get("format") != FORMAT:
             raise MiLlmError(f"{meta_path}: not a client-talk coder")
         if meta.get("version") != VERSION:
-            raise MiLlmError(f"{meta_path}: client-talk coder version {meta.get('version')} (this mi-llm reads "
-                             f"{VERSION}); retrain it")
+            raise MiLlmError(
+                f"{meta_path}: client-talk coder version {meta.get('version')} (this mi-llm reads "
+                f"{VERSION}); retrain it"
+            )
         import sklearn
 
         saved = meta.get("info", {}).get("sklearn")
         if saved and saved != sklearn.__version__:
-            log.warning("client-talk coder %s was trained with scikit-learn %s, this is %s", folder, saved,
-                        sklearn.__version__)
+            log.warning(
+                "client-talk coder %s was trained with scikit-learn %s, this is %s", folder, saved, sklearn.__version__
+            )
         try:
             blob = joblib.load(folder / "model.joblib")
         except (OSError, EOFError, ValueError, KeyError, AttributeError, ImportError) as e:
@@ -477,7 +531,8 @@ def load_client_coder(spec: str | Path = "default") -> ClientTalkCoder:
     """`default` (the shipped coder) or a folder written by `train_client_coder`."""
     folder = shipped_client_coder_dir() if str(spec) == "default" else Path(spec).expanduser()
     if not folder.exists():
-        raise MiLlmError(f"{folder}: no such client-talk coder folder (use `default` or a folder from "
-                         "`mi-llm miti train-client-coder`)")
+        raise MiLlmError(
+            f"{folder}: no such client-talk coder folder (use `default` or a folder from "
+            "`mi-llm miti train-client-coder`)"
+        )
     return ClientTalkCoder.load(folder)
-

@@ -88,9 +88,16 @@ def talk_metrics(gold: Sequence[str], pred: Sequence[str]) -> dict[str, Any]:
         "kappa": round(float(cohen_kappa_score(gold, pred)), 4),
         "macro_f1": round(float(np.mean(f)), 4),
         "accuracy": round(float(accuracy_score(gold, pred)), 4),
-        "per_class": {t: {"precision": round(float(a), 4), "recall": round(float(b), 4), "f1": round(float(c), 4),
-                          "support": int(d), "predicted": int(sum(1 for x in pred if x == t))}
-                      for t, a, b, c, d in zip(TALK_TYPES, p, r, f, s)},
+        "per_class": {
+            t: {
+                "precision": round(float(a), 4),
+                "recall": round(float(b), 4),
+                "f1": round(float(c), 4),
+                "support": int(d),
+                "predicted": int(sum(1 for x in pred if x == t)),
+            }
+            for t, a, b, c, d in zip(TALK_TYPES, p, r, f, s)
+        },
     }
 
 
@@ -140,9 +147,16 @@ class ExpertOOF:
     embed: dict[float, np.ndarray]
 
 
-def oof_log_probas(examples: Sequence[ClientExample], idx: np.ndarray, embeddings: np.ndarray | None,
-                   n_folds: int, seed: int, ngram_grid: Sequence[tuple] = NGRAM_GRID,
-                   embed_grid: Sequence[float] = EMBED_GRID, on_fit: Callable[[], None] | None = None) -> ExpertOOF:
+def oof_log_probas(
+    examples: Sequence[ClientExample],
+    idx: np.ndarray,
+    embeddings: np.ndarray | None,
+    n_folds: int,
+    seed: int,
+    ngram_grid: Sequence[tuple] = NGRAM_GRID,
+    embed_grid: Sequence[float] = EMBED_GRID,
+    on_fit: Callable[[], None] | None = None,
+) -> ExpertOOF:
     sub = [examples[i] for i in idx]
     folds = transcript_folds(sub, n_folds, seed)
     n = len(sub)
@@ -168,16 +182,23 @@ def oof_log_probas(examples: Sequence[ClientExample], idx: np.ndarray, embedding
     return ExpertOOF(ngram, embed)
 
 
-def choose(oof: ExpertOOF, y: np.ndarray, cands: Sequence[dict[str, Any]],
-           family: Callable[[dict[str, Any]], bool] = lambda c: True) -> tuple[dict[str, Any], float]:
+def choose(
+    oof: ExpertOOF,
+    y: np.ndarray,
+    cands: Sequence[dict[str, Any]],
+    family: Callable[[dict[str, Any]], bool] = lambda c: True,
+) -> tuple[dict[str, Any], float]:
     """The candidate of `family` with the best out-of-fold macro-F1 (its bias tuned there when it tunes one)."""
     best: tuple[float, dict[str, Any]] | None = None
     for c in cands:
         if not family(c):
             continue
         cfg = ClientTalkConfig(embed_weight=c["embed_weight"], ngram_weight=1.0 if c["ngram"] else 0.0)
-        s = combine(oof.ngram[c["ngram"]] if c["ngram"] else None,
-                    oof.embed[c["embed"]] if c["embed"] is not None else None, cfg)
+        s = combine(
+            oof.ngram[c["ngram"]] if c["ngram"] else None,
+            oof.embed[c["embed"]] if c["embed"] is not None else None,
+            cfg,
+        )
         if c["tune_bias"]:
             bias, f = tune_bias(s, y)
         else:
@@ -199,17 +220,30 @@ def baseline_fit_predict(train: Sequence[ClientExample], test: Sequence[ClientEx
     return [str(p) for p in clf.predict(vec.transform([e.text for e in test]))]
 
 
-def fit_candidate(examples: Sequence[ClientExample], idx: np.ndarray, cand: dict[str, Any],
-                  embeddings: np.ndarray | None, embed_cfg: dict[str, Any] | None) -> ClientTalkCoder:
+def fit_candidate(
+    examples: Sequence[ClientExample],
+    idx: np.ndarray,
+    cand: dict[str, Any],
+    embeddings: np.ndarray | None,
+    embed_cfg: dict[str, Any] | None,
+) -> ClientTalkCoder:
     train = [examples[i] for i in idx]
-    return ClientTalkCoder.fit(train, _config(cand, embed_cfg), embeddings=embeddings[idx] if cand["embed"] is not None else None)  # type: ignore[index]
+    return ClientTalkCoder.fit(
+        train, _config(cand, embed_cfg), embeddings=embeddings[idx] if cand["embed"] is not None else None
+    )  # type: ignore[index]
 
 
-def nested_cv(examples: Sequence[ClientExample], embeddings: np.ndarray | None, embed_cfg: dict[str, Any] | None,
-              outer: int = 5, inner: int = 3, seed: int = 0,
-              families: dict[str, Callable[[dict[str, Any]], bool]] | None = None,
-              progress: Callable[[str], None] | None = None,
-              curve: Sequence[float] = ()) -> dict[str, Any]:
+def nested_cv(
+    examples: Sequence[ClientExample],
+    embeddings: np.ndarray | None,
+    embed_cfg: dict[str, Any] | None,
+    outer: int = 5,
+    inner: int = 3,
+    seed: int = 0,
+    families: dict[str, Callable[[dict[str, Any]], bool]] | None = None,
+    progress: Callable[[str], None] | None = None,
+    curve: Sequence[float] = (),
+) -> dict[str, Any]:
     """Per outer fold and family: the choice made in inner folds and its grade on the outer fold.
 
     `curve`: fractions of the outer training transcripts to refit the chosen product on (a
@@ -239,11 +273,14 @@ def nested_cv(examples: Sequence[ClientExample], embeddings: np.ndarray | None, 
             key = repr(sorted(cand.items()))
             if key not in fitted:
                 coder = fit_candidate(examples, train, cand, embeddings, embed_cfg)
-                fitted[key] = coder.code(_items(examples, test),
-                                         embeddings[test] if embeddings is not None and coder.embed is not None else None)
+                fitted[key] = coder.code(
+                    _items(examples, test),
+                    embeddings[test] if embeddings is not None and coder.embed is not None else None,
+                )
             pred = fitted[key]
-            rows[name].append({"fold": k, "inner_macro_f1": round(inner_f1, 4), "chosen": _describe(cand),
-                               **talk_metrics(gold, pred)})
+            rows[name].append(
+                {"fold": k, "inner_macro_f1": round(inner_f1, 4), "chosen": _describe(cand), **talk_metrics(gold, pred)}
+            )
             pooled[name][0].extend(gold)
             pooled[name][1].extend(pred)
             if name == "product (chosen)":
@@ -254,14 +291,26 @@ def nested_cv(examples: Sequence[ClientExample], embeddings: np.ndarray | None, 
                     curve_rows[frac].append({"fold": k, "n_train": len(sub), **talk_metrics(gold, p)})
         if progress:
             progress(f"outer fold {k + 1}/{outer} done at {time.monotonic() - t0:.0f} s")
-    curve_summary = {str(f): {"n_train_mean": float(np.mean([r["n_train"] for r in rs])),
-                              "kappa": summarize(rs, [], [], pooled=False)["kappa"],
-                              "macro_f1": summarize(rs, [], [], pooled=False)["macro_f1"]}
-                     for f, rs in curve_rows.items() if rs}
-    return {"folds": rows, "summary": {name: summarize(rows[name], *pooled[name]) for name in rows},
-            "learning_curve": curve_summary,
-            "outer": outer, "inner": inner, "seed": seed, "seconds": round(time.monotonic() - t0, 1),
-            "n": len(examples), "n_transcripts": len({e.group for e in examples})}
+    curve_summary = {
+        str(f): {
+            "n_train_mean": float(np.mean([r["n_train"] for r in rs])),
+            "kappa": summarize(rs, [], [], pooled=False)["kappa"],
+            "macro_f1": summarize(rs, [], [], pooled=False)["macro_f1"],
+        }
+        for f, rs in curve_rows.items()
+        if rs
+    }
+    return {
+        "folds": rows,
+        "summary": {name: summarize(rows[name], *pooled[name]) for name in rows},
+        "learning_curve": curve_summary,
+        "outer": outer,
+        "inner": inner,
+        "seed": seed,
+        "seconds": round(time.monotonic() - t0, 1),
+        "n": len(examples),
+        "n_transcripts": len({e.group for e in examples}),
+    }
 
 
 def _transcript_subset(examples: Sequence[ClientExample], idx: np.ndarray, frac: float, seed: int) -> np.ndarray:
@@ -274,11 +323,19 @@ def _transcript_subset(examples: Sequence[ClientExample], idx: np.ndarray, frac:
 def summarize(rows: Sequence[dict[str, Any]], gold: list[str], pred: list[str], pooled: bool = True) -> dict[str, Any]:
     def ms(key: str, cls: str | None = None) -> dict[str, float]:
         v = np.array([(r["per_class"][cls]["f1"] if cls else r[key]) for r in rows])
-        return {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
-                "min": round(float(v.min()), 4), "max": round(float(v.max()), 4)}
+        return {
+            "mean": round(float(v.mean()), 4),
+            "sd": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
+            "min": round(float(v.min()), 4),
+            "max": round(float(v.max()), 4),
+        }
 
-    out = {"kappa": ms("kappa"), "macro_f1": ms("macro_f1"), "accuracy": ms("accuracy"),
-           "per_class_f1": {t: ms("", t) for t in TALK_TYPES}}
+    out = {
+        "kappa": ms("kappa"),
+        "macro_f1": ms("macro_f1"),
+        "accuracy": ms("accuracy"),
+        "per_class_f1": {t: ms("", t) for t in TALK_TYPES},
+    }
     if pooled:
         out["pooled"] = talk_metrics(gold, pred)
     return out
@@ -294,8 +351,13 @@ def _describe(c: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def select_recipe(examples: Sequence[ClientExample], embeddings: np.ndarray | None, embed_cfg: dict[str, Any] | None,
-                  folds: int = 3, seed: int = 0) -> tuple[ClientTalkConfig, float]:
+def select_recipe(
+    examples: Sequence[ClientExample],
+    embeddings: np.ndarray | None,
+    embed_cfg: dict[str, Any] | None,
+    folds: int = 3,
+    seed: int = 0,
+) -> tuple[ClientTalkConfig, float]:
     """The recipe to ship: the inner procedure run on all the examples (folds by transcript)."""
     all_idx = np.arange(len(examples))
     oof = oof_log_probas(examples, all_idx, embeddings, folds, seed)
@@ -303,8 +365,9 @@ def select_recipe(examples: Sequence[ClientExample], embeddings: np.ndarray | No
     return _config(cand, embed_cfg), f1
 
 
-def train_client_coder(out_dir: str | Path, annomi_csv: str | Path, select: bool = False,
-                       config: ClientTalkConfig | None = None) -> Path:
+def train_client_coder(
+    out_dir: str | Path, annomi_csv: str | Path, select: bool = False, config: ClientTalkConfig | None = None
+) -> Path:
     """Train on AnnoMI's client talk labels and save in `out_dir`: with the shipped coder's
     recipe, `config`, or (`select`) the recipe chosen again by cross-validation by transcript."""
     from mi_llm.errors import MiLlmError

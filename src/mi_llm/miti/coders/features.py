@@ -101,7 +101,7 @@ class FeatureConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FeatureConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
         return cls(**d)
 
 
@@ -119,19 +119,38 @@ class Featurizer:
         c = self.config
         v: dict[str, Any] = {}
         if c.words:
-            v["words"] = TfidfVectorizer(tokenizer=tokenize, preprocessor=normalize, token_pattern=None,
-                                         ngram_range=(1, 2), sublinear_tf=True, min_df=c.min_df)
+            v["words"] = TfidfVectorizer(
+                tokenizer=tokenize,
+                preprocessor=normalize,
+                token_pattern=None,
+                ngram_range=(1, 2),
+                sublinear_tf=True,
+                min_df=c.min_df,
+            )
         if c.chars:
-            v["chars"] = TfidfVectorizer(analyzer="char_wb", preprocessor=normalize, ngram_range=(2, 5),
-                                         sublinear_tf=True, min_df=c.min_df, max_features=200_000)
+            v["chars"] = TfidfVectorizer(
+                analyzer="char_wb",
+                preprocessor=normalize,
+                ngram_range=(2, 5),
+                sublinear_tf=True,
+                min_df=c.min_df,
+                max_features=200_000,
+            )
         if c.context:
-            v["context"] = TfidfVectorizer(tokenizer=tokenize, preprocessor=normalize, token_pattern=None,
-                                           ngram_range=(1, 2), sublinear_tf=True, min_df=c.min_df,
-                                           max_features=50_000)
+            v["context"] = TfidfVectorizer(
+                tokenizer=tokenize,
+                preprocessor=normalize,
+                token_pattern=None,
+                ngram_range=(1, 2),
+                sublinear_tf=True,
+                min_df=c.min_df,
+                max_features=50_000,
+            )
         return v
 
-    def fit_transform(self, texts: Sequence[str], contexts: Sequence[str],
-                      embeddings: np.ndarray | None = None) -> sparse.csr_matrix:
+    def fit_transform(
+        self, texts: Sequence[str], contexts: Sequence[str], embeddings: np.ndarray | None = None
+    ) -> sparse.csr_matrix:
         from sklearn.preprocessing import StandardScaler
 
         self._vec = self._vectorizers()
@@ -156,8 +175,9 @@ class Featurizer:
         # Scaled so that the dense block's norm is comparable to one TF-IDF block's (about 1).
         return np.clip(z, -6, 6) * (self.config.embed_weight / math.sqrt(emb.shape[1]))
 
-    def transform(self, texts: Sequence[str], contexts: Sequence[str],
-                  embeddings: np.ndarray | None = None) -> sparse.csr_matrix:
+    def transform(
+        self, texts: Sequence[str], contexts: Sequence[str], embeddings: np.ndarray | None = None
+    ) -> sparse.csr_matrix:
         blocks = []
         for name, vec in self._vec.items():
             src = contexts if name == "context" else texts

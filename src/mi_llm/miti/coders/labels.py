@@ -24,9 +24,10 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import cast
 
 from mi_llm.corpus.schema import Dialogue, read_dialogues
 from mi_llm.errors import InputError, MiLlmError
@@ -156,8 +157,11 @@ def load_annomi(path: str | Path) -> list[Example]:
             if row["interlocutor"] != "therapist":
                 continue
             text.setdefault(key, row["utterance_text"] or "")
-            votes[key].append(annomi_code(row["main_therapist_behaviour"], row.get("reflection_subtype"),
-                                          row.get("therapist_input_subtype")))
+            votes[key].append(
+                annomi_code(
+                    row["main_therapist_behaviour"], row.get("reflection_subtype"), row.get("therapist_input_subtype")
+                )
+            )
     out: list[Example] = []
     dropped = 0
     for key in sorted(votes, key=lambda k: (int(k[0]) if k[0].isdigit() else k[0], k[1])):
@@ -166,8 +170,17 @@ def load_annomi(path: str | Path) -> list[Example]:
             dropped += 1
             continue
         tid, uid = key
-        out.append(Example(text=text[key], code=code, language="en", source="annomi", group=f"annomi-{tid}",
-                           context=client.get((tid, uid - 1), ""), uid=f"annomi-{tid}-{uid}"))
+        out.append(
+            Example(
+                text=text[key],
+                code=cast("str | None", code),
+                language="en",
+                source="annomi",
+                group=f"annomi-{tid}",
+                context=client.get((tid, uid - 1), ""),
+                uid=f"annomi-{tid}-{uid}",
+            )
+        )
     log.info("AnnoMI: %d therapist utterances, %d dropped (tie or no mappable label)", len(out), dropped)
     return out
 
@@ -197,9 +210,17 @@ def load_welivita(path: str | Path) -> list[Example]:
             dropped += 1
             continue
         did = row["dialog_id"].replace(" ", "")
-        out.append(Example(text=row["text"].strip(), code=code, language="en", source="welivita",
-                           group=f"welivita-{did}", context=posts.get(row["dialog_id"], ""),
-                           uid=f"welivita-{lineno}"))
+        out.append(
+            Example(
+                text=row["text"].strip(),
+                code=cast("str | None", code),
+                language="en",
+                source="welivita",
+                group=f"welivita-{did}",
+                context=posts.get(row["dialog_id"], ""),
+                uid=f"welivita-{lineno}",
+            )
+        )
     log.info("Welivita: %d labelled listener sentences, %d dropped", len(out), dropped)
     return out
 
@@ -213,7 +234,7 @@ def load_mibot(path: str | Path) -> list[Example]:
     if not files:
         raise MiLlmError(f"{path}: no MIBot transcripts (*.json) found")
     out: list[Example] = []
-    dropped = Counter()
+    dropped: Counter[str] = Counter()
     for f in files:
         try:
             obj = json.loads(f.read_text(encoding="utf-8"))
@@ -236,9 +257,17 @@ def load_mibot(path: str | Path) -> list[Example]:
             if code is _UNMAPPABLE or not (u.get("text") or "").strip():
                 dropped[label] += 1
                 continue
-            out.append(Example(text=u["text"].strip(), code=code, language="en", source="mibot",
-                               group=f"mibot-{f.stem[:16]}", context=" ".join(last_client),
-                               uid=f"mibot-{f.stem[:16]}-{u.get('utterance_number', i)}"))
+            out.append(
+                Example(
+                    text=u["text"].strip(),
+                    code=cast("str | None", code),
+                    language="en",
+                    source="mibot",
+                    group=f"mibot-{f.stem[:16]}",
+                    context=" ".join(last_client),
+                    uid=f"mibot-{f.stem[:16]}-{u.get('utterance_number', i)}",
+                )
+            )
     log.info("MIBot: %d counsellor utterances kept, dropped by label: %s", len(out), dict(dropped))
     return out
 
@@ -255,8 +284,17 @@ def examples_from_dialogues(dialogues: Iterable[Dialogue], source: str = "demo")
             for ui, u in enumerate(t.codes or []):
                 if not u.text.strip():
                     continue
-                out.append(Example(text=u.text.strip(), code=u.code, language=d.language, source=source,
-                                   group=f"{source}-{d.id}", context=prev_client, uid=f"{d.id}-{ti}-{ui}"))
+                out.append(
+                    Example(
+                        text=u.text.strip(),
+                        code=u.code,
+                        language=d.language,
+                        source=source,
+                        group=f"{source}-{d.id}",
+                        context=prev_client,
+                        uid=f"{d.id}-{ti}-{ui}",
+                    )
+                )
     return out
 
 
@@ -303,8 +341,10 @@ def parse_weights(specs: Iterable[str]) -> dict[str, float]:
         except ValueError:
             weight = -1.0
         if not (math.isfinite(weight) and weight >= 0):
-            raise MiLlmError(f"--weight {spec!r}: expected SOURCE=W with W a number >= 0 "
-                             f"(sources: {', '.join(s for s in SOURCES if s != 'dialogues')}, demo, or a dialogues file's name)")
+            raise MiLlmError(
+                f"--weight {spec!r}: expected SOURCE=W with W a number >= 0 "
+                f"(sources: {', '.join(s for s in SOURCES if s != 'dialogues')}, demo, or a dialogues file's name)"
+            )
         out[name] = weight
     return out
 

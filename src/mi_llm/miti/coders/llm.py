@@ -68,7 +68,7 @@ def _json_object(text: str) -> Any:
     a, b = t.find("{"), t.rfind("}")
     if a >= 0 and b > a:
         try:
-            return json.loads(t[a: b + 1])
+            return json.loads(t[a : b + 1])
         except ValueError:
             pass
     raise ValueError("the reply is not a JSON object")
@@ -128,8 +128,15 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 class LLMCoder(Coder):
-    def __init__(self, backend: Any, name: str = "llm", retries: int = 2, batch_size: int = 16,
-                 max_new_tokens: int = 256, max_transcript_chars: int = 12000):
+    def __init__(
+        self,
+        backend: Any,
+        name: str = "llm",
+        retries: int = 2,
+        batch_size: int = 16,
+        max_new_tokens: int = 256,
+        max_transcript_chars: int = 12000,
+    ):
         self.backend = backend
         self.name = name
         self.retries = max(0, int(retries))
@@ -140,7 +147,7 @@ class LLMCoder(Coder):
         self.stats = {"requests": 0, "retries": 0, "failures": 0}
 
     @classmethod
-    def from_spec(cls, spec: str, **backend_opts: Any) -> "LLMCoder":
+    def from_spec(cls, spec: str, **backend_opts: Any) -> LLMCoder:
         from mi_llm.llm.backends import get_backend
 
         backend_name, model = parse_spec(spec)
@@ -154,8 +161,9 @@ class LLMCoder(Coder):
         return self._prompts[lang]
 
     # ------------------------------------------------------------- the loop
-    def _run(self, convs: list[list[dict[str, str]]], parse: Any, languages: list[str],
-             progress: Progress | None = None) -> list[tuple[Any, str | None]]:
+    def _run(
+        self, convs: list[list[dict[str, str]]], parse: Any, languages: Sequence[str], progress: Progress | None = None
+    ) -> list[tuple[Any, str | None]]:
         """Ask every conversation; re-ask the invalid ones with the error; (value, error) each."""
         from mi_llm.llm.backends import GenerationConfig
 
@@ -171,7 +179,7 @@ class LLMCoder(Coder):
                 log.info("asking again for %d invalid answer(s) (retry %d/%d)", len(pending), attempt, self.retries)
             still: list[int] = []
             for b in range(0, len(pending), self.batch_size):
-                idx = pending[b: b + self.batch_size]
+                idx = pending[b : b + self.batch_size]
                 outs = self.backend.generate([convs[i] for i in idx], config)
                 self.stats["requests"] += len(idx)
                 if len(outs) != len(idx):
@@ -184,8 +192,11 @@ class LLMCoder(Coder):
                         results[i] = (None, f"{e}")
                         if attempt < self.retries:
                             retry = self._p(languages[i])["retry"].safe_substitute(error=str(e))
-                            convs[i] = [*convs[i], {"role": "assistant", "content": comp.text},
-                                        {"role": "user", "content": retry}]
+                            convs[i] = [
+                                *convs[i],
+                                {"role": "assistant", "content": comp.text},
+                                {"role": "user", "content": retry},
+                            ]
                             still.append(i)
                         else:
                             done += 1
@@ -195,13 +206,15 @@ class LLMCoder(Coder):
         failed = sum(1 for _, err in results if err)
         self.stats["failures"] += failed
         if failed:
-            log.warning("%d of %d answers stayed invalid after %d retries; recorded as errors",
-                        failed, len(convs), self.retries)
+            log.warning(
+                "%d of %d answers stayed invalid after %d retries; recorded as errors", failed, len(convs), self.retries
+            )
         return results
 
     # ------------------------------------------------------------- codes
-    def code_volleys(self, volleys: Sequence[tuple[str, list[str], str | None]],
-                     progress: Progress | None = None) -> list[list[Result]]:
+    def code_volleys(
+        self, volleys: Sequence[tuple[str, list[str], str | None]], progress: Progress | None = None
+    ) -> list[list[Result]]:
         asked = [(i, v) for i, v in enumerate(volleys) if v[1]]
         convs, langs, sizes = [], [], []
         for _, (ctx, texts, lang) in asked:
@@ -210,7 +223,9 @@ class LLMCoder(Coder):
             numbered = "\n".join(f"{k}. {t}" for k, t in enumerate(texts, start=1))
             none = "(none)" if lang == "en" else "（无）"
             user = p["volley"].safe_substitute(context=ctx.strip() or none, utterances=numbered, n=len(texts))
-            convs.append([{"role": "system", "content": p["codes"].safe_substitute()}, {"role": "user", "content": user}])
+            convs.append(
+                [{"role": "system", "content": p["codes"].safe_substitute()}, {"role": "user", "content": user}]
+            )
             langs.append(lang)
             sizes.append(len(texts))
         answers = self._run(convs, lambda i, text: parse_codes(text, sizes[i]), langs, progress)
@@ -242,7 +257,9 @@ class LLMCoder(Coder):
             p = self._p(d.language)
             target = d.meta.get("target_behaviour") or d.topic or ("not stated" if d.language == "en" else "未说明")
             user = p["session"].safe_substitute(target=target, transcript=self._transcript(d))
-            convs.append([{"role": "system", "content": p["globals"].safe_substitute()}, {"role": "user", "content": user}])
+            convs.append(
+                [{"role": "system", "content": p["globals"].safe_substitute()}, {"role": "user", "content": user}]
+            )
             langs.append(d.language)
         answers = self._run(convs, lambda i, text: parse_globals(text), langs)
         return [(g, f"LLM coder: {err}" if err else None) for g, err in answers]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from mi_llm.miti.coders.trained import CoderConfig
 
 
-def expert_configs(config: "CoderConfig") -> list[tuple[str, FeatureConfig, float]]:
+def expert_configs(config: CoderConfig) -> list[tuple[str, FeatureConfig, float]]:
     """(name, features, C) of each expert the recipe asks for."""
     f = config.features
     out = []
@@ -33,8 +33,7 @@ def expert_configs(config: "CoderConfig") -> list[tuple[str, FeatureConfig, floa
     return out
 
 
-def _weights(examples: Sequence[Example], config: "CoderConfig",
-             override: dict[str, float] | None = None) -> np.ndarray:
+def _weights(examples: Sequence[Example], config: CoderConfig, override: dict[str, float] | None = None) -> np.ndarray:
     """A training weight per utterance, from its source (`override` first: one expert's own)."""
     override = override or {}
     return np.array([override.get(e.source, config.source_weights.get(e.source, 1.0)) for e in examples])
@@ -51,7 +50,7 @@ def _one_thread() -> Any:
 REFLECTIONS = ("SR", "CR")
 
 
-def fit_classifier(X: Any, y: np.ndarray, weights: np.ndarray, C: float, config: "CoderConfig") -> Any:
+def fit_classifier(X: Any, y: np.ndarray, weights: np.ndarray, C: float, config: CoderConfig) -> Any:
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(C=C, class_weight=config.class_weight, max_iter=config.max_iter)
@@ -72,8 +71,13 @@ def aligned_log_proba(clf: Any, X: Any, labels: Sequence[str]) -> np.ndarray:
     return out
 
 
-def combine(log_probas: dict[str, np.ndarray], labels: Sequence[str], config: "CoderConfig",
-            language_weights: np.ndarray, refine: np.ndarray | None = None) -> np.ndarray:
+def combine(
+    log_probas: dict[str, np.ndarray],
+    labels: Sequence[str],
+    config: CoderConfig,
+    language_weights: np.ndarray,
+    refine: np.ndarray | None = None,
+) -> np.ndarray:
     """The experts' weighted product, normalised: log-probabilities (n x labels).
 
     The n-gram expert's vote is also scaled by `language_weights` (what it saw of each
@@ -100,6 +104,6 @@ def language_weights(languages: Sequence[str], seen: dict[str, int], floor: int)
     return np.array([min(1.0, seen.get(lang, 0) / floor) for lang in languages])
 
 
-def refine_features(config: "CoderConfig") -> FeatureConfig:
+def refine_features(config: CoderConfig) -> FeatureConfig:
     """The SR-vs-CR expert reads the n-gram expert's blocks (no embeddings)."""
     return replace(config.features, embeddings=None)

@@ -26,25 +26,37 @@ def epoch_samples(weights: Sequence[float], epochs: int, rng: np.random.Generato
     return [np.flatnonzero(rng.random(len(keep_p)) < keep_p) for _ in range(epochs)]
 
 
-def length_batches(rows: Sequence[int], length: Callable[[int], int], batch_size: int,
-                   rng: np.random.Generator | None) -> list[list[int]]:
+def length_batches(
+    rows: Sequence[int] | np.ndarray, length: Callable[[int], int], batch_size: int, rng: np.random.Generator | None
+) -> list[list[int]]:
     """Batches of similar length; rows and batches shuffled when `rng` is given."""
     rows = list(rows)
     if rng is not None:
         rng.shuffle(rows)
     out = []
     for c in range(0, len(rows), batch_size * 8):
-        chunk = sorted(rows[c: c + batch_size * 8], key=length)
-        out += [chunk[b: b + batch_size] for b in range(0, len(chunk), batch_size)]
+        chunk = sorted(rows[c : c + batch_size * 8], key=length)
+        out += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
     if rng is not None:
         rng.shuffle(out)
     return out
 
 
-def train_classifier(plan: Sequence[Sequence[list[int]]], logits: Callable[[list[int]], Any],
-                     labels: Sequence[str], y: Sequence[str], weights: Sequence[float], param_groups: list[dict],
-                     *, class_weight_power: float, warmup: float, cosine: bool = False, clip: float | None = None,
-                     stage: str = "tuning", progress: StageProgress | None = None) -> int:
+def train_classifier(
+    plan: Sequence[Sequence[list[int]]],
+    logits: Callable[[list[int]], Any],
+    labels: Sequence[str],
+    y: Sequence[str],
+    weights: Sequence[float],
+    param_groups: list[dict],
+    *,
+    class_weight_power: float,
+    warmup: float,
+    cosine: bool = False,
+    clip: float | None = None,
+    stage: str = "tuning",
+    progress: StageProgress | None = None,
+) -> int:
     """Run the optimiser over `plan` (epochs of batches of rows); `logits(rows)` is the network.
     The learning rate warms up linearly, then decays linearly (or along a cosine) to 0.
     Returns the number of steps taken."""

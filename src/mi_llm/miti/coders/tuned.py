@@ -56,14 +56,20 @@ class TunedConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TunedConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TunedConfig:
         return cls(**d)
 
     def embedder(self, keep_states: bool = False) -> Embedder:
         """The frozen blocks; `keep_states` keeps their outputs in memory (cross-validation)."""
-        return Embedder(model=self.model, layer=self.frozen_layers, max_tokens=self.max_tokens,
-                        context=True, context_tokens=self.context_tokens, keep_states=keep_states,
-                        keep_upper=self.tuned_layers)
+        return Embedder(
+            model=self.model,
+            layer=self.frozen_layers,
+            max_tokens=self.max_tokens,
+            context=True,
+            context_tokens=self.context_tokens,
+            keep_states=keep_states,
+            keep_upper=self.tuned_layers,
+        )
 
 
 class TunedExpert:
@@ -75,8 +81,8 @@ class TunedExpert:
         self.config = config
         self.labels = list(labels)
         self.embedder = embedder or config.embedder()
-        self._top = None  # the tuned blocks (a PEFT model) + the final norm
-        self._head = None
+        self._top: Any = None  # the tuned blocks (a PEFT model) + the final norm
+        self._head: Any = None
 
     # ------------------------------------------------------------- the network
     def _build(self) -> None:
@@ -89,13 +95,14 @@ class TunedExpert:
         e._ensure()
         c = self.config
         if len(e.upper_layers) < c.tuned_layers:
-            raise MiLlmError(f"{c.model} has {e.n_layers} layers: cannot tune "
-                             f"{c.tuned_layers} above layer {c.frozen_layers}")
+            raise MiLlmError(
+                f"{c.model} has {e.n_layers} layers: cannot tune {c.tuned_layers} above layer {c.frozen_layers}"
+            )
         inner = e._model
         cfg = copy.deepcopy(inner.config)
         cfg.num_hidden_layers = c.tuned_layers
         if getattr(cfg, "layer_types", None):  # sliding vs full attention, per block
-            cfg.layer_types = list(cfg.layer_types[c.frozen_layers: c.frozen_layers + c.tuned_layers])
+            cfg.layer_types = list(cfg.layer_types[c.frozen_layers : c.frozen_layers + c.tuned_layers])
         cfg.vocab_size, cfg.pad_token_id = 1, 0  # the inputs are hidden states: no token table needed
         torch.manual_seed(c.seed)
         top = type(inner)(cfg)
@@ -103,8 +110,9 @@ class TunedExpert:
             dst.load_state_dict(src.state_dict())
         top.norm.load_state_dict(e.final_norm.state_dict())
         top.requires_grad_(False)
-        self._top = get_peft_model(top, LoraConfig(r=c.rank, lora_alpha=2 * c.rank, lora_dropout=0.0,
-                                                   target_modules=LORA_TARGETS))
+        self._top = get_peft_model(
+            top, LoraConfig(r=c.rank, lora_alpha=2 * c.rank, lora_dropout=0.0, target_modules=LORA_TARGETS)
+        )
         self._head = torch.nn.Linear(cfg.hidden_size, len(self.labels))
 
     def _logits(self, states: Sequence[tuple[Any, int]], rows: Sequence[int]):
@@ -124,12 +132,18 @@ class TunedExpert:
         hs = self._top(inputs_embeds=x, attention_mask=att, use_cache=False).last_hidden_state
         return self._head(mean_pool(hs, pool))
 
-    def _batches(self, rows: Sequence[int], states, rng: np.random.Generator | None) -> list[list[int]]:
+    def _batches(self, rows: Sequence[int] | np.ndarray, states, rng: np.random.Generator | None) -> list[list[int]]:
         return length_batches(rows, lambda i: int(states[i][0].shape[0]), self.config.batch_size, rng)
 
     # ------------------------------------------------------------- training
-    def fit(self, texts: Sequence[str], contexts: Sequence[str], y: Sequence[str], weights: Sequence[float],
-            progress: StageProgress | None = None) -> "TunedExpert":
+    def fit(
+        self,
+        texts: Sequence[str],
+        contexts: Sequence[str],
+        y: Sequence[str],
+        weights: Sequence[float],
+        progress: StageProgress | None = None,
+    ) -> TunedExpert:
         """Train on utterances (with the client's previous turns), codes `y`, a weight per utterance."""
         import torch
 
@@ -140,8 +154,11 @@ class TunedExpert:
         per_epoch = epoch_samples(weights, c.epochs, rng)
         # the frozen blocks run only on what some epoch samples
         need = sorted(set(np.concatenate(per_epoch).tolist())) if per_epoch else []
-        got = self.embedder.token_states([texts[i] for i in need], [contexts[i] for i in need],
-                                         progress=(lambda d, n: progress("embeddings", d, n)) if progress else None)
+        got = self.embedder.token_states(
+            [texts[i] for i in need],
+            [contexts[i] for i in need],
+            progress=(lambda d, n: progress("embeddings", d, n)) if progress else None,
+        )
         states: list[tuple[Any, int]] = [(None, 0)] * len(weights)
         for i, st in zip(need, got):
             states[i] = st
@@ -149,12 +166,25 @@ class TunedExpert:
         params = [p for p in self._top.parameters() if p.requires_grad]
         self._top.train()
         t0 = time.monotonic()
-        train_classifier(plan, lambda rows: self._logits(states, rows), self.labels, y, weights,
-                         [{"params": params, "lr": c.lr}, {"params": list(self._head.parameters()), "lr": c.head_lr}],
-                         class_weight_power=c.class_weight_power, warmup=c.warmup, progress=progress)
+        train_classifier(
+            plan,
+            lambda rows: self._logits(states, rows),
+            self.labels,
+            y,
+            weights,
+            [{"params": params, "lr": c.lr}, {"params": list(self._head.parameters()), "lr": c.head_lr}],
+            class_weight_power=c.class_weight_power,
+            warmup=c.warmup,
+            progress=progress,
+        )
         self._top.eval()
-        log.info("tuned %d blocks on %d utterances x %d epochs in %.0f s", c.tuned_layers, len(y), c.epochs,
-                 time.monotonic() - t0)
+        log.info(
+            "tuned %d blocks on %d utterances x %d epochs in %.0f s",
+            c.tuned_layers,
+            len(y),
+            c.epochs,
+            time.monotonic() - t0,
+        )
         return self
 
     # ------------------------------------------------------------- coding
@@ -175,7 +205,10 @@ class TunedExpert:
         from peft import get_peft_model_state_dict
 
         self._build()
-        sd = {f"lora.{k}": v.detach().clone() for k, v in get_peft_model_state_dict(self._top, save_embedding_layers=False).items()}
+        sd = {
+            f"lora.{k}": v.detach().clone()
+            for k, v in get_peft_model_state_dict(self._top, save_embedding_layers=False).items()
+        }
         sd.update({f"head.{k}": v.detach().clone() for k, v in self._head.state_dict().items()})
         return sd
 
@@ -188,7 +221,7 @@ class TunedExpert:
             f.write(save({k: v.contiguous() for k, v in self.state_dict().items()}))
 
     @classmethod
-    def load(cls, path: Path, config: TunedConfig, labels: Sequence[str]) -> "TunedExpert":
+    def load(cls, path: Path, config: TunedConfig, labels: Sequence[str]) -> TunedExpert:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
@@ -199,4 +232,3 @@ class TunedExpert:
         x._head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")})
         x._top.eval()
         return x
-
