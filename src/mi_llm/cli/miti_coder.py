@@ -105,7 +105,10 @@ def code_cmd(
     console.print(f"wrote {output}")
 
 
-def _read_items(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _read_items(path: Path, optional_text: dict[str, str]) -> list[tuple[int, dict[str, Any]]]:
+    """Lines {id, text, language?, <optional_text keys>?}, checked: FILE:LINE errors (exit 2) for
+    a missing or repeated id, an empty text, a language other than zh/en, or an optional field
+    (key -> what it holds) that is not a string."""
     from mi_llm.io import iter_jsonl
 
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -119,9 +122,9 @@ def _read_items(path: Path) -> list[tuple[int, dict[str, Any]]]:
         lang = obj.get("language")
         if lang is not None and lang not in ("zh", "en"):
             raise InputError(path, f"'language' must be zh or en (got {lang!r})", lineno)
-        ctx = obj.get("context")
-        if ctx is not None and not isinstance(ctx, str):
-            raise InputError(path, "'context' must be a string (the client's previous turn)", lineno)
+        for field, what in optional_text.items():
+            if obj.get(field) is not None and not isinstance(obj[field], str):
+                raise InputError(path, f"'{field}' must be a string ({what})", lineno)
         key = str(obj["id"])
         if key in seen:
             raise InputError(path, f"id {obj['id']!r} repeats line {seen[key]}", lineno)
@@ -144,7 +147,7 @@ def code_utterances_cmd(
     from mi_llm.io import write_jsonl
     from mi_llm.miti.coders.base import Item
 
-    rows = _read_items(input)
+    rows = _read_items(input, {"context": "the client's previous turn"})
     if not rows:
         raise InputError(input, "no utterances in the file")
     c = _load(coder, base_url, retries)
@@ -258,32 +261,6 @@ _CLIENT_CODER_HELP = (
 )
 
 
-def _read_client_items(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """Lines {id, text, language?, previous?, history?}, checked; FILE:LINE errors."""
-    from mi_llm.io import iter_jsonl
-
-    rows: list[tuple[int, dict[str, Any]]] = []
-    seen: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(path):
-        if "id" not in obj or not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool):
-            raise InputError(path, "each line needs an 'id' (string or integer)", lineno)
-        text = obj.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise InputError(path, "'text' must be a non-empty string", lineno)
-        lang = obj.get("language")
-        if lang is not None and lang not in ("zh", "en"):
-            raise InputError(path, f"'language' must be zh or en (got {lang!r})", lineno)
-        for key, what in (("previous", "the counselor's previous turn"), ("history", "the client's own previous turn")):
-            if obj.get(key) is not None and not isinstance(obj[key], str):
-                raise InputError(path, f"'{key}' must be a string ({what})", lineno)
-        key = str(obj["id"])
-        if key in seen:
-            raise InputError(path, f"id {obj['id']!r} repeats line {seen[key]}", lineno)
-        seen[key] = lineno
-        rows.append((lineno, obj))
-    return rows
-
-
 @coder_app.command("code-client")
 def code_client_cmd(
     input: Path = typer.Argument(..., help="JSONL lines {id, text, language?, previous?, history?}"),
@@ -294,7 +271,9 @@ def code_client_cmd(
     from mi_llm.io import write_jsonl
     from mi_llm.miti.coders.client_talk import ClientItem, load_client_coder
 
-    rows = _read_client_items(input)
+    rows = _read_items(
+        input, {"previous": "the counselor's previous turn", "history": "the client's own previous turn"}
+    )
     if not rows:
         raise InputError(input, "no utterances in the file")
     c = load_client_coder(coder)
