@@ -156,24 +156,15 @@ class ClientEmbedder(Embedder):
     """The embedded model reading "Counselor: <previous turn> / Client: <utterance>" (the
     therapist coder's `Embedder` with the speakers swapped; its own cache key)."""
 
+    speaker = "Client"
+    context_speaker = "Counselor"
+
     def config(self) -> dict:
         return {**super().config(), "speaker": "client"}
 
     @classmethod
     def from_config(cls, cfg: dict, cache_dir: Path | None = None) -> ClientEmbedder:
         return cls(cache_dir=cache_dir, **{k: v for k, v in cfg.items() if k != "speaker"})
-
-    def _encode_one(self, text: str, context: str) -> tuple[list[int], int]:
-        tok = self._tok
-        body = tok(" " + text.strip(), add_special_tokens=False)["input_ids"][: self.max_tokens]
-        head = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        if self.context:
-            ctx = tok(context.strip(), add_special_tokens=False)["input_ids"] if context.strip() else []
-            head += tok("Counselor:", add_special_tokens=False)["input_ids"] + ctx[-self.context_tokens :]
-            head += tok("\nClient:", add_special_tokens=False)["input_ids"]
-        else:
-            head += tok("Client:", add_special_tokens=False)["input_ids"]
-        return head + body, len(head)
 
 
 def default_embedder_config() -> dict[str, Any]:

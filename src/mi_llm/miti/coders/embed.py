@@ -80,6 +80,10 @@ class EmbeddingCache:
 class Embedder:
     """Mean-pooled hidden states of layer `layer` of a causal LM (default: the embedded model)."""
 
+    # who speaks the coded utterance, and who the context before it (the client-talk coder swaps them)
+    speaker = "Counselor"
+    context_speaker = "Client"
+
     def __init__(
         self,
         model: str = "gemma-3-270m",
@@ -171,10 +175,10 @@ class Embedder:
         if self.context:
             ctx = tok(context.strip(), add_special_tokens=False)["input_ids"] if context.strip() else []
             ctx = ctx[-self.context_tokens :]  # the end of the client's turn matters most
-            head += tok("Client:", add_special_tokens=False)["input_ids"] + ctx
-            head += tok("\nCounselor:", add_special_tokens=False)["input_ids"]
+            head += tok(f"{self.context_speaker}:", add_special_tokens=False)["input_ids"] + ctx
+            head += tok(f"\n{self.speaker}:", add_special_tokens=False)["input_ids"]
         else:
-            head += tok("Counselor:", add_special_tokens=False)["input_ids"]
+            head += tok(f"{self.speaker}:", add_special_tokens=False)["input_ids"]
         return head + body, len(head)
 
     def embed(
