@@ -38,7 +38,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("measures", ("mi_llm.evaluate", "mi_llm.miti")),
     (
         "stages",
-        ("mi_llm.build", "mi_llm.transcribe", "mi_llm.report", "mi_llm.serve", "mi_llm.miti.annotate", "mi_llm.config"),
+        (
+            "mi_llm.build",
+            "mi_llm.transcribe",
+            "mi_llm.report",
+            "mi_llm.serve",
+            "mi_llm.miti.annotate",
+            "mi_llm.config",
+            "mi_llm.simulate",
+        ),
     ),
     ("pipeline", ("mi_llm.pipeline", "mi_llm.stages")),
     ("cli", ("mi_llm.cli", "mi_llm.__main__")),

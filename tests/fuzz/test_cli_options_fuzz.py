@@ -121,6 +121,13 @@ OPTIONS = [
     Opt("transcribe", "--max-tokens", True, ge=1, le=INT32_MAX),
     Opt("transcribe", "--seed", True, ge=0, le=SEED_MAX),
     Opt("transcribe", "--min-client-similarity", False, ge=0, le=1),
+    Opt("simulate", "--sessions", True, ge=1, le=100_000),
+    Opt("simulate", "--max-rounds", True, ge=1, le=1000),
+    Opt("simulate", "--seed", True, ge=0, le=SEED_MAX),
+    Opt("simulate", "--counselor-max-tokens", True, ge=1, le=4096),
+    Opt("simulate", "--client-max-tokens", True, ge=1, le=4096),
+    Opt("simulate", "--client-temperature", False, ge=0, le=2),
+    Opt("simulate", "--retries", True, ge=0, le=10),
 ]
 
 MISSING = "no-such-input.jsonl"
@@ -158,6 +165,8 @@ def argv_for(command: str, tmp: Path) -> tuple[list[str], Path, str | None]:
         return [command, "--language", "xx", "--db", out], out, "--language must be zh or en"
     if command == "transcribe":
         return ["transcribe", missing, "-o", out], out, MISSING
+    if command == "simulate":
+        return ["simulate", "--personas", missing, "-o", out], out, MISSING
     raise AssertionError(command)
 
 
@@ -305,6 +314,7 @@ COMMAND_OF = {
     "transcribe.transcribe_cmd": "transcribe",
     "pipeline.run_cmd": "run",
     "pipeline.demo_cmd": "demo",
+    "simulate.simulate_cmd": "simulate",
 }
 
 

@@ -1,0 +1,78 @@
+"""The simulate stage end to end: personas checked, backends and coders loaded, sessions run
+(runner.simulate), outcomes written (outcomes.write_outcomes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mi_llm.corpus.schema import read_dialogues
+from mi_llm.llm.backends.base import Backend
+from mi_llm.simulate.config import SimulateConfig
+from mi_llm.simulate.outcomes import write_outcomes
+from mi_llm.simulate.persona import PersonaCard
+from mi_llm.simulate.runner import OUTCOMES_FILE, SESSIONS_FILE, ProgressFn, SimulateResult, plan_sessions, simulate
+
+
+@dataclass
+class Side:
+    """How one side of the conversation is generated."""
+
+    backend: str  # resolved: never auto
+    model: str
+    adapter: str | None
+    options: dict[str, Any]
+
+    def load(self) -> Backend:
+        from mi_llm.llm.backends import get_backend
+
+        return get_backend(self.backend, self.model, adapter=self.adapter, **self.options)
+
+
+def side(backend: str, model: str, adapter: str | None, url: str | None, seed: int) -> Side:
+    """An endpoint URL means the openai backend; `auto` is resolved as `predict` resolves it."""
+    from mi_llm.evaluate.predict import backend_options, resolve_backend
+
+    name = "openai" if url else resolve_backend(backend)
+    return Side(name, model, adapter, backend_options(name, seed=seed, base_url=url))
+
+
+def sides(config: SimulateConfig) -> tuple[Side, Side]:
+    counselor = side(
+        config.counselor_backend, config.counselor, config.counselor_adapter, config.counselor_url, config.seed
+    )
+    client = side(config.client_backend, config.client, None, config.client_url, config.seed)
+    return counselor, client
+
+
+def run_simulate(
+    config: SimulateConfig,
+    personas: list[PersonaCard],
+    output_dir: str | Path,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> tuple[SimulateResult, dict[str, Any]]:
+    """Run the sessions (resuming), then code them and write outcomes.json."""
+    from mi_llm.miti.coders import load_coder
+    from mi_llm.miti.coders.client_talk import load_client_coder
+
+    coder = load_coder(config.coder)
+    client_coder = load_client_coder(config.client_coder)  # a bad coder fails before any model loads
+    counselor_side, client_side = sides(config)
+    counselor = counselor_side.load()
+    try:
+        # one loaded model plays both sides when both are the same
+        client = counselor if client_side == counselor_side else client_side.load()
+        try:
+            result = simulate(config, personas, counselor, client, coder, output_dir, overwrite, progress)
+        finally:
+            if client is not counselor:
+                client.close()
+    finally:
+        counselor.close()
+    out = Path(output_dir)
+    wanted = {p.id for p in plan_sessions(config, personas)}
+    sessions = [d for d in read_dialogues(out / SESSIONS_FILE) if d.id in wanted]
+    report = write_outcomes(out / OUTCOMES_FILE, sessions, coder, client_coder, failed=len(result.failed))
+    return result, report
