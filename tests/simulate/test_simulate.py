@@ -10,9 +10,10 @@ import pytest
 
 from mi_llm.corpus.schema import read_dialogues
 from mi_llm.errors import InputError, MiLlmError
+from mi_llm.simulate.cards import load_personas
 from mi_llm.simulate.config import SimulateConfig
 from mi_llm.simulate.outcomes import write_outcomes
-from mi_llm.simulate.persona import PersonaCard, load_personas, read_cards
+from mi_llm.simulate.persona import PersonaCard, read_cards
 from mi_llm.simulate.runner import FAILED_FILE, SESSIONS_FILE, simulate
 from mi_llm.simulate.state import DROPOUT_TURNS, ClientState
 from tests.simulate.conftest import CONFRONTATIONAL, REFLECTIVE, KeywordTalkCoder, ScriptedClient, ScriptedCounselor
@@ -190,7 +191,13 @@ def config(**changes) -> SimulateConfig:
 def run(tmp_path, miti_coder, lines=REFLECTIVE, client=None, cfg=None, **kw):
     cfg = cfg or config()
     return simulate(
-        cfg, load_personas(cfg.personas), ScriptedCounselor(lines), client or ScriptedClient(), miti_coder, tmp_path, **kw
+        cfg,
+        load_personas(cfg.personas),
+        ScriptedCounselor(lines),
+        client or ScriptedClient(),
+        miti_coder,
+        tmp_path,
+        **kw,
     )
 
 

@@ -45,7 +45,7 @@ def simulate_cmd(
     """Simulate whole sessions (resumable), code them, and write their outcomes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mi_llm.simulate.persona import load_personas
+    from mi_llm.simulate.cards import load_personas
     from mi_llm.simulate.stage import run_simulate
 
     if language not in (None, "zh", "en"):
@@ -60,7 +60,7 @@ def simulate_cmd(
             client_backend=client_backend,
             client_url=client_url,
             personas=personas,
-            language=language,  # type: ignore[arg-type]  # checked above
+            language=language,  # checked above: zh | en | None
             sessions=sessions,
             max_rounds=max_rounds,
             seed=seed,

@@ -1,10 +1,8 @@
 """Persona cards: who a simulated client is, what they believe, and where they start.
 
-A card file is JSONL, one card per line; a bad card is `FILE:LINE: what` (InputError, exit 2)
-and every card of every file is checked before a session runs. `demo` (or `demo:zh`,
-`demo:en`) is the bundled cards (mi_llm/resources/personas/{zh,en}.jsonl, written for this
-project); a `.json` file holding a list of PatientHub ConsistentMI profiles is imported
-(`simulate.patienthub`).
+A card file is JSONL, one card per line; a bad card is `FILE:LINE: what` (InputError, exit 2).
+The bundled cards are mi_llm/resources/personas/{zh,en}.jsonl, written for this project;
+`simulate.cards.load_personas` reads any of the sources `--personas` takes.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mi_llm.errors import InputError, MiLlmError
+from mi_llm.errors import InputError
 from mi_llm.io import describe_validation_error, iter_jsonl
 
 Stage = Literal["precontemplation", "contemplation", "preparation"]
@@ -78,30 +76,6 @@ def read_cards(path: str | Path) -> list[PersonaCard]:
     if not cards:
         raise InputError(path, "no persona cards")
     return cards
-
-
-def load_personas(spec: str | Path) -> list[PersonaCard]:
-    """`demo`, `demo:zh`, `demo:en`, a card JSONL file, or a PatientHub ConsistentMI .json file."""
-    s = str(spec)
-    if s == "demo" or s.startswith("demo:"):
-        language = s.partition(":")[2] or None
-        if language not in (None, "zh", "en"):
-            raise MiLlmError(f"--personas {s}: use demo, demo:zh or demo:en")
-        return [c for f in bundled_persona_files(language) for c in read_cards(f)]
-    path = Path(s).expanduser()
-    if not path.is_file():
-        raise MiLlmError(f"{path}: no such file")
-    if path.suffix == ".json" and _is_json_list(path):
-        from mi_llm.simulate.patienthub import read_consistent_mi
-
-        return read_consistent_mi(path)
-    return read_cards(path)
-
-
-def _is_json_list(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(4096).lstrip()
-    return head.startswith(b"[")
 
 
 def parse_json_list(path: Path) -> list[tuple[int, object]]:

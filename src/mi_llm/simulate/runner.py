@@ -19,10 +19,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from mi_llm.corpus.schema import Dialogue, Turn
+from mi_llm.corpus.schema import Dialogue, Language, Turn, Utterance
 from mi_llm.errors import MiLlmError
 from mi_llm.io import repair_torn_tail, write_json, write_jsonl
 from mi_llm.layout import meta_file
@@ -55,7 +56,7 @@ class SessionPlan:
     index: int
     id: str
     persona: PersonaCard
-    language: str
+    language: Language
     seed: int
 
 
@@ -86,7 +87,7 @@ class Session:
         return Dialogue(
             id=p.id,
             source=SOURCE,
-            language=p.language,  # type: ignore[arg-type]  # zh | en, from the card or --language
+            language=p.language,
             topic=p.persona.goal,
             turns=self.turns,
             meta={
@@ -140,7 +141,9 @@ def _retrying(fn: Callable[[], Any], retries: int, wait: float) -> Any:
         except Exception as e:  # an endpoint's failure of any kind: retried, then reported
             if attempt == retries:
                 raise
-            log.warning("generate failed (%s: %s); retry %d of %d", type(e).__name__, str(e)[:200], attempt + 1, retries)
+            log.warning(
+                "generate failed (%s: %s); retry %d of %d", type(e).__name__, str(e)[:200], attempt + 1, retries
+            )
             time.sleep(wait * 2**attempt)
     raise AssertionError("unreachable")
 
@@ -162,7 +165,7 @@ def generate_each(
     out: list[str | Exception] = []
     for messages in batch:  # find which conversations fail
         try:
-            [c] = _retrying(lambda m=messages: backend.generate([m], config), retries, wait)
+            [c] = _retrying(partial(backend.generate, [messages], config), retries, wait)
             out.append(c.text.strip())
         except Exception as e:
             out.append(e)
@@ -237,8 +240,9 @@ def simulate(
             nonlocal written
             for s in finished:
                 if s.error is not None:
-                    failed.append({"id": s.plan.id, "persona_id": s.plan.persona.id, "rounds": s.rounds,
-                                   "error": s.error})  # fmt: skip
+                    failed.append(
+                        {"id": s.plan.id, "persona_id": s.plan.persona.id, "rounds": s.rounds, "error": s.error}
+                    )
                     log.warning("session %s failed after %d rounds: %s", s.plan.id, s.rounds, s.error)
                 else:
                     f.write(s.dialogue(config).model_dump_json() + "\n")
@@ -299,7 +303,7 @@ def _counselor_turns(
             Turn(
                 role="counselor",
                 text=text,
-                codes=[{"text": x, "code": c} for x, c in zip(pieces, codes)] if pieces else None,  # type: ignore[misc]
+                codes=[Utterance(text=x, code=c) for x, c in zip(pieces, codes)] if pieces else None,
             )
         )
         s.rounds += 1
@@ -330,4 +334,3 @@ def _client_turns(sessions: list[Session], backend: Backend, gen: GenerationConf
             s.end = "dropout"
         elif s.rounds >= config.max_rounds:
             s.end = "max_rounds"
-

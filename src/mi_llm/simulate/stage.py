@@ -30,19 +30,29 @@ class Side:
         return get_backend(self.backend, self.model, adapter=self.adapter, **self.options)
 
 
-def side(backend: str, model: str, adapter: str | None, url: str | None, seed: int) -> Side:
+# llama.cpp sequences decoded together: the sessions of a round are one batch
+MAX_PARALLEL = 8
+
+
+def side(backend: str, model: str, adapter: str | None, url: str | None, seed: int, sessions: int) -> Side:
     """An endpoint URL means the openai backend; `auto` is resolved as `predict` resolves it."""
     from mi_llm.evaluate.predict import backend_options, resolve_backend
 
     name = "openai" if url else resolve_backend(backend)
-    return Side(name, model, adapter, backend_options(name, seed=seed, base_url=url))
+    parallel = max(1, min(sessions, MAX_PARALLEL))
+    return Side(name, model, adapter, backend_options(name, seed=seed, base_url=url, parallel=parallel))
 
 
 def sides(config: SimulateConfig) -> tuple[Side, Side]:
     counselor = side(
-        config.counselor_backend, config.counselor, config.counselor_adapter, config.counselor_url, config.seed
+        config.counselor_backend,
+        config.counselor,
+        config.counselor_adapter,
+        config.counselor_url,
+        config.seed,
+        config.sessions,
     )
-    client = side(config.client_backend, config.client, None, config.client_url, config.seed)
+    client = side(config.client_backend, config.client, None, config.client_url, config.seed, config.sessions)
     return counselor, client
 
 
