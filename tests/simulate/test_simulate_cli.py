@@ -14,6 +14,7 @@ from tests.fuzz.helpers import run_cli
 def test_simulate_runs_offline_on_the_embedded_model(tmp_path):
     out = tmp_path / "sim"
     argv = ["simulate", "--personas", "demo:zh", "--sessions", "1", "--max-rounds", "2", "-o", str(out)]
+    argv += ["--counselor-max-tokens", "32", "--client-max-tokens", "32"]
     r = run_cli(argv)
     assert r.code == 0, r.err
     [session] = read_dialogues(out / "sessions.jsonl")
