@@ -452,7 +452,7 @@ def main() -> None:
         section_nested(annomi, demo, cfg, args.folds, out, save)
     elif args.json.is_file():  # the later sections read the nested section of an earlier run
         earlier = json.loads(args.json.read_text(encoding="utf-8"))
-        out.update({k: v for k, v in earlier.items() if k not in out or k in ("nested", "nested_predictions")})
+        out.update({k: v for k, v in earlier.items() if k not in out or k in ("nested", "nested_predictions", "recipe")})
         if "nested_predictions" in out:
             regrade(annomi, demo, out)
     if "baseline_same_data" in sections and "nested_predictions" in out:

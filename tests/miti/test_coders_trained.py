@@ -96,9 +96,10 @@ def test_train_coder_records_its_data_and_licences(tmp_path):
 
 def test_default_is_the_shipped_coder(tmp_path, monkeypatch):
     """Whatever the machine has ($MI_LLM_HOME, shared data), `default` is the folder in the package."""
-    monkeypatch.setenv("MI_LLM_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MI_LLM_SHARED_DATA", str(tmp_path / "no-shared-data"))
-    c = load_coder("default")
+    with monkeypatch.context() as m:
+        m.setenv("MI_LLM_HOME", str(tmp_path / "home"))
+        m.setenv("MI_LLM_SHARED_DATA", str(tmp_path / "no-shared-data"))
+        c = load_coder("default")
     assert c.folder == default_coder_dir() and str(c.folder).endswith("resources/coders/default")
     assert not (tmp_path / "home").exists()  # nothing trained, nothing written
     info = c.info
@@ -115,7 +116,9 @@ def test_default_is_the_shipped_coder(tmp_path, monkeypatch):
     assert "unseen AnnoMI transcripts" in c.validity and "kappa" in c.validity
     size = sum(f.stat().st_size for f in c.folder.rglob("*") if f.is_file())
     assert size < 10e6, size  # small enough for git and the wheel
-    test = [e for e in ALL if e.group in HELD_OUT]  # (it saw them in training: this checks it runs, not validity)
+    # (it saw them in training: this checks that it runs, not its validity; few, as the
+    # embedded model reads each one)
+    test = [e for e in ALL if e.group in HELD_OUT][::8]
     m = metrics([e.code for e in test], c.code_utterances([Item(e.text, e.context, e.language) for e in test]))
     assert m["kappa"] > 0.5, m
 

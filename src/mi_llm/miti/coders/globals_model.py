@@ -22,9 +22,10 @@ from mi_llm.errors import MiLlmError
 from mi_llm.miti.codebook import CODES, GLOBALS, MI_ADHERENT, MI_NON_ADHERENT
 
 # Why reports leave automatic globals out (measured, docs/miti-coder.md "Global ratings"):
-# from the coder's codes, on the 106 AnnoMI transcripts rated high/low MI quality by experts.
+# from the shipped coder's codes, on the 106 AnnoMI transcripts rated high/low MI quality by experts.
 WITHHELD_FROM_REPORTS = ("automatic global ratings are not reported: from the coder's codes they tell AnnoMI's "
-                         "high- from low-quality MI sessions no better than R:Q does (AUC 0.49-0.76, R:Q 0.70)")
+                         "high- from low-quality MI sessions no better than the Persuade rate alone does "
+                         "(AUC 0.69-0.85 against 0.87), and were fitted on 100 demo sessions")
 
 FEATURES: tuple[str, ...] = (
     *(f"rate_{c}" for c in CODES),
