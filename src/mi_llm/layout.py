@@ -24,6 +24,9 @@ spells one of these names.
       report/index.html, *.png, summary.json  .report -> ReportPaths
       .stages/<stage>.json                  .stage_state(stage)
 
+    any `mi-llm simulate -o DIR`          SimulatePaths(root)
+      sessions.jsonl, sessions.failed.jsonl, outcomes.json   .sessions, .failed, .outcomes
+
 <key> is a model's label (or name) with "/" replaced (mi_llm.config.ModelConfig.key).
 Sidecars sit beside the file they describe, named `<file><suffix>` (beside()).
 """
@@ -69,6 +72,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TRAIN_CONFIG = "train_config.json"
 TRAIN_LOG = "train_log.jsonl"
 
+SIMULATED_SESSIONS = "sessions.jsonl"  # mi-llm simulate: one finished session a line
+SIMULATED_FAILED = "sessions.failed.jsonl"  # sessions an endpoint failed, with the reason
+SIMULATION_OUTCOMES = "outcomes.json"
 MITI_SCORES = "miti.json"
 REPORT_INDEX = "index.html"
 REPORT_SUMMARY = "summary.json"
@@ -182,6 +188,22 @@ class AdapterPaths(_Folder):
     def llamacpp_lora(self, arch: str) -> Path:
         """The adapter converted for llama.cpp (mi_llm.llm.lora_gguf), cached beside it."""
         return self.root / f"lora-{arch}.gguf.cache"
+
+
+class SimulatePaths(_Folder):
+    """A `mi-llm simulate -o DIR` folder: finished sessions, failed ones, their outcomes."""
+
+    @property
+    def sessions(self) -> Path:
+        return self.root / SIMULATED_SESSIONS
+
+    @property
+    def failed(self) -> Path:
+        return self.root / SIMULATED_FAILED
+
+    @property
+    def outcomes(self) -> Path:
+        return self.root / SIMULATION_OUTCOMES
 
 
 class ReportPaths(_Folder):

@@ -10,11 +10,12 @@ import pytest
 
 from mi_llm.corpus.schema import read_dialogues
 from mi_llm.errors import InputError, MiLlmError
+from mi_llm.layout import SIMULATED_FAILED, SIMULATED_SESSIONS
 from mi_llm.simulate.cards import load_personas
 from mi_llm.simulate.config import SimulateConfig
 from mi_llm.simulate.outcomes import write_outcomes
 from mi_llm.simulate.persona import PersonaCard, read_cards
-from mi_llm.simulate.runner import FAILED_FILE, SESSIONS_FILE, simulate
+from mi_llm.simulate.runner import simulate
 from mi_llm.simulate.state import DROPOUT_TURNS, ClientState
 from tests.simulate.conftest import CONFRONTATIONAL, REFLECTIVE, KeywordTalkCoder, ScriptedClient, ScriptedCounselor
 
@@ -206,7 +207,7 @@ def test_sessions_are_written_in_the_corpus_schema_with_their_trajectory(tmp_pat
     counselor = ScriptedCounselor(REFLECTIVE)
     cfg = config()
     res = simulate(cfg, load_personas(cfg.personas), counselor, client, miti_coder, tmp_path)
-    sessions = read_dialogues(tmp_path / SESSIONS_FILE)
+    sessions = read_dialogues(tmp_path / SIMULATED_SESSIONS)
     assert res.written_now == 4 and len(sessions) == 4 and not res.failed
     assert max(counselor.calls) == 4 and max(client.calls) == 4  # every active session in one call
     for d in sessions:
@@ -222,7 +223,7 @@ def test_same_seed_same_sessions_other_seed_others(tmp_path, miti_coder):
     run(tmp_path / "a", miti_coder)
     run(tmp_path / "b", miti_coder)
     run(tmp_path / "c", miti_coder, cfg=config(seed=7))
-    a, b, c = ((tmp_path / x / SESSIONS_FILE).read_text() for x in "abc")
+    a, b, c = ((tmp_path / x / SIMULATED_SESSIONS).read_text() for x in "abc")
     assert a == b and a != c
 
 
@@ -237,7 +238,7 @@ def test_resume_after_a_kill(tmp_path, miti_coder):
 
     with pytest.raises(KeyboardInterrupt):
         run(killed, miti_coder, cfg=config(sessions=6, personas="demo"), progress=kill)
-    out = killed / SESSIONS_FILE
+    out = killed / SIMULATED_SESSIONS
     first = read_dialogues(out)
     assert 1 <= len(first) < 6
     with open(out, "a", encoding="utf-8") as f:
@@ -245,8 +246,8 @@ def test_resume_after_a_kill(tmp_path, miti_coder):
     res = run(killed, miti_coder, cfg=config(sessions=6, personas="demo"))
     assert res.resumed == len(first) and res.written_now == 6 - len(first)
     done = {d.id: d for d in read_dialogues(out)}
-    assert sorted(done) == sorted(d.id for d in read_dialogues(whole / SESSIONS_FILE))
-    assert done == {d.id: d for d in read_dialogues(whole / SESSIONS_FILE)}
+    assert sorted(done) == sorted(d.id for d in read_dialogues(whole / SIMULATED_SESSIONS))
+    assert done == {d.id: d for d in read_dialogues(whole / SIMULATED_SESSIONS)}
     with pytest.raises(MiLlmError, match="other settings .*max_rounds"):
         run(killed, miti_coder, cfg=config(sessions=6, personas="demo", max_rounds=3))
 
@@ -260,7 +261,7 @@ def test_a_failing_endpoint_fails_its_session_and_the_run_goes_on(tmp_path, miti
     assert [x["id"] for x in res.failed] == ["sim00001-c1"]
     assert "ConnectionError: endpoint unreachable" in res.failed[0]["error"]
     assert res.written_now == 2
-    failed = [json.loads(x) for x in (tmp_path / "out" / FAILED_FILE).read_text().splitlines()]
+    failed = [json.loads(x) for x in (tmp_path / "out" / SIMULATED_FAILED).read_text().splitlines()]
     assert failed == res.failed
     # the failing conversation was retried alone (1 + retries calls) after the batch failed
     assert client.calls[:5] == [3, 3, 3, 1, 1]
@@ -271,7 +272,7 @@ def test_a_reflective_counselor_moves_clients_a_confrontational_one_does_not(tmp
     results = {}
     for name, lines in (("reflective", REFLECTIVE), ("confrontational", CONFRONTATIONAL)):
         run(tmp_path / name, miti_coder, lines=lines, cfg=cfg)
-        sessions = read_dialogues(tmp_path / name / SESSIONS_FILE)
+        sessions = read_dialogues(tmp_path / name / SIMULATED_SESSIONS)
         results[name] = sessions
     stage_rank = {"precontemplation": 0, "contemplation": 1, "preparation": 2}
 
@@ -291,7 +292,7 @@ def test_a_reflective_counselor_moves_clients_a_confrontational_one_does_not(tmp
 
 def test_outcomes(tmp_path, miti_coder):
     run(tmp_path, miti_coder, cfg=config(sessions=3))
-    sessions = read_dialogues(tmp_path / SESSIONS_FILE)
+    sessions = read_dialogues(tmp_path / SIMULATED_SESSIONS)
     report = write_outcomes(tmp_path / "outcomes.json", sessions, miti_coder, KeywordTalkCoder(), failed=1)
     assert json.loads((tmp_path / "outcomes.json").read_text()) == report
     s = report["summary"]

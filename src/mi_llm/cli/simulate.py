@@ -11,6 +11,7 @@ from mi_llm.cli.options import field_option
 from mi_llm.cli.options import seed as seed_check
 from mi_llm.console import console
 from mi_llm.errors import MiLlmError
+from mi_llm.layout import SimulatePaths
 from mi_llm.simulate.config import SimulateConfig
 
 C = SimulateConfig
@@ -94,7 +95,7 @@ def simulate_cmd(
     print_summary(report["summary"])
     console.print(
         f"wrote {result.output} ({result.sessions} sessions: {result.written_now} now, {result.resumed} resumed, "
-        f"{len(result.failed)} failed) and {Path(output) / 'outcomes.json'} in {result.seconds:.1f} s"
+        f"{len(result.failed)} failed) and {SimulatePaths(output).outcomes} in {result.seconds:.1f} s"
     )
     for f in result.failed:
         console.print(f"failed: {f['id']} after {f['rounds']} rounds: {f['error']}")

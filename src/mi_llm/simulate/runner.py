@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from mi_llm.corpus.schema import Dialogue, Language, Turn, Utterance
 from mi_llm.errors import MiLlmError
 from mi_llm.io import repair_torn_tail, write_json, write_jsonl
-from mi_llm.layout import meta_file
+from mi_llm.layout import SimulatePaths, meta_file
 from mi_llm.llm.backends.base import Backend, GenerationConfig, Messages
 from mi_llm.miti.segment import split_utterances
 from mi_llm.simulate.config import SimulateConfig
@@ -36,9 +36,6 @@ from mi_llm.simulate.state import ClientState, touches_motivator
 
 log = logging.getLogger(__name__)
 
-SESSIONS_FILE = "sessions.jsonl"
-FAILED_FILE = "sessions.failed.jsonl"
-OUTCOMES_FILE = "outcomes.json"
 SOURCE = "simulate"
 END_REASONS = ("plan", "dropout", "max_rounds")
 
@@ -187,13 +184,13 @@ def simulate(
     progress: ProgressFn | None = None,
 ) -> SimulateResult:
     """Run the planned sessions not yet in output_dir/sessions.jsonl; append each as it ends."""
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    output = out_dir / SESSIONS_FILE
+    paths = SimulatePaths(output_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    output = paths.sessions
     sidecar = meta_file(output)
     key = config.run_key()
     if overwrite:
-        for stale in (output, sidecar, out_dir / FAILED_FILE, out_dir / OUTCOMES_FILE):
+        for stale in (output, sidecar, paths.failed, paths.outcomes):
             stale.unlink(missing_ok=True)
     repair_torn_tail(output)
     done = read_done_sessions(output)
@@ -266,7 +263,7 @@ def simulate(
             if progress:
                 progress("round", 1)
     seconds = time.monotonic() - t0
-    write_jsonl(out_dir / FAILED_FILE, failed)
+    write_jsonl(paths.failed, failed)
     meta.update(
         complete=True,
         finished=time.strftime("%Y-%m-%dT%H:%M:%S"),

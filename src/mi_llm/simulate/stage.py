@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from mi_llm.corpus.schema import read_dialogues
+from mi_llm.layout import SimulatePaths
 from mi_llm.llm.backends.base import Backend
 from mi_llm.simulate.config import SimulateConfig
 from mi_llm.simulate.outcomes import write_outcomes
 from mi_llm.simulate.persona import PersonaCard
-from mi_llm.simulate.runner import OUTCOMES_FILE, SESSIONS_FILE, ProgressFn, SimulateResult, plan_sessions, simulate
+from mi_llm.simulate.runner import ProgressFn, SimulateResult, plan_sessions, simulate
 
 
 @dataclass
@@ -83,6 +84,6 @@ def run_simulate(
         counselor.close()
     out = Path(output_dir)
     wanted = {p.id for p in plan_sessions(config, personas)}
-    sessions = [d for d in read_dialogues(out / SESSIONS_FILE) if d.id in wanted]
-    report = write_outcomes(out / OUTCOMES_FILE, sessions, coder, client_coder, failed=len(result.failed))
+    sessions = [d for d in read_dialogues(SimulatePaths(out).sessions) if d.id in wanted]
+    report = write_outcomes(SimulatePaths(out).outcomes, sessions, coder, client_coder, failed=len(result.failed))
     return result, report
