@@ -46,7 +46,7 @@ lint: venv
 	$(PY) -m ruff format --check src tests benchmarks tools
 	$(PY) -m mypy
 
-test: venv browser
+test: venv browser lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: venv

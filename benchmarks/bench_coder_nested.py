@@ -87,14 +87,18 @@ def summary(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
     out = {}
     for key in ("kappa", "macro_f1"):
         v = np.array([m[key] for m in per_fold], dtype=float)
-        out[key] = {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
-                    "min": round(float(v.min()), 4), "max": round(float(v.max()), 4), "folds": [round(float(x), 4) for x in v]}
+        out[key] = {
+            "mean": round(float(v.mean()), 4),
+            "sd": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
+            "min": round(float(v.min()), 4),
+            "max": round(float(v.max()), 4),
+            "folds": [round(float(x), 4) for x in v],
+        }
     return out
 
 
 def section_nested(annomi, demo, cfg, n_folds, out, save) -> None:
     folds = outer_folds({"annomi": annomi, "demo": demo}, n_folds)
-    gold = {"annomi": [e.code for e in annomi], "demo": [e.code for e in demo]}
     preds: dict[str, dict[str, list]] = {}
     chosen = []
     for k in range(n_folds):
@@ -103,11 +107,20 @@ def section_nested(annomi, demo, cfg, n_folds, out, save) -> None:
         train_a = [e for i, e in enumerate(annomi) if i not in test_a]
         train = train_a + [e for i, e in enumerate(demo) if i not in test_d]
         coder = TrainedCoder.fit(train, cfg)
-        chosen.append({"fold": k, **coder.info.get("selection", {}), "class_bias": coder.config.class_bias,
-                       "experts": coder.info["experts"]})
+        chosen.append(
+            {
+                "fold": k,
+                **coder.info.get("selection", {}),
+                "class_bias": coder.config.class_bias,
+                "experts": coder.info["experts"],
+            }
+        )
         # (where a fold did not choose coarse-then-fine, its ablation is the coder itself)
-        variants = {"coder": coder, "coder, no biases": variant(coder, class_bias={}),
-                    "coder, no coarse-then-fine": variant(coder, refine_reflections=False)}
+        variants = {
+            "coder": coder,
+            "coder, no biases": variant(coder, class_bias={}),
+            "coder, no coarse-then-fine": variant(coder, refine_reflections=False),
+        }
         if "embed" in [x.name for x in coder.experts]:
             variants["coder, n-gram expert only"] = variant(coder, expert_weights={"embed": 0.0})
         for name, c in variants.items():
@@ -148,7 +161,9 @@ def section_baseline_same_data(annomi, demo, out, save) -> None:
     preds = out["nested_predictions"]
     for k in range(n_folds):
         test_a, test_d = set(folds["annomi"][k].tolist()), set(folds["demo"][k].tolist())
-        train = [e for i, e in enumerate(annomi) if i not in test_a] + [e for i, e in enumerate(demo) if i not in test_d]
+        train = [e for i, e in enumerate(annomi) if i not in test_a] + [
+            e for i, e in enumerate(demo) if i not in test_d
+        ]
         same_data_baseline(k, folds, annomi, demo, train, preds)
         log(f"same-data baseline, outer fold {k}")
     regrade(annomi, demo, out)
@@ -189,11 +204,13 @@ def grade(annomi, demo, preds, n_folds, chosen) -> dict[str, Any]:
                     if idx:
                         per_fold.append(ev.metrics([gold[src][i] for i in idx], [p[i] for i in idx]))
                 pooled = ev.metrics([gold[src][i] for i in idx_all], [p[i] for i in idx_all])
-                res["rows"][f"{label} | {name}"] = {"source": label, "coder": name, **summary(per_fold),
-                                                    "pooled": pooled}
+                res["rows"][f"{label} | {name}"] = {
+                    "source": label,
+                    "coder": name,
+                    **summary(per_fold),
+                    "pooled": pooled,
+                }
     return res
-
-
 
 
 def section_loso(annomi, demo, cfg, out, save) -> None:
@@ -254,22 +271,29 @@ def section_globals(annomi, annomi_path, out, save) -> None:
 
     quality = annomi_quality(annomi_path)
     gm = GlobalsModel.fit(demo_dialogues())  # as every coder's globals model: the demo sessions only
-    codings = {"gold codes": [e.code for e in annomi],
-               "coder's out-of-fold codes": out["nested_predictions"]["coder"]["annomi"]}
+    codings = {
+        "gold codes": [e.code for e in annomi],
+        "coder's out-of-fold codes": out["nested_predictions"]["coder"]["annomi"],
+    }
     res: dict[str, Any] = {"transcripts": {}, "auc": {}}
     for name, codes in codings.items():
         sessions: dict[str, list] = {}
         for e, c in zip(annomi, codes):  # one counselor turn per AnnoMI therapist utterance
-            sessions.setdefault(e.group, []).append({"role": "counselor", "text": e.text,
-                                                     "codes": [{"text": e.text, "code": c}]})
+            sessions.setdefault(e.group, []).append(
+                {"role": "counselor", "text": e.text, "codes": [{"text": e.text, "code": c}]}
+            )
         ids = sorted(sessions)
         y = np.array([quality[i] == "high" for i in ids])
         scores: dict[str, list[float]] = {g: [] for g in (*GLOBALS, "R:Q", "%CR", "MI-adherent rate", "Persuade rate")}
         for i in ids:
             d = Dialogue(id=i, source="annomi", language="en", style="mi", turns=sessions[i])
             r = gm.predict(d)
-            f = dict(zip(("rate_" + c for c in ("GI", "Persuade", "PwP", "Q", "SR", "CR", "AF", "Seek", "EA", "Confront")),
-                         session_features(d)))
+            f = dict(
+                zip(
+                    ("rate_" + c for c in ("GI", "Persuade", "PwP", "Q", "SR", "CR", "AF", "Seek", "EA", "Confront")),
+                    session_features(d),
+                )
+            )
             refl = sum(u["codes"][0]["code"] in ("SR", "CR") for u in sessions[i])
             q = sum(u["codes"][0]["code"] == "Q" for u in sessions[i])
             cr = sum(u["codes"][0]["code"] == "CR" for u in sessions[i])
@@ -288,12 +312,20 @@ def section_globals(annomi, annomi_path, out, save) -> None:
 
 def chosen_config(record: dict[str, Any]) -> CoderConfig:
     c = record["chosen"]
-    cfg = default_config(recipe="ngram" if record["experts"][0] == "ngram" and "embed" not in record["experts"] else "embed")
-    return replace(cfg, selection=None, C=c["C"] or cfg.C, C_embed=c["C_embed"] or cfg.C_embed,
-                   source_weights={**cfg.source_weights, **c.get("source_weights", {})},
-                   expert_weights={"embed": c["embed_weight"]} if "embed" in record["experts"] else {},
-                   refine_reflections=c["refine"], class_bias=record["class_bias"],
-                   features=cfg.features if "embed" in record["experts"] else replace(cfg.features, embeddings=None))
+    cfg = default_config(
+        recipe="ngram" if record["experts"][0] == "ngram" and "embed" not in record["experts"] else "embed"
+    )
+    return replace(
+        cfg,
+        selection=None,
+        C=c["C"] or cfg.C,
+        C_embed=c["C_embed"] or cfg.C_embed,
+        source_weights={**cfg.source_weights, **c.get("source_weights", {})},
+        expert_weights={"embed": c["embed_weight"]} if "embed" in record["experts"] else {},
+        refine_reflections=c["refine"],
+        class_bias=record["class_bias"],
+        features=cfg.features if "embed" in record["experts"] else replace(cfg.features, embeddings=None),
+    )
 
 
 def validity(out: dict[str, Any]) -> dict[str, Any]:
@@ -307,15 +339,17 @@ def validity(out: dict[str, Any]) -> dict[str, Any]:
         return f"kappa {r['kappa']['mean']:.2f} ± {r['kappa']['sd']:.2f}, macro-F1 {r['macro_f1']['mean']:.2f} ± {r['macro_f1']['sd']:.2f}"
 
     base = "AnnoMI | baseline (TF-IDF + LR, AnnoMI only)"
-    summary = (f"unseen AnnoMI transcripts (nested CV, {out['nested']['folds']} outer folds): {fig('AnnoMI | coder')} "
-               f"(TF-IDF baseline {fig(base)})")
+    summary = (
+        f"unseen AnnoMI transcripts (nested CV, {out['nested']['folds']} outer folds): {fig('AnnoMI | coder')} "
+        f"(TF-IDF baseline {fig(base)})"
+    )
     if "demo zh | coder" in rows:
         summary += f"; unseen Chinese demo dialogues: {fig('demo zh | coder')}"
     return {
         "summary": summary,
         "protocol": "nested cross-validation by transcript/dialogue: inner folds of the training part chose C, "
-                    "the expert weights, coarse-then-fine and the per-code biases; outer folds graded "
-                    "(benchmarks/bench_coder_nested.py, docs/miti-coder.md)",
+        "the expert weights, coarse-then-fine and the per-code biases; outer folds graded "
+        "(benchmarks/bench_coder_nested.py, docs/miti-coder.md)",
         "outer_folds": {key: {k: r[k] for k in ("kappa", "macro_f1")} for key, r in rows.items()},
     }
 
@@ -328,9 +362,15 @@ def section_release(folder: Path, out: dict[str, Any], release: str, save) -> No
     coder.info["release"] = {"name": "mi-llm-default", "version": release}
     coder.info["validity"] = validity(out)
     counts = coder.info.get("sources", {})
-    coder.info["data"] = [{"kind": d["kind"], "file": Path(d.get("file") or d["path"]).name if d["kind"] != "demo"
-                           else "mi_llm/resources/demo (bundled)", "utterances": counts.get(d["kind"], 0),
-                           "licence": LICENCES.get(d["kind"], "see the source")} for d in coder.info.get("data", [])]
+    coder.info["data"] = [
+        {
+            "kind": d["kind"],
+            "file": Path(d.get("file") or d["path"]).name if d["kind"] != "demo" else "mi_llm/resources/demo (bundled)",
+            "utterances": counts.get(d["kind"], 0),
+            "licence": LICENCES.get(d["kind"], "see the source"),
+        }
+        for d in coder.info.get("data", [])
+    ]
     coder.save(folder)
     out["release"] = {"folder": str(folder), "info": coder.info}
     save()
@@ -360,42 +400,68 @@ def to_markdown(out: dict[str, Any]) -> str:
     if nested:
         rows = nested["rows"]
         codes = [c for c in CODES if any(c in r["pooled"]["per_code"] for r in rows.values())]
-        lines += [f"**Nested CV, {nested['folds']} outer folds (recipe `{out['recipe']}`): mean ± sd over outer folds "
-                  "[min-max]; per-code F1 pooled over the outer folds**", "",
-                  "| test set | coder | kappa | macro-F1 | " + " | ".join(codes) + " |",
-                  "|---|---|---|---|" + "---|" * len(codes)]
-        for key, r in rows.items():
+        lines += [
+            f"**Nested CV, {nested['folds']} outer folds (recipe `{out['recipe']}`): mean ± sd over outer folds "
+            "[min-max]; per-code F1 pooled over the outer folds**",
+            "",
+            "| test set | coder | kappa | macro-F1 | " + " | ".join(codes) + " |",
+            "|---|---|---|---|" + "---|" * len(codes),
+        ]
+        for r in rows.values():
             k, f = r["kappa"], r["macro_f1"]
             per = r["pooled"]["per_code"]
-            lines.append(f"| {r['source']} ({r['pooled']['n']}) | {r['coder']} | {k['mean']:.3f} ± {k['sd']:.3f} "
-                         f"[{k['min']:.2f}-{k['max']:.2f}] | {f['mean']:.3f} ± {f['sd']:.3f} [{f['min']:.2f}-{f['max']:.2f}] | "
-                         + " | ".join(f"{per[c]['f1']:.2f}" if c in per else "–" for c in codes) + " |")
+            lines.append(
+                f"| {r['source']} ({r['pooled']['n']}) | {r['coder']} | {k['mean']:.3f} ± {k['sd']:.3f} "
+                f"[{k['min']:.2f}-{k['max']:.2f}] | {f['mean']:.3f} ± {f['sd']:.3f} [{f['min']:.2f}-{f['max']:.2f}] | "
+                + " | ".join(f"{per[c]['f1']:.2f}" if c in per else "–" for c in codes)
+                + " |"
+            )
         base = rows.get("AnnoMI | baseline (TF-IDF + LR, AnnoMI only)")
         coder = rows.get("AnnoMI | coder")
         if base and coder:
-            lines += ["", "| outer fold | coder kappa | baseline kappa | coder macro-F1 | baseline macro-F1 | chosen on inner folds |",
-                      "|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| outer fold | coder kappa | baseline kappa | coder macro-F1 | baseline macro-F1 | chosen on inner folds |",
+                "|---|---|---|---|---|---|",
+            ]
             for k, ch in enumerate(nested["chosen"]):
                 c = ch.get("chosen", {})
-                what = (f"source weights {c.get('source_weights')}, C {c.get('C')}, embed weight {c.get('embed_weight')}, C_embed {c.get('C_embed')}, "
-                        f"coarse-then-fine {c.get('refine')}, biases " + ", ".join(f"{a} {b:+.2f}" for a, b in ch.get("class_bias", {}).items()))
-                lines.append(f"| {k} | {coder['kappa']['folds'][k]:.3f} | {base['kappa']['folds'][k]:.3f} | "
-                             f"{coder['macro_f1']['folds'][k]:.3f} | {base['macro_f1']['folds'][k]:.3f} | {what} |")
+                what = (
+                    f"source weights {c.get('source_weights')}, C {c.get('C')}, embed weight {c.get('embed_weight')}, C_embed {c.get('C_embed')}, "
+                    f"coarse-then-fine {c.get('refine')}, biases "
+                    + ", ".join(f"{a} {b:+.2f}" for a, b in ch.get("class_bias", {}).items())
+                )
+                lines.append(
+                    f"| {k} | {coder['kappa']['folds'][k]:.3f} | {base['kappa']['folds'][k]:.3f} | "
+                    f"{coder['macro_f1']['folds'][k]:.3f} | {base['macro_f1']['folds'][k]:.3f} | {what} |"
+                )
         lines.append("")
     if out.get("loso"):
-        lines += ["**Leave one source out**", "", "| trained on -> tested on | n | kappa | macro-F1 |", "|---|---|---|---|"]
+        lines += [
+            "**Leave one source out**",
+            "",
+            "| trained on -> tested on | n | kappa | macro-F1 |",
+            "|---|---|---|---|",
+        ]
         for k, m in out["loso"].items():
             lines.append(f"| {k.removeprefix('trained on ')} | {m['n']} | {m['kappa']:.3f} | {m['macro_f1']:.3f} |")
         lines.append("")
     ship = out.get("ship", {})
     if ship.get("welivita"):
         m = ship["welivita"]
-        lines += [f"Welivita CounselChat sentences (automatic labels, written counseling, never in training), coded by the "
-                  f"coder trained on everything shipped: n {m['n']}, kappa {m['kappa']:.3f}, macro-F1 {m['macro_f1']:.3f}.", ""]
+        lines += [
+            f"Welivita CounselChat sentences (automatic labels, written counseling, never in training), coded by the "
+            f"coder trained on everything shipped: n {m['n']}, kappa {m['kappa']:.3f}, macro-F1 {m['macro_f1']:.3f}.",
+            "",
+        ]
     if out.get("curve"):
         c = out["curve"]
-        lines += ["**Learning curve: AnnoMI kappa on the outer test folds vs AnnoMI training transcripts (+ the demo corpus)**", "",
-                  "| training transcripts | mean kappa | per outer fold |", "|---|---|---|"]
+        lines += [
+            "**Learning curve: AnnoMI kappa on the outer test folds vs AnnoMI training transcripts (+ the demo corpus)**",
+            "",
+            "| training transcripts | mean kappa | per outer fold |",
+            "|---|---|---|",
+        ]
         for m in ("10", "25", "50", "all"):
             if m in c:
                 n = f"all ({min(c['transcripts_all'])}-{max(c['transcripts_all'])})" if m == "all" else m
@@ -404,9 +470,13 @@ def to_markdown(out: dict[str, Any]) -> str:
     if out.get("globals"):
         g = out["globals"]
         names = list(next(iter(g["auc"].values())))
-        lines += ["**Do the automatic globals tell AnnoMI's high-quality MI from the low-quality? AUC over "
-                  f"{sum(next(iter(g['transcripts'].values())).values())} transcripts**", "",
-                  "| codes from | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [
+            "**Do the automatic globals tell AnnoMI's high-quality MI from the low-quality? AUC over "
+            f"{sum(next(iter(g['transcripts'].values())).values())} transcripts**",
+            "",
+            "| codes from | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
         for src, auc in g["auc"].items():
             lines.append(f"| {src} | " + " | ".join(f"{auc[n]:.2f}" for n in names) + " |")
         lines.append("")
@@ -436,9 +506,17 @@ def main() -> None:
     if args.limit:
         annomi, demo, welivita = annomi[: args.limit], demo[: args.limit], welivita[: args.limit]
     cfg = default_config(recipe=args.recipe)
-    out: dict[str, Any] = {"recipe": args.recipe, "config": cfg.to_dict(), "counts": {
-        "annomi": len(annomi), "demo_en": sum(e.language == "en" for e in demo),
-        "demo_zh": sum(e.language == "zh" for e in demo), "welivita": len(welivita)}, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    out: dict[str, Any] = {
+        "recipe": args.recipe,
+        "config": cfg.to_dict(),
+        "counts": {
+            "annomi": len(annomi),
+            "demo_en": sum(e.language == "en" for e in demo),
+            "demo_zh": sum(e.language == "zh" for e in demo),
+            "welivita": len(welivita),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     t_start = time.monotonic()
 
     def save() -> None:
@@ -452,7 +530,9 @@ def main() -> None:
         section_nested(annomi, demo, cfg, args.folds, out, save)
     elif args.json.is_file():  # the later sections read the nested section of an earlier run
         earlier = json.loads(args.json.read_text(encoding="utf-8"))
-        out.update({k: v for k, v in earlier.items() if k not in out or k in ("nested", "nested_predictions", "recipe")})
+        out.update(
+            {k: v for k, v in earlier.items() if k not in out or k in ("nested", "nested_predictions", "recipe")}
+        )
         if "nested_predictions" in out:
             regrade(annomi, demo, out)
     if "baseline_same_data" in sections and "nested_predictions" in out:

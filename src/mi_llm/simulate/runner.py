@@ -184,7 +184,7 @@ def simulate(
     progress: ProgressFn | None = None,
 ) -> SimulateResult:
     """Run the planned sessions not yet in output_dir/sessions.jsonl; append each as it ends."""
-    paths = SimulatePaths(output_dir)
+    paths = SimulatePaths(Path(output_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     output = paths.sessions
     sidecar = meta_file(output)

@@ -228,9 +228,8 @@ def fit_candidate(
     embed_cfg: dict[str, Any] | None,
 ) -> ClientTalkCoder:
     train = [examples[i] for i in idx]
-    return ClientTalkCoder.fit(
-        train, _config(cand, embed_cfg), embeddings=embeddings[idx] if cand["embed"] is not None else None
-    )  # type: ignore[index]
+    chosen = embeddings[idx] if cand["embed"] is not None and embeddings is not None else None
+    return ClientTalkCoder.fit(train, _config(cand, embed_cfg), embeddings=chosen)
 
 
 def nested_cv(

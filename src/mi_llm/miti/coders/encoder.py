@@ -160,7 +160,7 @@ class EncoderExpert:
         texts: Sequence[str],
         contexts: Sequence[str],
         y: Sequence[str],
-        weights: Sequence[float],
+        weights: Sequence[float] | np.ndarray,
         progress: StageProgress | None = None,
     ) -> EncoderExpert:
         import torch

@@ -23,9 +23,11 @@ from mi_llm.miti.codebook import CODES, GLOBALS, MI_ADHERENT, MI_NON_ADHERENT
 
 # Why reports leave automatic globals out (measured, docs/miti-coder.md "Global ratings"):
 # from the shipped coder's codes, on the 106 AnnoMI transcripts rated high/low MI quality by experts.
-WITHHELD_FROM_REPORTS = ("automatic global ratings are not reported: from the coder's codes they tell AnnoMI's "
-                         "high- from low-quality MI sessions no better than the Persuade rate alone does "
-                         "(AUC 0.69-0.85 against 0.87), and were fitted on 100 demo sessions")
+WITHHELD_FROM_REPORTS = (
+    "automatic global ratings are not reported: from the coder's codes they tell AnnoMI's "
+    "high- from low-quality MI sessions no better than the Persuade rate alone does "
+    "(AUC 0.69-0.85 against 0.87), and were fitted on 100 demo sessions"
+)
 
 FEATURES: tuple[str, ...] = (
     *(f"rate_{c}" for c in CODES),
@@ -77,7 +79,7 @@ class GlobalsModel:
     n_train: int = 0
 
     @classmethod
-    def fit(cls, dialogues: Sequence[Dialogue], alpha: float = 3.0) -> "GlobalsModel":
+    def fit(cls, dialogues: Sequence[Dialogue], alpha: float = 3.0) -> GlobalsModel:
         from sklearn.linear_model import Ridge
 
         rows = [d for d in dialogues if d.miti_globals is not None and any(t.codes for t in d.turns)]
@@ -93,8 +95,9 @@ class GlobalsModel:
             m = Ridge(alpha=alpha).fit(Z, y)
             coef[g] = [float(c) for c in m.coef_]
             intercept[g] = float(m.intercept_)
-        return cls(mean=mean.tolist(), scale=scale.tolist(), coef=coef, intercept=intercept, alpha=alpha,
-                   n_train=len(rows))
+        return cls(
+            mean=mean.tolist(), scale=scale.tolist(), coef=coef, intercept=intercept, alpha=alpha, n_train=len(rows)
+        )
 
     def predict_raw(self, dialogue: Dialogue) -> dict[str, float]:
         z = (np.array(session_features(dialogue)) - np.array(self.mean)) / np.array(self.scale)
@@ -107,15 +110,28 @@ class GlobalsModel:
         return GlobalRatings(**{g: int(min(5, max(1, round(v)))) for g, v in raw.items()})
 
     def to_dict(self) -> dict:
-        return {"features": list(FEATURES), "mean": self.mean, "scale": self.scale, "coef": self.coef,
-                "intercept": self.intercept, "alpha": self.alpha, "n_train": self.n_train}
+        return {
+            "features": list(FEATURES),
+            "mean": self.mean,
+            "scale": self.scale,
+            "coef": self.coef,
+            "intercept": self.intercept,
+            "alpha": self.alpha,
+            "n_train": self.n_train,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GlobalsModel":
+    def from_dict(cls, d: dict) -> GlobalsModel:
         if d.get("features") != list(FEATURES):
             raise MiLlmError("the global-ratings model was saved with other features; retrain the coder")
-        return cls(mean=d["mean"], scale=d["scale"], coef=d["coef"], intercept=d["intercept"],
-                   alpha=d.get("alpha", 1.0), n_train=d.get("n_train", 0))
+        return cls(
+            mean=d["mean"],
+            scale=d["scale"],
+            coef=d["coef"],
+            intercept=d["intercept"],
+            alpha=d.get("alpha", 1.0),
+            n_train=d.get("n_train", 0),
+        )
 
     def save(self, path: Path) -> None:
         from mi_llm.io import write_json
@@ -123,7 +139,7 @@ class GlobalsModel:
         write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: Path) -> "GlobalsModel":
+    def load(cls, path: Path) -> GlobalsModel:
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError) as e:

@@ -53,7 +53,7 @@ class SelectionConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SelectionConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SelectionConfig:
         return cls(**d)
 
 
@@ -111,11 +111,21 @@ def inner_folds(examples: Sequence[Example], n_folds: int, seed: int) -> list[np
     return [np.flatnonzero(fold == k) for k in range(n_folds)]
 
 
-def select(examples: Sequence[Example], config: "CoderConfig", embeddings: np.ndarray | None,
-           progress: Callable[[str, int, int], None] | None = None) -> tuple["CoderConfig", dict[str, Any]]:
+def select(
+    examples: Sequence[Example],
+    config: CoderConfig,
+    embeddings: np.ndarray | None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[CoderConfig, dict[str, Any]]:
     """The config with C, expert weights, refinement and biases chosen on inner folds, and a record."""
     from mi_llm.miti.coders.product import (
-        REFLECTIONS, _weights, aligned_log_proba, combine, expert_configs, fit_classifier, language_weights,
+        REFLECTIONS,
+        _weights,
+        aligned_log_proba,
+        combine,
+        expert_configs,
+        fit_classifier,
+        language_weights,
         refine_features,
     )
 
@@ -129,8 +139,9 @@ def select(examples: Sequence[Example], config: "CoderConfig", embeddings: np.nd
     present = {e.source for e in examples}
     grid_sources = [src for src in sorted(sel.source_weights) if src in present]
     settings = [dict(zip(grid_sources, ws)) for ws in itertools.product(*(sel.source_weights[s] for s in grid_sources))]
-    weights_of = {_key(ws): _weights(examples, replace(config, source_weights={**config.source_weights, **ws}))
-                  for ws in settings}
+    weights_of = {
+        _key(ws): _weights(examples, replace(config, source_weights={**config.source_weights, **ws})) for ws in settings
+    }
     specs = expert_configs(config)
     grids = {"ngram": sel.C, "embed": sel.C_embed}
     folds = inner_folds(examples, sel.folds, sel.seed)
@@ -146,19 +157,22 @@ def select(examples: Sequence[Example], config: "CoderConfig", embeddings: np.nd
         tr_texts, te_texts = [texts[i] for i in train_idx], [texts[i] for i in test_idx]
         tr_ctx, te_ctx = [contexts[i] for i in train_idx], [contexts[i] for i in test_idx]
         seen = Counter(examples[i].language for i in train_idx)
-        lang_w[test_idx] = language_weights([examples[i].language for i in test_idx], seen,
-                                            config.min_language_examples)
+        lang_w[test_idx] = language_weights(
+            [examples[i].language for i in test_idx], seen, config.min_language_examples
+        )
         for name, fconf, C in specs:
             feat = Featurizer(fconf)
-            e_tr = embeddings[train_idx] if fconf.embeddings is not None else None
-            e_te = embeddings[test_idx] if fconf.embeddings is not None else None
+            use = fconf.embeddings is not None
+            e_tr = embeddings[train_idx] if use and embeddings is not None else None
+            e_te = embeddings[test_idx] if use and embeddings is not None else None
             X_tr = feat.fit_transform(tr_texts, tr_ctx, e_tr)
             X_te = feat.transform(te_texts, te_ctx, e_te)
             for wk, weights in weights_of.items():
                 for c in grids.get(name, [C]):
                     clf = fit_classifier(X_tr, y[train_idx], weights[train_idx], c, config)
-                    oof.setdefault((name, c, wk), np.zeros((n, len(labels))))[test_idx] = \
-                        aligned_log_proba(clf, X_te, labels)
+                    oof.setdefault((name, c, wk), np.zeros((n, len(labels))))[test_idx] = aligned_log_proba(
+                        clf, X_te, labels
+                    )
                     done += 1
                     if progress:
                         progress("selection", done, steps)
@@ -178,17 +192,19 @@ def select(examples: Sequence[Example], config: "CoderConfig", embeddings: np.nd
 
     names = [name for name, _, _ in specs]
     has_embed = "embed" in names
-    candidates = []
-    for ws, Cn, Ce, w, ref in itertools.product(settings, sel.C if "ngram" in names else [None],
-                                                sel.C_embed if has_embed else [None],
-                                                sel.embed_weights if has_embed and "ngram" in names else [1.0],
-                                                sel.refine):
+    candidates: list[dict[str, Any]] = []
+    for ws, Cn, Ce, w, ref in itertools.product(
+        settings,
+        sel.C if "ngram" in names else [None],
+        sel.C_embed if has_embed else [None],
+        sel.embed_weights if has_embed and "ngram" in names else [1.0],
+        sel.refine,
+    ):
         if has_embed and w == 0 and Ce != sel.C_embed[0]:
             continue  # the embedding expert is off: its C does not matter
         if ref and _key(ws) not in oof_refine:
             continue  # too few reflections to train the SR-vs-CR expert
-        trial = replace(config, expert_weights={"embed": w} if has_embed else {}, refine_reflections=ref,
-                        class_bias={})
+        trial = replace(config, expert_weights={"embed": w} if has_embed else {}, refine_reflections=ref, class_bias={})
         lps = {}
         if Cn is not None:
             lps["ngram"] = oof[("ngram", Cn, _key(ws))]
@@ -196,10 +212,19 @@ def select(examples: Sequence[Example], config: "CoderConfig", embeddings: np.nd
             lps["embed"] = oof[("embed", Ce, _key(ws))]
         logp = combine(lps, labels, trial, lang_w, oof_refine[_key(ws)] if ref else None)
         kappa, f1 = scores(gold, logp.argmax(1), len(labels))
-        candidates.append({"source_weights": ws, "C": Cn, "C_embed": Ce, "embed_weight": w if has_embed else None,
-                           "refine": ref,
-                           "kappa": round(kappa, 4), "macro_f1": round(f1, 4), "objective": round((kappa + f1) / 2, 4),
-                           "_logp": logp})
+        candidates.append(
+            {
+                "source_weights": ws,
+                "C": Cn,
+                "C_embed": Ce,
+                "embed_weight": w if has_embed else None,
+                "refine": ref,
+                "kappa": round(kappa, 4),
+                "macro_f1": round(f1, 4),
+                "objective": round((kappa + f1) / 2, 4),
+                "_logp": logp,
+            }
+        )
     best = max(candidates, key=lambda c: c["objective"])
     bias = np.zeros(len(labels))
     after = best["objective"]
@@ -220,7 +245,9 @@ def select(examples: Sequence[Example], config: "CoderConfig", embeddings: np.nd
             bias, after = fit_biases(gold, best["_logp"], sel.bias_grid)
     kappa_b, f1_b = scores(gold, (best["_logp"] + bias).argmax(1), len(labels))
     chosen = replace(
-        config, selection=None, source_weights={**config.source_weights, **best["source_weights"]},
+        config,
+        selection=None,
+        source_weights={**config.source_weights, **best["source_weights"]},
         C=best["C"] if best["C"] is not None else config.C,
         C_embed=best["C_embed"] if best["C_embed"] is not None else config.C_embed,
         expert_weights={"embed": best["embed_weight"]} if has_embed else {},

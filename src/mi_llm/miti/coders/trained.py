@@ -46,7 +46,13 @@ from mi_llm.miti.coders.features import FeatureConfig, Featurizer
 from mi_llm.miti.coders.globals_model import GlobalsModel
 from mi_llm.miti.coders.labels import NULL, Example
 from mi_llm.miti.coders.product import (
-    REFLECTIONS, _weights, aligned_log_proba, combine, expert_configs, fit_classifier, language_weights,
+    REFLECTIONS,
+    _weights,
+    aligned_log_proba,
+    combine,
+    expert_configs,
+    fit_classifier,
+    language_weights,
     refine_features,
 )
 from mi_llm.miti.coders.tuned import TunedConfig, TunedExpert
@@ -100,7 +106,7 @@ class CoderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CoderConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CoderConfig:
         d = dict(d)
         d["features"] = FeatureConfig.from_dict(d.get("features", {}))
         return cls(**d)
@@ -144,8 +150,9 @@ class Expert:
     classifier: Any
 
 
-def fit_refine_expert(texts: Sequence[str], contexts: Sequence[str], y: np.ndarray, weights: np.ndarray,
-                      config: CoderConfig) -> Expert:
+def fit_refine_expert(
+    texts: Sequence[str], contexts: Sequence[str], y: np.ndarray, weights: np.ndarray, config: CoderConfig
+) -> Expert:
     """Simple vs complex reflection, trained on the reflections alone (coarse-then-fine)."""
     keep = np.isin(y, REFLECTIONS)
     feat = Featurizer(refine_features(config))
@@ -154,9 +161,16 @@ def fit_refine_expert(texts: Sequence[str], contexts: Sequence[str], y: np.ndarr
 
 
 class TrainedCoder(Coder):
-    def __init__(self, config: CoderConfig, experts: list[Expert], globals_model: GlobalsModel | None = None,
-                 info: dict[str, Any] | None = None, folder: Path | None = None, tuned: TunedExpert | None = None,
-                 encoder: EncoderExpert | None = None):
+    def __init__(
+        self,
+        config: CoderConfig,
+        experts: list[Expert],
+        globals_model: GlobalsModel | None = None,
+        info: dict[str, Any] | None = None,
+        folder: Path | None = None,
+        tuned: TunedExpert | None = None,
+        encoder: EncoderExpert | None = None,
+    ):
         self.config = config
         self.experts = experts
         self.tuned = tuned
@@ -186,9 +200,15 @@ class TrainedCoder(Coder):
 
     # ------------------------------------------------------------- training
     @classmethod
-    def fit(cls, examples: Sequence[Example], config: CoderConfig | None = None,
-            dialogues_for_globals: Sequence[Any] = (), progress: StageProgress | None = None,
-            embedder: Embedder | None = None, tuned_embedder: Embedder | None = None) -> "TrainedCoder":
+    def fit(
+        cls,
+        examples: Sequence[Example],
+        config: CoderConfig | None = None,
+        dialogues_for_globals: Sequence[Any] = (),
+        progress: StageProgress | None = None,
+        embedder: Embedder | None = None,
+        tuned_embedder: Embedder | None = None,
+    ) -> TrainedCoder:
         """`embedder`, `tuned_embedder`: the embedded model for the embedding expert and for the
         tuned expert's frozen blocks, when the caller keeps one (cross-validation reuses them).
         With `config.selection`, inner cross-validation over the examples' groups first chooses
@@ -209,8 +229,9 @@ class TrainedCoder(Coder):
         self_embedder = None
         if config.features.embeddings is not None:
             self_embedder = embedder or Embedder.from_config(config.features.embeddings)
-            emb = self_embedder.embed(texts, contexts,
-                                      progress=(lambda d, n: progress("embeddings", d, n)) if progress else None)
+            emb = self_embedder.embed(
+                texts, contexts, progress=(lambda d, n: progress("embeddings", d, n)) if progress else None
+            )
         selection_record = None
         if config.selection is not None:
             from mi_llm.miti.coders.selection import select
@@ -237,7 +258,9 @@ class TrainedCoder(Coder):
         if config.encoder is not None:
             econf = EncoderConfig.from_dict(config.encoder)
             encoder = EncoderExpert(econf, [str(c) for c in experts[0].classifier.classes_])
-            encoder.fit(texts, contexts, y.tolist(), _weights(examples, config, econf.source_weights), progress=progress)
+            encoder.fit(
+                texts, contexts, y.tolist(), _weights(examples, config, econf.source_weights), progress=progress
+            )
         gm = None
         if dialogues_for_globals:
             if progress:
@@ -306,8 +329,9 @@ class TrainedCoder(Coder):
         return p / p.sum(axis=1, keepdims=True)
 
     def _language_weights(self, items: Sequence[Item]) -> np.ndarray:
-        return language_weights([it.lang for it in items], self.info.get("languages", {}),
-                                self.config.min_language_examples)
+        return language_weights(
+            [it.lang for it in items], self.info.get("languages", {}), self.config.min_language_examples
+        )
 
     def code_items(self, items: Sequence[Item], progress: Progress | None = None) -> list[Result]:
         if not items:
@@ -342,22 +366,32 @@ class TrainedCoder(Coder):
             self.encoder.save(folder / "encoder")
         if self.globals_model is not None:
             self.globals_model.save(folder / "globals.json")
-        write_json(folder / "coder.json", {
-            "format": FORMAT, "version": VERSION, "kind": "trained", "labels": self.labels,
-            "config": self.config.to_dict(), "info": self.info, "heads": self.heads,
-        })
+        write_json(
+            folder / "coder.json",
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "kind": "trained",
+                "labels": self.labels,
+                "config": self.config.to_dict(),
+                "info": self.info,
+                "heads": self.heads,
+            },
+        )
         self.folder = folder
         self.name = self._name()
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "TrainedCoder":
+    def load(cls, folder: str | Path) -> TrainedCoder:
         import joblib
 
         folder = Path(folder)
         meta_path = folder / "coder.json"
         if not meta_path.is_file():
-            raise MiLlmError(f"{folder}: not a coder folder (no coder.json); train one with `mi-llm miti train-coder -o {folder}`")
+            raise MiLlmError(
+                f"{folder}: not a coder folder (no coder.json); train one with `mi-llm miti train-coder -o {folder}`"
+            )
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except ValueError as e:
@@ -365,7 +399,9 @@ class TrainedCoder(Coder):
         if meta.get("format") != FORMAT or meta.get("kind") != "trained":
             raise MiLlmError(f"{meta_path}: not a trained MITI coder")
         if meta.get("version") not in READABLE_VERSIONS:
-            raise MiLlmError(f"{meta_path}: coder format version {meta.get('version')} (this mi-llm reads {VERSION}); retrain it")
+            raise MiLlmError(
+                f"{meta_path}: coder format version {meta.get('version')} (this mi-llm reads {VERSION}); retrain it"
+            )
         import sklearn
 
         saved = meta.get("info", {}).get("sklearn")
@@ -374,7 +410,9 @@ class TrainedCoder(Coder):
         try:
             blob = joblib.load(folder / "model.joblib")
         except (OSError, EOFError, ValueError, KeyError, AttributeError, ImportError) as e:
-            raise MiLlmError(f"{folder / 'model.joblib'}: unreadable ({type(e).__name__}: {e}); retrain the coder") from None
+            raise MiLlmError(
+                f"{folder / 'model.joblib'}: unreadable ({type(e).__name__}: {e}); retrain the coder"
+            ) from None
         gm = GlobalsModel.load(folder / "globals.json") if (folder / "globals.json").is_file() else None
         experts = [Expert(n, f, c) for n, f, c in blob["experts"]]
         config = CoderConfig.from_dict(meta["config"])
@@ -387,13 +425,12 @@ class TrainedCoder(Coder):
                 raise MiLlmError(f"{path}: unreadable ({type(e).__name__}: {e}); retrain the coder") from None
 
         tuned = encoder = None
-        if config.tuned is not None:
+        if (tuned_cfg := config.tuned) is not None:
             path = folder / "tuned.safetensors"
-            tuned = read(path, lambda: TunedExpert.load(path, TunedConfig.from_dict(config.tuned), meta["labels"]))
-        if config.encoder is not None:
+            tuned = read(path, lambda: TunedExpert.load(path, TunedConfig.from_dict(tuned_cfg), meta["labels"]))
+        if (encoder_cfg := config.encoder) is not None:
             path = folder / "encoder"
-            encoder = read(path, lambda: EncoderExpert.load(path, EncoderConfig.from_dict(config.encoder),
-                                                           meta["labels"]))
+            encoder = read(path, lambda: EncoderExpert.load(path, EncoderConfig.from_dict(encoder_cfg), meta["labels"]))
         coder = cls(config, experts, gm, meta.get("info", {}), folder, tuned=tuned, encoder=encoder)
         coder.heads = dict(meta.get("heads") or {})
         return coder

@@ -20,7 +20,7 @@ from mi_llm.errors import MiLlmError
 StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
-def epoch_samples(weights: Sequence[float], epochs: int, rng: np.random.Generator) -> list[np.ndarray]:
+def epoch_samples(weights: Sequence[float] | np.ndarray, epochs: int, rng: np.random.Generator) -> list[np.ndarray]:
     """The rows each epoch trains on: a row of weight w < 1 with probability w."""
     keep_p = np.clip(np.asarray(weights, dtype=float), 0.0, 1.0)
     return [np.flatnonzero(rng.random(len(keep_p)) < keep_p) for _ in range(epochs)]
@@ -47,7 +47,7 @@ def train_classifier(
     logits: Callable[[list[int]], Any],
     labels: Sequence[str],
     y: Sequence[str],
-    weights: Sequence[float],
+    weights: Sequence[float] | np.ndarray,
     param_groups: list[dict],
     *,
     class_weight_power: float,

@@ -141,7 +141,7 @@ class TunedExpert:
         texts: Sequence[str],
         contexts: Sequence[str],
         y: Sequence[str],
-        weights: Sequence[float],
+        weights: Sequence[float] | np.ndarray,
         progress: StageProgress | None = None,
     ) -> TunedExpert:
         """Train on utterances (with the client's previous turns), codes `y`, a weight per utterance."""
