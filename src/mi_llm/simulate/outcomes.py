@@ -40,22 +40,10 @@ class ClientTalkCoder(Protocol):
 
 def code_sessions(dialogues: Sequence[Dialogue], coder: DialogueCoder, client_coder: ClientTalkCoder) -> list[Dialogue]:
     """Copies with every counselor turn MITI-coded (globals rated) and every client turn's talk type."""
-    from mi_llm.miti.coders.client_talk import ClientItem
+    from mi_llm.miti.coders.base import code_client_turns
 
     coded = coder.code_dialogues(dialogues, client_talk=None)
-    items, where = [], []
-    for di, d in enumerate(coded):
-        previous = history = last_client = ""
-        for ti, t in enumerate(d.turns):
-            if t.role == "counselor":
-                previous, history = t.text, last_client
-                continue
-            if t.text.strip():
-                items.append(ClientItem(t.text, previous, history, d.language))
-                where.append((di, ti))
-            last_client = t.text
-    for (di, ti), talk in zip(where, client_coder.code(items) if items else []):
-        coded[di].turns[ti].talk = talk  # type: ignore[assignment]  # change | sustain | neutral
+    code_client_turns(coded, client_coder)
     for d in coded:
         d.meta["client_talk_coder"] = client_coder.name
     return coded

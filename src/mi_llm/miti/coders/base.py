@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mi_llm.corpus.language import detect_language
@@ -148,9 +149,10 @@ class Coder:
 def code_client_turns(dialogues: Sequence[Dialogue], client_talk: Any = "default") -> None:
     """Set `Turn.talk` of every client turn in place; the context is the counselor's previous
     turn and the client's turn before it (as in training)."""
-    from mi_llm.miti.coders.client_talk import ClientItem, ClientTalkCoder, load_client_coder
+    from mi_llm.miti.coders.client_talk import ClientItem, load_client_coder
 
-    coder = client_talk if isinstance(client_talk, ClientTalkCoder) else load_client_coder(client_talk)
+    # a name or folder is loaded; anything else is a coder already (anything with .code(items))
+    coder = load_client_coder(client_talk) if isinstance(client_talk, (str, Path)) else client_talk
     items: list[ClientItem] = []
     where: list[tuple[int, int]] = []
     for di, d in enumerate(dialogues):
@@ -163,8 +165,8 @@ def code_client_turns(dialogues: Sequence[Dialogue], client_talk: Any = "default
                 items.append(ClientItem(t.text, previous, history, d.language))
                 where.append((di, ti))
             last_client = t.text
-    for (di, ti), talk in zip(where, coder.code(items)):
-        dialogues[di].turns[ti].talk = talk  # type: ignore[assignment]
+    for (di, ti), talk in zip(where, coder.code(items) if items else []):
+        dialogues[di].turns[ti].talk = talk
     for d in dialogues:
         d.meta["client_talk_coder"] = coder.name
 
