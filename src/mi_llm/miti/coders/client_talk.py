@@ -28,7 +28,6 @@ nested cross-validation and `mi-llm miti train-client-coder` retrains it
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from mi_llm.corpus.language import detect_language
-from mi_llm.errors import InputError, MiLlmError
+from mi_llm.errors import MiLlmError
 from mi_llm.miti.coders.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -89,24 +88,14 @@ def load_annomi_client(path: str | Path) -> list[ClientExample]:
     Several annotators: the majority label; a tie at the top is dropped (as for therapist
     codes). `previous` is the latest therapist utterance before it, `history` the latest
     client utterance before that one (both within the transcript)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MiLlmError(f"{path}: no such file")
+    from mi_llm.miti.coders.labels import iter_annomi_rows
+
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        need = {"transcript_id", "utterance_id", "interlocutor", "utterance_text", "client_talk_type"}
-        if not need <= set(reader.fieldnames or ()):
-            raise InputError(path, f"not an AnnoMI CSV: needs columns {sorted(need)}", 1)
-        for lineno, row in enumerate(reader, start=2):
-            try:
-                key = (row["transcript_id"], int(row["utterance_id"]))
-            except ValueError:
-                raise InputError(path, f"bad utterance_id {row['utterance_id']!r}", lineno) from None
-            r = rows.setdefault(key, {"role": row["interlocutor"], "text": row["utterance_text"] or "", "votes": []})
-            talk = (row.get("client_talk_type") or "").strip()
-            if r["role"] == "client" and talk in TALK_TYPES:
-                r["votes"].append(talk)
+    for _lineno, key, row in iter_annomi_rows(Path(path), "client_talk_type"):
+        r = rows.setdefault(key, {"role": row["interlocutor"], "text": row["utterance_text"] or "", "votes": []})
+        talk = (row.get("client_talk_type") or "").strip()
+        if r["role"] == "client" and talk in TALK_TYPES:
+            r["votes"].append(talk)
     by_transcript: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     for (tid, uid), r in rows.items():
         by_transcript[tid].append((uid, r))

@@ -24,7 +24,7 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
@@ -134,16 +134,13 @@ def _need(path: Path, what: str) -> None:
         raise MiLlmError(f"{path}: no such {what}")
 
 
-def load_annomi(path: str | Path) -> list[Example]:
-    """AnnoMI-full.csv (or -simple.csv) therapist turns with their majority MITI key."""
-    path = Path(path)
+def iter_annomi_rows(path: Path, label_column: str) -> Iterator[tuple[int, tuple[str, int], dict[str, str]]]:
+    """(line, (transcript_id, utterance_id), row) of an AnnoMI CSV (full or simple), checked:
+    the columns an importer needs (with `label_column`) and a numeric utterance id."""
     _need(path, "file")
-    votes: dict[tuple[str, int], list[object]] = defaultdict(list)
-    text: dict[tuple[str, int], str] = {}
-    client: dict[tuple[str, int], str] = {}
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        need = {"transcript_id", "utterance_id", "interlocutor", "utterance_text", "main_therapist_behaviour"}
+        need = {"transcript_id", "utterance_id", "interlocutor", "utterance_text", label_column}
         if not need <= set(reader.fieldnames or ()):
             raise InputError(path, f"not an AnnoMI CSV: needs columns {sorted(need)}", 1)
         for lineno, row in enumerate(reader, start=2):
@@ -151,17 +148,27 @@ def load_annomi(path: str | Path) -> list[Example]:
                 key = (row["transcript_id"], int(row["utterance_id"]))
             except ValueError:
                 raise InputError(path, f"bad utterance_id {row['utterance_id']!r}", lineno) from None
-            if row["interlocutor"] == "client":
-                client.setdefault(key, row["utterance_text"] or "")
-                continue
-            if row["interlocutor"] != "therapist":
-                continue
-            text.setdefault(key, row["utterance_text"] or "")
-            votes[key].append(
-                annomi_code(
-                    row["main_therapist_behaviour"], row.get("reflection_subtype"), row.get("therapist_input_subtype")
-                )
+            yield lineno, key, row
+
+
+def load_annomi(path: str | Path) -> list[Example]:
+    """AnnoMI-full.csv (or -simple.csv) therapist turns with their majority MITI key."""
+    path = Path(path)
+    votes: dict[tuple[str, int], list[object]] = defaultdict(list)
+    text: dict[tuple[str, int], str] = {}
+    client: dict[tuple[str, int], str] = {}
+    for _lineno, key, row in iter_annomi_rows(path, "main_therapist_behaviour"):
+        if row["interlocutor"] == "client":
+            client.setdefault(key, row["utterance_text"] or "")
+            continue
+        if row["interlocutor"] != "therapist":
+            continue
+        text.setdefault(key, row["utterance_text"] or "")
+        votes[key].append(
+            annomi_code(
+                row["main_therapist_behaviour"], row.get("reflection_subtype"), row.get("therapist_input_subtype")
             )
+        )
     out: list[Example] = []
     dropped = 0
     for key in sorted(votes, key=lambda k: (int(k[0]) if k[0].isdigit() else k[0], k[1])):
