@@ -8,8 +8,9 @@ from email.utils import format_datetime
 import pytest
 
 from mi_llm.errors import InputError, MiLlmError
+from mi_llm.llm.openai_client import estimate_tokens, parse_retry_after
 from mi_llm.transcribe.pricing import DEFAULT_PRICES, load_prices
-from mi_llm.transcribe.ratelimit import RateLimiter, estimate_tokens, parse_retry_after
+from mi_llm.transcribe.ratelimit import RateLimiter
 from mi_llm.transcribe.store import ResultStore
 from tests.transcribe.conftest import make_dialogue
 

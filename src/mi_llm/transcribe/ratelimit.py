@@ -10,9 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from mi_llm.llm.openai_client import estimate_tokens, parse_retry_after
-
-__all__ = ["RateLimiter", "estimate_tokens", "parse_retry_after"]
+__all__ = ["RateLimiter"]
 
 
 @dataclass

@@ -23,6 +23,7 @@ from mi_llm.errors import MiLlmError
 from mi_llm.io import write_json
 from mi_llm.layout import CACHE_SUFFIX, SUMMARY_SUFFIX, beside
 from mi_llm.llm.backends import BACKENDS
+from mi_llm.llm.openai_client import estimate_tokens
 from mi_llm.transcribe.cache import CachedCall, CallCache, call_key
 from mi_llm.transcribe.clients import ApiError, ChatClient, ChatResult, make_client
 from mi_llm.transcribe.config import TranscribeConfig, TranscribeGenerationConfig
@@ -35,7 +36,7 @@ from mi_llm.transcribe.prompt import (
     render_messages,
     repair_messages,
 )
-from mi_llm.transcribe.ratelimit import RateLimiter, estimate_tokens
+from mi_llm.transcribe.ratelimit import RateLimiter
 from mi_llm.transcribe.store import RETRY_ON_RESUME, ResultStore
 from mi_llm.transcribe.validate import validate_answer
 
