@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mi_llm.build.samples",
             "mi_llm.build.exports",
             "mi_llm.build.config",
+            "mi_llm.build.strategy",
             "mi_llm.prompts",
             "mi_llm.resources",
         ),

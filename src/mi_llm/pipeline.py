@@ -90,6 +90,10 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
             history_budget=cfg.split.history_budget,
             tokenizer=cfg.split.tokenizer,
             export_mode=cfg.split.export_mode,
+            codes=cfg.split.codes,
+            coder=cfg.split.coder,
+            strategy=cfg.split.strategy,
+            augment_cr=cfg.split.augment_cr,
         )
 
     stages = [
@@ -122,7 +126,7 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
             do_build,
             [paths.build.train_samples, paths.build.test_samples],
             inputs=[built_from],
-            params=cfg.split.model_dump(),
+            params=cfg.split.fingerprint(),
         )
     )
     return stages
@@ -141,7 +145,11 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
         chosen = PredictBackend.choose(
             m.backend, m.name, adapter.root if system == "finetuned" else None, m.backend_options, gen.batch_size
         )
-        chosen.predict(test_file, paths.predictions(key, system), cfg.generation_config(), limit=gen.limit)
+        # a strategy steers the fine-tuned model only: the base model never learned the tags
+        strategy = gen.strategy_option() if system == "finetuned" else None
+        chosen.predict(
+            test_file, paths.predictions(key, system), cfg.generation_config(), limit=gen.limit, strategy=strategy
+        )
 
     def do_train() -> None:
         from mi_llm.train.sft import train
@@ -156,7 +164,9 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
 
         evaluate_file(paths.predictions(key, system), paths.metrics(key, system))
 
-    gen_params = {"model": m.model_dump(), "generation": gen.model_dump()}
+    # strategy only when set: runs from before it existed stay up to date
+    generation = {k: v for k, v in gen.model_dump().items() if k != "strategy" or v is not None}
+    gen_params = {"model": m.model_dump(), "generation": generation}
     stages = [
         Stage(
             f"{key}/predict-base",

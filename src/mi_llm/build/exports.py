@@ -39,7 +39,7 @@ def export_records(
 ) -> list[tuple[str, list[tuple[str, str]]]]:
     """(system, rounds) per record: one per sample, or one per dialogue with every round."""
     if mode == "rounds":
-        return [(s.system, [*s.history, (s.query, s.response)]) for s in cast("list[Sample]", split)]
+        return [(s.system, [*s.history, (s.query, s.target)]) for s in cast("list[Sample]", split)]
     return [
         (system_prompt_for(d.language, system_overrides), [(c.text, r.text) for c, r in d.rounds()])
         for d in cast("list[Dialogue]", split)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_llm.corpus.schema import Dialogue, Language
+from mi_llm.build.strategy import tagged, turn_code
+from mi_llm.corpus.schema import Code, Dialogue, Language
 from mi_llm.errors import MiLlmError
 from mi_llm.io import iter_models
 from mi_llm.prompts import load_prompt
@@ -35,6 +36,18 @@ class Sample(BaseModel):
     query: str = Field(description="the client's utterance c_t")
     response: str = Field(description="the counselor's reply r_t, the target")
     truncated_rounds: int = 0
+    # MITI codes (`mi-llm data build --codes`): the target reply's one code, and each kept
+    # history reply's (mi_llm.build.strategy.turn_code); None where not coded.
+    code: Code | None = None
+    history_codes: list[Code | None] | None = None
+    # True: the target opens with the code's tag, "[CR] reply" (None, not False, so that a
+    # sample built without codes is written as before: samples are written without None)
+    strategy: bool | None = None
+
+    @property
+    def target(self) -> str:
+        """What the model learns to write: the reply, after its code's tag when `strategy`."""
+        return tagged(self.code, self.response) if self.strategy else self.response
 
     def messages(self, with_response: bool = False) -> list[dict[str, str]]:
         """OpenAI-style chat messages: system, history, query (and the target if asked)."""
@@ -43,7 +56,7 @@ class Sample(BaseModel):
             msgs += [{"role": "user", "content": client}, {"role": "assistant", "content": counselor}]
         msgs.append({"role": "user", "content": self.query})
         if with_response:
-            msgs.append({"role": "assistant", "content": self.response})
+            msgs.append({"role": "assistant", "content": self.target})
         return msgs
 
 
@@ -61,9 +74,14 @@ def dialogue_samples(
     system: str,
     history_budget: int | None = None,
     count: TokenCounter = char_count,
+    codes: bool = False,
+    strategy: bool = False,
 ) -> list[Sample]:
-    """All round samples of one dialogue; with a budget, keep the most recent rounds that fit."""
+    """All round samples of one dialogue; with a budget, keep the most recent rounds that fit.
+    `codes`: each sample carries its counselor turns' codes (`Turn.codes`); `strategy`: its
+    target opens with its code's tag."""
     rounds = d.rounds()
+    turn_codes = [turn_code(u.code for u in r.codes or ()) for _, r in rounds] if codes else None
     out = []
     for t, (client, counselor) in enumerate(rounds):
         history = [(c.text, r.text) for c, r in rounds[:t]]
@@ -91,6 +109,9 @@ def dialogue_samples(
                 query=client.text,
                 response=counselor.text,
                 truncated_rounds=dropped,
+                code=turn_codes[t] if turn_codes else None,
+                history_codes=turn_codes[dropped:t] if turn_codes else None,
+                strategy=strategy or None,
             )
         )
     return out
@@ -145,8 +166,22 @@ def build_samples(
     history_budget: int | None = None,
     count: TokenCounter = char_count,
     system_overrides: dict[str, str] | None = None,
+    codes: bool = False,
+    strategy: bool = False,
 ) -> list[Sample]:
     out = []
     for d in dialogues:
-        out += dialogue_samples(d, system_prompt_for(d.language, system_overrides), history_budget, count)
+        system = system_prompt_for(d.language, system_overrides)
+        out += dialogue_samples(d, system, history_budget, count, codes=codes, strategy=strategy)
+    return out
+
+
+def augment_code(samples: Sequence[Sample], code: str, copies: int) -> list[Sample]:
+    """The samples plus `copies` more of each whose target has `code` (e.g. more complex
+    reflections to learn from); each copy right after its original, with its own id."""
+    out: list[Sample] = []
+    for s in samples:
+        out.append(s)
+        if s.code == code:
+            out += [s.model_copy(update={"sample_id": f"{s.sample_id}+{code}{k}"}) for k in range(1, copies + 1)]
     return out

@@ -79,6 +79,10 @@ def build_cmd(
     history_budget: int | None = field_option(BuildConfig, "history_budget"),
     tokenizer: str = field_option(BuildConfig, "tokenizer"),
     export_mode: str = field_option(BuildConfig, "export_mode"),
+    codes: str = field_option(BuildConfig, "codes"),
+    coder: str = field_option(BuildConfig, "coder"),
+    strategy: bool = field_option(BuildConfig, "strategy"),
+    augment_cr: int = field_option(BuildConfig, "augment_cr"),
 ) -> None:
     """Split dialogues and write round-based samples plus LLaMA-Factory and OpenAI exports."""
     from mi_llm.build.stage import build
@@ -92,6 +96,10 @@ def build_cmd(
         history_budget=history_budget,
         tokenizer=tokenizer,
         export_mode=export_mode,
+        codes=codes,
+        coder=coder,
+        strategy=strategy,
+        augment_cr=augment_cr,
     )
     table = Table(title=f"build {output}")
     for col in ("split", "dialogues", "samples"):

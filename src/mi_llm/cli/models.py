@@ -105,6 +105,7 @@ def predict_cmd(
         callback=number(ge=1, le=INT32_MAX),
     ),
     extra_body: str | None = typer.Option(None, "--extra-body", help="openai: JSON object merged into each request"),
+    strategy: str | None = field_option(PredictConfig, "strategy", "--strategy"),
 ) -> None:
     """Generate a counselor reply for every test sample (resumable)."""
     from rich.progress import (
@@ -116,6 +117,7 @@ def predict_cmd(
         TimeRemainingColumn,
     )
 
+    from mi_llm.build.strategy import Strategy
     from mi_llm.evaluate.predict import PredictBackend, backend_options, count_test_samples, predict, resolve_backend
     from mi_llm.llm.backends import preset as make_preset
 
@@ -129,6 +131,7 @@ def predict_cmd(
         seed=seed,
     )
     test_file, total = count_test_samples(data, limit)  # a broken line fails before the model loads
+    steer = Strategy.parse(strategy) if strategy is not None else None  # a bad policy file too
     name = resolve_backend(backend)
     options = backend_options(
         name,
@@ -174,6 +177,7 @@ def predict_cmd(
             limit=limit,
             overwrite=overwrite,
             progress=on_batch,
+            strategy=steer,
         )
         bar.update(task, completed=total)
     console.print(

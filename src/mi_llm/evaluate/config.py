@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mi_llm.build.strategy import Strategy, check_code
 from mi_llm.errors import MiLlmError
 from mi_llm.llm.backends.base import GenerationConfig, preset
 
@@ -19,11 +20,25 @@ class PredictConfig(BaseModel):
     batch_size: int = Field(8, ge=1, description="conversations per generate call, written together")
     limit: int | None = Field(None, ge=1, description="predict only the first N test samples")
     seed: int = 42
+    strategy: str | None = Field(
+        None,
+        description="strategy-then-response: 'model' (the model writes its code's tag), a MITI code (forced, e.g. "
+        "CR) or 'policy:FILE' (a policy picks the code); the tag is cut from the reply and stored with it",
+    )
 
     @model_validator(mode="after")
     def _known_preset(self) -> PredictConfig:
         self.generation_config()
+        if self.strategy is not None and self.strategy != "model" and not self.strategy.startswith("policy:"):
+            try:
+                check_code(self.strategy, "strategy")
+            except MiLlmError as e:
+                raise ValueError(str(e)) from None
         return self
+
+    def strategy_option(self) -> Strategy | None:
+        """The parsed strategy (a policy file is read here, not when the config is)."""
+        return Strategy.parse(self.strategy, "strategy") if self.strategy is not None else None
 
     def generation_config(self) -> GenerationConfig:
         """The preset with this config's fields; ValueError (a config error) on an unknown preset."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mi_llm.build.samples import Sample, read_samples
+from mi_llm.build.strategy import Strategy, split_tag
 from mi_llm.errors import InputError, MiLlmError
 from mi_llm.io import repair_torn_tail, write_json, write_jsonl
 from mi_llm.layout import TEST_SAMPLES, BuildPaths, meta_file
@@ -213,18 +214,23 @@ class PredictResult:
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def settings_key(backend_info: dict[str, Any], config: GenerationConfig) -> dict[str, Any]:
+def settings_key(
+    backend_info: dict[str, Any], config: GenerationConfig, strategy: Strategy | None = None
+) -> dict[str, Any]:
     """What must match for a rerun to resume (not batch size, concurrency or timing)."""
     model = backend_info.get("model")
     if isinstance(model, dict):
         model = {k: model.get(k) for k in ("name", "sha256", "path")}
-    return {
+    key = {
         "backend": backend_info.get("backend"),
         "model": model,
         "adapter": backend_info.get("adapter"),
         "gguf": backend_info.get("gguf"),
         "generation": config.to_dict(),
     }
+    if strategy is not None:  # only when given: predictions from before --strategy still resume
+        key["strategy"] = strategy.describe()
+    return key
 
 
 def predict(
@@ -237,13 +243,19 @@ def predict(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     order: str | None = None,
+    strategy: Strategy | None = None,
 ) -> PredictResult:
-    """Generate a prediction for each test sample of `data` into `output` (JSONL)."""
+    """Generate a prediction for each test sample of `data` into `output` (JSONL).
+
+    With a `strategy` (mi_llm.build.strategy), each record also holds the reply's code
+    (`code`: the tag the model wrote, or the one forced on it) and, when forced, the
+    `requested` one; the tag itself is cut from the prediction."""
     test_file, samples = load_test_samples(data, limit)
     ids = [s.sample_id for s in samples]
     output = Path(output)
     info = backend.describe()
-    key = settings_key(info, config)
+    key = settings_key(info, config, strategy)
+    requested = {s.sample_id: strategy.requested(s.history_codes) for s in samples} if strategy else {}
     sidecar = meta_file(output)
     if overwrite:
         for stale in (output, sidecar):
@@ -289,13 +301,23 @@ def predict(
     with open(output, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            completions = backend.generate([s.messages() for s in chunk], config)
+            if strategy is not None:
+                prompts = [strategy.prefill(s.messages(), requested[s.sample_id]) for s in chunk]
+            else:
+                prompts = [s.messages() for s in chunk]
+            completions = backend.generate(prompts, config)
             if len(completions) != len(chunk):
                 raise MiLlmError(
                     f"backend {info.get('backend')} returned {len(completions)} completions for {len(chunk)} prompts"
                 )
             for s, c in zip(chunk, completions):
-                rec = _record(s, c.text, generation)
+                if strategy is None:
+                    rec = _record(s, c.text, generation)
+                else:
+                    wrote, reply = split_tag(c.text)
+                    asked = requested[s.sample_id]
+                    rec = _record(s, reply.strip(), generation)
+                    rec.update(strategy=strategy.spec, requested=asked, code=asked or wrote)
                 rec.update(
                     prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, finish_reason=c.finish_reason
                 )

@@ -181,9 +181,19 @@ def shared_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return k
 
 
+def split_prefill(messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """(the conversation, the start of the assistant's reply): a conversation that ends with
+    an assistant message asks the model to go on from that text (e.g. a forced strategy tag)."""
+    if messages and messages[-1]["role"] == "assistant":
+        return list(messages[:-1]), messages[-1]["content"]
+    return list(messages), ""
+
+
 def encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-    """Token ids of the prompt that asks for the next assistant reply."""
-    text = render_prompt(tokenizer, messages, add_generation_prompt=True)
+    """Token ids of the prompt that asks for the next assistant reply (going on from a last
+    assistant message, when there is one: `split_prefill`)."""
+    messages, prefill = split_prefill(messages)
+    text = render_prompt(tokenizer, messages, add_generation_prompt=True) + prefill
     # The template writes bos itself: adding special tokens again would double it.
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

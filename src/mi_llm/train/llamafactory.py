@@ -51,7 +51,7 @@ def _dataset(cfg: TrainConfig, data: Any, yaml_path: Path) -> tuple[str, str, bo
                 return dataset, str(folder.llamafactory.resolve()), mode == "rounds"
     out = yaml_path.resolve().parent / f"{yaml_path.stem}_data"
     records = select_records(data.samples, mode)
-    pairs = [(s.system, [*s.history, (s.query, s.response)]) for s in records]
+    pairs = [(s.system, [*s.history, (s.query, s.target)]) for s in records]
     write_llamafactory(out, {"train": pairs}, mode)
     return dataset, str(out), mode == "rounds"
 

@@ -132,9 +132,11 @@ def fit_context(
     """Drop the oldest exchanges until the prompt and the reply fit the context; (messages, ids)."""
     msgs = list(messages)
     ids = encode(msgs)
+    # a last assistant message is the start of the reply (a forced strategy tag): kept
+    prefill = 1 if msgs and msgs[-1]["role"] == "assistant" else 0
     while len(ids) + max_new > limit:
         first = 1 if msgs and msgs[0]["role"] == "system" else 0
-        if len(msgs) - first <= 1:
+        if len(msgs) - first - prefill <= 1:
             raise MiLlmError(
                 f"the message is too long: {len(ids)} prompt tokens + {max_new} new tokens exceed the "
                 f"model's context of {limit} tokens"

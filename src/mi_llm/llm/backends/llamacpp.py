@@ -243,7 +243,10 @@ class LlamaCppBackend(Backend):
             from mi_llm.llm.templates import encode_prompt
 
             return encode_prompt(self.tokenizer, messages)
-        text = render_jinja(self.template, messages, self.bos_text, self.eos_text)
+        from mi_llm.llm.templates import split_prefill
+
+        messages, prefill = split_prefill(messages)
+        text = render_jinja(self.template, messages, self.bos_text, self.eos_text) + prefill
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:

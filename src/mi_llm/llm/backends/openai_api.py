@@ -99,6 +99,11 @@ class OpenAIBackend(Backend):
             req["stop"] = list(config.stop)
         if self.response_format:
             req["response_format"] = self.response_format
+        if messages and messages[-1]["role"] == "assistant":
+            # the reply goes on from the last assistant message (a forced strategy tag): vLLM's
+            # and SGLang's chat option; a server without it answers afresh
+            extra.setdefault("continue_final_message", True)
+            extra.setdefault("add_generation_prompt", False)
         if extra:
             req["extra_body"] = extra
         return req
