@@ -203,3 +203,53 @@ def test_miti_stage_writes_the_one_schema_the_report_reads(tmp_path, monkeypatch
     assert not runner(miti_stage(cfg, paths)).skipped and read_miti_scores(paths.miti_scores) == scores
     assert runner(miti_stage(cfg, paths)).skipped
     assert not runner(report_stage(cfg, paths)).skipped
+
+
+def test_strategy_run_reports_code_following(tmp_path, monkeypatch):
+    """With generation.strategy, the samples carry codes, the fine-tuned predictions their
+    code, and the report a code-following table from the miti stage's coded sessions."""
+    import mi_llm.miti.coders as coders
+    from mi_llm.config import ExperimentConfig
+    from mi_llm.evaluate.metrics import evaluate_file
+    from mi_llm.io import iter_jsonl, write_jsonl
+    from mi_llm.layout import RunPaths
+    from mi_llm.pipeline import data_stages, following_stages, miti_stage, report_stage
+
+    monkeypatch.setattr(coders, "load_coder", lambda name: OneCodeCoder())
+    cfg = ExperimentConfig(
+        name="s",
+        sources=[{"kind": "demo", "language": "en", "style": "mi"}],
+        split={"train": 2, "test": 2, "seed": 1, "codes": "corpus", "strategy": True},
+        generation={"strategy": "Q"},
+    )
+    paths = RunPaths(tmp_path / "run")
+    runner = StageRunner(paths.root)
+    for stage in data_stages(cfg, paths):
+        runner(stage)
+    samples = [s for _, s in iter_jsonl(paths.build.train_samples)]
+    assert all("code" in s and s["strategy"] for s in samples if s.get("code"))
+    for _, key, system in cfg.systems():
+        preds = [
+            {
+                "sample_id": s["sample_id"],
+                "dialogue_id": s["dialogue_id"],
+                "round": s["round"],
+                "language": s["language"],
+                "prediction": "So you want to change.",
+                "reference": s["response"],
+                **({"strategy": "Q", "requested": "Q", "code": "Q"} if system == "finetuned" else {}),
+            }
+            for _, s in iter_jsonl(paths.build.test_samples)
+        ]
+        write_jsonl(paths.predictions(key, system), preds)
+        evaluate_file(paths.predictions(key, system), paths.metrics(key, system))
+    runner(miti_stage(cfg, paths))
+    (following,) = following_stages(cfg, paths)
+    assert not runner(following).skipped
+    result = json.loads(following.outputs[0].read_text())
+    # the stand-in coder hears every reply as a complex reflection: asked Q, never followed
+    assert result["by_code"]["Q"]["rate"] == 0.0 and result["heard"]["Q"] == {"CR": result["all"]["asked"]}
+    runner(report_stage(cfg, paths))
+    summary = json.loads(paths.report.summary.read_text())
+    assert summary["code_following"]["gemma-3-270m finetuned"]["strategy"] == "Q"
+    assert 'id="following-table"' in paths.report.index.read_text()

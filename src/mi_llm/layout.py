@@ -65,6 +65,7 @@ OPENAI_DIR = "openai"
 SYSTEMS = ("base", "finetuned")
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
+CODE_FOLLOWING = "code_following.json"  # predict --strategy: how often the coder hears the asked code
 ADAPTER_DIR = "adapter"
 # A LoRA adapter folder: PEFT's two files, plus ours.
 ADAPTER_CONFIG = "adapter_config.json"
@@ -260,6 +261,9 @@ class RunPaths(_Folder):
 
     def metrics(self, key: str, system: str) -> Path:
         return self.model_dir(key) / system / METRICS
+
+    def code_following(self, key: str, system: str) -> Path:
+        return self.model_dir(key) / system / CODE_FOLLOWING
 
     def adapter(self, key: str) -> AdapterPaths:
         return AdapterPaths(self.model_dir(key) / ADAPTER_DIR)

@@ -252,6 +252,35 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
     return Stage("miti", do_miti, [paths.miti_scores], inputs=inputs, params=params)
 
 
+def following_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
+    """With `generation.strategy`: how often the MITI stage's coder heard the code each
+    fine-tuned reply was asked for (or wrote), from the coded sessions it wrote."""
+    if not (cfg.generation.strategy and cfg.miti.enabled and cfg.train_enabled):
+        return []
+    stages = []
+    for m in cfg.models:
+        key, label = m.key, f"{m.key} finetuned"
+
+        def do_following(key: str = key, label: str = label) -> None:
+            from mi_llm.miti.following import following_of_predictions, heard_by_round, strategy_records
+
+            records = strategy_records(paths.predictions(key, "finetuned"))
+            result = following_of_predictions(records, heard_by_round(read_dialogues(paths.miti_coded(label))))
+            result["coder"] = str(cfg.miti.coder)
+            write_json(paths.code_following(key, "finetuned"), result)
+
+        stages.append(
+            Stage(
+                f"{key}/code-following",
+                do_following,
+                [paths.code_following(key, "finetuned")],
+                inputs=[paths.predictions(key, "finetuned"), paths.miti_scores],
+                params={"coder": cfg.miti.coder},
+            )
+        )
+    return stages
+
+
 def report_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
     from mi_llm.report.collect import collect
 
@@ -262,6 +291,7 @@ def report_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
         inputs.append(paths.miti_scores)
     if cfg.train_enabled:
         inputs += [paths.adapter(m.key).train_log for m in cfg.models]
+    inputs += [p for s in following_stages(cfg, paths) for p in s.outputs]
 
     def do_report() -> None:
         from mi_llm.report import write_report
@@ -285,6 +315,7 @@ def run_experiment(
         stages += model_stages(cfg, paths, m)
     if cfg.miti.enabled:
         stages.append(miti_stage(cfg, paths))
+    stages += following_stages(cfg, paths)
     stages.append(report_stage(cfg, paths))
     for stage in stages:
         runner(stage)

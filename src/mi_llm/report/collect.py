@@ -82,6 +82,10 @@ def collect(cfg: ExperimentConfig, paths: RunPaths) -> ReportData:
     if cfg.train_enabled:
         for m in cfg.models:
             data.loss_curves[m.key] = loss_curve(paths.adapter(m.key).train_log)
+    for label, key, system in systems:
+        following = paths.code_following(key, system)
+        if following.is_file():
+            data.code_following[label] = _read_json(following)
     data.examples = examples(paths, systems, cfg.split.seed)
     build = _read_json(paths.build.summary)
     data.settings = {

@@ -47,6 +47,8 @@ class ReportData:
     examples: list[Example] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # system label -> code-following (mi_llm.miti.following), for systems predicted with a strategy
+    code_following: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -56,4 +58,5 @@ class ReportData:
             "paper": {"automatic": PAPER_AUTOMATIC, "miti": PAPER_MITI},
             "settings": self.settings,
             "notes": self.notes,
+            **({"code_following": self.code_following} if self.code_following else {}),
         }

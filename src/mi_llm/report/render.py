@@ -89,6 +89,25 @@ def auto_table(data: ReportData) -> list[dict[str, Any]]:
     ]
 
 
+def following_table(data: ReportData) -> list[dict[str, Any]]:
+    """One row per system x asked code: how often the coder heard the code asked for."""
+    rows = []
+    for label, result in data.code_following.items():
+        for code, r in [*result["by_code"].items(), ("all", result["all"])]:
+            rows.append(
+                {
+                    "system": label,
+                    "strategy": result.get("strategy"),
+                    "coder": result.get("coder"),
+                    "code": code,
+                    "asked": r["asked"],
+                    "rate": _fmt(r["rate"]),
+                    "present_rate": _fmt(r["present_rate"]),
+                }
+            )
+    return rows
+
+
 def _data_uri(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -109,6 +128,7 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
         metrics=AUTO_METRICS,
         auto=auto_table(data),
         miti=miti_table(data),
+        following=following_table(data),
         figures={k: _data_uri(v) for k, v in figs.items()},
         examples=data.examples,
         settings=data.settings,
