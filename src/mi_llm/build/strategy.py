@@ -49,6 +49,43 @@ def split_tag(text: str) -> tuple[str | None, str]:
     return m.group(1), text[m.end() :]
 
 
+class TagStripper:
+    """Cuts the tag from the start of a streamed reply: text pieces in, the reply's pieces out
+    (`code`: the tag's code once seen), leading whitespace dropped. Holds back only what could
+    still be a tag."""
+
+    _LONGEST = max(len(format_tag(c)) for c in CODES)
+
+    def __init__(self) -> None:
+        self.code: str | None = None
+        self.pending = ""
+        self.done = False
+
+    def feed(self, piece: str) -> str:
+        if self.done:
+            return piece
+        self.pending += piece
+        head = self.pending.lstrip()
+        m = _TAG.match(head)
+        if m:
+            self.code = m.group(1)
+            rest = head[m.end() :]
+            if not rest:  # the space after the tag may still come
+                return ""
+            self.done, self.pending = True, ""
+            return rest.lstrip()
+        if not head or (head.startswith("[") and "]" not in head and len(head) < self._LONGEST):
+            return ""  # maybe a tag: wait for more
+        self.done, self.pending = True, ""
+        return head  # replies are stripped: no leading whitespace
+
+    def flush(self) -> str:
+        """What is still held back when the stream ends."""
+        out = "" if self.done or self.code else self.pending.lstrip()
+        self.done, self.pending = True, ""
+        return out
+
+
 def turn_code(codes: Iterable[str | None]) -> str | None:
     """The one code of a counselor turn from its utterances' codes (None: none coded)."""
     present = {c for c in codes if c}

@@ -60,13 +60,15 @@ def chat_cmd(
     gguf: Path | None = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
     n_ctx: int = field_option(LlamaCppConfig, "n_ctx", "--n-ctx", le=INT32_MAX),
     threads: int | None = field_option(LlamaCppConfig, "n_threads", "--threads", le=INT32_MAX),
+    strategy: str | None = field_option(ServeConfig, "strategy", "--strategy"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
 ) -> None:
     """Chat with the counselor in the terminal (streaming; /reset, /save FILE, /quit)."""
+    from mi_llm.build.strategy import Strategy
     from mi_llm.errors import MiLlmError
     from mi_llm.llm.backends.base import GenerationConfig
     from mi_llm.serve.chat import ChatSession, run_chat
-    from mi_llm.serve.engine import build_engine
+    from mi_llm.serve.engine import StrategyEngine, build_engine
     from mi_llm.serve.safety.layer import SafetyLayer
     from mi_llm.serve.sessions import SessionStore, check_session_id
 
@@ -75,6 +77,7 @@ def chat_cmd(
         raise MiLlmError("--language must be zh or en")
     if session is not None:
         check_session_id(session)
+    steer = Strategy.parse(strategy) if strategy is not None else None  # a bad policy file fails first
     safety = SafetyLayer(resources_dir=safety_resources)
     config = GenerationConfig(
         max_new_tokens=max_tokens,
@@ -87,6 +90,8 @@ def chat_cmd(
     )
     with console.status("loading the model"):
         engine = build_engine(backend, model, str(adapter) if adapter else None, **_engine_opts(gguf, n_ctx, threads))
+    if steer is not None:
+        engine = StrategyEngine(engine, steer)
     store = SessionStore(db or _default_db()) if session else None
     try:
         chat = ChatSession(engine, safety, config, language=language, store=store, session_id=session)
@@ -144,13 +149,15 @@ def serve_cmd(
     gguf: Path | None = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
     n_ctx: int = field_option(LlamaCppConfig, "n_ctx", "--n-ctx", le=INT32_MAX),
     threads: int | None = field_option(LlamaCppConfig, "n_threads", "--threads", le=INT32_MAX),
+    strategy: str | None = field_option(ServeConfig, "strategy", "--strategy"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/models) and a web chat page at /."""
+    from mi_llm.build.strategy import Strategy
     from mi_llm.errors import MiLlmError
     from mi_llm.serve.api import create_app, run_server
     from mi_llm.serve.auth import ENV_KEY, check_bind, keys_from_env, read_keys_file
-    from mi_llm.serve.engine import build_engine
+    from mi_llm.serve.engine import StrategyEngine, build_engine
     from mi_llm.serve.hostguard import HostPolicy
     from mi_llm.serve.safety.layer import SafetyLayer
     from mi_llm.serve.sessions import SessionStore
@@ -170,11 +177,14 @@ def serve_cmd(
         default_max_tokens = min(field_default(ServeConfig, "default_max_tokens"), max_tokens_limit)
     if not 1 <= default_max_tokens <= max_tokens_limit:
         raise MiLlmError("--default-max-tokens must be between 1 and --max-tokens-limit")
+    steer = Strategy.parse(strategy) if strategy is not None else None
     safety = SafetyLayer(resources_dir=safety_resources)
     safety.warn_unreviewed()
     store = SessionStore(db or _default_db())
     with console.status("loading the model"):
         engine = build_engine(backend, model, str(adapter) if adapter else None, **_engine_opts(gguf, n_ctx, threads))
+    if steer is not None:
+        engine = StrategyEngine(engine, steer)
     settings = ServeConfig(
         api_keys=keys,
         host=host,
@@ -188,6 +198,7 @@ def serve_cmd(
         language=language,
         log_text=log_text,
         temperature=temperature,
+        strategy=strategy,
     )
     app = create_app(engine, settings, store, safety)
     shown = "[::1]" if host == "::1" else host

@@ -237,7 +237,8 @@ class ChatService:
             stored = self.store.history(sid)
             if stored:
                 seen = stored  # with the marks of turns the safety layer answered
-                history = [{"role": m["role"], "content": m["content"]} for m in stored]  # the server's copy wins
+                # the server's copy wins (with each reply's strategy code, for a policy)
+                history = [{k: v for k, v in m.items() if k in ("role", "content", "code")} for m in stored]
             else:
                 seed = history
             language = language or session.language
@@ -293,6 +294,8 @@ class ChatService:
         text = "".join(parts)
         self._store(sid, seed, user, text, language, finish)
         self._log(record, finish, decision)
+        if finish.code:
+            ext["code"] = finish.code
         body = completion_body(
             rid,
             self.engine.model_id,
@@ -318,7 +321,14 @@ class ChatService:
                 record.first_token(parts)
                 parts.append(item)
                 yield chunk(record.rid, model, created, {"content": item})
-            yield chunk(record.rid, model, created, {}, _finish_reason(finish))
+            yield chunk(
+                record.rid,
+                model,
+                created,
+                {},
+                _finish_reason(finish),
+                ext={"code": finish.code} if finish.code else None,
+            )
             if include_usage:
                 yield chunk(
                     record.rid, model, created, None, usage=usage(finish.prompt_tokens, finish.completion_tokens)
@@ -394,9 +404,8 @@ class ChatService:
             log.info("reply text (session %s): %r", short_hash(sid), reply)
         if sid is None or finish.reason == "cancelled":
             return
-        self.store.append(
-            sid, [*seed, {"role": "user", "content": user}, {"role": "assistant", "content": reply}], language
-        )
+        answer = {"role": "assistant", "content": reply, **({"code": finish.code} if finish.code else {})}
+        self.store.append(sid, [*seed, {"role": "user", "content": user}, answer], language)
 
     def _log(self, record: _Record, finish: Finish, decision: SafetyDecision | None) -> None:
         total = time.monotonic() - record.t0

@@ -35,6 +35,7 @@ class Turn:
     crisis: bool = False
     category: str = "none"
     finish: str = "stop"
+    code: str | None = None  # the reply's strategy code (--strategy)
 
 
 @dataclass
@@ -55,7 +56,10 @@ class ChatSession:
             s = self.store.open(self.session_id, "local", self.language)
             self.language = self.language or s.language
             self.flagged, self.flag_category = s.flagged, s.flag_category
-            self.history = [{"role": m["role"], "content": m["content"]} for m in self.store.history(self.session_id)]
+            self.history = [
+                {k: v for k, v in m.items() if k in ("role", "content", "code")}
+                for m in self.store.history(self.session_id)
+            ]
 
     def messages_for(self, user: str) -> list[dict[str, str]]:
         lang = self.language or detect_language(user)
@@ -86,12 +90,12 @@ class ChatSession:
                 yield item
         text = "".join(parts)
         if finish.reason != "cancelled":
-            self._commit(user, text, None)
-        yield Turn(text, finish=finish.reason)
+            self._commit(user, text, None, finish.code)
+        yield Turn(text, finish=finish.reason, code=finish.code)
 
-    def _commit(self, user: str, reply: str, category: str | None) -> None:
+    def _commit(self, user: str, reply: str, category: str | None, code: str | None = None) -> None:
         u: dict[str, str] = {"role": "user", "content": user}
-        a: dict[str, str] = {"role": "assistant", "content": reply}
+        a: dict[str, str] = {"role": "assistant", "content": reply, **({"code": code} if code else {})}
         self.history += [dict(u), dict(a)]
         if self.store is not None and self.session_id:
             if category:
@@ -181,6 +185,8 @@ def run_chat(
                         )
                     elif item.finish == "length":
                         write(" [...]")
+                    if item.code:  # the strategy the reply followed (its tag, cut from the text)
+                        write(f"  ({item.code})")
                     continue
                 write(item)
                 out.flush()

@@ -29,3 +29,8 @@ class ServeConfig(BaseModel):
     top_p: float = Field(0.9, gt=0, le=1)
     top_k: int = 40
     repetition_penalty: float = 1.1
+    strategy: str | None = Field(
+        None,
+        description="strategy-then-response (a model trained with data build --strategy): 'model' (its own code), "
+        "a MITI code (forced, e.g. CR) or 'policy:FILE'; the tag is cut from each reply and stored with it",
+    )

@@ -13,6 +13,7 @@ Engines are not thread-safe: the server runs one engine in one worker thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -20,12 +21,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mi_llm.build.strategy import Strategy, TagStripper
 from mi_llm.errors import MiLlmError
 from mi_llm.llm.backends.base import Backend, Finish, GenerationConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BackendEngine", "ChatEngine", "EchoEngine", "Finish", "Messages", "build_engine", "llama_cpp_available"]
+__all__ = [
+    "BackendEngine",
+    "ChatEngine",
+    "EchoEngine",
+    "Finish",
+    "Messages",
+    "StrategyEngine",
+    "build_engine",
+    "llama_cpp_available",
+]
 
 Messages = list[dict[str, str]]
 ECHO = "echo"  # the engine with no model, beside the backends' names
@@ -108,7 +119,44 @@ class BackendEngine(ChatEngine):
     def stream(
         self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
     ) -> Iterator[str | Finish]:
-        yield from self.backend.stream_chat(messages, config, cancel)
+        # only role and content reach the model (a stored reply may carry its strategy code)
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        yield from self.backend.stream_chat(plain, config, cancel)
+
+
+class StrategyEngine(ChatEngine):
+    """Strategy-then-response around another engine (`--strategy`): a forced or policy code
+    begins the assistant's turn as its tag; the tag is cut from the streamed reply and its
+    code given in the `Finish`. A policy reads the codes of earlier replies from their
+    messages' `code` (what the session store kept)."""
+
+    def __init__(self, inner: ChatEngine, strategy: Strategy):
+        self.inner, self.strategy = inner, strategy
+        self.name, self.model_id = inner.name, inner.model_id
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "strategy": self.strategy.spec}
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def stream(
+        self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[str | Finish]:
+        previous = [m.get("code") for m in messages if m["role"] == "assistant"]
+        requested = self.strategy.requested(previous)
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        stripper = TagStripper()
+        for item in self.inner.stream(self.strategy.prefill(plain, requested), config, cancel):
+            if isinstance(item, Finish):
+                rest = stripper.flush()
+                if rest:
+                    yield rest
+                yield dataclasses.replace(item, code=requested or stripper.code)
+                return
+            piece = stripper.feed(item)
+            if piece:
+                yield piece
 
 
 def llama_cpp_available() -> bool:

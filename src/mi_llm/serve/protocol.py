@@ -111,15 +111,17 @@ def normalize_messages(messages: list[ChatMessage], max_messages: int) -> list[d
 
 def conversation(system: str, history: list[dict[str, str]], user: str) -> list[dict[str, str]]:
     """System prompt + alternating history + the new user turn (merging same-role neighbours,
-    which chat templates such as Gemma's refuse)."""
+    which chat templates such as Gemma's refuse). A reply's strategy `code` (session store)
+    stays with it, for a strategy policy (serve.engine.StrategyEngine)."""
     turns: list[dict[str, str]] = []
     for m in [*history, {"role": "user", "content": user}]:
         if m["role"] == "system":
             continue
+        code = {"code": m["code"]} if m.get("code") else {}
         if turns and turns[-1]["role"] == m["role"]:
-            turns[-1] = {"role": m["role"], "content": turns[-1]["content"] + "\n\n" + m["content"]}
+            turns[-1] = {"role": m["role"], "content": turns[-1]["content"] + "\n\n" + m["content"], **code}
         else:
-            turns.append({"role": m["role"], "content": m["content"]})
+            turns.append({"role": m["role"], "content": m["content"], **code})
     while turns and turns[0]["role"] != "user":  # a conversation opens with the client
         turns.pop(0)
     return [{"role": "system", "content": system}, *turns]

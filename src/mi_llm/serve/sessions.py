@@ -2,8 +2,9 @@
 
 Tables:
 - `sessions(id, owner, created, updated, language, flagged, flag_category, flagged_at, flag_count)`
-- `messages(session_id, seq, role, content, created, safety)`: the user and assistant turns,
-  `safety` = the crisis category when the safety layer answered that turn.
+- `messages(session_id, seq, role, content, created, safety, code)`: the user and assistant
+  turns, `safety` = the crisis category when the safety layer answered that turn, `code` = a
+  reply's strategy code (`--strategy`; mi_llm.build.strategy) with its tag cut from `content`.
 - `safety_events(id, session_id, created, category, rule)`: every crisis detection.
 
 `owner` is a hash of the API key that created the session ("local" without a key): one
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS messages (
     content TEXT NOT NULL,
     created REAL NOT NULL,
     safety TEXT,
+    code TEXT,
     PRIMARY KEY (session_id, seq)
 );
 CREATE TABLE IF NOT EXISTS safety_events (
@@ -107,6 +109,9 @@ class SessionStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+            if "code" not in columns:  # a database from before strategy codes
+                self._db.execute("ALTER TABLE messages ADD COLUMN code TEXT")
         except sqlite3.DatabaseError as e:
             raise MiLlmError(f"{path}: not a usable session database ({e})") from None
         self._lock = threading.Lock()
@@ -155,13 +160,15 @@ class SessionStore:
     def history(self, session_id: str) -> list[dict[str, str]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT role, content, safety FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
+                "SELECT role, content, safety, code FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
             ).fetchall()
         out = []
-        for role, content, safety in rows:
+        for role, content, safety, code in rows:
             m = {"role": role, "content": content}
             if safety:
                 m["safety"] = safety
+            if code:
+                m["code"] = code
             out.append(m)
         return out
 
@@ -177,8 +184,9 @@ class SessionStore:
                 for m in messages:
                     seq += 1
                     self._db.execute(
-                        "INSERT INTO messages (session_id, seq, role, content, created, safety) VALUES (?, ?, ?, ?, ?, ?)",
-                        (session_id, seq, m["role"], m["content"], now, m.get("safety")),
+                        "INSERT INTO messages (session_id, seq, role, content, created, safety, code) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (session_id, seq, m["role"], m["content"], now, m.get("safety"), m.get("code")),
                     )
                 self._db.execute(
                     "UPDATE sessions SET updated = ?, language = COALESCE(language, ?) WHERE id = ?",

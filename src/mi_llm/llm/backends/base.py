@@ -77,6 +77,7 @@ class Finish:
     reason: str  # "stop" | "length" | "cancelled"
     prompt_tokens: int
     completion_tokens: int
+    code: str | None = None  # the reply's strategy code (mi_llm.build.strategy), when steered
 
 
 class Backend(ABC):
