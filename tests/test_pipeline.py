@@ -47,6 +47,8 @@ def test_transcription_rewrites_only_what_the_split_uses():
         ("sources:\n  - kind: demo\nsplit:\n  tset: 3\n", 4, "tset"),
         ("sources: [\n", None, "invalid YAML"),
         ("sources:\n  - kind: demo\ngeneration:\n  preset: nosuch\n", None, "unknown generation preset"),
+        ("sources:\n  - kind: demo\ngeneration:\n  strategies: [CR, XX]\n", 4, "'XX' is not a MITI code"),
+        ("sources:\n  - kind: demo\nsplit:\n  strategy: true\n", 3, "need the codes of the replies"),
     ],
 )
 def test_config_errors_are_located(tmp_path, body, where, what):
@@ -220,8 +222,9 @@ def test_strategy_run_reports_code_following(tmp_path, monkeypatch):
         name="s",
         sources=[{"kind": "demo", "language": "en", "style": "mi"}],
         split={"train": 2, "test": 2, "seed": 1, "codes": "corpus", "strategy": True},
-        generation={"strategy": "Q"},
+        generation={"strategy": "Q", "strategies": ["CR"]},
     )
+    assert [s for _, _, s in cfg.systems()] == ["base", "finetuned", "finetuned-CR"]
     paths = RunPaths(tmp_path / "run")
     runner = StageRunner(paths.root)
     for stage in data_stages(cfg, paths):
@@ -238,18 +241,21 @@ def test_strategy_run_reports_code_following(tmp_path, monkeypatch):
                 "prediction": "So you want to change.",
                 "reference": s["response"],
                 **({"strategy": "Q", "requested": "Q", "code": "Q"} if system == "finetuned" else {}),
+                **({"strategy": "CR", "requested": "CR", "code": "CR"} if system == "finetuned-CR" else {}),
             }
             for _, s in iter_jsonl(paths.build.test_samples)
         ]
         write_jsonl(paths.predictions(key, system), preds)
         evaluate_file(paths.predictions(key, system), paths.metrics(key, system))
     runner(miti_stage(cfg, paths))
-    (following,) = following_stages(cfg, paths)
-    assert not runner(following).skipped
+    following, steered = following_stages(cfg, paths)
+    assert not runner(following).skipped and not runner(steered).skipped
     result = json.loads(following.outputs[0].read_text())
+    assert json.loads(steered.outputs[0].read_text())["by_code"]["CR"]["rate"] == 1.0
     # the stand-in coder hears every reply as a complex reflection: asked Q, never followed
     assert result["by_code"]["Q"]["rate"] == 0.0 and result["heard"]["Q"] == {"CR": result["all"]["asked"]}
     runner(report_stage(cfg, paths))
     summary = json.loads(paths.report.summary.read_text())
     assert summary["code_following"]["gemma-3-270m finetuned"]["strategy"] == "Q"
+    assert {r["system"] for r in summary["automatic"]} == {"base", "finetuned", "finetuned-CR"}
     assert 'id="following-table"' in paths.report.index.read_text()

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mi_llm.build.config import BuildConfig
+from mi_llm.build.strategy import check_code
 from mi_llm.errors import InputError, MiLlmError
 from mi_llm.evaluate.config import PredictConfig
-from mi_llm.layout import SYSTEMS
+from mi_llm.layout import SYSTEMS, steered_system
 from mi_llm.llm.backends.config import check_backend_options
 from mi_llm.llm.resolve import DEFAULT_MODEL
 from mi_llm.train.config import TrainConfig
@@ -99,6 +100,35 @@ class ExperimentTrainConfig(TrainConfig):
         return self.model_dump(exclude_unset=True)
 
 
+class ExperimentPredictConfig(PredictConfig):
+    """`generation:`: PredictConfig (every decoding option of `mi-llm predict`; its `strategy`
+    steers the fine-tuned system) and more fine-tuned systems, each predicted with its own
+    strategy, side by side in one run (one training)."""
+
+    strategies: list[str] = Field(
+        default_factory=list,
+        description="one more fine-tuned system per strategy (model, a MITI code, policy:FILE), e.g. [CR, Q]",
+    )
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, specs: list[str]) -> list[str]:
+        for spec in specs:
+            if spec != "model" and not spec.startswith("policy:"):
+                try:
+                    check_code(spec, "strategies")
+                except MiLlmError as e:
+                    raise ValueError(str(e)) from None
+        if len({steered_system(s) for s in specs}) != len(specs):
+            raise ValueError(f"strategies must differ: {specs}")
+        return specs
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings predictions depend on; the strategy options only when set, so that
+        predictions from before they existed stay up to date."""
+        return {k: v for k, v in self.model_dump().items() if k not in ("strategy", "strategies") or v}
+
+
 class ModelConfig(_Strict):
     name: str = DEFAULT_MODEL
     label: str | None = Field(None, description="short name in reports; defaults to the model name")
@@ -135,7 +165,7 @@ class ExperimentConfig(_Strict):
     split: BuildConfig = BuildConfig()
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     train: ExperimentTrainConfig = Field(default_factory=ExperimentTrainConfig)
-    generation: PredictConfig = Field(default_factory=PredictConfig)
+    generation: ExperimentPredictConfig = Field(default_factory=ExperimentPredictConfig)
     miti: MitiConfig = MitiConfig()
 
     @model_validator(mode="after")
@@ -151,9 +181,22 @@ class ExperimentConfig(_Strict):
 
     def systems(self) -> list[tuple[str, str, str]]:
         """(label, model key, system) of every system whose predictions a run makes: each
-        model's base, and its fine-tuned version when training is on."""
+        model's base, and its fine-tuned version when training is on (and that version
+        steered by each of `generation.strategies`: system `finetuned-<strategy>`)."""
         systems = SYSTEMS if self.train_enabled else SYSTEMS[:1]
-        return [(f"{m.key} {system}", m.key, system) for m in self.models for system in systems]
+        out = []
+        for m in self.models:
+            out += [(f"{m.key} {system}", m.key, system) for system in systems]
+            if self.train_enabled:  # the fine-tuned model steered by each of `generation.strategies`
+                out += [(f"{m.key} {steered_system(s)}", m.key, steered_system(s)) for s in self.generation.strategies]
+        return out
+
+    def strategy_of(self, system: str) -> str | None:
+        """The strategy a system is predicted with: `generation.strategy` for the fine-tuned
+        one, its own for each of `generation.strategies`, none for the base model."""
+        if system == "finetuned":
+            return self.generation.strategy
+        return next((s for s in self.generation.strategies if steered_system(s) == system), None)
 
     def train_options(self, model: str, data: str, output: str) -> TrainConfig:
         return self.train.train_config(model, data, output)

@@ -33,6 +33,7 @@ Sidecars sit beside the file they describe, named `<file><suffix>` (beside()).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,16 @@ OPENAI_DIR = "openai"
 
 # models/<key>/: one folder per system, and the adapter.
 SYSTEMS = ("base", "finetuned")
+
+
+def steered_system(spec: str) -> str:
+    """The system (folder) of the fine-tuned model predicted with one more strategy
+    (`generation.strategies`): finetuned-CR, finetuned-model, finetuned-policy-<file stem>."""
+    if spec.startswith("policy:"):
+        spec = "policy-" + Path(spec.removeprefix("policy:")).stem
+    return "finetuned-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", spec)
+
+
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 CODE_FOLLOWING = "code_following.json"  # predict --strategy: how often the coder hears the asked code

@@ -12,6 +12,7 @@ import math
 import random
 from pathlib import Path
 
+from mi_llm.build.strategy import Strategy
 from mi_llm.config import ExperimentConfig, ModelConfig, SourceConfig
 from mi_llm.corpus.importers import source_files
 from mi_llm.corpus.schema import Dialogue, read_dialogues, write_dialogues
@@ -133,7 +134,8 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
 
 
 def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list[Stage]:
-    """predict base -> train -> predict fine-tuned -> evaluate both, for one model."""
+    """predict base -> train -> predict fine-tuned (and once per `generation.strategies`) ->
+    evaluate each, for one model."""
     key = m.key
     test_file = paths.build.test_samples
     adapter = paths.adapter(key)
@@ -143,10 +145,11 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
         from mi_llm.evaluate.predict import PredictBackend
 
         chosen = PredictBackend.choose(
-            m.backend, m.name, adapter.root if system == "finetuned" else None, m.backend_options, gen.batch_size
+            m.backend, m.name, adapter.root if system != "base" else None, m.backend_options, gen.batch_size
         )
         # a strategy steers the fine-tuned model only: the base model never learned the tags
-        strategy = gen.strategy_option() if system == "finetuned" else None
+        spec = cfg.strategy_of(system)
+        strategy = Strategy.parse(spec, "strategy") if spec is not None else None
         chosen.predict(
             test_file, paths.predictions(key, system), cfg.generation_config(), limit=gen.limit, strategy=strategy
         )
@@ -164,9 +167,7 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
 
         evaluate_file(paths.predictions(key, system), paths.metrics(key, system))
 
-    # strategy only when set: runs from before it existed stay up to date
-    generation = {k: v for k, v in gen.model_dump().items() if k != "strategy" or v is not None}
-    gen_params = {"model": m.model_dump(), "generation": generation}
+    gen_params = {"model": m.model_dump(), "generation": gen.fingerprint()}
     stages = [
         Stage(
             f"{key}/predict-base",
@@ -192,6 +193,18 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
             ),
         ]
         systems.append("finetuned")
+        for _, _, steered in cfg.systems():
+            if steered.startswith("finetuned-") and steered not in systems:
+                stages.append(
+                    Stage(
+                        f"{key}/predict-{steered}",
+                        lambda s=steered: do_predict(s),  # type: ignore[misc]
+                        [paths.predictions(key, steered)],
+                        inputs=[test_file, adapter.weights],
+                        params=gen_params,
+                    )
+                )
+                systems.append(steered)
     for system in systems:
         stages.append(
             Stage(
@@ -253,28 +266,29 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
 
 
 def following_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
-    """With `generation.strategy`: how often the MITI stage's coder heard the code each
-    fine-tuned reply was asked for (or wrote), from the coded sessions it wrote."""
-    if not (cfg.generation.strategy and cfg.miti.enabled and cfg.train_enabled):
+    """For each system predicted with a strategy: how often the MITI stage's coder heard the
+    code each reply was asked for (or wrote), from the coded sessions it wrote."""
+    if not cfg.miti.enabled:
         return []
     stages = []
-    for m in cfg.models:
-        key, label = m.key, f"{m.key} finetuned"
+    for label, key, system in cfg.systems():
+        if cfg.strategy_of(system) is None:
+            continue
 
-        def do_following(key: str = key, label: str = label) -> None:
+        def do_following(label: str = label, key: str = key, system: str = system) -> None:
             from mi_llm.miti.following import following_of_predictions, heard_by_round, strategy_records
 
-            records = strategy_records(paths.predictions(key, "finetuned"))
+            records = strategy_records(paths.predictions(key, system))
             result = following_of_predictions(records, heard_by_round(read_dialogues(paths.miti_coded(label))))
             result["coder"] = str(cfg.miti.coder)
-            write_json(paths.code_following(key, "finetuned"), result)
+            write_json(paths.code_following(key, system), result)
 
         stages.append(
             Stage(
-                f"{key}/code-following",
+                f"{key}/code-following-{system}",
                 do_following,
-                [paths.code_following(key, "finetuned")],
-                inputs=[paths.predictions(key, "finetuned"), paths.miti_scores],
+                [paths.code_following(key, system)],
+                inputs=[paths.predictions(key, system), paths.miti_scores],
                 params={"coder": cfg.miti.coder},
             )
         )
