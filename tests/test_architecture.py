@@ -49,7 +49,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mi_llm.simulate",
         ),
     ),
-    ("pipeline", ("mi_llm.pipeline", "mi_llm.stages")),
+    ("pipeline", ("mi_llm.pipeline", "mi_llm.stages", "mi_llm.ablation")),
     ("cli", ("mi_llm.cli", "mi_llm.__main__")),
 )
 

@@ -89,6 +89,8 @@ SIMULATED_FAILED = "sessions.failed.jsonl"  # sessions an endpoint failed, with 
 SIMULATION_OUTCOMES = "outcomes.json"
 MITI_SCORES = "miti.json"
 REPORT_INDEX = "index.html"
+ABLATION_TABLE = "ablation.json"
+ABLATION_INDEX = "ablation.html"
 REPORT_SUMMARY = "summary.json"
 
 # Sidecars: `<file><suffix>` beside the file.
@@ -231,6 +233,22 @@ class ReportPaths(_Folder):
 
     def figure(self, name: str) -> Path:
         return self.root / f"{name}.png"
+
+
+class AblationPaths(_Folder):
+    """An ablation's folder (`mi-llm run ABLATION.yaml`): one run directory per arm, and the
+    table that compares them (ablation.json, ablation.html)."""
+
+    def arm(self, label: str) -> RunPaths:
+        return RunPaths(self.root / label)
+
+    @property
+    def table(self) -> Path:
+        return self.root / ABLATION_TABLE
+
+    @property
+    def index(self) -> Path:
+        return self.root / ABLATION_INDEX
 
 
 class RunPaths(_Folder):

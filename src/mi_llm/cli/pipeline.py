@@ -19,10 +19,14 @@ def register(app: typer.Typer) -> None:
 def _run(config_path: Path, run_dir: Path | None, force: bool) -> None:
     import time
 
+    from mi_llm.ablation import is_ablation, print_ablation, run_ablation
     from mi_llm.config import load_config
     from mi_llm.pipeline import print_summary, run_experiment
 
     setup_logging()
+    if is_ablation(config_path):
+        print_ablation(run_ablation(config_path, run_dir, force))
+        return
     cfg = load_config(config_path)
     run_dir = run_dir or default_run_dir(cfg.name)
     t0 = time.monotonic()
@@ -35,7 +39,9 @@ def run_cmd(
     run_dir: Path | None = typer.Option(None, "--run-dir", help="where every output goes (default runs/<name>)"),
     force: bool = typer.Option(False, help="rerun every stage even when up to date"),
 ) -> None:
-    """Run an experiment: import, (transcribe), build, predict, train, evaluate, MITI, report."""
+    """Run an experiment: import, (transcribe), build, predict, train, evaluate, MITI, report; or an
+    ablation (a config with `arms:`, e.g. configs/ablation-*.yaml): each arm's run and the table
+    that compares them."""
     _run(config, run_dir, force)
 
 
