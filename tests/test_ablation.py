@@ -29,6 +29,9 @@ def test_shipped_ablations_validate(name: str) -> None:
     ab, arms = load_ablation(path)
     assert len(arms) >= 2 and all(cfg.name == f"{ab.name}-{label}" for label, cfg in arms.items())
     if name == "strategy":
+        from mi_llm.build.strategy import load_policy
+
+        assert load_policy(ROOT / "configs" / "policies" / "expert.yaml").reflection == "CR"
         assert arms["strategy"].split.strategy and arms["strategy"].generation.strategy == "model"
         assert not arms["sft"].split.strategy and arms["sft"].split.train == 64  # the rest is the demo's
     if name == "reflections":

@@ -156,9 +156,11 @@ def test_field_option_takes_default_help_and_range_from_the_field() -> None:
 def test_the_saved_run_config_reads_back_as_the_same_config() -> None:
     from pathlib import Path
 
+    from mi_llm.ablation import is_ablation, load_ablation
     from mi_llm.config import load_config
 
     root = Path(__file__).parents[1]
     for path in [*(root / "configs").glob("*.yaml"), root / "src" / "mi_llm" / "resources" / "demo.yaml"]:
-        cfg = load_config(path)
-        assert ExperimentConfig.model_validate(cfg.model_dump(mode="json")) == cfg, path
+        # an ablation (configs/ablation-*.yaml) is one experiment config per arm
+        for cfg in load_ablation(path)[1].values() if is_ablation(path) else [load_config(path)]:
+            assert ExperimentConfig.model_validate(cfg.model_dump(mode="json")) == cfg, path
