@@ -266,7 +266,7 @@ class ChatService:
             )
             return self._safe_response(rid, req, decision, sid, seed, user, language, ext, headers, where)
         try:
-            job = self.worker.submit(convo, config)
+            job = self.worker.submit(convo, config, client.rate_key)  # round-robin over clients
         except QueueFull:
             raise ApiError(
                 503, "the server is busy; retry shortly", "server_error", "queue_full", {"Retry-After": "5"}

@@ -8,7 +8,9 @@ transformers' streamer, the server's deltas, or the whole reply as one piece).
 `EchoEngine` needs no model: it repeats the last user message back, word by word. It is
 for trying the server, the web page and clients, and for tests.
 
-Engines are not thread-safe: the server runs one engine in one worker thread.
+An engine streams up to `concurrency` conversations at once, each from its own thread (the
+server's worker runs that many): 1 unless its backend decodes several together (llama.cpp
+with `parallel` slots) or serves them elsewhere (an OpenAI-compatible upstream).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class ChatEngine:
 
     name = "base"
     model_id = "model"
+    concurrency = 1
 
     def stream(
         self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
@@ -76,10 +79,11 @@ class EchoEngine(ChatEngine):
 
     name = "echo"
 
-    def __init__(self, model_id: str = "echo", delay: float = 0.0, prefix: str = "You said: "):
+    def __init__(self, model_id: str = "echo", delay: float = 0.0, prefix: str = "You said: ", concurrency: int = 1):
         self.model_id = model_id
         self.delay = delay
         self.prefix = prefix
+        self.concurrency = max(1, int(concurrency))
 
     def stream(
         self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
@@ -109,6 +113,7 @@ class BackendEngine(ChatEngine):
         self.backend = backend
         self.name = backend.name
         self.model_id = model_id
+        self.concurrency = max(1, int(backend.stream_concurrency))
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "model": self.model_id, **self.backend.describe()}

@@ -1,18 +1,22 @@
-"""One model, many clients: requests wait in a queue and one worker thread generates.
+"""One model, many clients: requests wait in a queue and worker threads generate.
 
-Each request gets its own asyncio queue; the worker thread pushes the pieces of the reply
-onto it as they come (`loop.call_soon_threadsafe`), so every client sees its own reply
-stream while the model serves one request at a time. A client that goes away sets its
-request's cancel flag: a waiting request is skipped, a running one stops at the next token.
+The worker runs the engine's `concurrency` streams at once, one thread each (1 for a model
+that streams one conversation at a time; the llama.cpp batch engine's slots, whose streams
+are decoded together; an upstream server's connections). Waiting requests are admitted
+round-robin over clients (`FairQueue`): a client with many requests waiting does not hold
+back one with a single request. Each request gets its own asyncio queue; a worker thread
+pushes the pieces of the reply onto it as they come (`loop.call_soon_threadsafe`), so every
+client sees its own reply stream. A client that goes away sets its request's cancel flag: a
+waiting request is skipped, a running one stops at the next token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +37,7 @@ class _Job:
     config: GenerationConfig
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[Any]
+    client: str = ""
     cancel: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -40,34 +45,74 @@ class _Job:
 _END = object()
 
 
+class FairQueue:
+    """Jobs taken round-robin over clients, each client's own in order (thread-safe).
+    `get` blocks until there is a job; `None` (from `close`) ends a taker."""
+
+    def __init__(self) -> None:
+        self._by_client: OrderedDict[str, deque[_Job]] = OrderedDict()  # clients in turn order
+        self._closed = 0  # takers still to end
+        self._ready = threading.Condition()
+
+    def put(self, job: _Job) -> None:
+        with self._ready:
+            self._by_client.setdefault(job.client, deque()).append(job)
+            self._ready.notify()
+
+    def get(self) -> _Job | None:
+        with self._ready:
+            while not self._by_client and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                self._closed -= 1
+                return None
+            client, jobs = next(iter(self._by_client.items()))
+            job = jobs.popleft()
+            del self._by_client[client]
+            if jobs:  # the client's next job waits for every other client's turn
+                self._by_client[client] = jobs
+            return job
+
+    def close(self, takers: int) -> None:
+        with self._ready:
+            self._closed += takers
+            self._ready.notify_all()
+
+
 class GenerationWorker:
     def __init__(self, engine: ChatEngine, max_queue: int = 64):
         self.engine = engine
         self.max_queue = max(1, int(max_queue))
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs = FairQueue()
         self._pending = 0  # queued + running
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="mi-llm-generation", daemon=True)
-        self._thread.start()
+        self.concurrency = max(1, int(getattr(engine, "concurrency", 1)))
+        self._threads = [
+            threading.Thread(target=self._run, name=f"mi-llm-generation-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for t in self._threads:
+            t.start()
         self.served = 0
 
     @property
     def pending(self) -> int:
         return self._pending
 
-    def submit(self, messages: Messages, config: GenerationConfig) -> _Job:
-        """Queue a request (call from the event loop); `QueueFull` when the queue is full."""
+    def submit(self, messages: Messages, config: GenerationConfig, client: str = "") -> _Job:
+        """Queue a request (call from the event loop); `QueueFull` when the queue is full.
+        `client` names who asked: waiting requests are taken round-robin over clients."""
         with self._lock:
             if self._pending >= self.max_queue:
                 raise QueueFull()
             self._pending += 1
-        job = _Job(messages, config, asyncio.get_running_loop(), asyncio.Queue())
+        job = _Job(messages, config, asyncio.get_running_loop(), asyncio.Queue(), client)
         self._jobs.put(job)
         return job
 
-    async def stream(self, messages: Messages, config: GenerationConfig) -> AsyncIterator[str | Finish]:
+    async def stream(self, messages: Messages, config: GenerationConfig, client: str = "") -> AsyncIterator[str | Finish]:
         """Queue a request and yield the pieces of its reply, then a `Finish`."""
-        job = self.submit(messages, config)
+        job = self.submit(messages, config, client)
         async for item in self.results(job):
             yield item
 
@@ -102,7 +147,8 @@ class GenerationWorker:
                     self._emit(job, item)
                     if job.cancel.is_set() and not isinstance(item, Finish):
                         continue  # the engine sees the flag and ends with a Finish
-                self.served += 1
+                with self._lock:
+                    self.served += 1
             except Exception as e:  # noqa: BLE001 - handed to the request, which answers with an error
                 log.error("generation failed: %s: %s", type(e).__name__, e)
                 self._emit(job, e)
@@ -112,5 +158,6 @@ class GenerationWorker:
                     self._pending -= 1
 
     def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=5)
+        self._jobs.close(len(self._threads))
+        for t in self._threads:
+            t.join(timeout=5)

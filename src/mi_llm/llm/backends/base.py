@@ -84,6 +84,9 @@ class Backend(ABC):
     """A loaded model that completes chat conversations."""
 
     name: str = "base"
+    # How many `stream_chat` calls may run at once, each in its own thread (a server runs
+    # that many): 1 for a model that streams one conversation at a time.
+    stream_concurrency: int = 1
 
     @abstractmethod
     def generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:

@@ -9,8 +9,10 @@ order so llama.cpp reuses the KV cache of the shared prefix (system prompt and h
 
 `parallel > 1` decodes several conversations together in one llama.cpp batch (see
 `mi_llm.llm.backends.llamacpp_batch`); `parallel = 1` is plain single-stream llama.cpp.
-`stream_chat` sends the tokens as llama.cpp makes them (single-stream; with `parallel > 1`
-the whole reply of the batch engine as one piece).
+`stream_chat` sends the tokens as llama.cpp makes them. With `parallel > 1` up to that many
+`stream_chat` calls may run at once, from different threads (`stream_concurrency`): their
+streams are decoded together by continuous batching (`BatchStreamer`), each joining as a
+slot frees.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mi_llm.errors import MiLlmError
 from mi_llm.layout import AdapterPaths
@@ -38,6 +40,9 @@ from mi_llm.llm.backends.base import (
     fit_context,
 )
 from mi_llm.llm.llamacpp_runtime import import_llama_cpp
+
+if TYPE_CHECKING:
+    from mi_llm.llm.backends.llamacpp_batch import BatchStreamer
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +158,9 @@ class LlamaCppBackend(Backend):
             raise MiLlmError(f"{self.gguf}: llama.cpp could not load it ({e})") from None
         self._setup_template()
         self._engine = None
+        self._streamer: BatchStreamer | None = None
+        self._streamer_lock = threading.Lock()
+        self.stream_concurrency = self.parallel
         if self.parallel > 1:
             from mi_llm.llm.backends.llamacpp_batch import BatchEngine
 
@@ -258,7 +266,10 @@ class LlamaCppBackend(Backend):
                     f"context of {self.n_ctx} tokens (n_ctx)"
                 )
         if self._engine is not None:
-            outs = self._engine.generate(prompts, config)
+            if self._streamer is not None:  # the engine belongs to the live streams now: join them
+                outs = self._through_streamer(self._streamer, prompts, config)
+            else:
+                outs = self._engine.generate(prompts, config)
             results = []
             for p, (ids, stopped) in zip(prompts, outs):
                 text = self.llm.detokenize(ids).decode("utf-8", errors="replace")
@@ -266,6 +277,26 @@ class LlamaCppBackend(Backend):
                 results.append(Completion(text.strip(), len(p), len(ids), "stop" if stopped or cut else "length"))
             return results
         return [self._single(p, config) for p in prompts]
+
+    @staticmethod
+    def _through_streamer(
+        streamer: BatchStreamer, prompts: list[list[int]], config: GenerationConfig
+    ) -> list[tuple[list[int], bool]]:
+        streams = [streamer.submit(p, config) for p in prompts]  # all queued before any is read
+        outs = []
+        for stream in streams:
+            ids = list(streamer.read(stream))
+            outs.append((ids, len(ids) < config.max_new_tokens))
+        return outs
+
+    def _batch_streamer(self) -> BatchStreamer:
+        with self._streamer_lock:  # the first streams may start together
+            if self._streamer is None:
+                from mi_llm.llm.backends.llamacpp_batch import BatchStreamer
+
+                assert self._engine is not None
+                self._streamer = BatchStreamer(self._engine)
+            return self._streamer
 
     def _tokens(self, prompt: list[int], config: GenerationConfig) -> Iterator[int]:
         """llama.cpp's tokens after `prompt` (reusing the cached common prefix), up to an end of turn."""
@@ -301,18 +332,18 @@ class LlamaCppBackend(Backend):
     def stream_chat(
         self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
     ) -> Iterator[str | Finish]:
-        if self._engine is not None:  # the batch engine has no token stream
-            yield from super().stream_chat(messages, config, cancel)
-            return
         _, prompt = fit_context(messages, self.encode, self.n_ctx, config.max_new_tokens)
+        if self._engine is not None:
+            tokens = self._batch_streamer().tokens(prompt, config, cancel)
+        else:
+            tokens = self._tokens(prompt, config)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         trim, lead = StopTrimmer(config.stop), LeadingSpaceTrimmer()
         ids: list[int] = []
         sent = 0  # bytes of the detokenized reply already decoded
         reason = "stop"
-        for tok in self._tokens(prompt, config):
+        for tok in tokens:
             if cancel is not None and cancel.is_set():
-                reason = "cancelled"
                 break
             ids.append(tok)
             # Detokenize the whole reply so far: per-token pieces lose SentencePiece spacing.
@@ -326,12 +357,21 @@ class LlamaCppBackend(Backend):
             if len(ids) >= config.max_new_tokens:
                 reason = "length"
                 break
+        close = getattr(tokens, "close", None)
+        if close is not None:
+            close()  # ends the request in the batch engine (a stop string was met, or cancelled)
+        if reason == "stop" and not trim.stopped and cancel is not None and cancel.is_set():
+            reason = "cancelled"  # (the batch engine ends a cancelled stream without a token)
         tail = lead.feed(trim.feed(decoder.decode(b"", final=True)) + trim.flush())
         if tail:
             yield tail
         yield Finish(reason, len(prompt), len(ids))
 
     def close(self) -> None:
+        streamer = getattr(self, "_streamer", None)
+        if streamer is not None:
+            streamer.close()
+            self._streamer = None
         engine = getattr(self, "_engine", None)
         if engine is not None:
             engine.close()

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import queue
+import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,8 @@ class _Request:
     out: list[int] = field(default_factory=list)
     last: int | None = None  # sampled, not yet fed
     rng: Any = None  # sampling only: numpy Generator seeded by (seed, index)
+    config: GenerationConfig | None = None  # a live stream's own settings (BatchStreamer)
+    stream: _Stream | None = None
 
 
 class BatchEngine:
@@ -85,6 +89,7 @@ class BatchEngine:
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.n_vocab = llm.n_vocab()
         self.cached: list[list[int]] = [[] for _ in range(slots)]  # tokens held in each slot's KV
+        self._fed_last = -1  # the slot whose prompt was fed first in the last step (round-robin)
 
     def close(self) -> None:
         if self.batch is not None:
@@ -140,6 +145,14 @@ class BatchEngine:
         now = max(shared_prefix_len(c, prompt) for c in self.cached)
         return soon > now + 32
 
+    def reset(self) -> None:
+        """Empty every slot (after a failed decode the cache may hold cells no request owns)."""
+        self.lib.llama_memory_clear(self.mem, True)
+        self.cached = [[] for _ in range(self.slots)]
+
+    def is_end(self, token: int) -> bool:
+        return token in self.stop_ids or bool(self.lib.llama_vocab_is_eog(self.vocab, token))
+
     # ---------------------------------------------------------------- decoding
 
     def generate(self, prompts: Sequence[list[int]], config: GenerationConfig) -> list[tuple[list[int], bool]]:
@@ -152,7 +165,7 @@ class BatchEngine:
             if config.do_sample and req.rng is None:
                 req.rng = np.random.default_rng([config.seed or 0, req.index])
             tok = self._sample(logits, req, config)
-            if tok in self.stop_ids or self.lib.llama_vocab_is_eog(self.vocab, tok):
+            if self.is_end(tok):
                 results[req.index] = (req.out, True)
                 return None
             req.out.append(tok)
@@ -189,12 +202,8 @@ class BatchEngine:
         """Decode all prompts through the slots. `choose(request, logits)` is called with the
         logits after the prompt and after each fed token; it returns the next token to feed,
         or None when that request is finished (its slot then takes the next prompt)."""
-        import numpy as np
-
-        lib = self.lib
         queue = deque(range(len(prompts)))
         active: dict[int, _Request] = {}
-        batch = self.batch
         while queue or active:
             for slot in range(self.slots):
                 if slot not in active and queue:
@@ -204,40 +213,61 @@ class BatchEngine:
                     req = _Request(i, list(prompts[i]), [], 0)
                     self._start(slot, req)
                     active[slot] = req
-            # one decode: a token for each generating slot, then prompt chunks
-            n = 0
-            outputs: list[tuple[int, int]] = []  # (batch index, slot) whose logits we read
-            for slot, req in active.items():
-                if req.last is not None:
-                    self._put(batch, n, req.last, req.pos, slot, True)
-                    self.cached[slot].append(req.last)
-                    req.pos += 1
+            for slot in self.step(active, choose):
+                del active[slot]
+
+    def step(self, active: dict[int, _Request], choose: Callable[[_Request, Any], int | None]) -> list[int]:
+        """One `llama_decode`: the last chosen token of each generating slot, then chunks of
+        the prompts still being fed, up to `n_batch` tokens. Prompt chunks go round-robin
+        over the slots (starting after the last one fed the step before), so one long prompt
+        does not hold back the others. Returns the slots whose request `choose` finished."""
+        import numpy as np
+
+        lib, batch = self.lib, self.batch
+        n = 0
+        outputs: list[tuple[int, int]] = []  # (batch index, slot) whose logits we read
+        for slot, req in active.items():
+            if req.last is not None:
+                self._put(batch, n, req.last, req.pos, slot, True)
+                self.cached[slot].append(req.last)
+                req.pos += 1
+                outputs.append((n, slot))
+                n += 1
+        feeding = sorted(s for s, r in active.items() if r.last is None and r.pending)
+        if feeding:
+            first = next((k for k, s in enumerate(feeding) if s > self._fed_last), 0)
+            feeding = feeding[first:] + feeding[:first]
+        for slot in feeding:
+            if n >= self.n_batch:
+                break
+            req = active[slot]
+            take = req.pending[: self.n_batch - n]
+            del req.pending[: len(take)]
+            for k, tok in enumerate(take):
+                last = not req.pending and k == len(take) - 1
+                self._put(batch, n, tok, req.pos, slot, last)
+                if last:
                     outputs.append((n, slot))
-                    n += 1
-            for slot, req in active.items():
-                if req.last is None and req.pending and n < self.n_batch:
-                    take = req.pending[: self.n_batch - n]
-                    del req.pending[: len(take)]
-                    for k, tok in enumerate(take):
-                        last = not req.pending and k == len(take) - 1
-                        self._put(batch, n, tok, req.pos, slot, last)
-                        if last:
-                            outputs.append((n, slot))
-                        req.pos += 1
-                        n += 1
-                    self.cached[slot].extend(take)
-            batch.n_tokens = n
-            rc = lib.llama_decode(self.ctx.ctx, batch)
-            if rc != 0:
-                raise MiLlmError(f"llama_decode failed ({rc}): the KV cache is full; lower --parallel or raise n_ctx")
-            for idx, slot in outputs:
-                req = active[slot]
-                logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.n_vocab,))
-                chosen = choose(req, logits)
-                if chosen is None:
-                    del active[slot]
-                else:
-                    req.last = chosen
+                req.pos += 1
+                n += 1
+            self.cached[slot].extend(take)
+            self._fed_last = slot
+        if n == 0:
+            return []
+        batch.n_tokens = n
+        rc = lib.llama_decode(self.ctx.ctx, batch)
+        if rc != 0:
+            raise MiLlmError(f"llama_decode failed ({rc}): the KV cache is full; lower --parallel or raise n_ctx")
+        finished = []
+        for idx, slot in outputs:
+            req = active[slot]
+            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx.ctx, idx), shape=(self.n_vocab,))
+            chosen = choose(req, logits)
+            if chosen is None:
+                finished.append(slot)
+            else:
+                req.last = chosen
+        return finished
 
     @staticmethod
     def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
@@ -272,3 +302,155 @@ class BatchEngine:
             probs = np.where(keep, probs, 0.0)
             probs /= probs.sum()
         return int(order[req.rng.choice(probs.size, p=probs)])
+
+
+# ---------------------------------------------------------------- live streams
+
+
+class _Stream:
+    """One live request: its token ids go onto `out` as they are chosen, then `_END` (or the
+    exception that ended it). `stop` is set by the reader when it wants no more tokens."""
+
+    def __init__(self, prompt: list[int], config: GenerationConfig, cancel: threading.Event | None):
+        self.prompt = prompt
+        self.config = config
+        self.cancel = cancel
+        self.stop = threading.Event()
+        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def cancelled(self) -> bool:
+        return self.stop.is_set() or (self.cancel is not None and self.cancel.is_set())
+
+
+_END = object()
+
+
+class BatchStreamer:
+    """Continuous batching of live streams on one `BatchEngine`, in a thread of its own.
+
+    Requests join free slots as they arrive (first come, first served; the caller decides
+    the order in which it submits) while the other slots keep generating, every step
+    decodes one token of each generating stream together, and a stream that ends, reaches
+    its `max_new_tokens` or is cancelled frees its slot for the next request at once.
+    Prompts that share a prefix (the system prompt, a dialogue's history) reuse each
+    other's KV cells (`BatchEngine._start`).
+    """
+
+    def __init__(self, engine: BatchEngine):
+        self.engine = engine
+        self._waiting: deque[_Stream] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self.steps = 0  # llama_decode calls so far (for tests and reports)
+        self._thread = threading.Thread(target=self._loop, name="mi-llm-llamacpp-batch", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt: list[int], config: GenerationConfig, cancel: threading.Event | None = None) -> _Stream:
+        stream = _Stream(list(prompt), config, cancel)
+        with self._wake:
+            if self._closed:
+                raise MiLlmError("the llama.cpp batch engine is closed")
+            self._waiting.append(stream)
+            self._wake.notify()
+        return stream
+
+    def tokens(self, prompt: list[int], config: GenerationConfig, cancel: threading.Event | None = None) -> Iterator[int]:
+        """The generated token ids of `prompt`, end-of-turn excluded, at most `max_new_tokens`;
+        the iterator ends early when `cancel` is set. Closing it ends the request."""
+        yield from self.read(self.submit(prompt, config, cancel))
+
+    def read(self, stream: _Stream) -> Iterator[int]:
+        try:
+            while True:
+                try:
+                    item = stream.out.get(timeout=0.5)
+                except queue.Empty:  # the engine checks `cancel` at each step; this is a backstop
+                    if not self._thread.is_alive():
+                        raise MiLlmError("the llama.cpp batch engine stopped") from None
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stream.stop.set()
+            self._poke()
+
+    def _poke(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    # ---------------------------------------------------------------- the decoding thread
+
+    def _choose(self, req: _Request, logits: Any) -> int | None:
+        import numpy as np
+
+        stream, config = req.stream, req.config
+        assert stream is not None and config is not None
+        if stream.cancelled():
+            return None
+        if config.do_sample and req.rng is None:
+            req.rng = np.random.default_rng(config.seed)  # None: fresh entropy
+        tok = self.engine._sample(logits, req, config)  # noqa: SLF001 - same module
+        if self.engine.is_end(tok):
+            return None
+        req.out.append(tok)
+        stream.out.put(tok)
+        return None if len(req.out) >= config.max_new_tokens else tok
+
+    def _admit(self, active: dict[int, _Request]) -> bool:
+        """Move waiting requests into free slots; False once closed. Waits while there is nothing to do."""
+        with self._wake:
+            while True:
+                for stream in [s for s in self._waiting if s.cancelled()]:
+                    self._waiting.remove(stream)
+                    stream.out.put(_END)
+                if self._closed or active or self._waiting:
+                    break
+                self._wake.wait()
+            if self._closed:
+                for stream in [*self._waiting, *(r.stream for r in active.values())]:
+                    if stream is not None:
+                        stream.out.put(MiLlmError("the server is shutting down"))
+                self._waiting.clear()
+                active.clear()
+                return False
+            for slot in range(self.engine.slots):
+                if not self._waiting:
+                    break
+                if slot in active:
+                    continue
+                if self.engine._should_wait(self._waiting[0].prompt, active):  # noqa: SLF001
+                    break
+                stream = self._waiting.popleft()
+                req = _Request(slot, stream.prompt, [], 0, config=stream.config, stream=stream)
+                self.engine._start(slot, req)  # noqa: SLF001
+                active[slot] = req
+        return True
+
+    def _loop(self) -> None:
+        active: dict[int, _Request] = {}
+        while self._admit(active):
+            for slot in [s for s, r in active.items() if r.stream is not None and r.stream.cancelled()]:
+                active.pop(slot).stream.out.put(_END)  # type: ignore[union-attr]
+            if not active:
+                continue
+            try:
+                done = self.engine.step(active, self._choose)
+                self.steps += 1
+            except Exception as e:  # noqa: BLE001 - every request in the batch gets the error
+                log.error("batched decoding failed: %s", e)
+                for req in active.values():
+                    req.stream.out.put(e if isinstance(e, MiLlmError) else MiLlmError(f"llama.cpp: {e}"))  # type: ignore[union-attr]
+                active.clear()
+                self.engine.reset()
+                continue
+            for slot in done:
+                active.pop(slot).stream.out.put(_END)  # type: ignore[union-attr]

@@ -59,6 +59,7 @@ class OpenAIBackend(Backend):
             )
         self.model = str(model)
         self.concurrency = max(1, int(concurrency))
+        self.stream_concurrency = self.concurrency  # the server batches; we only wait on it
         self.client = OpenAICompatClient(
             base_url, api_key, timeout_s=timeout, max_retries=max_retries, max_connections=self.concurrency
         )
