@@ -16,6 +16,7 @@ safety_app = typer.Typer(
     help="The crisis safety layer: classify messages, measure the classifier.", no_args_is_help=True
 )
 
+SERVE_PARALLEL = 32  # llama.cpp slots of `mi-llm serve` (docs/serve.md: memory and load)
 BACKEND_HELP = "llamacpp (default when llama-cpp-python is installed, else hf) | hf | openai | vllm | echo (no model: repeats the message; for testing)"
 
 
@@ -150,6 +151,23 @@ def serve_cmd(
     n_ctx: int = field_option(LlamaCppConfig, "n_ctx", "--n-ctx", le=INT32_MAX),
     threads: int | None = field_option(LlamaCppConfig, "n_threads", "--threads", le=INT32_MAX),
     strategy: str | None = field_option(ServeConfig, "strategy", "--strategy"),
+    parallel: int = typer.Option(
+        SERVE_PARALLEL,
+        "--parallel",
+        callback=number(ge=1, le=1024),
+        help="llamacpp: conversations decoded together (continuous batching; each holds --n-ctx of KV cache)",
+    ),
+    upstream: str | None = typer.Option(
+        None,
+        "--upstream",
+        help="run the model on this OpenAI-compatible server (vLLM, SGLang, llama.cpp server), e.g. http://gpu:8000/v1",
+    ),
+    upstream_model: str | None = typer.Option(
+        None, "--upstream-model", help="the model's name on --upstream (default: the one it lists)"
+    ),
+    upstream_key_env: str | None = typer.Option(
+        None, "--upstream-key-env", help="environment variable holding --upstream's API key"
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/models) and a web chat page at /."""
@@ -157,7 +175,7 @@ def serve_cmd(
     from mi_llm.errors import MiLlmError
     from mi_llm.serve.api import create_app, run_server
     from mi_llm.serve.auth import ENV_KEY, check_bind, keys_from_env, read_keys_file
-    from mi_llm.serve.engine import StrategyEngine, build_engine
+    from mi_llm.serve.engine import StrategyEngine, build_engine, upstream_engine, upstream_url
     from mi_llm.serve.hostguard import HostPolicy
     from mi_llm.serve.safety.layer import SafetyLayer
     from mi_llm.serve.sessions import SessionStore
@@ -178,11 +196,18 @@ def serve_cmd(
     if not 1 <= default_max_tokens <= max_tokens_limit:
         raise MiLlmError("--default-max-tokens must be between 1 and --max-tokens-limit")
     steer = Strategy.parse(strategy) if strategy is not None else None
+    upstream_key = _upstream_key(upstream, upstream_model, upstream_key_env, backend, model, adapter, gguf)
+    if upstream is not None:
+        upstream_url(upstream)  # checked before anything is loaded
     safety = SafetyLayer(resources_dir=safety_resources)
     safety.warn_unreviewed()
     store = SessionStore(db or _default_db())
-    with console.status("loading the model"):
-        engine = build_engine(backend, model, str(adapter) if adapter else None, **_engine_opts(gguf, n_ctx, threads))
+    with console.status("connecting to the model server" if upstream else "loading the model"):
+        if upstream is not None:
+            engine = upstream_engine(upstream, upstream_model, upstream_key, concurrency=max_queue)
+        else:
+            opts = {**_engine_opts(gguf, n_ctx, threads), "parallel": parallel}
+            engine = build_engine(backend, model, str(adapter) if adapter else None, **opts)
     if steer is not None:
         engine = StrategyEngine(engine, steer)
     settings = ServeConfig(
@@ -213,6 +238,40 @@ def serve_cmd(
     finally:
         engine.close()
         store.close()
+
+
+def _upstream_key(
+    upstream: str | None,
+    upstream_model: str | None,
+    key_env: str | None,
+    backend: str | None,
+    model: str | None,
+    adapter: Path | None,
+    gguf: Path | None,
+) -> str | None:
+    """--upstream's API key (from the environment variable named), after checking the options go together."""
+    import os
+
+    from mi_llm.errors import MiLlmError
+
+    if upstream is None:
+        used = [name for name, v in (("--upstream-model", upstream_model), ("--upstream-key-env", key_env)) if v]
+        if used:
+            raise MiLlmError(f"{used[0]} needs --upstream URL")
+        return None
+    local = [
+        name
+        for name, v in (("--backend", backend), ("--model", model), ("--adapter", adapter), ("--gguf", gguf))
+        if v is not None
+    ]
+    if local:
+        raise MiLlmError(f"{local[0]} does not go with --upstream (the model runs there; name it with --upstream-model)")
+    if key_env is None:
+        return None
+    key = os.environ.get(key_env)
+    if not key:
+        raise MiLlmError(f"--upstream-key-env {key_env}: that environment variable is not set")
+    return key
 
 
 @safety_app.command("check")

@@ -251,6 +251,14 @@ class OpenAICompatClient:
                 attempts=call.attempts,
             )
 
+    async def model_ids(self) -> list[str]:
+        """The ids of the models the server lists (`GET /models`)."""
+        try:
+            page = await self._client().models.list()
+        except Exception as e:  # noqa: BLE001
+            raise _api_error(e, 1) from None
+        return [m.id for m in page.data]
+
     async def aclose(self) -> None:
         if self._sdk is not None:
             await self._sdk.close()
@@ -321,6 +329,27 @@ def _api_error(e: Exception, attempts: int) -> ApiError:
     raise e
 
 
+class _Cancelled(Exception):
+    pass
+
+
+async def _next_item(agen: AsyncIterator[T], cancel: threading.Event | None) -> T:
+    if cancel is None:
+        return await agen.__anext__()
+    step = asyncio.ensure_future(agen.__anext__())
+    while True:
+        done, _ = await asyncio.wait({step}, timeout=0.1)
+        if done:
+            return step.result()
+        if cancel.is_set():  # stop waiting (e.g. on a busy server's first token): the stream is closed next
+            step.cancel()
+            try:
+                await step
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the cancellation, or what it cut short
+                pass
+            raise _Cancelled
+
+
 class LoopThread:
     """An asyncio event loop in a daemon thread, for sync callers of async clients."""
 
@@ -333,13 +362,14 @@ class LoopThread:
         """Run a coroutine on the loop and wait for its result (its exception)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
-    def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
-        """An async iterator's items, one by one; closing this closes it."""
+    def iterate(self, agen: AsyncIterator[T], cancel: threading.Event | None = None) -> Iterator[T]:
+        """An async iterator's items, one by one; closing this closes it. Setting `cancel`
+        ends the iteration within a tenth of a second, also while an item is awaited."""
         try:
             while True:
                 try:
-                    yield self.run(agen.__anext__())  # type: ignore[arg-type]
-                except StopAsyncIteration:
+                    yield self.run(_next_item(agen, cancel))
+                except (StopAsyncIteration, _Cancelled):
                     return
         finally:
             aclose = getattr(agen, "aclose", None)

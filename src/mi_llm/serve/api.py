@@ -39,7 +39,7 @@ from mi_llm.llm.backends.base import GenerationConfig
 from mi_llm.prompts import load_prompt
 from mi_llm.serve.auth import KeyRing, bearer_token, key_id
 from mi_llm.serve.config import ServeConfig
-from mi_llm.serve.engine import ChatEngine, Finish
+from mi_llm.serve.engine import ChatEngine, Finish, UpstreamError
 from mi_llm.serve.hostguard import HostPolicy, LocalServerGuard, add_security_headers
 from mi_llm.serve.protocol import (
     ApiError,
@@ -289,6 +289,9 @@ class ChatService:
                 else:
                     record.first_token(parts)
                     parts.append(item)
+        except UpstreamError as e:  # nothing is stored: the session stays as it was
+            self._log(record, Finish("error", 0, 0), decision)
+            raise _upstream_api_error(e) from None
         except MiLlmError as e:
             raise ApiError(400, str(e)) from None
         text = "".join(parts)
@@ -334,6 +337,10 @@ class ChatService:
                     record.rid, model, created, None, usage=usage(finish.prompt_tokens, finish.completion_tokens)
                 )
             self._store(record.sid, seed, user, "".join(parts), record.language, finish)
+            yield "data: [DONE]\n\n"
+        except UpstreamError as e:  # nothing is stored: the session stays as it was
+            finish = Finish("error", finish.prompt_tokens, len(parts))
+            yield "data: " + json.dumps(_upstream_api_error(e).body()) + "\n\n"
             yield "data: [DONE]\n\n"
         except MiLlmError as e:
             yield "data: " + json.dumps(ApiError(400, str(e)).body()) + "\n\n"
@@ -434,6 +441,11 @@ class _Record:
     def first_token(self, parts: list[str]) -> None:
         if not parts and self.ttft is None:
             self.ttft = time.monotonic() - self.t0
+
+
+def _upstream_api_error(e: UpstreamError) -> ApiError:
+    headers = {"Retry-After": str(max(1, int((e.retry_after or 5) + 0.999)))} if e.status == 503 else None
+    return ApiError(e.status, str(e), "server_error", "upstream_error", headers)
 
 
 def _finish_reason(finish: Finish) -> str:

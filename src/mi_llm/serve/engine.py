@@ -5,6 +5,10 @@ An engine turns chat messages into a stream of text pieces followed by one `Fini
 uses its `stream_chat`: each backend streams in its own way (llama.cpp token by token,
 transformers' streamer, the server's deltas, or the whole reply as one piece).
 
+`upstream_engine` is a `BackendEngine` on the openai backend: the model runs on another
+OpenAI-compatible server (vLLM, SGLang, llama.cpp's server), which batches the streams;
+its failures reach the server as `UpstreamError`.
+
 `EchoEngine` needs no model: it repeats the last user message back, word by word. It is
 for trying the server, the web page and clients, and for tests.
 
@@ -36,12 +40,24 @@ __all__ = [
     "Finish",
     "Messages",
     "StrategyEngine",
+    "UpstreamError",
     "build_engine",
     "llama_cpp_available",
+    "upstream_engine",
 ]
 
 Messages = list[dict[str, str]]
 ECHO = "echo"  # the engine with no model, beside the backends' names
+
+
+class UpstreamError(MiLlmError):
+    """The server the model runs on failed a request. `status`: what to answer the client
+    (503 with `retry_after` when the upstream is busy or rate-limits us, else 502)."""
+
+    def __init__(self, message: str, status: int = 502, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 class ChatEngine:
@@ -124,9 +140,17 @@ class BackendEngine(ChatEngine):
     def stream(
         self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
     ) -> Iterator[str | Finish]:
+        from mi_llm.llm.openai_client import ApiError
+
         # only role and content reach the model (a stored reply may carry its strategy code)
         plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-        yield from self.backend.stream_chat(plain, config, cancel)
+        try:
+            yield from self.backend.stream_chat(plain, config, cancel)
+        except ApiError as e:  # a remote server's failure, not the client's request
+            busy = e.status in (429, 503)
+            raise UpstreamError(
+                f"the model server failed: {e}", 503 if busy else 502, e.retry_after if busy else None
+            ) from None
 
 
 class StrategyEngine(ChatEngine):
@@ -138,6 +162,7 @@ class StrategyEngine(ChatEngine):
     def __init__(self, inner: ChatEngine, strategy: Strategy):
         self.inner, self.strategy = inner, strategy
         self.name, self.model_id = inner.name, inner.model_id
+        self.concurrency = inner.concurrency  # streams are independent: as many as the inner engine
 
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "strategy": self.strategy.spec}
@@ -190,3 +215,46 @@ def build_engine(backend: str | None, model: str | None = None, adapter: str | N
     # The id clients see: the model name, and the adapter's folder name (not its full path).
     model_id = str(name) + (f"+{Path(adapter).name}" if adapter else "")
     return BackendEngine(b, model_id=model_id)
+
+
+def upstream_url(url: str) -> str:
+    """An OpenAI-compatible server's base URL: http(s), with `/v1` added when no path is given."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise MiLlmError(f"--upstream {url!r}: give the server's URL, e.g. http://127.0.0.1:8001/v1")
+    base = url.strip().rstrip("/")
+    return base if parsed.path.strip("/") else base + "/v1"
+
+
+def upstream_engine(
+    url: str,
+    model: str | None = None,
+    api_key: str | None = None,
+    concurrency: int = 64,
+    timeout: float = 300.0,
+    max_retries: int = 2,
+) -> BackendEngine:
+    """An engine whose model runs on an OpenAI-compatible server at `url`, up to
+    `concurrency` streams at once. Without `model`, the one model the server lists."""
+    from mi_llm.llm.backends.openai_api import OpenAIBackend
+
+    base = upstream_url(url)
+    backend = OpenAIBackend(
+        model or "", base_url=base, api_key=api_key, concurrency=concurrency, max_retries=max_retries, timeout=timeout
+    )
+    if not model:
+        try:
+            ids = backend.model_ids()
+        except MiLlmError as e:
+            backend.close()
+            raise MiLlmError(f"--upstream {base}: could not list its models ({e}); name one with --upstream-model") from None
+        if len(ids) != 1:
+            backend.close()
+            listed = ", ".join(ids[:10]) or "none"
+            raise MiLlmError(f"--upstream {base} serves {len(ids)} models ({listed}): choose one with --upstream-model")
+        backend.model = ids[0]
+    engine = BackendEngine(backend, model_id=backend.model)
+    engine.name = "upstream"
+    return engine

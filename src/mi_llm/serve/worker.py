@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mi_llm.llm.backends.base import GenerationConfig
-from mi_llm.serve.engine import ChatEngine, Finish, Messages
+from mi_llm.serve.engine import ChatEngine, Finish, Messages, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,9 @@ class GenerationWorker:
                 with self._lock:
                     self.served += 1
             except Exception as e:  # noqa: BLE001 - handed to the request, which answers with an error
-                log.error("generation failed: %s: %s", type(e).__name__, e)
+                # a model server's error message may quote the conversation: only its status is logged
+                why = f"HTTP {e.status}" if isinstance(e, UpstreamError) else str(e)
+                log.error("generation failed: %s: %s", type(e).__name__, why)
                 self._emit(job, e)
             finally:
                 self._emit(job, _END)

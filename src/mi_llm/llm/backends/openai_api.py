@@ -109,10 +109,24 @@ class OpenAIBackend(Backend):
             req["extra_body"] = extra
         return req
 
-    def _error(self, e: ApiError) -> MiLlmError:
-        if e.retryable:
-            return MiLlmError(f"{self.host}: giving up after {e.attempts} tries: {e}")
-        return MiLlmError(f"{self.host}: {e}")
+    def _error(self, e: ApiError) -> ApiError:
+        """The error as one line naming the server (and the tries), its status kept for callers."""
+        text = f"{self.host}: giving up after {e.attempts} tries: {e}" if e.retryable else f"{self.host}: {e}"
+        return ApiError(
+            text,
+            status=e.status,
+            retryable=e.retryable,
+            fatal=e.fatal,
+            retry_after=e.retry_after,
+            attempts=e.attempts,
+        )
+
+    def model_ids(self) -> list[str]:
+        """The models the server lists."""
+        try:
+            return self._loop.run(self.client.model_ids())
+        except ApiError as e:
+            raise self._error(e) from None
 
     def _completion(self, res: ChatResult) -> Completion:
         self.retries += max(0, res.attempts - 1)
@@ -155,7 +169,7 @@ class OpenAIBackend(Backend):
             log.info("sending a conversation to %s", self.host)
         lead = LeadingSpaceTrimmer()
         pieces = 0
-        items = self._loop.iterate(self.client.stream(self._request(messages, config)))
+        items = self._loop.iterate(self.client.stream(self._request(messages, config)), cancel)
         try:
             for item in items:
                 if isinstance(item, ChatResult):
@@ -173,6 +187,9 @@ class OpenAIBackend(Backend):
             raise self._error(e) from None
         finally:
             items.close()  # type: ignore[attr-defined]
+        if cancel is not None and cancel.is_set():  # cancelled while waiting for the server
+            yield Finish("cancelled", estimate_tokens(list(messages)), pieces)
+            return
         raise MiLlmError(f"{self.host}: the stream ended without a finish")
 
     def close(self) -> None:
