@@ -151,9 +151,7 @@ async def run_load(
     limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(timeout, connect=30)) as client:
         t_zero = time.monotonic()
-        tasks = [
-            asyncio.create_task(one_request(client, first + i, max_tokens, t_zero, ours)) for i in range(clients)
-        ]
+        tasks = [asyncio.create_task(one_request(client, first + i, max_tokens, t_zero, ours)) for i in range(clients)]
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for t in pending:
             t.cancel()
@@ -214,10 +212,16 @@ def llama_cpp_server_command(args: argparse.Namespace, port: int) -> list[str]:
 
     gguf, _ = find_gguf(args.model or "gemma-3-270m", None)
     threads = str(args.threads or os.cpu_count() or 1)
+    # mi-llm's llama.cpp build loads its CPU backend at run time (mi_llm.llm.llamacpp_runtime):
+    # load it the same way, then start the server as `python -m llama_cpp.server` would.
+    boot = (
+        "import runpy, sys; from mi_llm.llm.llamacpp_runtime import import_llama_cpp; import_llama_cpp(); "
+        "sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__')"
+    )
     return [
         sys.executable,
-        "-m",
-        "llama_cpp.server",
+        "-c",
+        boot,
         "--model",
         str(gguf),
         "--host",

@@ -120,15 +120,14 @@ def _kl(ref, got):
     return (np.exp(lr) * (lr - lg)).sum(-1)
 
 
-def test_batched_logits_match_single_stream_at_every_step(engines) -> None:
+def _check_against_single_stream(batched, single) -> None:
     import numpy as np
 
-    batched, single = engines
     prompts, conts = _cases(batched)
     refs = [_single_stream(single, p, c) for p, c in zip(prompts, conts)]
     engine = batched._engine  # noqa: SLF001
-    # First pass on an empty cache; the second, in the reverse order, starts from what the
-    # first left in the slots (longer sequences whose tails must be dropped).
+    # First pass on the cache as it stands; the second, in the reverse order, starts from
+    # what the first left in the slots (longer sequences whose tails must be dropped).
     order = list(range(len(prompts)))
     for rnd, idx in enumerate((order, order[::-1])):
         got = engine.teacher_forced_logits([prompts[i] for i in idx], [conts[i] for i in idx])
@@ -141,3 +140,85 @@ def test_batched_logits_match_single_stream_at_every_step(engines) -> None:
             top2 = np.sort(refs[i], axis=1)[:, -2:]
             clear = top2[:, 1] - top2[:, 0] > 1.0
             assert (rows.argmax(1) == refs[i].argmax(1))[clear].all(), f"pass {rnd + 1}, sequence {i}"
+
+
+def test_batched_logits_match_single_stream_at_every_step(engines) -> None:
+    batched, single = engines
+    _check_against_single_stream(batched, single)
+
+
+def _conversation(i: int) -> list[dict[str, str]]:
+    dialogue = "a" if i % 2 == 0 else "b"
+    return [{"role": "system", "content": SYSTEM}, *HISTORY[dialogue], {"role": "user", "content": TURNS[i][1]}]
+
+
+def test_live_streams_are_decoded_together_and_free_their_slots(engines) -> None:
+    """Continuous batching of `stream_chat` calls from several threads (what `mi-llm serve`
+    does): more streams than slots all finish, decoded together (fewer decode steps than
+    tokens); cancelled streams free their slots at once; and the KV cache they leave behind
+    (prompts cut off mid-feed, replies cut off) still decodes like single-stream llama.cpp."""
+    import threading
+
+    from mi_llm.llm.backends.base import Finish, GenerationConfig
+
+    batched, single = engines
+    assert batched.stream_concurrency == 3
+    results: dict[int, list] = {}
+
+    def run(i: int, config: GenerationConfig, cancel: threading.Event | None = None) -> None:
+        results[i] = list(batched.stream_chat(_conversation(i), config, cancel))
+
+    lengths = [6, 9, 12, 7, 10]  # 5 streams on 3 slots, finishing at different steps
+    threads = [
+        threading.Thread(
+            target=run, args=(i, GenerationConfig(max_new_tokens=n, do_sample=False, repetition_penalty=1.0))
+        )
+        for i, n in enumerate(lengths)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    tokens = 0
+    for i, n in enumerate(lengths):
+        finish = results[i][-1]
+        assert isinstance(finish, Finish) and finish.reason in ("stop", "length"), results[i]
+        assert 0 < finish.completion_tokens <= n and "".join(results[i][:-1]).strip()
+        assert finish.reason == "stop" or finish.completion_tokens == n
+        tokens += finish.completion_tokens
+    streamer = batched._streamer  # noqa: SLF001
+    assert streamer.steps < tokens  # tokens of several streams per llama_decode
+
+    # Three long streams fill the slots; cancelled after their first piece, they leave at once
+    # and a fourth stream gets a slot and finishes.
+    long = GenerationConfig(max_new_tokens=300, do_sample=False, repetition_penalty=1.0)
+    cancels = [threading.Event() for _ in range(3)]
+    firsts = [threading.Event() for _ in range(3)]
+
+    def run_long(k: int) -> None:
+        out = []
+        for item in batched.stream_chat(_conversation(k), long, cancels[k]):
+            out.append(item)
+            firsts[k].set()
+        results[10 + k] = out
+
+    threads = [threading.Thread(target=run_long, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for e in firsts:
+        assert e.wait(120)
+    steps = streamer.steps
+    for c in cancels:
+        c.set()
+    for t in threads:
+        t.join(60)
+    for k in range(3):
+        assert results[10 + k][-1].reason == "cancelled" and results[10 + k][-1].completion_tokens < 300
+    short = list(batched.stream_chat(_conversation(4), GenerationConfig(max_new_tokens=4, do_sample=False)))
+    assert short[-1].completion_tokens <= 4
+    assert streamer.steps - steps < 60  # nowhere near the 300 tokens the cancelled ones asked for
+
+    # offline generate joins the live streams' engine (it owns the batch context now)
+    [c] = batched.generate([_conversation(1)], GenerationConfig(max_new_tokens=5, do_sample=False))
+    assert c.text and c.completion_tokens <= 5
+    _check_against_single_stream(batched, single)

@@ -124,3 +124,42 @@ def test_worker_serves_in_order_and_bounds_the_queue():
     assert asyncio.run(run()) == ["You said: a", "You said: b", "You said: c"]
     assert engine.order == ["a", "b", "c"] and worker.pending == 0
     worker.close()
+
+
+def test_fair_queue_takes_clients_in_turn():
+    from mi_llm.serve.worker import FairQueue, _Job
+
+    q = FairQueue()
+    jobs = [_Job([], GenerationConfig(), None, None, client) for client in ("a", "a", "a", "b", "c", "b")]  # type: ignore[arg-type]
+    for j in jobs:
+        q.put(j)
+    taken = [q.get() for _ in jobs]
+    # a's second and third requests wait for b's and c's first
+    assert [jobs.index(j) for j in taken] == [0, 3, 4, 1, 5, 2]
+    q.close(1)
+    assert q.get() is None
+
+
+def test_worker_runs_the_engines_concurrency_at_once():
+    barrier = threading.Barrier(3, timeout=30)
+
+    class Together(EchoEngine):
+        def stream(self, messages, config, cancel=None):
+            barrier.wait()  # passes only when 3 streams run at the same time
+            yield from super().stream(messages, config, cancel)
+
+    worker = GenerationWorker(Together(concurrency=3), max_queue=10)
+    assert worker.concurrency == 3
+
+    async def run():
+        async def one(text):
+            out = ""
+            async for item in worker.stream([{"role": "user", "content": text}], GenerationConfig(), client=text):
+                if not isinstance(item, Finish):
+                    out += item
+            return out
+
+        return await asyncio.gather(*(one(t) for t in ("a", "b", "c")))
+
+    assert asyncio.run(run()) == ["You said: a", "You said: b", "You said: c"]
+    worker.close()

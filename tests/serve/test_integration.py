@@ -55,3 +55,61 @@ def test_streamed_reply_matches_the_backend_generate(llama_engine):
     text, finish = llama_engine.complete(msgs, cfg)
     [expected] = llama_engine.backend.generate([msgs], cfg)
     assert text.strip() == expected.text and finish.completion_tokens == expected.completion_tokens
+
+
+@pytest.fixture(scope="module")
+def batched_engine():
+    from mi_llm.llm.llamacpp_runtime import build_fingerprint
+    from mi_llm.serve.engine import build_engine
+
+    require_setup(build_fingerprint() is not None, "llama-cpp-python (make venv builds it)")
+    engine = build_engine("llamacpp", None, n_ctx=1024, parallel=3)
+    yield engine
+    engine.close()
+
+
+def test_concurrent_streams_are_batched_and_a_disconnect_frees_its_slot(batched_engine, tmp_path):
+    """`mi-llm serve --parallel 3`: six clients at once each get their own reply, streamed,
+    from one llama.cpp batch; a client that leaves stops its stream in the batch."""
+    import threading
+    import time
+
+    import httpx
+
+    store = SessionStore(tmp_path / "s.sqlite3")
+    app = create_app(batched_engine, ServeConfig(temperature=0.0, rate_per_minute=0), store)
+    texts = [f"I want to sleep earlier, attempt {i}." for i in range(6)]
+    replies: dict[int, list[str]] = {}
+    with BackgroundServer(app) as server:
+        client = openai_client(server, key=None)
+
+        def one(i: int) -> None:
+            stream = client.chat.completions.create(
+                model="m",
+                stream=True,
+                max_tokens=10,
+                messages=[{"role": "user", "content": texts[i]}],
+                extra_body={"session_id": f"b-{i}"},
+            )
+            replies[i] = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert sorted(replies) == list(range(6)) and all(len(p) >= 2 for p in replies.values())
+        streamer = batched_engine.backend._streamer  # noqa: SLF001
+        assert all(len(store.history(f"b-{i}")) == 2 for i in range(6))  # every exchange stored
+        steps = streamer.steps
+        body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "stream": True, "max_tokens": 400}
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if '"content": "' in line and '"content": ""' not in line:
+                    break  # leave after the first piece of text
+        deadline = time.monotonic() + 60
+        while streamer.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert streamer.running == 0
+        assert streamer.steps - steps < 100  # it stopped far short of 400 tokens
+    store.close()

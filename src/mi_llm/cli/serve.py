@@ -265,7 +265,9 @@ def _upstream_key(
         if v is not None
     ]
     if local:
-        raise MiLlmError(f"{local[0]} does not go with --upstream (the model runs there; name it with --upstream-model)")
+        raise MiLlmError(
+            f"{local[0]} does not go with --upstream (the model runs there; name it with --upstream-model)"
+        )
     if key_env is None:
         return None
     key = os.environ.get(key_env)

@@ -249,7 +249,9 @@ def upstream_engine(
             ids = backend.model_ids()
         except MiLlmError as e:
             backend.close()
-            raise MiLlmError(f"--upstream {base}: could not list its models ({e}); name one with --upstream-model") from None
+            raise MiLlmError(
+                f"--upstream {base}: could not list its models ({e}); name one with --upstream-model"
+            ) from None
         if len(ids) != 1:
             backend.close()
             listed = ", ".join(ids[:10]) or "none"

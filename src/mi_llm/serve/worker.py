@@ -110,7 +110,9 @@ class GenerationWorker:
         self._jobs.put(job)
         return job
 
-    async def stream(self, messages: Messages, config: GenerationConfig, client: str = "") -> AsyncIterator[str | Finish]:
+    async def stream(
+        self, messages: Messages, config: GenerationConfig, client: str = ""
+    ) -> AsyncIterator[str | Finish]:
         """Queue a request and yield the pieces of its reply, then a `Finish`."""
         job = self.submit(messages, config, client)
         async for item in self.results(job):

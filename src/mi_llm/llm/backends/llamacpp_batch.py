@@ -342,6 +342,7 @@ class BatchStreamer:
         self._wake = threading.Condition()
         self._closed = False
         self.steps = 0  # llama_decode calls so far (for tests and reports)
+        self.running = 0  # requests in the slots
         self._thread = threading.Thread(target=self._loop, name="mi-llm-llamacpp-batch", daemon=True)
         self._thread.start()
 
@@ -354,7 +355,9 @@ class BatchStreamer:
             self._wake.notify()
         return stream
 
-    def tokens(self, prompt: list[int], config: GenerationConfig, cancel: threading.Event | None = None) -> Iterator[int]:
+    def tokens(
+        self, prompt: list[int], config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[int]:
         """The generated token ids of `prompt`, end-of-turn excluded, at most `max_new_tokens`;
         the iterator ends early when `cancel` is set. Closing it ends the request."""
         yield from self.read(self.submit(prompt, config, cancel))
@@ -440,6 +443,7 @@ class BatchStreamer:
         while self._admit(active):
             for slot in [s for s, r in active.items() if r.stream is not None and r.stream.cancelled()]:
                 active.pop(slot).stream.out.put(_END)  # type: ignore[union-attr]
+            self.running = len(active)
             if not active:
                 continue
             try:
@@ -454,3 +458,4 @@ class BatchStreamer:
                 continue
             for slot in done:
                 active.pop(slot).stream.out.put(_END)  # type: ignore[union-attr]
+            self.running = len(active)
