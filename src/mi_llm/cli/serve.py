@@ -175,7 +175,7 @@ def serve_cmd(
     from mi_llm.errors import MiLlmError
     from mi_llm.serve.api import create_app, run_server
     from mi_llm.serve.auth import ENV_KEY, check_bind, keys_from_env, read_keys_file
-    from mi_llm.serve.engine import StrategyEngine, build_engine, upstream_engine, upstream_url
+    from mi_llm.serve.engine import ChatEngine, StrategyEngine, build_engine, upstream_engine, upstream_url
     from mi_llm.serve.hostguard import HostPolicy
     from mi_llm.serve.safety.layer import SafetyLayer
     from mi_llm.serve.sessions import SessionStore
@@ -202,6 +202,7 @@ def serve_cmd(
     safety = SafetyLayer(resources_dir=safety_resources)
     safety.warn_unreviewed()
     store = SessionStore(db or _default_db())
+    engine: ChatEngine
     with console.status("connecting to the model server" if upstream else "loading the model"):
         if upstream is not None:
             engine = upstream_engine(upstream, upstream_model, upstream_key, concurrency=max_queue)

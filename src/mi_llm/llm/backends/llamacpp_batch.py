@@ -419,9 +419,9 @@ class BatchStreamer:
                     break
                 self._wake.wait()
             if self._closed:
-                for stream in [*self._waiting, *(r.stream for r in active.values())]:
-                    if stream is not None:
-                        stream.out.put(MiLlmError("the server is shutting down"))
+                for ending in [*self._waiting, *(r.stream for r in active.values())]:
+                    if ending is not None:
+                        ending.out.put(MiLlmError("the server is shutting down"))
                 self._waiting.clear()
                 active.clear()
                 return False
