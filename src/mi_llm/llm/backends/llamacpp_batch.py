@@ -44,6 +44,7 @@ class _Request:
     rng: Any = None  # sampling only: numpy Generator seeded by (seed, index)
     config: GenerationConfig | None = None  # a live stream's own settings (BatchStreamer)
     stream: _Stream | None = None
+    admitted: int = 0  # order in which requests took their slots
 
 
 class BatchEngine:
@@ -89,7 +90,7 @@ class BatchEngine:
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.n_vocab = llm.n_vocab()
         self.cached: list[list[int]] = [[] for _ in range(slots)]  # tokens held in each slot's KV
-        self._fed_last = -1  # the slot whose prompt was fed first in the last step (round-robin)
+        self._admitted = 0  # requests placed in slots so far: prompts are read in that order
 
     def close(self) -> None:
         if self.batch is not None:
@@ -131,6 +132,8 @@ class BatchEngine:
         self.cached[slot] = list(p[:best_len])
         req.pending = list(p[best_len:])
         req.pos = best_len
+        req.admitted = self._admitted
+        self._admitted += 1
 
     def _should_wait(self, prompt: Sequence[int], active: dict[int, _Request]) -> bool:
         """Whether a slot still feeding its prompt will soon hold a longer prefix of `prompt`.
@@ -218,9 +221,11 @@ class BatchEngine:
 
     def step(self, active: dict[int, _Request], choose: Callable[[_Request, Any], int | None]) -> list[int]:
         """One `llama_decode`: the last chosen token of each generating slot, then chunks of
-        the prompts still being fed, up to `n_batch` tokens. Prompt chunks go round-robin
-        over the slots (starting after the last one fed the step before), so one long prompt
-        does not hold back the others. Returns the slots whose request `choose` finished."""
+        the prompts still being fed, up to `n_batch` tokens. Prompts are read in the order
+        their requests took a slot (the first to come gets its first token first), and one
+        prompt takes at most half the budget while others wait, so a long one (a resumed
+        session's history) does not shut them out. Returns the slots whose request `choose`
+        finished."""
         import numpy as np
 
         lib, batch = self.lib, self.batch
@@ -233,15 +238,14 @@ class BatchEngine:
                 req.pos += 1
                 outputs.append((n, slot))
                 n += 1
-        feeding = sorted(s for s, r in active.items() if r.last is None and r.pending)
-        if feeding:
-            first = next((k for k, s in enumerate(feeding) if s > self._fed_last), 0)
-            feeding = feeding[first:] + feeding[:first]
-        for slot in feeding:
+        feeding = sorted((r.admitted, s) for s, r in active.items() if r.last is None and r.pending)
+        # one prompt takes at most half a step's budget while others wait to be read
+        share = self.n_batch if len(feeding) == 1 else max(1, self.n_batch // 2)
+        for _, slot in feeding:
             if n >= self.n_batch:
                 break
             req = active[slot]
-            take = req.pending[: self.n_batch - n]
+            take = req.pending[: min(share, self.n_batch - n)]
             del req.pending[: len(take)]
             for k, tok in enumerate(take):
                 last = not req.pending and k == len(take) - 1
@@ -251,7 +255,6 @@ class BatchEngine:
                 req.pos += 1
                 n += 1
             self.cached[slot].extend(take)
-            self._fed_last = slot
         if n == 0:
             return []
         batch.n_tokens = n
