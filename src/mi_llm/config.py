@@ -6,7 +6,8 @@ TranscribeConfig (transcribe.config), PredictConfig (evaluate.config), ServeConf
 (serve.config), the backends' own options (llm.backends.config). Each command builds its
 options from its model (cli.options.field_option) and the experiment config composes the
 same models, so no default is written twice. Where the pipeline adds options of its own
-(`enabled`, how many dialogues to rewrite) or sets some itself (paths), the section is an
+(`enabled`, how many dialogues to rewrite) or sets some itself (paths, the simulated
+counselor), the section is an
 `Experiment<Stage>Config` subclass here. BuildConfig is the build stage's (build.config).
 """
 
@@ -25,6 +26,7 @@ from mi_llm.evaluate.config import PredictConfig
 from mi_llm.layout import SYSTEMS, steered_system
 from mi_llm.llm.backends.config import check_backend_options
 from mi_llm.llm.resolve import DEFAULT_MODEL
+from mi_llm.simulate.config import SimulateConfig
 from mi_llm.train.config import TrainConfig
 from mi_llm.transcribe.config import TranscribeConfig
 
@@ -129,6 +131,43 @@ class ExperimentPredictConfig(PredictConfig):
         return {k: v for k, v in self.model_dump().items() if k not in ("strategy", "strategies") or v}
 
 
+# SimulateConfig fields the pipeline sets: each model's base and fine-tuned counselor.
+PIPELINE_SIMULATE_FIELDS = ("counselor", "counselor_adapter", "counselor_backend", "counselor_url")
+
+
+class ExperimentSimulateConfig(SimulateConfig):
+    """`simulate:`: every SimulateConfig option (every option of `mi-llm simulate`) but the
+    counselor, which the pipeline sets (each model's base and fine-tuned version, with the same
+    personas and seeds), and whether to simulate at all."""
+
+    enabled: bool = False
+    # set by the pipeline (PIPELINE_SIMULATE_FIELDS); never part of the config
+    counselor: None = Field(None, exclude=True)  # type: ignore[assignment]
+    counselor_adapter: None = Field(None, exclude=True)
+    counselor_backend: None = Field(None, exclude=True)  # type: ignore[assignment]
+    counselor_url: None = Field(None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_pipeline_fields(cls, data: Any) -> Any:
+        for fixed in PIPELINE_SIMULATE_FIELDS:
+            if isinstance(data, dict) and fixed in data:
+                raise ValueError(
+                    f"simulate.{fixed} is set by the pipeline (each model, base and fine-tuned); remove it"
+                )
+        return data
+
+    def simulate_config(self, model: str, adapter: str | None, backend: str) -> SimulateConfig:
+        return SimulateConfig.model_validate(
+            {
+                **self.model_dump(exclude={"enabled"}),
+                "counselor": model,
+                "counselor_adapter": adapter,
+                "counselor_backend": backend,
+            }
+        )
+
+
 class ModelConfig(_Strict):
     name: str = DEFAULT_MODEL
     label: str | None = Field(None, description="short name in reports; defaults to the model name")
@@ -167,6 +206,7 @@ class ExperimentConfig(_Strict):
     train: ExperimentTrainConfig = Field(default_factory=ExperimentTrainConfig)
     generation: ExperimentPredictConfig = Field(default_factory=ExperimentPredictConfig)
     miti: MitiConfig = MitiConfig()
+    simulate: ExperimentSimulateConfig = Field(default_factory=ExperimentSimulateConfig)
 
     @model_validator(mode="after")
     def _unique_labels(self) -> ExperimentConfig:
@@ -190,6 +230,11 @@ class ExperimentConfig(_Strict):
             if self.train_enabled:  # the fine-tuned model steered by each of `generation.strategies`
                 out += [(f"{m.key} {steered_system(s)}", m.key, steered_system(s)) for s in self.generation.strategies]
         return out
+
+    def simulated_systems(self) -> list[tuple[str, str, str]]:
+        """(label, model key, system) of the counselors the simulate stage runs: each model's
+        base and fine-tuned version (not the steered ones); none when it is off."""
+        return [x for x in self.systems() if x[2] in SYSTEMS] if self.simulate.enabled else []
 
     def strategy_of(self, system: str) -> str | None:
         """The strategy a system is predicted with: `generation.strategy` for the fine-tuned

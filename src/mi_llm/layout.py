@@ -21,11 +21,16 @@ spells one of these names.
         lora-<arch>.gguf.cache                .llamacpp_lora(arch): the adapter as llama.cpp applies it
         checkpoints/                          mi_llm.train.checkpoints' own layout (until training ends)
       miti/<system>.coded.jsonl, miti.json  .miti_coded(label), .miti_scores
+      simulate/<key>/{base,finetuned}/      .simulate(key, system) -> SimulatePaths (the simulate stage)
       report/index.html, *.png, summary.json  .report -> ReportPaths
+      report/sessions/<counselor>/<id>.html   .session_page(counselor, id): simulated sessions' pages
       .stages/<stage>.json                  .stage_state(stage)
 
     any `mi-llm simulate -o DIR`          SimulatePaths(root)
       sessions.jsonl, sessions.failed.jsonl, outcomes.json   .sessions, .failed, .outcomes
+      sessions.coded.jsonl                  .coded: the sessions as outcomes.json coded them
+      report.html, sessions/<id>.html, *.png  .report, .session_page(id), .figure(name)
+      .stage.json                           .stage_marker: the run's simulate stage fingerprint
 
 <key> is a model's label (or name) with "/" replaced (mi_llm.config.ModelConfig.key).
 Sidecars sit beside the file they describe, named `<file><suffix>` (beside()).
@@ -87,6 +92,11 @@ TRAIN_LOG = "train_log.jsonl"
 SIMULATED_SESSIONS = "sessions.jsonl"  # mi-llm simulate: one finished session a line
 SIMULATED_FAILED = "sessions.failed.jsonl"  # sessions an endpoint failed, with the reason
 SIMULATION_OUTCOMES = "outcomes.json"
+SIMULATED_CODED = "sessions.coded.jsonl"  # the sessions with the coders' codes and talk types
+SIMULATION_REPORT = "report.html"
+SESSION_PAGES_DIR = "sessions"  # one clinician-readable page per session
+SIMULATE_DIR = "simulate"
+STAGE_MARKER = ".stage.json"  # which inputs a pipeline stage's resumable output was made from
 MITI_SCORES = "miti.json"
 REPORT_INDEX = "index.html"
 ABLATION_TABLE = "ablation.json"
@@ -128,6 +138,11 @@ def beside(path: Path, suffix: str) -> Path:
 def meta_file(predictions: Path) -> Path:
     """The settings sidecar of a predictions file."""
     return beside(predictions, META_SUFFIX)
+
+
+def slug(label: str) -> str:
+    """A label as one file-name-safe path part."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_.") or "_"
 
 
 def default_run_dir(name: str) -> Path:
@@ -219,6 +234,24 @@ class SimulatePaths(_Folder):
     def outcomes(self) -> Path:
         return self.root / SIMULATION_OUTCOMES
 
+    @property
+    def coded(self) -> Path:
+        return self.root / SIMULATED_CODED
+
+    @property
+    def report(self) -> Path:
+        return self.root / SIMULATION_REPORT
+
+    def session_page(self, session_id: str) -> Path:
+        return self.root / SESSION_PAGES_DIR / f"{session_id}.html"
+
+    def figure(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    @property
+    def stage_marker(self) -> Path:
+        return self.root / STAGE_MARKER
+
 
 class ReportPaths(_Folder):
     """The report folder: index.html, its PNG figures, summary.json."""
@@ -233,6 +266,10 @@ class ReportPaths(_Folder):
 
     def figure(self, name: str) -> Path:
         return self.root / f"{name}.png"
+
+    def session_page(self, counselor: str, session_id: str) -> Path:
+        """A simulated session's page; `counselor` is a report label ("<model key> <system>")."""
+        return self.root / SESSION_PAGES_DIR / slug(counselor) / f"{session_id}.html"
 
 
 class AblationPaths(_Folder):
@@ -296,6 +333,10 @@ class RunPaths(_Folder):
 
     def adapter(self, key: str) -> AdapterPaths:
         return AdapterPaths(self.model_dir(key) / ADAPTER_DIR)
+
+    def simulate(self, key: str, system: str) -> SimulatePaths:
+        """The simulate stage's sessions of one system (a model's base or fine-tuned counselor)."""
+        return SimulatePaths(self.root / SIMULATE_DIR / key / system)
 
     @property
     def miti(self) -> Path:

@@ -1,12 +1,14 @@
 """`mi-llm run CONFIG.yaml`: a whole experiment, stage by stage, into one run directory.
 
 import -> (transcribe) -> build -> for each model: predict base -> train -> predict
-fine-tuned -> evaluate -> MITI code + score -> report. Each stage is skipped when its
-outputs are up to date with its inputs and settings, so a crashed run resumes.
+fine-tuned -> evaluate -> (simulate base and fine-tuned) -> MITI code + score -> report. Each
+stage is skipped when its outputs are up to date with its inputs and settings, so a crashed
+run resumes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -17,8 +19,8 @@ from mi_llm.config import ExperimentConfig, ModelConfig, SourceConfig
 from mi_llm.corpus.importers import source_files
 from mi_llm.corpus.schema import Dialogue, read_dialogues, write_dialogues
 from mi_llm.io import write_json
-from mi_llm.layout import RunPaths
-from mi_llm.stages import Stage, StageRunner
+from mi_llm.layout import AdapterPaths, RunPaths, SimulatePaths
+from mi_llm.stages import Stage, StageRunner, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,51 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
     return stages
 
 
+def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list[Stage]:
+    """Whole sessions with simulated clients for the model's base and fine-tuned counselor: the
+    same personas, seeds and client, so the two differ only in the counselor."""
+    from mi_llm.simulate.persona import bundled_persona_files
+
+    personas = cfg.simulate.personas
+    persona_files = bundled_persona_files() if personas.startswith("demo") else [Path(personas)]
+    stages = []
+    for system in [system for _, key, system in cfg.simulated_systems() if key == m.key]:
+        adapter = paths.adapter(m.key) if system == "finetuned" else None
+        sim = paths.simulate(m.key, system)
+        inputs = persona_files + ([adapter.weights, adapter.peft_config] if adapter else [])
+        params = {"simulate": cfg.simulate.model_dump(mode="json"), "model": m.model_dump(), "system": system}
+
+        def do_simulate(
+            adapter: AdapterPaths | None = adapter,
+            sim: SimulatePaths = sim,
+            inputs: list[Path] = inputs,
+            params: dict = params,
+        ) -> None:
+            from mi_llm.simulate.cards import load_personas
+            from mi_llm.simulate.stage import run_simulate
+
+            config = cfg.simulate.simulate_config(m.name, str(adapter.root) if adapter else None, m.backend)
+            # Sessions already there are resumed only when they were made from these very
+            # inputs (a crash); a changed adapter or setting starts the sessions over.
+            made_from = fingerprint(params, inputs)
+            marker = sim.stage_marker
+            same = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") == made_from
+            sim.root.mkdir(parents=True, exist_ok=True)
+            write_json(marker, {"fingerprint": made_from})
+            run_simulate(
+                config,
+                load_personas(config.personas),
+                sim.root,
+                overwrite=not same,
+                counselor_options=m.backend_options,
+            )
+
+        stages.append(
+            Stage(f"{m.key}/simulate-{system}", do_simulate, [sim.outcomes, sim.coded], inputs=inputs, params=params)
+        )
+    return stages
+
+
 def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
     """Code every system's replies in their test dialogues with one coder, and score them.
 
@@ -306,6 +353,8 @@ def report_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
     if cfg.train_enabled:
         inputs += [paths.adapter(m.key).train_log for m in cfg.models]
     inputs += [p for s in following_stages(cfg, paths) for p in s.outputs]
+    for _, k, s in cfg.simulated_systems():
+        inputs += [paths.simulate(k, s).outcomes, paths.simulate(k, s).coded]
 
     def do_report() -> None:
         from mi_llm.report import write_report
@@ -327,6 +376,8 @@ def run_experiment(
     stages = data_stages(cfg, paths)
     for m in cfg.models:
         stages += model_stages(cfg, paths, m)
+        if cfg.simulate.enabled:
+            stages += simulate_stages(cfg, paths, m)
     if cfg.miti.enabled:
         stages.append(miti_stage(cfg, paths))
     stages += following_stages(cfg, paths)
@@ -376,6 +427,20 @@ def print_summary(runner: StageRunner, run_dir: Path, seconds: float) -> None:
                 *(fmt(agg, k) for k in ("r_q", "pct_cr", "mi_adherent_ratio", "technical", "relational")),
             )
         console.print(m)
+    if summary.get("simulate"):
+        from mi_llm.simulate.aggregate import OUTCOME_KEYS
+        from mi_llm.simulate.references import format_ci
+
+        shown = ("success", "r_q", "pct_cr", "change_share", "rounds")
+        labels = dict(OUTCOME_KEYS)
+        s = Table(title="simulated sessions (mean [95% bootstrap CI] over sessions)")
+        for col in ("counselor", "sessions", *(labels[k] for k in shown)):
+            s.add_column(col)
+        for counselor, sim in summary["simulate"].items():
+            agg = sim.get("aggregate") or {}
+            n = (sim.get("summary") or {}).get("sessions", 0)
+            s.add_row(counselor, str(n), *(format_ci(agg[k]) if k in agg else "n/a" for k in shown))
+        console.print(s)
     ran = sum(not r.skipped for r in runner.results)
     console.print(
         f"{ran} stage(s) ran, {len(runner.results) - ran} up to date; {seconds:.0f} s; report: {report.index}"

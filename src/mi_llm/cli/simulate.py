@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
 
 def simulate_cmd(
-    output: Path = typer.Option(..., "-o", "--output", help="folder for sessions.jsonl and outcomes.json"),
+    output: Path = typer.Option(..., "-o", "--output", help="folder for sessions.jsonl, outcomes.json and report.html"),
     counselor: str = field_option(C, "counselor", "--counselor"),
     adapter: str | None = field_option(C, "counselor_adapter", "--adapter"),
     backend: str = field_option(C, "counselor_backend", "--backend"),
@@ -43,9 +43,10 @@ def simulate_cmd(
     client_coder: str = field_option(C, "client_coder", "--client-coder"),
     overwrite: bool = typer.Option(False, "--overwrite", help="start over instead of resuming"),
 ) -> None:
-    """Simulate whole sessions (resumable), code them, and write their outcomes."""
+    """Simulate whole sessions (resumable), code them, write their outcomes and report.html."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from mi_llm.report.render import write_simulation_report
     from mi_llm.simulate.cards import load_personas
     from mi_llm.simulate.stage import run_simulate
 
@@ -92,10 +93,14 @@ def simulate_cmd(
                 bar.update(task, round=bar.tasks[0].fields["round"] + n)
 
         result, report = run_simulate(config, cards, output, overwrite=overwrite, progress=on_progress)
+    counselor_label = config.counselor_url or config.counselor
+    if config.counselor_adapter:
+        counselor_label += f" + {config.counselor_adapter}"
+    page = write_simulation_report(output, title=counselor_label)
     print_summary(report["summary"])
     console.print(
         f"wrote {result.output} ({result.sessions} sessions: {result.written_now} now, {result.resumed} resumed, "
-        f"{len(result.failed)} failed) and {SimulatePaths(output).outcomes} in {result.seconds:.1f} s"
+        f"{len(result.failed)} failed), {SimulatePaths(output).outcomes} and {page} in {result.seconds:.1f} s"
     )
     for f in result.failed:
         console.print(f"failed: {f['id']} after {f['rounds']} rounds: {f['error']}")

@@ -87,6 +87,11 @@ def collect(cfg: ExperimentConfig, paths: RunPaths) -> ReportData:
         if following.is_file():
             data.code_following[label] = _read_json(following)
     data.examples = examples(paths, systems, cfg.split.seed)
+    if cfg.simulate.enabled:
+        from mi_llm.report.sessions import read_simulation
+
+        for label, key, system in cfg.simulated_systems():
+            data.simulations[label] = read_simulation(paths.simulate(key, system).root, label)
     build = _read_json(paths.build.summary)
     data.settings = {
         "models": [m.model_dump() for m in cfg.models],

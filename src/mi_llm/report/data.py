@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mi_llm.report.sessions import Simulation
 
 # The MI-LLM paper's reported figures (Hu et al., arXiv 2512.15446), for side-by-side tables.
 PAPER_AUTOMATIC = {
@@ -49,6 +52,8 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     # system label -> code-following (mi_llm.miti.following), for systems predicted with a strategy
     code_following: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # counselor label ("<model key> <system>") -> its simulated sessions (the simulate stage)
+    simulations: dict[str, Simulation] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -59,4 +64,14 @@ class ReportData:
             "settings": self.settings,
             "notes": self.notes,
             **({"code_following": self.code_following} if self.code_following else {}),
+            **(
+                {
+                    "simulate": {
+                        label: {k: sim.outcomes.get(k) for k in ("summary", "aggregate", "ci_method", "coders")}
+                        for label, sim in self.simulations.items()
+                    }
+                }
+                if self.simulations
+                else {}
+            ),
         }

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mi_llm.miti.codebook import CODES  # noqa: E402
 from mi_llm.report.data import ReportData  # noqa: E402
+from mi_llm.report.sessions import change_share_by_round, stage_by_round  # noqa: E402
+from mi_llm.simulate.persona import STAGES  # noqa: E402
 
 THRESHOLDS = {"r_q": (1.0, 2.0), "pct_cr": (0.40, 0.50)}  # (fair, good), MITI 4.2.1
 
@@ -82,4 +84,42 @@ def loss_curve(data: ReportData, path: Path) -> Path | None:
     ax.set_ylabel("training loss")
     ax.set_title("LoRA training loss")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def trajectories(outcomes: dict[str, list[dict]], path: Path) -> Path | None:
+    """Per counselor, by round: the client's change-talk share and the mean stage of change
+    (thin lines: each session's stage)."""
+    if not any(outcomes.values()):
+        return None
+    fig, (talk_ax, stage_ax) = plt.subplots(1, 2, figsize=(11, 3.9))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, sessions) in enumerate(outcomes.items()):
+        color = colors[i % len(colors)]
+        points = change_share_by_round(sessions)
+        if points:
+            xs, ys, ns = zip(*points)
+            talk_ax.plot(xs, ys, marker="o", color=color, label=label)
+            for x, y, n in points:
+                talk_ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(0, 5), fontsize=6, color=color)
+        for o in sessions:
+            track = [STAGES.index(s) for s in o.get("stages") or []]
+            stage_ax.plot(range(len(track)), track, color=color, alpha=0.2, lw=1)
+        mean = stage_by_round(sessions)
+        if mean:
+            xs, ys = zip(*mean)
+            stage_ax.plot(xs, ys, marker="o", color=color, lw=2, label=f"{label} (mean)")
+    talk_ax.set_ylim(-0.05, 1.05)
+    talk_ax.set_xlabel("round (0: the client's opening)")
+    talk_ax.set_ylabel("change / (change + sustain)")
+    talk_ax.set_title("Client change-talk share by round (n: coded turns)")
+    stage_ax.set_yticks(range(len(STAGES)))
+    stage_ax.set_yticklabels(STAGES, fontsize=8)
+    stage_ax.set_ylim(-0.2, len(STAGES) - 0.8)
+    stage_ax.set_xlabel("round")
+    stage_ax.set_title("Stage of change by round (ended sessions keep their last)")
+    for ax in (talk_ax, stage_ax):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     return _save(fig, path)

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import base64
 import math
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from mi_llm.io import atomic_writer, write_json
-from mi_llm.layout import ReportPaths
+from mi_llm.layout import ReportPaths, SimulatePaths
 from mi_llm.report import figures
 from mi_llm.report.data import PAPER_AUTOMATIC, PAPER_MITI, ReportData
+from mi_llm.report.sessions import (
+    STATE_MACHINE_NOTE,
+    TOY_CLIENT_NOTE,
+    Simulation,
+    aggregate_table,
+    read_simulation,
+    session_rows,
+    write_session_pages,
+)
 
 AUTO_METRICS = ("bleu-4", "rouge-1", "rouge-2", "rouge-l")
 
@@ -114,6 +125,52 @@ def _data_uri(path: Path | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+def _env() -> Environment:
+    return Environment(loader=PackageLoader("mi_llm.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
+
+
+def sessions_section(
+    simulations: Sequence[Simulation],
+    index: Path,
+    page_of: Callable[[Simulation, str], Path],
+    figure: Path,
+    env: Environment,
+) -> dict[str, Any] | None:
+    """The sessions section's context; writes each session's page and the trajectory figure."""
+    if not simulations:
+        return None
+    page = env.get_template("session.html.j2")
+    counselors = []
+    for sim in simulations:
+        write_session_pages(sim, lambda sid, sim=sim: page_of(sim, sid), page.render, index)  # type: ignore[misc]
+        href = lambda sid, sim=sim: os.path.relpath(page_of(sim, sid), index.parent)  # noqa: E731
+        counselors.append({"label": sim.label, "sessions": session_rows(sim, href)})
+    outcomes = {s.label: list(s.outcomes.get("sessions", [])) for s in simulations}
+    notes = [STATE_MACHINE_NOTE]
+    caveats = sorted({s.outcomes.get("caveat", "") for s in simulations} - {""})
+    return {
+        "toy_client": TOY_CLIENT_NOTE if any(s.toy_client for s in simulations) else None,
+        "table": aggregate_table(simulations),
+        "figure": _data_uri(figures.trajectories(outcomes, figure)),
+        "counselors": counselors,
+        "notes": notes + caveats,
+    }
+
+
+def write_simulation_report(folder: str | Path, title: str | None = None) -> Path:
+    """`mi-llm simulate`'s own report: DIR/report.html, DIR/sessions/<id>.html, the figure."""
+    paths = SimulatePaths(Path(folder))
+    sim = read_simulation(paths.root, title or str(paths.root))
+    env = _env()
+    section = sessions_section(
+        [sim], paths.report, lambda _sim, sid: paths.session_page(sid), paths.figure("trajectories"), env
+    )
+    html = env.get_template("simulation.html.j2").render(name=sim.label, sessions=section, settings=sim.meta)
+    with atomic_writer(paths.report) as f:
+        f.write(html)
+    return paths.report
+
+
 def write_report(data: ReportData, out_dir: Path) -> Path:
     """Write index.html, the PNG figures and summary.json into `out_dir`; returns index.html."""
     out = ReportPaths(out_dir)
@@ -122,7 +179,14 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
         "ratios": figures.ratios(data, out.figure("ratios")),
         "loss": figures.loss_curve(data, out.figure("loss")),
     }
-    env = Environment(loader=PackageLoader("mi_llm.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    env = _env()
+    section = sessions_section(
+        list(data.simulations.values()),
+        out.index,
+        lambda sim, sid: out.session_page(sim.label, sid),
+        out.figure("trajectories"),
+        env,
+    )
     html = env.get_template("index.html.j2").render(
         name=data.name,
         metrics=AUTO_METRICS,
@@ -133,6 +197,7 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
         examples=data.examples,
         settings=data.settings,
         notes=data.notes,
+        sessions=section,
     )
     with atomic_writer(out.index) as f:
         f.write(html)

@@ -4,7 +4,9 @@ stage and success, per session and averaged over the run (outcomes.json).
 Every counselor turn is coded by the MITI coder (globals rated by its model: a caveat, they
 are estimates from the codes) and every client turn by the client-talk coder; the scores
 are `mi_llm.miti.scoring.score_session`'s. Success = the client reached preparation and
-stated a plan.
+stated a plan. Per counselor (the run): the means with their confidence intervals over
+sessions (simulate.aggregate) and the published / computed reference rows beside them
+(simulate.references).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mi_llm.corpus.schema import Dialogue
+from mi_llm.corpus.schema import Dialogue, write_dialogues
 from mi_llm.io import write_json
 from mi_llm.miti.scoring import score_session
+from mi_llm.simulate.aggregate import CI_METHOD, aggregate_outcomes
 
-VERSION = 1
+# 2: `aggregate` (means with confidence intervals over sessions) and the coded sessions file
+VERSION = 2
 # Per-session values averaged over sessions, in table order.
 MEAN_KEYS = ("rounds", "r_q", "pct_cr", "mi_adherent_ratio", "change_share", "moves_back")
 GLOBALS_CAVEAT = "globals are the MITI coder's estimates from its codes, not a human rater's"
@@ -107,14 +111,20 @@ def write_outcomes(
     coder: DialogueCoder,
     client_coder: ClientTalkCoder,
     failed: int = 0,
+    coded_path: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Code the sessions, write outcomes.json (and the coded sessions to `coded_path`)."""
     coded = code_sessions(dialogues, coder, client_coder)
+    if coded_path is not None:
+        write_dialogues(coded_path, coded)
     outcomes = [session_outcome(d) for d in coded]
     report = {
         "version": VERSION,
         "coders": {"miti": coder.name, "client_talk": client_coder.name},
         "caveat": GLOBALS_CAVEAT,
         "summary": summarize(outcomes, failed),
+        "aggregate": aggregate_outcomes(outcomes),
+        "ci_method": CI_METHOD,
         "sessions": outcomes,
     }
     write_json(path, report)

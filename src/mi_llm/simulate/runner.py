@@ -190,7 +190,7 @@ def simulate(
     sidecar = meta_file(output)
     key = config.run_key()
     if overwrite:
-        for stale in (output, sidecar, paths.failed, paths.outcomes):
+        for stale in (output, sidecar, paths.failed, paths.outcomes, paths.coded):
             stale.unlink(missing_ok=True)
     repair_torn_tail(output)
     done = read_done_sessions(output)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ def side(backend: str, model: str, adapter: str | None, url: str | None, seed: i
     return Side(name, model, adapter, backend_options(name, seed=seed, base_url=url, parallel=parallel))
 
 
-def sides(config: SimulateConfig) -> tuple[Side, Side]:
+def sides(config: SimulateConfig, counselor_options: Mapping[str, Any] | None = None) -> tuple[Side, Side]:
+    """Both sides; `counselor_options` (a run config's model.backend_options) override the counselor's."""
     counselor = side(
         config.counselor_backend,
         config.counselor,
@@ -53,8 +55,19 @@ def sides(config: SimulateConfig) -> tuple[Side, Side]:
         config.seed,
         config.sessions,
     )
+    counselor.options.update(counselor_options or {})
     client = side(config.client_backend, config.client, None, config.client_url, config.seed, config.sessions)
     return counselor, client
+
+
+def same_model(counselor: Side, client: Side) -> bool:
+    """One loaded model can play both sides: the same weights (no adapter) through the same backend."""
+    return (counselor.backend, counselor.model, counselor.adapter, counselor.options.get("base_url")) == (
+        client.backend,
+        client.model,
+        client.adapter,
+        client.options.get("base_url"),
+    )
 
 
 def run_simulate(
@@ -63,18 +76,18 @@ def run_simulate(
     output_dir: str | Path,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    counselor_options: Mapping[str, Any] | None = None,
 ) -> tuple[SimulateResult, dict[str, Any]]:
-    """Run the sessions (resuming), then code them and write outcomes.json."""
+    """Run the sessions (resuming), then code them and write outcomes.json and the coded sessions."""
     from mi_llm.miti.coders import load_coder
     from mi_llm.miti.coders.client_talk import load_client_coder
 
     coder = load_coder(config.coder)
     client_coder = load_client_coder(config.client_coder)  # a bad coder fails before any model loads
-    counselor_side, client_side = sides(config)
+    counselor_side, client_side = sides(config, counselor_options)
     counselor = counselor_side.load()
     try:
-        # one loaded model plays both sides when both are the same
-        client = counselor if client_side == counselor_side else client_side.load()
+        client = counselor if same_model(counselor_side, client_side) else client_side.load()
         try:
             result = simulate(config, personas, counselor, client, coder, output_dir, overwrite, progress)
         finally:
@@ -85,5 +98,8 @@ def run_simulate(
     out = Path(output_dir)
     wanted = {p.id for p in plan_sessions(config, personas)}
     sessions = [d for d in read_dialogues(SimulatePaths(out).sessions) if d.id in wanted]
-    report = write_outcomes(SimulatePaths(out).outcomes, sessions, coder, client_coder, failed=len(result.failed))
+    paths = SimulatePaths(out)
+    report = write_outcomes(
+        paths.outcomes, sessions, coder, client_coder, failed=len(result.failed), coded_path=paths.coded
+    )
     return result, report
