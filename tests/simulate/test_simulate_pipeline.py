@@ -137,7 +137,11 @@ def test_a_crash_resumes_the_sessions_a_new_adapter_starts_them_over(tmp_path, s
 
 def test_simulate_is_off_by_default_and_the_counselor_is_the_pipelines():
     cfg = ExperimentConfig(sources=[{"kind": "demo"}])
-    assert not cfg.simulate.enabled
+    assert not cfg.simulate.enabled and cfg.simulated_systems() == []
+    steered = ExperimentConfig(
+        sources=[{"kind": "demo"}], generation={"strategies": ["CR"]}, simulate={"enabled": True}
+    )
+    assert [s for _, _, s in steered.simulated_systems()] == ["base", "finetuned"]  # not the steered one
     with pytest.raises(ValueError, match="simulate.counselor is set by the pipeline"):
         ExperimentConfig(sources=[{"kind": "demo"}], simulate={"counselor": "x"})
 
