@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mi_llm.build.strategy import Strategy, check_code
+from mi_llm.build.strategy import check_code
 from mi_llm.errors import MiLlmError
 from mi_llm.llm.backends.base import GenerationConfig, preset
 
@@ -35,10 +35,6 @@ class PredictConfig(BaseModel):
             except MiLlmError as e:
                 raise ValueError(str(e)) from None
         return self
-
-    def strategy_option(self) -> Strategy | None:
-        """The parsed strategy (a policy file is read here, not when the config is)."""
-        return Strategy.parse(self.strategy, "strategy") if self.strategy is not None else None
 
     def generation_config(self) -> GenerationConfig:
         """The preset with this config's fields; ValueError (a config error) on an unknown preset."""
