@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mi_llm.corpus.schema import Code
 from mi_llm.errors import InputError, MiLlmError
@@ -114,11 +114,12 @@ class StrategyPolicy(BaseModel):
     reflection: Literal["CR", "SR"] = Field("CR", description="CR: complex reflections over simple ones")
     affirm_every: int = Field(0, ge=0, description="an affirmation when the last N replies held none (0: never)")
 
-    @model_validator(mode="after")
-    def _mi_consistent(self) -> StrategyPolicy:
-        if self.opening in ("Persuade", "Confront"):
-            raise ValueError(f"opening: a policy never picks {self.opening} (use PwP: persuade with permission)")
-        return self
+    @field_validator("opening")
+    @classmethod
+    def _mi_consistent(cls, code: str) -> str:
+        if code in ("Persuade", "Confront"):
+            raise ValueError(f"a policy never picks {code} (use PwP: persuade with permission)")
+        return code
 
     def choose(self, previous: Sequence[str | None]) -> str:
         """The code of the next reply, given the codes of the counselor's replies so far."""
