@@ -137,3 +137,23 @@ def test_strategy_option(tmp_path: Path) -> None:
         policy.requested(None)
     with pytest.raises(MiLlmError, match="no such policy file"):
         Strategy.parse(f"policy:{tmp_path / 'missing.yaml'}")
+
+
+def test_build_with_the_automatic_coder(tmp_path: Path, monkeypatch) -> None:
+    """--codes auto: every counselor turn coded by the coder (its codes replace the corpus's)."""
+    import mi_llm.miti.coders as coders
+    from mi_llm.miti.coders.base import Coder, Result
+
+    class AllSR(Coder):
+        name = "all-sr"
+
+        def code_items(self, items, progress=None):
+            return [Result("SR") for _ in items]
+
+    monkeypatch.setattr(coders, "load_coder", lambda spec: AllSR())
+    dialogues = tmp_path / "d.jsonl"
+    dialogues.write_text("\n".join(coded_dialogue(f"d{i}", [["Q"], ["CR"]]).model_dump_json() for i in range(3)) + "\n")
+    summary = build([dialogues], tmp_path / "b", train=2, test=1, codes="auto", strategy=True)
+    assert summary["train"]["codes"] == {"SR": 4} and summary["coder"] == "default"
+    first = json.loads((tmp_path / "b" / "samples.test.jsonl").read_text().splitlines()[0])
+    assert first["code"] == "SR" and first["history_codes"] == []

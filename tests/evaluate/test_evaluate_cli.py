@@ -155,3 +155,17 @@ def test_bad_sidecar_is_located(tmp_path):
     (tmp_path / "predictions.jsonl.meta.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match=r"meta\.json:1: invalid JSON"):
         evaluate_file(src)
+
+
+def test_code_following_needs_strategy_predictions(tmp_path: Path) -> None:
+    """--code-following on predictions made without --strategy: one line, exit 2, before any coder loads."""
+    preds = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"sample_id": f"d#{i}", "dialogue_id": "d", "round": i, "prediction": p, "reference": r}
+            for i, (p, r) in enumerate(PAIRS[:2], start=1)
+        ],
+    )
+    r = run("evaluate", str(preds), "-o", str(tmp_path / "m.json"), "--code-following")
+    assert r.returncode == 2 and "no prediction carries a strategy code" in r.stderr
+    assert (tmp_path / "m.json").is_file() and not (tmp_path / "code_following.json").exists()
