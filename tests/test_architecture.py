@@ -33,10 +33,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mi_llm.build.strategy",
             "mi_llm.prompts",
             "mi_llm.resources",
+            "mi_llm.prefs.pairs",
         ),
     ),
-    ("models", ("mi_llm.llm", "mi_llm.train")),
-    ("measures", ("mi_llm.evaluate", "mi_llm.miti")),
+    ("models", ("mi_llm.llm", "mi_llm.train", "mi_llm.prefs.config")),
+    ("measures", ("mi_llm.evaluate", "mi_llm.miti", "mi_llm.prefs.score")),
     (
         "stages",
         (
@@ -47,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mi_llm.miti.annotate",
             "mi_llm.config",
             "mi_llm.simulate",
+            "mi_llm.prefs",
         ),
     ),
     ("pipeline", ("mi_llm.pipeline", "mi_llm.stages", "mi_llm.ablation")),

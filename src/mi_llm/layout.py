@@ -110,6 +110,8 @@ MITI_SUFFIX = ".miti.json"  # transcribe --quality: MITI scores of the rewrites
 CACHE_SUFFIX = ".cache.sqlite"  # transcribe: the call cache
 FAILED_SUFFIX = ".failed.jsonl"  # transcribe: dialogues that could not be rewritten
 SUMMARY_SUFFIX = ".summary.json"  # transcribe: the run's statistics
+CANDIDATES_SUFFIX = ".candidates.jsonl"  # prefs build: the sampled replies, appended per batch (resume)
+REF_LOGPS = "ref_logps.json"  # preference training: the reference model's log-probs, computed once
 
 
 def samples_file(split: str) -> str:
@@ -213,6 +215,11 @@ class AdapterPaths(_Folder):
     @property
     def train_log(self) -> Path:
         return self.root / TRAIN_LOG
+
+    @property
+    def ref_logps(self) -> Path:
+        """Preference training: the reference log-probs of every pair (kept for --resume)."""
+        return self.root / REF_LOGPS
 
     def llamacpp_lora(self, arch: str) -> Path:
         """The adapter converted for llama.cpp (mi_llm.llm.lora_gguf), cached beside it."""

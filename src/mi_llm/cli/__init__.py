@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # One module per stage; each defines `register(app)`.
-_STAGES = ("data", "evaluate", "models", "train", "transcribe", "miti", "pipeline", "serve", "simulate")
+_STAGES = ("data", "evaluate", "models", "train", "transcribe", "miti", "pipeline", "serve", "simulate", "prefs")
 
 
 _registered = False
