@@ -67,6 +67,7 @@ def train_cmd(
         None, "--export-llamafactory", help="also write the equivalent LLaMA-Factory YAML here"
     ),
     gradient_checkpointing: bool = field_option(TrainConfig, "gradient_checkpointing", "--gradient-checkpointing"),
+    precision: str = field_option(TrainConfig, "precision"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """LoRA fine-tuning on round samples (loss on counselor replies only).
@@ -106,6 +107,7 @@ def train_cmd(
             on_overflow="skip" if skip_long else "error",
             share_prefix=share_prefix,
             gradient_checkpointing=gradient_checkpointing,
+            precision=precision,
             save_steps=save_steps,
             save_total_limit=save_total_limit,
             log_steps=log_steps,

@@ -32,6 +32,7 @@ RESULT_KEYS = (
     "records",
     "on_overflow",
     "share_prefix",
+    "precision",
 )
 
 
@@ -78,6 +79,11 @@ class TrainConfig(BaseModel):
     )
     share_prefix: bool = Field(
         True, description="compute the prompt prefix shared by a window's samples once (single process, batch 1)"
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto | fp32 | bf16: bf16 autocast with fp32 LoRA weights and optimizer state; "
+        "auto = bf16 on a GPU or a CPU with native bf16 (amx_bf16, avx512_bf16), else fp32",
     )
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, slower)")
     save_steps: int = Field(50, ge=1, description="checkpoint every N optimizer steps")

@@ -48,6 +48,7 @@ from mi_llm.train.adapter import load_peft_model, register_adapter_hooks, save_a
 from mi_llm.train.config import TrainConfig, check_resume_compatible
 from mi_llm.train.data import load_train_data, make_schedule
 from mi_llm.train.memory import fixed_mmap_threshold, peak_rss_mb, release_memory
+from mi_llm.train.precision import cpu_description, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,14 @@ class StopFlag:
 def make_accelerator(cfg: TrainConfig) -> Any:
     from accelerate import Accelerator
 
-    # `accelerate launch` sets the precision from its config; alone, bf16 on a GPU, fp32 on CPU.
+    # An explicit --precision wins; with auto, `accelerate launch` sets it from its config, and
+    # alone it is bf16 where the GPU or CPU computes bf16 natively (mi_llm.train.precision).
     mp = None
-    if not os.environ.get("ACCELERATE_MIXED_PRECISION"):
-        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if cfg.precision != "auto" or not os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        cuda = torch.cuda.is_available() and not _cpu_forced()
+        precision = resolve_precision(cfg.precision, cuda, cuda and torch.cuda.is_bf16_supported())
+        mp = "bf16" if precision == "bf16" else "no"
+        _forget_other_precision(mp)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mp)
     ds = acc.state.deepspeed_plugin
     if ds is not None:  # no prepared dataloader: DeepSpeed must be told the batch geometry
@@ -126,6 +131,21 @@ def make_accelerator(cfg: TrainConfig) -> Any:
         c["train_batch_size"] = cfg.batch_size * cfg.grad_accum * acc.num_processes
         c["gradient_clipping"] = cfg.max_grad_norm
     return acc
+
+
+def _forget_other_precision(mp: str) -> None:
+    """accelerate keeps one precision per process: a later run in the same process (the
+    pipeline's models, tests) with another precision needs its state cleared first (the
+    process group, if any, is kept)."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mp and "DEEPSPEED" not in str(state.get("distributed_type")):
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def _cpu_forced() -> bool:
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
 
 
 def prepare_output(cfg: TrainConfig, resume: bool) -> tuple[Path, Path | None, dict[str, Any] | None]:
@@ -356,6 +376,8 @@ class LoraTrainer(ABC, Generic[Window]):
             "runtime": {
                 "device": str(acc.device),
                 "mixed_precision": acc.mixed_precision,
+                "precision": "bf16" if acc.mixed_precision == "bf16" else "fp32",
+                **({"cpu": cpu_description()} if acc.device.type == "cpu" else {}),
                 "distributed": str(acc.distributed_type),
                 "torch": torch.__version__,
                 "transformers": __import__("transformers").__version__,
