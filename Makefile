@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint bench browser clean lock
+.PHONY: venv demo test lint bench browser clean lock gpu-check
 
 # Every package is pinned in constraints.txt (regenerate: `make lock`). llama-cpp-python is built
 # by tools/llama_cpp/build.sh for every x86-64 CPU (runtime dispatch, no AMX kernels; never
@@ -48,6 +48,13 @@ lint: venv
 
 test: venv browser lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The GPU path (bf16 LoRA SFT through accelerate, hf predictions on CUDA, the adapter reloaded on
+# CPU) on one NVIDIA GPU, under 8 minutes; a python with a CUDA torch, transformers, peft and
+# accelerate (GPU_PYTHON=...; default: .venv's if built, else python3). Report: build/gpu-check/.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 bench: venv
 	$(PY) benchmarks/run_all.py
