@@ -267,8 +267,10 @@ def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> l
 def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
     """Code every system's replies in their test dialogues with one coder, and score them.
 
-    The reference dialogues are coded by the same coder (comparable across systems); when
-    they carry human codes, those are scored too, as "reference (human codes)".
+    The reference dialogues are coded by the same coder (comparable across systems) unless
+    the coder was trained on the source they come from (the shipped coder on the bundled demo
+    corpus): that would be in-sample. When they carry human codes, those are scored too, as
+    "reference (human codes)".
     """
     from mi_llm.miti.results import MITI_SCORES_VERSION
 
@@ -292,14 +294,26 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
             )
             for d in test
         ]
-        sessions: dict[str, list[Dialogue]] = {"reference": plain_ref}
+        coder = load_coder(cfg.miti.coder)
+        seen = coder_trained_on(coder, cfg.sources)
+        sessions: dict[str, list[Dialogue]] = {}
+        if seen:
+            # The coder learned from these very replies: its codes of them would be in-sample.
+            log.info(
+                "miti: the reference replies are not coded automatically: coder %s was trained on the %s "
+                "data these test dialogues come from (in-sample); their human codes are scored where present",
+                cfg.miti.coder,
+                ", ".join(seen),
+            )
+        else:
+            sessions["reference"] = plain_ref
         if human:
             sessions[HUMAN_REFERENCE] = human
         for label, key, system in systems:
             sessions[label] = system_sessions(test, read_predictions_by_round(paths.predictions(key, system)), label)
         scores = code_and_score(
             sessions,
-            load_coder(cfg.miti.coder),
+            coder,
             coder_name=str(cfg.miti.coder),
             keep_codes={HUMAN_REFERENCE},
             coded_file=paths.miti_coded,
@@ -340,6 +354,14 @@ def following_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
             )
         )
     return stages
+
+
+def coder_trained_on(coder: object, sources: list[SourceConfig]) -> list[str]:
+    """The experiment's source kinds that the coder's training data came from (its
+    `info["data"]` kinds: e.g. the shipped coder's `demo` and `annomi`)."""
+    info = getattr(coder, "info", None) or {}
+    trained = {d.get("kind") for d in info.get("data", []) if isinstance(d, dict)}
+    return sorted({s.kind for s in sources} & trained)
 
 
 def report_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
