@@ -4,7 +4,8 @@ bf16 means what it means on a GPU: the frozen base weights are held in bf16, the
 backward run under bf16 autocast, and the LoRA weights, their gradients and AdamW's state stay
 fp32. `auto` picks bf16 where the hardware computes it natively: a CUDA device that supports
 it, or a CPU with AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`; measured on an AMD Zen 4
-without AMX in docs/training.md). Elsewhere bf16 is emulated and slower, so auto is fp32.
+without AMX in docs/training.md). Elsewhere torch converts bf16 in software, with no speed-up
+to expect, so auto is fp32 there.
 """
 
 from __future__ import annotations
