@@ -225,33 +225,6 @@ def test_strategy_run_reports_code_following(tmp_path, monkeypatch):
         generation={"strategy": "Q", "strategies": ["CR"]},
     )
     assert [s for _, _, s in cfg.systems()] == ["base", "finetuned", "finetuned-CR"]
-
-
-class DemoTrainedCoder(OneCodeCoder):
-    """A coder whose training data included the bundled demo corpus (as the shipped one's)."""
-
-    info = {"data": [{"kind": "annomi"}, {"kind": "demo"}]}
-
-
-def test_miti_stage_does_not_code_the_reference_in_sample(tmp_path, monkeypatch):
-    """The shipped coder learned from the bundled demo corpus, test dialogues included: its codes
-    of the demo's reference replies would be in-sample, so that row is left out (the human
-    codes are still scored); a coder trained elsewhere still codes it."""
-    import mi_llm.miti.coders as coders
-    from mi_llm.config import ExperimentConfig
-    from mi_llm.io import iter_jsonl, write_jsonl
-    from mi_llm.layout import RunPaths
-    from mi_llm.miti.results import read_miti_scores
-    from mi_llm.pipeline import coder_trained_on, data_stages, miti_stage
-
-    cfg = ExperimentConfig(
-        name="m",
-        sources=[{"kind": "demo", "language": "en", "style": "mi"}],
-        split={"train": 2, "test": 2, "seed": 1},
-        train={"enabled": False},
-    )
-    assert coder_trained_on(DemoTrainedCoder(), cfg.sources) == ["demo"]
-    assert coder_trained_on(OneCodeCoder(), cfg.sources) == []
     paths = RunPaths(tmp_path / "run")
     runner = StageRunner(paths.root)
     for stage in data_stages(cfg, paths):
@@ -288,6 +261,35 @@ def test_miti_stage_does_not_code_the_reference_in_sample(tmp_path, monkeypatch)
     assert 'id="following-table"' in paths.report.index.read_text()
 
 
+class DemoTrainedCoder(OneCodeCoder):
+    """A coder whose training data included the bundled demo corpus (as the shipped one's)."""
+
+    info = {"data": [{"kind": "annomi"}, {"kind": "demo"}]}
+
+
+def test_miti_stage_does_not_code_the_reference_in_sample(tmp_path, monkeypatch):
+    """The shipped coder learned from the bundled demo corpus, test dialogues included: its codes
+    of the demo's reference replies would be in-sample, so that row is left out (the human
+    codes are still scored); a coder trained elsewhere still codes it."""
+    import mi_llm.miti.coders as coders
+    from mi_llm.config import ExperimentConfig
+    from mi_llm.io import iter_jsonl, write_jsonl
+    from mi_llm.layout import RunPaths
+    from mi_llm.miti.results import read_miti_scores
+    from mi_llm.pipeline import coder_trained_on, data_stages, miti_stage
+
+    cfg = ExperimentConfig(
+        name="m",
+        sources=[{"kind": "demo", "language": "en", "style": "mi"}],
+        split={"train": 2, "test": 2, "seed": 1},
+        train={"enabled": False},
+    )
+    assert coder_trained_on(DemoTrainedCoder(), cfg.sources) == ["demo"]
+    assert coder_trained_on(OneCodeCoder(), cfg.sources) == []
+    paths = RunPaths(tmp_path / "run")
+    runner = StageRunner(paths.root)
+    for stage in data_stages(cfg, paths):
+        runner(stage)
     ((label, key, system),) = cfg.systems()
     preds = [
         {"sample_id": s["sample_id"], "dialogue_id": s["dialogue_id"], "round": s["round"], "prediction": "Yes."}

@@ -322,7 +322,7 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
 
     inputs = [test_file, built_dialogues(cfg, paths)] + [paths.predictions(k, s) for _, k, s in systems]
     # The schema version is a setting: a run from before a schema change rewrites miti.json.
-    params = {**cfg.miti.model_dump(), "miti_scores_version": MITI_SCORES_VERSION}
+    params = {**cfg.miti.model_dump(), "miti_scores_version": MITI_SCORES_VERSION, "reference": "out-of-sample only"}
     return Stage("miti", do_miti, [paths.miti_scores], inputs=inputs, params=params)
 
 
