@@ -188,11 +188,11 @@ def run_llamafactory(
         load_train_data(sub),
         gpu=False,
         output_dir=str(out),
+        bf16=precision == "bf16",  # CPU autocast, fp32 LoRA weights (LLaMA-Factory's upcast_trainable_params)
         extra={
             "save_strategy": "no",
             "plot_loss": False,
             "include_num_input_tokens_seen": True,
-            "bf16": precision == "bf16",  # CPU autocast, fp32 LoRA weights (upcast_trainable_params)
             "disable_gradient_checkpointing": not checkpointing,
         },
     )

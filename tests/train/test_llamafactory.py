@@ -35,6 +35,11 @@ def test_yaml_from_build_folder(tiny_gemma, build_dir, tmp_path):
     assert (c["per_device_train_batch_size"], c["gradient_accumulation_steps"], c["num_train_epochs"]) == (1, 8, 3.0)
     assert c["max_steps"] == 7 and c["use_cpu"] is True and c["bf16"] is False
     assert c["model_name_or_path"] == str(tiny_gemma.resolve())
+    # a bf16 run on a CPU (--precision bf16, or auto on a CPU with native bf16)
+    c = write_llamafactory_yaml(
+        path, cfg, resolve_model(str(tiny_gemma)), load_train_data(build_dir), gpu=False, bf16=True
+    )
+    assert c["use_cpu"] is True and c["bf16"] is True
 
 
 def test_yaml_for_loose_samples_writes_its_dataset(tiny_llama, build_dir, tmp_path):

@@ -57,8 +57,16 @@ def _dataset(cfg: TrainConfig, data: Any, yaml_path: Path) -> tuple[str, str, bo
 
 
 def llamafactory_config(
-    cfg: TrainConfig, rm: Any, data: Any, yaml_path: Path, gpu: bool = True, output_dir: str | None = None
+    cfg: TrainConfig,
+    rm: Any,
+    data: Any,
+    yaml_path: Path,
+    gpu: bool = True,
+    output_dir: str | None = None,
+    bf16: bool | None = None,
 ) -> dict[str, Any]:
+    """`bf16`: the run's precision (default: bf16 on a GPU, fp32 on a CPU); on a CPU, LLaMA-Factory's
+    `bf16: true` is CPU autocast with fp32 LoRA weights, as ours."""
     template = TEMPLATES.get(rm.family)
     if template is None:
         raise MiLlmError(f"no LLaMA-Factory template known for model family {rm.family!r}")
@@ -98,10 +106,10 @@ def llamafactory_config(
     }
     if cfg.max_steps:
         c["max_steps"] = cfg.max_steps
-    if gpu:
-        c["bf16"] = True
-    else:
-        c.update({"use_cpu": True, "bf16": False})
+    bf16 = gpu if bf16 is None else bf16
+    c["bf16"] = bf16
+    if not gpu:
+        c["use_cpu"] = True
     return c
 
 
@@ -113,9 +121,10 @@ def write_llamafactory_yaml(
     gpu: bool = True,
     output_dir: str | None = None,
     extra: dict[str, Any] | None = None,
+    bf16: bool | None = None,
 ) -> dict[str, Any]:
     path = Path(path)
-    c = llamafactory_config(cfg, rm, data, path, gpu=gpu, output_dir=output_dir)
+    c = llamafactory_config(cfg, rm, data, path, gpu=gpu, output_dir=output_dir, bf16=bf16)
     c.update(extra or {})
     header = (
         f"# LLaMA-Factory equivalent of `mi-llm train --model {cfg.model} --data {cfg.data}`\n"

@@ -64,7 +64,12 @@ class SftTrainer(LoraTrainer[list[Batch]]):
             from mi_llm.train.llamafactory import write_llamafactory_yaml
 
             write_llamafactory_yaml(
-                self.export_llamafactory, self.cfg, self.rm, self.data, gpu=torch.cuda.is_available()
+                self.export_llamafactory,
+                self.cfg,
+                self.rm,
+                self.data,
+                gpu=torch.cuda.is_available(),
+                bf16=self.acc.mixed_precision == "bf16",
             )
             log.info("wrote LLaMA-Factory config %s", self.export_llamafactory)
 
