@@ -69,7 +69,7 @@ def baseline_config() -> CoderConfig:
 
 
 def code(coder: TrainedCoder, examples: list[L.Example]) -> list[str | None]:
-    return coder.code_utterances([Item(e.text, e.context, e.language) for e in examples])
+    return coder.code_utterances([Item(e.text, e.context, e.language, e.window) for e in examples])
 
 
 def variant(coder: TrainedCoder, **changes: Any) -> TrainedCoder:
@@ -97,10 +97,13 @@ def summary(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def section_nested(annomi, demo, cfg, n_folds, out, save) -> None:
+def section_nested(annomi, demo, cfg, n_folds, out, save, others: dict[str, CoderConfig] | None = None) -> None:
+    """`others`: more recipes (name -> config), each chosen on the same inner folds and graded on
+    the same outer folds as `cfg` (rows "coder, <name>"), e.g. a longer context window."""
     folds = outer_folds({"annomi": annomi, "demo": demo}, n_folds)
     preds: dict[str, dict[str, list]] = {}
     chosen = []
+    others_chosen: dict[str, list] = {name: [] for name in others or {}}
     for k in range(n_folds):
         t0 = time.monotonic()
         test_a, test_d = set(folds["annomi"][k].tolist()), set(folds["demo"][k].tolist())
@@ -123,6 +126,12 @@ def section_nested(annomi, demo, cfg, n_folds, out, save) -> None:
         }
         if "embed" in [x.name for x in coder.experts]:
             variants["coder, n-gram expert only"] = variant(coder, expert_weights={"embed": 0.0})
+        for name, other_cfg in (others or {}).items():
+            other = TrainedCoder.fit(train, other_cfg)
+            variants[f"coder, {name}"] = other
+            others_chosen[name].append(
+                {"fold": k, **other.info.get("selection", {}), "class_bias": other.config.class_bias}
+            )
         for name, c in variants.items():
             for src, ex, idx in (("annomi", annomi, folds["annomi"][k]), ("demo", demo, folds["demo"][k])):
                 p = code(c, [ex[i] for i in idx])
@@ -137,6 +146,10 @@ def section_nested(annomi, demo, cfg, n_folds, out, save) -> None:
             slot[int(i)] = x
         log(f"outer fold {k}: {time.monotonic() - t0:.0f} s, chosen {chosen[-1].get('chosen')}")
     out["nested"] = grade(annomi, demo, preds, n_folds, chosen)
+    if others:
+        out["nested"]["others_chosen"] = {
+            name: [{k: v for k, v in c.items() if k != "candidates"} for c in ch] for name, ch in others_chosen.items()
+        }
     out["nested_predictions"] = preds
     save()
 
@@ -181,7 +194,10 @@ def regrade(annomi, demo, out) -> None:
                 for src in ablation:
                     for i in folds[src][k]:
                         ablation[src][int(i)] = preds["coder"][src][int(i)]
+    others_chosen = out["nested"].get("others_chosen")
     out["nested"] = grade(annomi, demo, preds, n_folds, chosen)
+    if others_chosen:
+        out["nested"]["others_chosen"] = others_chosen
 
 
 def grade(annomi, demo, preds, n_folds, chosen) -> dict[str, Any]:
@@ -230,7 +246,7 @@ def section_loso(annomi, demo, cfg, out, save) -> None:
     save()
 
 
-def section_curve(annomi, demo, n_folds, out, save) -> None:
+def section_curve(annomi, demo, cfg, n_folds, out, save) -> None:
     folds = outer_folds({"annomi": annomi, "demo": demo}, n_folds)
     chosen = {c["fold"]: c for c in out["nested"]["chosen"]}
     res: dict[str, list] = {}
@@ -240,7 +256,7 @@ def section_curve(annomi, demo, n_folds, out, save) -> None:
         train_a = [e for i, e in enumerate(annomi) if i not in test_a]
         groups = sorted({e.group for e in train_a})
         order = [groups[i] for i in rng.permutation(len(groups))]
-        fold_cfg = chosen_config(chosen[k])
+        fold_cfg = chosen_config(chosen[k], cfg)
         test = [annomi[i] for i in folds["annomi"][k]]
         for m in (10, 25, 50):
             keep = set(order[:m])
@@ -310,11 +326,23 @@ def section_globals(annomi, annomi_path, out, save) -> None:
     save()
 
 
-def chosen_config(record: dict[str, Any]) -> CoderConfig:
+def with_window(cfg: CoderConfig, window: int, context_tokens: int | None, history: int = 0) -> CoderConfig:
+    """The config with the embedded model reading `window` utterances before each one, and the
+    vectors of `history` earlier counselor utterances joined to each one's."""
+    emb = cfg.features.embeddings
+    if emb is None:
+        return cfg
+    emb = {**emb, "window": window, "history": history, **({"context_tokens": context_tokens} if context_tokens else {})}
+    for key, off in (("window", 1), ("history", 0)):
+        if emb[key] == off:  # absent when off, as in Embedder.config()
+            emb.pop(key)
+    return replace(cfg, features=replace(cfg.features, embeddings=emb))
+
+
+def chosen_config(record: dict[str, Any], base: CoderConfig) -> CoderConfig:
+    """The config an outer fold chose (`record`), on the run's recipe `base`."""
     c = record["chosen"]
-    cfg = default_config(
-        recipe="ngram" if record["experts"][0] == "ngram" and "embed" not in record["experts"] else "embed"
-    )
+    cfg = base
     return replace(
         cfg,
         selection=None,
@@ -486,6 +514,35 @@ def to_markdown(out: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="ngram", choices=("ngram", "embed"))
+    ap.add_argument(
+        "--window",
+        type=int,
+        default=1,
+        help="recipe embed: utterances of conversation the embedded model reads before each one (1: the "
+        "client's previous turn)",
+    )
+    ap.add_argument("--context-tokens", type=int, default=None, help="recipe embed: the context's length cap")
+    ap.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="recipe embed: vectors of the counselor's earlier utterances joined to each one's (embed.embed_items)",
+    )
+    ap.add_argument(
+        "--also-history",
+        action="append",
+        type=int,
+        default=[],
+        metavar="K",
+        help="nested: also grade recipe embed with this history, in the same folds",
+    )
+    ap.add_argument(
+        "--also-window",
+        action="append",
+        default=[],
+        metavar="N[:TOKENS]",
+        help="nested: also grade recipe embed with this window (and context cap), in the same folds",
+    )
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--limit", type=int, default=None, help="first N utterances of each source (a smoke test)")
@@ -505,10 +562,17 @@ def main() -> None:
     welivita = L.load_welivita(src["welivita"]) if args.welivita else []
     if args.limit:
         annomi, demo, welivita = annomi[: args.limit], demo[: args.limit], welivita[: args.limit]
-    cfg = default_config(recipe=args.recipe)
+    cfg = with_window(default_config(recipe=args.recipe), args.window, args.context_tokens, args.history)
+    others = {f"history {k}": with_window(default_config(recipe="embed"), 1, None, k) for k in args.also_history}
+    for spec in args.also_window:
+        n, _, tokens = spec.partition(":")
+        others[f"window {n}" + (f", {tokens} tokens" if tokens else "")] = with_window(
+            default_config(recipe="embed"), int(n), int(tokens) if tokens else None
+        )
     out: dict[str, Any] = {
         "recipe": args.recipe,
         "config": cfg.to_dict(),
+        "others": {name: c.to_dict() for name, c in others.items()},
         "counts": {
             "annomi": len(annomi),
             "demo_en": sum(e.language == "en" for e in demo),
@@ -527,7 +591,7 @@ def main() -> None:
 
     sections = args.sections.split(",")
     if "nested" in sections:
-        section_nested(annomi, demo, cfg, args.folds, out, save)
+        section_nested(annomi, demo, cfg, args.folds, out, save, others)
     elif args.json.is_file():  # the later sections read the nested section of an earlier run
         earlier = json.loads(args.json.read_text(encoding="utf-8"))
         out.update(
@@ -546,7 +610,7 @@ def main() -> None:
     if "loso" in sections:
         section_loso(annomi, demo, cfg, out, save)
     if "curve" in sections and "nested" in out:
-        section_curve(annomi, demo, args.folds, out, save)
+        section_curve(annomi, demo, cfg, args.folds, out, save)
     if args.md:
         args.md.write_text(to_markdown(out) + "\n", encoding="utf-8")
     log(f"done in {time.monotonic() - t_start:.0f} s")

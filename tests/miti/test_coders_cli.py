@@ -61,14 +61,15 @@ def test_code_utterances(coder_dir, tmp_path):
     rows = [
         {"id": 1, "text": "What brings you in today?", "language": "en"},
         {"id": "b", "text": "你觉得戒烟对你意味着什么？", "context": "我老婆让我来的。", "note": "kept"},
+        {"id": "c", "text": "What would help?", "context": "I don't know.", "history": "What worries you?"},
     ]
     inp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
     out = tmp_path / "out.jsonl"
     r = run("code-utterances", str(inp), "--coder", str(coder_dir), "-o", str(out))
     assert r.returncode == 0, r.stderr
     got = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [g["id"] for g in got] == [1, "b"] and got[1]["note"] == "kept"
-    assert [g["code"] for g in got] == ["Q", "Q"]
+    assert [g["id"] for g in got] == [1, "b", "c"] and got[1]["note"] == "kept"
+    assert [g["code"] for g in got] == ["Q", "Q", "Q"]
 
 
 @pytest.mark.parametrize(
@@ -79,6 +80,7 @@ def test_code_utterances(coder_dir, tmp_path):
         ('{"id": 1, "text": "hi"}\n{"id": 1, "text": "yo"}\n', "in.jsonl:2: id 1 repeats line 1"),
         ('{"id": 1, "text": "hi", "language": "fr"}\n', "in.jsonl:1: 'language' must be zh or en"),
         ('{"id": 1, "text": "hi", "context": 5}\n', "in.jsonl:1: 'context' must be a string"),
+        ('{"id": 1, "text": "hi", "history": ["a"]}\n', "in.jsonl:1: 'history' must be a string"),
         ('{"id": 1, "text": "hi"\n', "in.jsonl:1: invalid JSON"),
         ("\n", "in.jsonl: no utterances in the file"),
     ],

@@ -102,3 +102,121 @@ def test_ngram_expert_is_silent_on_a_language_it_never_saw():
     assert np.allclose(coder.predict_proba(zh), embed_only.predict_proba(zh))
     en = [Item("What do you think?", "", "en")]
     assert not np.allclose(coder.predict_proba(en), embed_only.predict_proba(en))
+
+
+def test_render_window_and_the_embedded_model_context():
+    from mi_llm.miti.coders.base import history_window
+    from mi_llm.miti.coders.embed import render_window
+
+    window = (("client", "I drink."), ("counselor", "How  much?"), ("client", "A lot,\n most days."))
+    assert render_window(window, "ignored", 2) == "Counselor: How much?\nClient: A lot, most days."
+    assert render_window((), "I drink.", 10) == "Client: I drink."  # no window: the client's turn alone
+    assert render_window((), "", 10) == ""
+    assert history_window("What worries you?", "My kids.") == (
+        ("counselor", "What worries you?"),
+        ("client", "My kids."),
+    )
+    assert history_window(None, "My kids.") == (("client", "My kids."),)
+    # the one-turn context keeps its config (and so its cache key and old coder folders); a window is recorded
+    assert "window" not in Embedder().config() and Embedder(window=10).config()["window"] == 10
+    items = [Item("So you drink.", "A lot.", "en", window)]
+    assert Embedder().contexts_of(items) == ["A lot."]
+    assert Embedder(window=10).contexts_of(items)[0].endswith("Client: A lot, most days.")
+
+
+def test_real_embedded_model_reads_the_window(tmp_path):
+    """With a window, the context's tokens are the rendered lines, cut from the left; the
+    utterance's own tokens (the pooled ones) come after them."""
+    e = Embedder(layer=1, window=10, context_tokens=12, cache_dir=tmp_path)
+    e._ensure()
+    context = "Client: I drink every night and I think it is fine.\nCounselor: What do you like about it?\nClient: It relaxes me."
+    ids, start = e._encode_one("It helps you unwind.", context)
+    tail = e._tok.decode(ids[:start])
+    assert tail.endswith("It relaxes me.\nCounselor:") and "I drink" not in tail
+    assert e._tok.decode(ids[start:]).strip() == "It helps you unwind."
+    short = Embedder(layer=1, window=10, cache_dir=tmp_path)
+    before = (("client", "I drink."), ("counselor", "Why?"), ("client", "It relaxes me."))
+    items = [
+        Item("It helps you unwind.", "It relaxes me.", "en", before),
+        Item("It helps you unwind.", "It relaxes me.", "en"),
+    ]
+    v = short.embed([it.text for it in items], short.contexts_of(items))
+    assert not np.allclose(v[0], v[1])  # what came before the client's turn is read
+
+
+def test_dialogue_coding_passes_each_utterance_its_window():
+    """`code_dialogues` gives every utterance the conversation before it (earlier turns, the
+    same turn's earlier utterances); a plain 3-tuple volley (simulate) has no window."""
+    from mi_llm.corpus.schema import Dialogue
+    from mi_llm.miti.coders.base import Coder, Result
+
+    class Recorder(Coder):
+        def __init__(self):
+            self.items = []
+
+        def code_items(self, items, progress=None):
+            self.items += items
+            return [Result("Q") for _ in items]
+
+    d = Dialogue.model_validate(
+        {
+            "id": "d",
+            "source": "demo",
+            "language": "en",
+            "style": "mi",
+            "turns": [
+                {"role": "client", "text": "I drink."},
+                {"role": "counselor", "text": "You drink. How much?"},
+                {"role": "client", "text": "A lot."},
+                {"role": "counselor", "text": "A lot."},
+            ],
+        }
+    )
+    rec = Recorder()
+    rec.code_dialogues([d], resegment=True, client_talk=None)
+    assert [(it.text, it.context, it.window) for it in rec.items] == [
+        ("You drink.", "I drink.", (("client", "I drink."),)),
+        ("How much?", "I drink.", (("client", "I drink."), ("counselor", "You drink."))),
+        (
+            "A lot.",
+            "A lot.",
+            (("client", "I drink."), ("counselor", "You drink."), ("counselor", "How much?"), ("client", "A lot.")),
+        ),
+    ]
+    rec.items = []
+    rec.code_volleys([("A lot.", ["So, a lot.", "Tell me more."], "en")])
+    assert [it.window for it in rec.items] == [(), (("counselor", "So, a lot."),)]
+
+
+def test_history_joins_the_vectors_of_the_counselors_earlier_utterances():
+    """`embed_items` with history k: the utterance's vector, the counselor's previous
+    utterance's (read after the client's turn before it) and the mean of the k - 1 before
+    that; zeros where the conversation has none. One embed call: the vectors are shared."""
+    from mi_llm.miti.coders.embed import embed_items
+
+    class Recording(FakeEmbedder):
+        history = 3
+
+        def embed(self, texts, contexts=None, progress=None):
+            self.pairs = list(zip(texts, contexts))
+            return super().embed(texts, contexts)
+
+    fake = Recording()
+    window = (
+        ("counselor", "Hi."),
+        ("client", "I drink."),
+        ("counselor", "Tell me more."),
+        ("client", "Every night."),
+        ("counselor", "Every night."),
+        ("client", "Yes."),
+    )
+    items = [Item("You want to stop.", "Yes.", "en", window), Item("Hello.", "", "en")]
+    v = embed_items(fake, items)
+    one = FakeEmbedder().embed
+    assert v.shape == (2, 48) and fake.calls == 1
+    assert np.allclose(v[0, :16], one(["You want to stop."])[0])
+    assert np.allclose(v[0, 16:32], one(["Every night."])[0])  # the counselor's previous utterance
+    assert np.allclose(v[0, 32:], (one(["Tell me more."])[0] + one(["Hi."])[0]) / 2)  # and the ones before it
+    assert ("Every night.", "Every night.") in fake.pairs and ("Hi.", "") in fake.pairs  # each with its client turn
+    assert not v[1, 16:].any()  # no earlier counselor utterance: zeros
+    assert "history" not in Embedder().config() and Embedder(history=2).config()["history"] == 2

@@ -164,6 +164,8 @@ def test_load_annomi_majority_context_and_ties(tmp_path):
         ("It worries you.", "CR", "I drink a lot.", "annomi-7"),
         ("Hi there.", None, "", "annomi-8"),
     ]
+    # the conversation before each utterance, in its own transcript only
+    assert [e.window for e in ex] == [(("client", "I drink a lot."),), ()]
 
 
 def test_load_annomi_rejects_other_csv(tmp_path):
@@ -270,3 +272,30 @@ def test_shared_data_counts(shared_data):
     assert len(wv) > 2500 and Counter(e.code for e in wv)["AF"] > 100
     mb = L.load_mibot(shared_data / "mibot")
     assert set(Counter(e.code for e in mb)) == {"Q", "Persuade", None}
+
+
+def test_windows_hold_the_conversation_before_each_utterance():
+    """Demo dialogues: the window holds the earlier turns and the same turn's earlier utterances,
+    oldest first, at most WINDOW of them; the counselor's own previous turn is in it."""
+    from mi_llm.corpus.schema import Dialogue
+
+    turns = [
+        {
+            "role": "counselor",
+            "text": "Hello. What brings you?",
+            "codes": [{"text": "Hello.", "code": None}, {"text": "What brings you?", "code": "Q"}],
+        }
+    ]
+    for i in range(8):
+        turns.append({"role": "client", "text": f"client {i}"})
+        turns.append(
+            {"role": "counselor", "text": f"counselor {i}.", "codes": [{"text": f"counselor {i}.", "code": "SR"}]}
+        )
+    d = Dialogue.model_validate({"id": "d1", "source": "demo", "language": "en", "style": "mi", "turns": turns})
+    ex = L.examples_from_dialogues([d])
+    assert ex[0].window == () and ex[1].window == (("counselor", "Hello."),)
+    assert ex[2].window == (("counselor", "Hello."), ("counselor", "What brings you?"), ("client", "client 0"))
+    last = ex[-1]
+    assert len(last.window) == L.WINDOW and last.window[-1] == ("client", "client 7")
+    assert last.window[-2] == ("counselor", "counselor 6.")  # the counselor's own previous turn
+    assert last.context == "client 7"

@@ -135,7 +135,7 @@ def _read_items(path: Path, optional_text: dict[str, str]) -> list[tuple[int, di
 
 @coder_app.command("code-utterances")
 def code_utterances_cmd(
-    input: Path = typer.Argument(..., help="JSONL lines {id, text, language?, context?}"),
+    input: Path = typer.Argument(..., help="JSONL lines {id, text, language?, context?, history?}"),
     output: Path = typer.Option(..., "-o", "--output", help="the same lines plus 'code' (a MITI key or null)"),
     coder: str = typer.Option("default", "--coder", "-c", help=_CODER_HELP),
     base_url: str | None = typer.Option(None, "--base-url", help="LLM coder: the OpenAI-compatible server's URL"),
@@ -143,15 +143,21 @@ def code_utterances_cmd(
         2, "--retries", help="LLM coder: times to re-ask after an invalid answer", callback=number(ge=0, le=100)
     ),
 ) -> None:
-    """Code single utterances (context = the client's previous turn, when given)."""
+    """Code single utterances (context = the client's previous turn, history = the counselor's
+    own turn before it, when given)."""
     from mi_llm.io import write_jsonl
-    from mi_llm.miti.coders.base import Item
+    from mi_llm.miti.coders.base import Item, history_window
 
-    rows = _read_items(input, {"context": "the client's previous turn"})
+    rows = _read_items(
+        input, {"context": "the client's previous turn", "history": "the counselor's turn before the context"}
+    )
     if not rows:
         raise InputError(input, "no utterances in the file")
     c = _load(coder, base_url, retries)
-    items = [Item(o["text"], o.get("context") or "", o.get("language")) for _, o in rows]
+    items = [
+        Item(o["text"], o.get("context") or "", o.get("language"), history_window(o.get("history"), o.get("context")))
+        for _, o in rows
+    ]
     t0 = time.monotonic()
     with _progress() as progress:
         task = progress.add_task(f"coding {len(items)} utterance(s)", total=len(items))

@@ -16,6 +16,7 @@ from typing import Any
 
 from mi_llm.corpus.language import detect_language
 from mi_llm.corpus.schema import Dialogue, GlobalRatings, Turn
+from mi_llm.miti.coders.labels import WINDOW
 from mi_llm.miti.segment import split_utterances
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,14 @@ Progress = Callable[[int, int], None]  # (done, total)
 
 @dataclass
 class Item:
-    """One utterance to code: its text, the client's previous turn, its language."""
+    """One utterance to code: its text, the client's previous turn, its language, and the
+    conversation before it (`window`: [(role "client"/"counselor", text)], oldest first; the
+    counselor's own previous turn among them), when known."""
 
     text: str
     context: str = ""
     language: str | None = None
+    window: tuple[tuple[str, str], ...] = ()
 
     @property
     def lang(self) -> str:
@@ -58,14 +62,19 @@ class Coder:
     def code_items(self, items: Sequence[Item], progress: Progress | None = None) -> list[Result]:
         raise NotImplementedError
 
-    def code_volleys(
-        self, volleys: Sequence[tuple[str, list[str], str | None]], progress: Progress | None = None
-    ) -> list[list[Result]]:
-        """Codes of each volley's utterances; a volley is (client's previous turn, texts, language)."""
-        items = [Item(x, ctx, lang) for ctx, texts, lang in volleys for x in texts]
+    def code_volleys(self, volleys: Sequence[tuple], progress: Progress | None = None) -> list[list[Result]]:
+        """Codes of each volley's utterances; a volley is (client's previous turn, texts,
+        language) or (..., the conversation before the volley: [(role, text)], oldest first).
+        Each utterance's window is that conversation and the volley's utterances before it."""
+        items = []
+        for ctx, texts, lang, *rest in volleys:
+            spoken = list(rest[0]) if rest else []
+            for x in texts:
+                items.append(Item(x, ctx, lang, tuple(spoken[-WINDOW:])))
+                spoken.append(("counselor", x))
         flat = self.code_items(items, progress) if items else []
         out, k = [], 0
-        for _, texts, _ in volleys:
+        for _, texts, *_ in volleys:
             out.append(flat[k : k + len(texts)])
             k += len(texts)
         return out
@@ -101,23 +110,26 @@ class Coder:
         are replaced) unless `resegment`. `client_talk`: the client-talk coder (`default`, the
         shipped one; a folder; a `ClientTalkCoder`; None leaves client turns as they are).
         """
-        volleys: list[tuple[str, list[str], str | None]] = []
+        volleys: list[tuple[str, list[str], str | None, tuple[tuple[str, str], ...]]] = []
         where: list[tuple[int, int]] = []  # (dialogue, turn) of each volley
         for di, d in enumerate(dialogues):
             prev_client = ""
+            spoken: list[tuple[str, str]] = []  # the conversation so far, utterance by utterance
             for ti, t in enumerate(d.turns):
                 if t.role == "client":
                     prev_client = t.text
+                    spoken.append(("client", t.text))
                     continue
                 if t.codes and not resegment:
                     texts = [u.text for u in t.codes]
                 else:
                     texts = split_utterances(t.text, d.language)
                 where.append((di, ti))
-                volleys.append((prev_client, texts, d.language))
+                volleys.append((prev_client, texts, d.language, tuple(spoken[-WINDOW:])))
+                spoken += [("counselor", x.strip()) for x in texts if x.strip()]
         results = self.code_volleys(volleys, progress) if volleys else []
         out = [d.model_copy(deep=True) for d in dialogues]
-        for (di, ti), (_, texts, _), res in zip(where, volleys, results):
+        for (di, ti), (_, texts, *_), res in zip(where, volleys, results):
             old: Turn = out[di].turns[ti]
             meta = {k: v for k, v in old.meta.items() if k != "miti_coder_errors"}
             errors = [r.error for r in res if r.error]
@@ -171,11 +183,24 @@ def code_client_turns(dialogues: Sequence[Dialogue], client_talk: Any = "default
         d.meta["client_talk_coder"] = coder.name
 
 
+def history_window(history: str | None, context: str | None) -> tuple[tuple[str, str], ...]:
+    """The window of an utterance given as {context, history}: the counselor's own previous
+    turn, then the client's turn after it; () when neither is given."""
+    return tuple((r, t) for r, t in (("counselor", history or ""), ("client", context or "")) if t.strip())
+
+
 def _as_items(items: Iterable[dict[str, Any] | Item]) -> list[Item]:
     out = []
     for it in items:
         if isinstance(it, Item):
             out.append(it)
         else:
-            out.append(Item(text=str(it["text"]), context=str(it.get("context") or ""), language=it.get("language")))
+            out.append(
+                Item(
+                    text=str(it["text"]),
+                    context=str(it.get("context") or ""),
+                    language=it.get("language"),
+                    window=history_window(it.get("history"), it.get("context")),
+                )
+            )
     return out

@@ -3,7 +3,10 @@
 The vector of an utterance is the mean of one layer's hidden states over the utterance's
 own tokens. With `context`, the client's previous turn is written before it
 ("Client: ... / Counselor: ...") so the utterance's states can attend to what it answers
-(a reflection echoes the client), but only the utterance's tokens are pooled.
+(a reflection echoes the client), but only the utterance's tokens are pooled. With
+`window` > 1, the last `window` utterances of the conversation before it are written
+instead, one "Client: ..." / "Counselor: ..." line each (the counselor's own previous
+turn among them), cut to `context_tokens` from the left.
 
 Running only the first `layer` transformer blocks keeps it affordable on a CPU: the blocks
 above the chosen layer are never computed. The cache ($MI_LLM_EMBED_CACHE, default $MI_LLM_HOME/cache/embeddings) is keyed by
@@ -95,12 +98,17 @@ class Embedder:
         cache_dir: Path | None = None,
         keep_states: bool = False,
         keep_upper: int = 0,
+        window: int = 1,
+        history: int = 0,
     ):
         self.model_name = model
         self.layer = layer
         self.max_tokens = max_tokens
         self.context = context
         self.context_tokens = context_tokens
+        self.window = window  # utterances of context: 1 = the client's previous turn only
+        # vectors of the counselor's own earlier turns joined to each utterance's (`embed_items`)
+        self.history = history
         self.batch_size = batch_size
         self._cache_dir = cache_dir
         # loaded lazily (transformers objects)
@@ -113,13 +121,21 @@ class Embedder:
         self.keep_upper = keep_upper  # blocks above `layer` kept (not run) for the tuned expert
 
     def config(self) -> dict:
-        return {
+        cfg: dict[str, Any] = {
             "model": self.model_name,
             "layer": self.layer,
             "max_tokens": self.max_tokens,
             "context": self.context,
             "context_tokens": self.context_tokens,
         }
+        if self.window != 1:  # absent for the one-turn context: its cache key and coder.json stay as they were
+            cfg["window"] = self.window
+        if self.history:
+            cfg["history"] = self.history
+        return cfg
+
+    def contexts_of(self, items: Sequence[Any]) -> list[str]:
+        return contexts_for(self, items)
 
     @classmethod
     def from_config(cls, cfg: dict, cache_dir: Path | None = None) -> Embedder:
@@ -155,7 +171,8 @@ class Embedder:
         inner.norm = torch.nn.Identity()
         self._model, self._tok = inner, tok
         ident = rm.sha256 or str(rm.path)
-        self._tag = _key(ident, str(self.config()))[:16]
+        # the history only joins vectors: the same vectors (and cache) as without it
+        self._tag = _key(ident, str({k: v for k, v in self.config().items() if k != "history"}))[:16]
         from mi_llm.llm.home import mi_llm_home
 
         root = self._cache_dir or os.environ.get("MI_LLM_EMBED_CACHE") or mi_llm_home() / "cache" / "embeddings"
@@ -172,7 +189,12 @@ class Embedder:
         tok = self._tok
         body = tok(" " + text.strip(), add_special_tokens=False)["input_ids"][: self.max_tokens]
         head = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        if self.context:
+        if self.context and self.window > 1:
+            # rendered lines, each with its speaker (`render_window`); the most recent matter most
+            ctx = tok(context.strip(), add_special_tokens=False)["input_ids"] if context.strip() else []
+            head += ctx[-self.context_tokens :]
+            head += tok(f"\n{self.speaker}:" if ctx else f"{self.speaker}:", add_special_tokens=False)["input_ids"]
+        elif self.context:
             ctx = tok(context.strip(), add_special_tokens=False)["input_ids"] if context.strip() else []
             ctx = ctx[-self.context_tokens :]  # the end of the client's turn matters most
             head += tok(f"{self.context_speaker}:", add_special_tokens=False)["input_ids"] + ctx
@@ -280,6 +302,71 @@ class Embedder:
                 if progress:
                     progress(done, len(texts))
         return out
+
+
+SPEAKERS = {"client": "Client", "counselor": "Counselor"}
+
+
+def embed_items(embedder: Any, items: Sequence[Any], progress: Progress | None = None) -> np.ndarray:
+    """The embedding block of each item (anything with `text`, `context` and `window`).
+
+    Its own vector; with `embedder.history` = k >= 1, joined by the vector of the counselor's
+    previous utterance in the window (read, like every counselor utterance, after the client's
+    turn before it) and, for k >= 2, the mean vector of up to k - 1 counselor utterances before
+    that one (zeros where there are none). These are the vectors of utterances coded earlier
+    in the same conversation, so the history costs no new pass of the embedded model: a
+    conversation's context read at the price of its utterances."""
+    k = getattr(embedder, "history", 0)
+    own_contexts = contexts_for(embedder, items)
+    if not k:
+        return embedder.embed([it.text for it in items], own_contexts, progress=progress)
+    # every (text, context) to embed: the items', then their earlier counselor utterances'
+    pairs: dict[tuple[str, str], int] = {}
+    for it, ctx in zip(items, own_contexts):
+        pairs.setdefault((it.text, ctx), len(pairs))
+    earlier: list[list[int]] = []
+    for it in items:
+        refs: list[int] = []
+        window = list(it.window)
+        for j in range(len(window) - 1, -1, -1):
+            role, text = window[j]
+            if role != "counselor" or not text.strip() or len(refs) >= k:
+                continue
+            before = window[:j]
+            client = next((t for r, t in reversed(before) if r == "client"), "")
+            ctx = render_window(before, client, embedder.window) if getattr(embedder, "window", 1) > 1 else client
+            refs.append(pairs.setdefault((text.strip(), ctx), len(pairs)))
+        earlier.append(refs)
+    keys = list(pairs)
+    vecs = embedder.embed([t for t, _ in keys], [c for _, c in keys], progress=progress)
+    n, dim = len(items), vecs.shape[1]
+    blocks = [vecs[[pairs[(it.text, c)] for it, c in zip(items, own_contexts)]], np.zeros((n, dim), np.float32)]
+    if k >= 2:
+        blocks.append(np.zeros((n, dim), np.float32))
+    for i, refs in enumerate(earlier):
+        if refs:
+            blocks[1][i] = vecs[refs[0]]
+        if k >= 2 and len(refs) > 1:
+            blocks[2][i] = vecs[refs[1:]].mean(axis=0)
+    return np.hstack(blocks).astype(np.float32)
+
+
+def contexts_for(embedder: Any, items: Sequence[Any]) -> list[str]:
+    """What `embedder` reads before each item's utterance (items: anything with `context` and
+    `window`, e.g. `labels.Example`, `base.Item`): the client's previous turn, or, for an
+    embedder with `window` > 1, the rendered lines of the conversation before it."""
+    size = getattr(embedder, "window", 1)
+    if size <= 1:
+        return [it.context for it in items]
+    return [render_window(it.window, it.context, size) for it in items]
+
+
+def render_window(window: Sequence[tuple[str, str]], context: str, size: int) -> str:
+    """The last `size` utterances before the coded one, one "Speaker: text" line each, oldest
+    first. `window` is [(role, text)] with role "client" or "counselor"; without one, the
+    `context` alone (the client's previous turn) is the window."""
+    turns = [(r, t) for r, t in window if t.strip()] if window else ([("client", context)] if context.strip() else [])
+    return "\n".join(f"{SPEAKERS.get(r, r)}: {' '.join(t.split())}" for r, t in turns[-size:])
 
 
 def mean_pool(hs, mask):

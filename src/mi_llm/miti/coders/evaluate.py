@@ -51,7 +51,7 @@ def metrics(gold: Sequence[str | None], pred: Sequence[str | None]) -> dict[str,
 
 
 def _items(examples: Sequence[Example]) -> list[Item]:
-    return [Item(e.text, e.context, e.language) for e in examples]
+    return [Item(e.text, e.context, e.language, e.window) for e in examples]
 
 
 def grouped_folds(examples: Sequence[Example], n_folds: int, seed: int = 0) -> list[np.ndarray]:

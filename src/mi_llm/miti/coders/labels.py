@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 NULL = "null"  # the label used for "not coded" inside classifiers (None in data)
 
+WINDOW = 10  # utterances of conversation kept before each labelled one (`Example.window`)
+
 SOURCES = ("annomi", "welivita", "mibot", "dialogues")
 
 # What a coder trained on each source may be shipped under (recorded in its coder.json).
@@ -124,6 +126,9 @@ class Example:
     group: str  # transcript / dialogue id: cross-validation never splits a group
     context: str = ""  # the client's previous turn, when known
     uid: str = ""
+    # the utterances before it, oldest first, up to WINDOW: (role "client"/"counselor", text);
+    # the counselor's own previous turn is among them. Empty when unknown (context stands alone).
+    window: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,7 +162,11 @@ def load_annomi(path: str | Path) -> list[Example]:
     votes: dict[tuple[str, int], list[object]] = defaultdict(list)
     text: dict[tuple[str, int], str] = {}
     client: dict[tuple[str, int], str] = {}
+    spoken: dict[tuple[str, int], tuple[str, str]] = {}  # every utterance: (role, text), for the windows
     for _lineno, key, row in iter_annomi_rows(path, "main_therapist_behaviour"):
+        if row["interlocutor"] in ("client", "therapist"):
+            role = "client" if row["interlocutor"] == "client" else "counselor"
+            spoken.setdefault(key, (role, row["utterance_text"] or ""))
         if row["interlocutor"] == "client":
             client.setdefault(key, row["utterance_text"] or "")
             continue
@@ -186,6 +195,7 @@ def load_annomi(path: str | Path) -> list[Example]:
                 group=f"annomi-{tid}",
                 context=client.get((tid, uid - 1), ""),
                 uid=f"annomi-{tid}-{uid}",
+                window=tuple(spoken[(tid, u)] for u in range(max(0, uid - WINDOW), uid) if (tid, u) in spoken),
             )
         )
     log.info("AnnoMI: %d therapist utterances, %d dropped (tie or no mappable label)", len(out), dropped)
@@ -284,13 +294,19 @@ def examples_from_dialogues(dialogues: Iterable[Dialogue], source: str = "demo")
     out: list[Example] = []
     for d in dialogues:
         prev_client = ""
+        spoken: list[tuple[str, str]] = []  # the utterances so far (a coded turn: each of its utterances)
         for ti, t in enumerate(d.turns):
             if t.role == "client":
                 prev_client = t.text
+                spoken.append(("client", t.text))
                 continue
+            if not t.codes:
+                spoken.append((t.role, t.text))
             for ui, u in enumerate(t.codes or []):
                 if not u.text.strip():
                     continue
+                window = tuple(spoken[-WINDOW:])
+                spoken.append(("counselor", u.text.strip()))
                 out.append(
                     Example(
                         text=u.text.strip(),
@@ -300,6 +316,7 @@ def examples_from_dialogues(dialogues: Iterable[Dialogue], source: str = "demo")
                         group=f"{source}-{d.id}",
                         context=prev_client,
                         uid=f"{d.id}-{ti}-{ui}",
+                        window=window,
                     )
                 )
     return out

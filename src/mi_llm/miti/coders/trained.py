@@ -40,7 +40,7 @@ import numpy as np
 
 from mi_llm.errors import MiLlmError
 from mi_llm.miti.coders.base import Coder, Item, Progress, Result
-from mi_llm.miti.coders.embed import Embedder
+from mi_llm.miti.coders.embed import Embedder, embed_items
 from mi_llm.miti.coders.encoder import EncoderConfig, EncoderExpert
 from mi_llm.miti.coders.features import FeatureConfig, Featurizer
 from mi_llm.miti.coders.globals_model import GlobalsModel
@@ -229,8 +229,8 @@ class TrainedCoder(Coder):
         self_embedder = None
         if config.features.embeddings is not None:
             self_embedder = embedder or Embedder.from_config(config.features.embeddings)
-            emb = self_embedder.embed(
-                texts, contexts, progress=(lambda d, n: progress("embeddings", d, n)) if progress else None
+            emb = embed_items(
+                self_embedder, examples, progress=(lambda d, n: progress("embeddings", d, n)) if progress else None
             )
         selection_record = None
         if config.selection is not None:
@@ -290,18 +290,18 @@ class TrainedCoder(Coder):
     def labels(self) -> list[str]:
         return [str(c) for c in self.experts[0].classifier.classes_]
 
-    def _embed(self, texts: list[str], contexts: list[str], progress: Progress | None) -> np.ndarray | None:
+    def _embed(self, items: Sequence[Item], progress: Progress | None) -> np.ndarray | None:
         if self.config.features.embeddings is None:
             return None
         if self._embedder is None:
             self._embedder = Embedder.from_config(self.config.features.embeddings)
-        return self._embedder.embed(texts, contexts, progress=progress)
+        return embed_items(self._embedder, items, progress=progress)
 
     def predict_proba(self, items: Sequence[Item], progress: Progress | None = None) -> np.ndarray:
         """Class probabilities (columns: `labels`): the experts' normalised product."""
         texts = [it.text for it in items]
         contexts = [it.context for it in items]
-        emb = self._embed(texts, contexts, progress)
+        emb = self._embed(items, progress)
         # language-bound experts (n-grams, the English encoder) vote in proportion to what they saw
         # of the item's language, when a language-independent expert is there to carry the rest
         language_free = len(self.experts) > 1 or self.tuned is not None
