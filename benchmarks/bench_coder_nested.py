@@ -332,7 +332,12 @@ def with_window(cfg: CoderConfig, window: int, context_tokens: int | None, histo
     emb = cfg.features.embeddings
     if emb is None:
         return cfg
-    emb = {**emb, "window": window, "history": history, **({"context_tokens": context_tokens} if context_tokens else {})}
+    emb = {
+        **emb,
+        "window": window,
+        "history": history,
+        **({"context_tokens": context_tokens} if context_tokens else {}),
+    }
     for key, off in (("window", 1), ("history", 0)):
         if emb[key] == off:  # absent when off, as in Embedder.config()
             emb.pop(key)
@@ -463,6 +468,27 @@ def to_markdown(out: dict[str, Any]) -> str:
                     f"| {k} | {coder['kappa']['folds'][k]:.3f} | {base['kappa']['folds'][k]:.3f} | "
                     f"{coder['macro_f1']['folds'][k]:.3f} | {base['macro_f1']['folds'][k]:.3f} | {what} |"
                 )
+        variants = [
+            key
+            for key in rows
+            if key.startswith("AnnoMI | ")
+            and not any(a in key for a in ("no biases", "no coarse-then-fine", "n-gram expert only"))
+        ]
+        if len(variants) > 2:  # several recipes graded on the same outer folds: fold by fold
+            lines += [
+                "",
+                "| AnnoMI, kappa / macro-F1 per outer fold | "
+                + " | ".join(str(k) for k in range(nested["folds"]))
+                + " | mean |",
+                "|---|" + "---|" * (nested["folds"] + 1),
+            ]
+            for key in variants:
+                r = rows[key]
+                lines.append(
+                    f"| {r['coder']} | "
+                    + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in zip(r["kappa"]["folds"], r["macro_f1"]["folds"]))
+                    + f" | {r['kappa']['mean']:.3f} / {r['macro_f1']['mean']:.3f} |"
+                )
         lines.append("")
     if out.get("loso"):
         lines += [
@@ -549,6 +575,13 @@ def main() -> None:
     ap.add_argument("--ship", type=Path, default=None, help="write the coder trained on everything here")
     ap.add_argument("--release", default="1", help="the shipped coder's version (coder.json info.release)")
     ap.add_argument("--welivita", action="store_true", help="code the Welivita sentences with the shipped coder")
+    ap.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="add another run's coder (its nested predictions, same folds) as the row 'coder, NAME'",
+    )
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--md", type=Path, default=None, help="write the tables here (also from an earlier --json alone)")
     args = ap.parse_args()
@@ -599,6 +632,18 @@ def main() -> None:
         )
         if "nested_predictions" in out:
             regrade(annomi, demo, out)
+    for spec in args.merge:
+        name, _, path = spec.partition("=")
+        other = json.loads(Path(path).read_text(encoding="utf-8"))
+        same = ("annomi", "demo_en", "demo_zh")
+        if other["nested"]["folds"] != out["nested"]["folds"] or any(
+            other["counts"][k] != out["counts"][k] for k in same
+        ):
+            raise SystemExit(f"--merge {spec}: another data set or fold count")
+        out["nested_predictions"][f"coder, {name}"] = other["nested_predictions"]["coder"]
+        out.setdefault("merged", {})[name] = {"file": path, "config": other.get("config")}
+        regrade(annomi, demo, out)
+        save()
     if "baseline_same_data" in sections and "nested_predictions" in out:
         section_baseline_same_data(annomi, demo, out, save)
     if "globals" in sections and "nested_predictions" in out:

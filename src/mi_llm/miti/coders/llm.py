@@ -212,12 +212,10 @@ class LLMCoder(Coder):
         return results
 
     # ------------------------------------------------------------- codes
-    def code_volleys(
-        self, volleys: Sequence[tuple[str, list[str], str | None]], progress: Progress | None = None
-    ) -> list[list[Result]]:
+    def code_volleys(self, volleys: Sequence[tuple], progress: Progress | None = None) -> list[list[Result]]:
         asked = [(i, v) for i, v in enumerate(volleys) if v[1]]
         convs, langs, sizes = [], [], []
-        for _, (ctx, texts, lang) in asked:
+        for _, (ctx, texts, lang, *_window) in asked:  # the prompt shows the client's previous turn only
             lang = lang or detect_language(" ".join(texts))
             p = self._p(lang)
             numbered = "\n".join(f"{k}. {t}" for k, t in enumerate(texts, start=1))
@@ -230,7 +228,7 @@ class LLMCoder(Coder):
             sizes.append(len(texts))
         answers = self._run(convs, lambda i, text: parse_codes(text, sizes[i]), langs, progress)
         out: list[list[Result]] = [[] for _ in volleys]
-        for (vi, (_, texts, _)), (codes, err) in zip(asked, answers):
+        for (vi, (_, texts, *_)), (codes, err) in zip(asked, answers):
             if err:
                 out[vi] = [Result(None, error=f"LLM coder: {err}") for _ in texts]
             else:
