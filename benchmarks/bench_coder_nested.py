@@ -97,9 +97,14 @@ def summary(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def section_nested(annomi, demo, cfg, n_folds, out, save, others: dict[str, CoderConfig] | None = None) -> None:
+def section_nested(
+    annomi, demo, cfg, n_folds, out, save, others: dict[str, CoderConfig] | None = None, fixed: list | None = None
+) -> None:
     """`others`: more recipes (name -> config), each chosen on the same inner folds and graded on
-    the same outer folds as `cfg` (rows "coder, <name>"), e.g. a longer context window."""
+    the same outer folds as `cfg` (rows "coder, <name>"), e.g. a longer context window.
+    `fixed`: an earlier nested run's per-fold choices (its `nested.chosen`): every coder of outer
+    fold k is trained with the settings that run's inner folds chose in fold k, without choosing
+    again (the features may differ: what they add is then graded alone, at a tenth of the cost)."""
     folds = outer_folds({"annomi": annomi, "demo": demo}, n_folds)
     preds: dict[str, dict[str, list]] = {}
     chosen = []
@@ -109,7 +114,11 @@ def section_nested(annomi, demo, cfg, n_folds, out, save, others: dict[str, Code
         test_a, test_d = set(folds["annomi"][k].tolist()), set(folds["demo"][k].tolist())
         train_a = [e for i, e in enumerate(annomi) if i not in test_a]
         train = train_a + [e for i, e in enumerate(demo) if i not in test_d]
-        coder = TrainedCoder.fit(train, cfg)
+        coder = TrainedCoder.fit(train, chosen_config(fixed[k], cfg) if fixed else cfg)
+        if fixed:
+            coder.info["selection"] = {
+                key: v for key, v in fixed[k].items() if key not in ("fold", "class_bias", "experts")
+            }
         chosen.append(
             {
                 "fold": k,
@@ -127,10 +136,10 @@ def section_nested(annomi, demo, cfg, n_folds, out, save, others: dict[str, Code
         if "embed" in [x.name for x in coder.experts]:
             variants["coder, n-gram expert only"] = variant(coder, expert_weights={"embed": 0.0})
         for name, other_cfg in (others or {}).items():
-            other = TrainedCoder.fit(train, other_cfg)
+            other = TrainedCoder.fit(train, chosen_config(fixed[k], other_cfg) if fixed else other_cfg)
             variants[f"coder, {name}"] = other
             others_chosen[name].append(
-                {"fold": k, **other.info.get("selection", {}), "class_bias": other.config.class_bias}
+                {"fold": k, **(other.info.get("selection") or fixed[k]), "class_bias": other.config.class_bias}  # type: ignore[index]
             )
         for name, c in variants.items():
             for src, ex, idx in (("annomi", annomi, folds["annomi"][k]), ("demo", demo, folds["demo"][k])):
@@ -582,6 +591,13 @@ def main() -> None:
         metavar="NAME=JSON",
         help="add another run's coder (its nested predictions, same folds) as the row 'coder, NAME'",
     )
+    ap.add_argument(
+        "--fixed-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="nested: train every coder of outer fold k with the settings this earlier run chose in fold k",
+    )
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--md", type=Path, default=None, help="write the tables here (also from an earlier --json alone)")
     args = ap.parse_args()
@@ -624,7 +640,11 @@ def main() -> None:
 
     sections = args.sections.split(",")
     if "nested" in sections:
-        section_nested(annomi, demo, cfg, args.folds, out, save, others)
+        fixed = None
+        if args.fixed_from:
+            fixed = json.loads(args.fixed_from.read_text(encoding="utf-8"))["nested"]["chosen"]
+            out["fixed_from"] = str(args.fixed_from)
+        section_nested(annomi, demo, cfg, args.folds, out, save, others, fixed)
     elif args.json.is_file():  # the later sections read the nested section of an earlier run
         earlier = json.loads(args.json.read_text(encoding="utf-8"))
         out.update(
