@@ -30,17 +30,17 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def timed(fn: Callable[[], Any], n: int) -> float:
-    fn()  # warm-up (kernel selection, allocations)
+    """The median of n calls: robust to a descheduled call on a shared machine."""
     ts = []
     for _ in range(n):
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
-        # median of n calls: robust to a descheduled call on a shared machine
     return statistics.median(ts)
 
 
 def side_by_side(fp32: Callable[[], Any], bf16: Callable[[], Any], rounds: int, n: int) -> dict[str, Any]:
+    fp32(), bf16()  # warm-up, once each (kernel selection, allocations)
     a, b = [], []
     for r in range(rounds):
         pair = [(a, fp32), (b, bf16)] if r % 2 == 0 else [(b, bf16), (a, fp32)]

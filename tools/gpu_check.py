@@ -6,7 +6,9 @@ model hub needed: nothing is downloaded), it
 1. builds a small Gemma-3 model locally (random weights, a byte-level tokenizer trained on
    the spot: mi_llm.llm.tiny) and round samples from the bundled demo corpus;
 2. runs LoRA SFT in bf16 through `accelerate launch` (`mi-llm train --precision bf16`);
-3. DPO: runs it when mi-llm has a DPO trainer, else says so (skipped, with the reason);
+3. DPO in bf16 through `accelerate launch` from the SFT adapter (`mi-llm train --method dpo`),
+   on stand-in pairs (each round's corpus reply chosen, another round's rejected), when this
+   mi-llm has the DPO trainer (mi_llm.train.preference); else skipped, with the reason;
 4. predicts with the hf backend on CUDA (`mi-llm predict --backend hf --device cuda`);
 5. reloads the adapter on the CPU and checks that greedy decoding gives the same tokens as on
    the GPU (both in fp32, so that only the device differs; the bf16 predictions of step 4
@@ -113,6 +115,37 @@ def make_data(work: Path, train: int, test: int) -> Path:
 
     build(demo_files(None, "mi"), work / "build", train=train, test=test, seed=42)
     return work / "build"
+
+
+def write_pairs(build: Path, out: Path) -> Path:
+    """Preference pairs for the DPO step: each training round's own reply chosen, the next
+    round's reply rejected (a stand-in for `mi-llm prefs build`, which needs a MITI coder)."""
+    from mi_llm.build.samples import read_samples
+    from mi_llm.io import write_jsonl
+    from mi_llm.prefs.pairs import PreferencePair
+
+    samples = read_samples(build / "samples.train.jsonl")
+    pairs = []
+    for s, other in zip(samples, samples[1:] + samples[:1], strict=True):
+        if s.response == other.response:
+            continue
+        pairs.append(
+            PreferencePair(
+                pair_id=f"{s.sample_id}-gpu-check",
+                sample_id=s.sample_id,
+                dialogue_id=s.dialogue_id,
+                round=s.round,
+                language=s.language,
+                system=s.system,
+                history=s.history,
+                query=s.query,
+                chosen={"text": s.response, "score": 1.0},
+                rejected={"text": other.response, "score": 0.0},
+                coder="gpu-check (the corpus reply chosen)",
+            ).model_dump(mode="json")
+        )
+    write_jsonl(out, pairs)
+    return out
 
 
 def greedy_ids(model_dir: Path, adapter: Path, data: Path, device: str, n: int, max_new_tokens: int) -> list[list[int]]:
@@ -232,9 +265,27 @@ def main(argv: list[str] | None = None) -> int:
         state["adapter"] = adapter
 
     def step_dpo(c: Check) -> None:
-        if importlib.util.find_spec("mi_llm.train.dpo") is None:
-            raise Skip("mi-llm has no DPO trainer yet (mi_llm.train.dpo)")
-        raise Skip("mi_llm.train.dpo exists but is not wired into gpu-check yet")
+        if (
+            importlib.util.find_spec("mi_llm.train.preference") is None
+            or importlib.util.find_spec("mi_llm.prefs.pairs") is None
+        ):
+            raise Skip("this mi-llm has no DPO trainer (mi_llm.train.preference, mi_llm.prefs.pairs)")
+        if "adapter" not in state:
+            raise Skip("no SFT adapter to start from")
+        pairs = write_pairs(state["data"], work / "pairs.jsonl")
+        out = work / "dpo"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+        cmd += ["--mixed_precision", "bf16", "--dynamo_backend", "no"] + (["--cpu"] if a.device == "cpu" else [])
+        cmd += ["-m", "mi_llm", "train", "--method", "dpo", "--adapter", str(state["adapter"])]
+        cmd += ["--model", str(state["model"]), "--data", str(pairs), "--output", str(out)]
+        cmd += ["--max-steps", str(max(2, a.steps // 4)), "--grad-accum", "2", "--lr", "1e-4"]
+        cmd += ["--max-length", str(a.max_length), "--skip-long", "--precision", "bf16", "--save-steps", "1000000"]
+        _run(cmd, work / "dpo.log")
+        conf = json.loads((out / "train_config.json").read_text())
+        log = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+        c.detail = {"precision": conf["runtime"]["precision"], "steps": len(log), "losses": log}
+        if conf["runtime"]["precision"] != "bf16" or not all(math.isfinite(x) for x in log):
+            raise RuntimeError(f"precision {conf['runtime']['precision']}, losses {log}")
 
     def step_predict(c: Check) -> None:
         if "adapter" not in state:
