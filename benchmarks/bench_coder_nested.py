@@ -390,8 +390,9 @@ def validity(out: dict[str, Any]) -> dict[str, Any]:
     return {
         "summary": summary,
         "protocol": "nested cross-validation by transcript/dialogue: inner folds of the training part chose C, "
-        "the expert weights, coarse-then-fine and the per-code biases; outer folds graded "
-        "(benchmarks/bench_coder_nested.py, docs/miti-coder.md)",
+        "the expert weights, coarse-then-fine and the per-code biases"
+        + (" (those of the recipe without the history's vectors, reused)" if out.get("fixed_from") else "")
+        + "; outer folds graded (benchmarks/bench_coder_nested.py, docs/miti-coder.md)",
         "outer_folds": {key: {k: r[k] for k in ("kappa", "macro_f1")} for key, r in rows.items()},
     }
 
@@ -598,6 +599,14 @@ def main() -> None:
         metavar="JSON",
         help="nested: train every coder of outer fold k with the settings this earlier run chose in fold k",
     )
+    ap.add_argument(
+        "--ship-settings-from",
+        type=Path,
+        default=None,
+        metavar="CODER_DIR",
+        help="ship: train with the settings this coder folder chose on its inner folds (C, weights, biases), "
+        "the run's features (e.g. --history), without choosing again (as --fixed-from graded it)",
+    )
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--md", type=Path, default=None, help="write the tables here (also from an earlier --json alone)")
     args = ap.parse_args()
@@ -669,7 +678,15 @@ def main() -> None:
     if "globals" in sections and "nested_predictions" in out:
         section_globals(annomi, src["annomi"], out, save)
     if "ship" in sections and args.ship:
-        section_ship(src["annomi"], cfg, args.ship, args.recipe, out, save, welivita, args.release)
+        ship_cfg = cfg
+        if args.ship_settings_from:
+            settings = json.loads((args.ship_settings_from / "coder.json").read_text(encoding="utf-8"))["config"]
+            chosen = CoderConfig.from_dict(settings)
+            ship_cfg = replace(
+                chosen, selection=None, features=replace(chosen.features, embeddings=cfg.features.embeddings)
+            )
+            out["ship_settings_from"] = str(args.ship_settings_from)
+        section_ship(src["annomi"], ship_cfg, args.ship, args.recipe, out, save, welivita, args.release)
     if "release" in sections and args.ship:
         section_release(args.ship, out, args.release, save)
     if "loso" in sections:
