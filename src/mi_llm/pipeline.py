@@ -219,6 +219,16 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
     return stages
 
 
+def simulate_backend_options(options: dict, sessions: int) -> dict:
+    """The model's backend options for its simulated sessions: no more llama.cpp sequences
+    than sessions (each sequence holds a whole context: 16 for 2 sessions is memory and load
+    time for nothing)."""
+    out = dict(options)
+    if "parallel" in out:
+        out["parallel"] = max(1, min(int(out["parallel"]), sessions))
+    return out
+
+
 def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list[Stage]:
     """Whole sessions with simulated clients for the model's base and fine-tuned counselor: the
     same personas, seeds and client, so the two differ only in the counselor."""
@@ -255,7 +265,7 @@ def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> l
                 load_personas(config.personas),
                 sim.root,
                 overwrite=not same,
-                counselor_options=m.backend_options,
+                counselor_options=simulate_backend_options(m.backend_options, config.sessions),
             )
 
         stages.append(

@@ -5,6 +5,7 @@ Scripted backends stand in for the models (no model is loaded)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_base_and_finetuned_meet_the_same_clients(tmp_path, scripted):
     # with the model's backend options; the client is the base model
     adapter = str(paths.adapter("m").root)
     assert [(b, a) for b, a, _, _ in scripted] == [("llamacpp", None), ("llamacpp", adapter), ("llamacpp", None)]
-    assert scripted[1][2]["parallel"] == 4
+    assert scripted[1][2]["parallel"] == 3  # the model's 4, capped at the 3 sessions
     stage_rank = {"precontemplation": 0, "contemplation": 1, "preparation": 2}
 
     def moved(sessions):
@@ -144,6 +145,12 @@ def test_simulate_is_off_by_default_and_the_counselor_is_the_pipelines():
     assert [s for _, _, s in steered.simulated_systems()] == ["base", "finetuned"]  # not the steered one
     with pytest.raises(ValueError, match="simulate.counselor is set by the pipeline"):
         ExperimentConfig(sources=[{"kind": "demo"}], simulate={"counselor": "x"})
+
+
+def test_the_demo_simulates_a_little():
+    demo = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
+    assert demo.simulate.enabled and demo.simulate.sessions * demo.simulate.max_rounds <= 4
+    assert [s for _, _, s in demo.simulated_systems()] == ["base", "finetuned"]
 
 
 def test_a_bad_simulate_setting_is_located(tmp_path):
