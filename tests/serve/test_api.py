@@ -23,7 +23,7 @@ def test_plain_and_streaming_completion_with_openai_client(start_server):
     assert r.choices[0].message.content == "You said: I walk every day now"
     assert r.choices[0].finish_reason == "stop"
     assert r.model == "echo-test" and r.usage.completion_tokens == 7
-    assert r.model_extra["mi_llm"]["safety"] == {"crisis": False, "category": "none"}
+    assert r.model_extra["mi_llm"]["safety"] == {"crisis": False, "category": "none", "level": "none"}
     # The MI system prompt is added when the client sends none.
     assert engine.calls[-1][0]["role"] == "system" and "Motivational Interviewing" in engine.calls[-1][0]["content"]
 
@@ -231,7 +231,7 @@ def test_crisis_message_gets_safe_response_and_flags_session(start_server):
     )
     text = r.choices[0].message.content
     assert "400-161-9995" in text and "010-82951332" in text
-    assert r.model_extra["mi_llm"]["safety"] == {"crisis": True, "category": "suicide"}
+    assert r.model_extra["mi_llm"]["safety"] == {"crisis": True, "category": "suicide", "level": "high"}
     assert engine.calls == []  # the model never saw it
     session = store.get("s-crisis", "local")
     assert session.flagged and session.flag_category == "suicide"

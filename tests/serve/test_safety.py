@@ -13,6 +13,7 @@ from mi_llm.errors import MiLlmError
 from mi_llm.serve.safety.classifier import CrisisClassifier, LanguageRules, classify, normalize
 from mi_llm.serve.safety.evaluate import SPLITS, bundled_set, evaluate, read_labelled
 from mi_llm.serve.safety.layer import SafetyLayer, load_resources
+from mi_llm.serve.safety.risk import RiskClassifier
 
 
 @pytest.mark.parametrize(
@@ -151,7 +152,7 @@ def test_held_out_set_meets_the_target(language):
     """Recall >= 0.95 at precision >= 0.90 on the held-out labelled set (see docs/serve.md)."""
     rows = read_labelled(bundled_set("test", language))
     assert len(rows) >= 150
-    m = evaluate(rows)["languages"][language]
+    m = evaluate(rows, RiskClassifier(use_detector=False))["languages"][language]  # the rules' target
     assert m["recall"] >= 0.95 and m["precision"] >= 0.90, m
 
 

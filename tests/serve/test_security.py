@@ -126,7 +126,7 @@ def test_crisis_in_an_earlier_user_message_gets_the_safe_response(start_server):
     body = _body("I want to walk more", "ok", CRISIS, "I hear you", "anyway, about walking")
     r = httpx.post(server.url + CHAT, json=body)
     assert r.status_code == 200
-    assert r.json()["mi_llm"]["safety"] == {"crisis": True, "category": "suicide"}
+    assert r.json()["mi_llm"]["safety"] == {"crisis": True, "category": "suicide", "level": "high"}
     assert "988" in r.json()["choices"][0]["message"]["content"]
     assert engine.calls == []  # the model never saw the history with the crisis in it
 

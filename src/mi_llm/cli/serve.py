@@ -32,6 +32,21 @@ def _default_db() -> Path:
     return mi_llm_home() / "serve" / "sessions.sqlite3"
 
 
+DETECTOR_HELP = "combined (rules OR the learned detector; default) | rules | learned"
+CRISIS_MODEL_HELP = "a crisis detector folder from `mi-llm safety train` (default: the shipped one)"
+
+
+def _risk_classifier(detector: str = "combined", crisis_model: Path | None = None):  # -> RiskClassifier
+    from mi_llm.errors import MiLlmError
+    from mi_llm.serve.safety.learned import LearnedDetector
+    from mi_llm.serve.safety.risk import RiskClassifier
+
+    if detector not in ("combined", "rules", "learned"):
+        raise MiLlmError("--detector must be combined, rules or learned")
+    learned = LearnedDetector.load(crisis_model) if crisis_model is not None else None
+    return RiskClassifier(detector=learned, use_rules=detector != "learned", use_detector=detector != "rules")
+
+
 def _engine_opts(gguf: Path | None, n_ctx: int, threads: int | None) -> dict:
     return {"gguf": str(gguf) if gguf else None, "n_ctx": n_ctx, "n_threads": threads}
 
@@ -58,6 +73,7 @@ def chat_cmd(
     safety_resources: Path | None = typer.Option(
         None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"
     ),
+    crisis_model: Path | None = typer.Option(None, "--crisis-model", help=CRISIS_MODEL_HELP),
     gguf: Path | None = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
     n_ctx: int = field_option(LlamaCppConfig, "n_ctx", "--n-ctx", le=INT32_MAX),
     threads: int | None = field_option(LlamaCppConfig, "n_threads", "--threads", le=INT32_MAX),
@@ -79,7 +95,7 @@ def chat_cmd(
     if session is not None:
         check_session_id(session)
     steer = Strategy.parse(strategy) if strategy is not None else None  # a bad policy file fails first
-    safety = SafetyLayer(resources_dir=safety_resources)
+    safety = SafetyLayer(_risk_classifier(crisis_model=crisis_model), resources_dir=safety_resources)
     config = GenerationConfig(
         max_new_tokens=max_tokens,
         do_sample=temperature > 0,
@@ -146,6 +162,7 @@ def serve_cmd(
     safety_resources: Path | None = typer.Option(
         None, "--safety-resources", help="folder with reviewed resources.<lang>.yaml"
     ),
+    crisis_model: Path | None = typer.Option(None, "--crisis-model", help=CRISIS_MODEL_HELP),
     log_text: bool = field_option(ServeConfig, "log_text", "--log-text"),
     gguf: Path | None = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load"),
     n_ctx: int = field_option(LlamaCppConfig, "n_ctx", "--n-ctx", le=INT32_MAX),
@@ -199,7 +216,7 @@ def serve_cmd(
     upstream_key = _upstream_key(upstream, upstream_model, upstream_key_env, backend, model, adapter, gguf)
     if upstream is not None:
         upstream_url(upstream)  # checked before anything is loaded
-    safety = SafetyLayer(resources_dir=safety_resources)
+    safety = SafetyLayer(_risk_classifier(crisis_model=crisis_model), resources_dir=safety_resources)
     safety.warn_unreviewed()
     store = SessionStore(db or _default_db())
     engine: ChatEngine
@@ -282,12 +299,16 @@ def safety_check_cmd(
     input: Path = typer.Argument(..., help="JSONL lines {id, text, language?}"),
     output: Path = typer.Option(..., "-o", "--output", help="JSONL lines {id, crisis, category, matched, ...}"),
     language: str | None = typer.Option(None, "--language", help="zh | en for lines without one (default: detected)"),
+    detector: str = typer.Option("combined", "--detector", help=DETECTOR_HELP),
+    crisis_model: Path | None = typer.Option(None, "--crisis-model", help=CRISIS_MODEL_HELP),
 ) -> None:
-    """Classify messages for crisis content (the text is never printed or logged)."""
+    """Classify messages for crisis content: {id, crisis, level, category, score, ...} a line
+    (the text is never printed or logged)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mi_llm.serve.safety.check import check_file
 
+    classifier = _risk_classifier(detector, crisis_model)
     progress = Progress(
         TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     )
@@ -298,7 +319,9 @@ def safety_check_cmd(
         progress.start()
 
     try:
-        summary = check_file(input, output, language, on_start=on_start, on_line=lambda: progress.advance(task))
+        summary = check_file(
+            input, output, language, classifier=classifier, on_start=on_start, on_line=lambda: progress.advance(task)
+        )
     finally:
         progress.stop()
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
@@ -308,27 +331,44 @@ def safety_check_cmd(
 @safety_app.command("eval")
 def safety_eval_cmd(
     data: Path | None = typer.Option(None, "--data", help="your own labelled JSONL {id, text, language, category}"),
-    split: str = typer.Option("test", "--split", help="bundled set: dev | test | test2 | test3 | all"),
+    split: str = typer.Option(
+        "test", "--split", help="bundled set: dev | test | test2 | test3 | train | heldout | all"
+    ),
     output: Path | None = typer.Option(None, "-o", "--output", help="write the metrics as JSON"),
+    detector: str = typer.Option("combined", "--detector", help=DETECTOR_HELP),
+    crisis_model: Path | None = typer.Option(None, "--crisis-model", help=CRISIS_MODEL_HELP),
 ) -> None:
     """Precision and recall of the crisis classifier per language (bundled labelled sets by default)."""
     from rich.table import Table
 
     from mi_llm.errors import MiLlmError
     from mi_llm.io import write_json
-    from mi_llm.serve.safety.evaluate import SPLITS, bundled_set, evaluate, read_labelled
+    from mi_llm.serve.safety.evaluate import DETECTOR_SPLITS, SPLITS, bundled_set, evaluate, read_labelled
 
     if data is not None:
         rows, label = read_labelled(data), str(data)
     else:
+        known = (*SPLITS, *DETECTOR_SPLITS)
         splits = SPLITS if split == "all" else (split,)
-        if any(s not in SPLITS for s in splits):
-            raise MiLlmError(f"--split must be one of {', '.join(SPLITS)} or all")
+        if any(s not in known for s in splits):
+            raise MiLlmError(f"--split must be one of {', '.join(known)} or all (the rules' sets)")
         rows = [r for s in splits for lang in ("zh", "en") for r in read_labelled(bundled_set(s, lang))]
         label = f"bundled {split} split"
-    metrics = evaluate(rows)
-    table = Table(title=f"crisis detection on {label}")
-    for col in ("language", "n", "crisis", "precision", "recall", "F1", "category acc.", "FP", "FN"):
+    metrics = evaluate(rows, _risk_classifier(detector, crisis_model))
+    table = Table(title=f"crisis detection ({detector}) on {label}")
+    for col in (
+        "language",
+        "n",
+        "crisis",
+        "precision",
+        "recall",
+        "F1",
+        "FPR",
+        "category acc.",
+        "level acc.",
+        "FP",
+        "FN",
+    ):
         table.add_column(col, justify="right")
     for name, m in [*metrics["languages"].items(), ("all", metrics["all"])]:
         table.add_row(
@@ -338,7 +378,9 @@ def safety_eval_cmd(
             _fmt(m["precision"]),
             _fmt(m["recall"]),
             _fmt(m["f1"]),
+            _fmt(m["false_positive_rate"]),
             _fmt(m["category_accuracy"]),
+            _fmt(m["level_accuracy"]),
             str(m["fp"]),
             str(m["fn"]),
         )
@@ -351,14 +393,48 @@ def safety_eval_cmd(
         write_json(output, metrics)
 
 
+@safety_app.command("train")
+def safety_train_cmd(
+    output: Path = typer.Option(..., "-o", "--output", help="folder for the detector (detector.json, detector.npz)"),
+    data: list[Path] = typer.Option(
+        [], "--data", help="your own labelled JSONL {id, text, language, category, subcategory?} (repeatable)"
+    ),
+    shared_data: Path | None = typer.Option(
+        None, "--shared-data", help="also the public crisis sets (PsySUICIDE, SAD, C-SSRS) in this folder's crisis/"
+    ),
+    bundled: bool = typer.Option(True, "--bundled/--no-bundled", help="also the project's written training sets"),
+    recall_target: float = typer.Option(
+        0.95, "--recall-target", callback=number(gt=0, le=1), help="recall the threshold keeps on the validation split"
+    ),
+    seed: int = typer.Option(0, "--seed", callback=seed_check),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="debug logging"),
+) -> None:
+    """Train the learned crisis detector on labelled data; use it with --crisis-model DIR."""
+    from mi_llm.serve.safety.train import TrainConfig, fit, training_rows
+
+    setup_logging(verbose)
+    rows = training_rows(data, shared_data, bundled)
+    cfg = TrainConfig(recall_target=recall_target, seed=seed)
+    with console.status("training the crisis detector"):
+        det = fit(rows, cfg, progress=lambda msg: console.log(msg))
+    det.save(output)
+    v = det.info["validation"]
+    console.print(
+        f"{det.info['crisis_rows']} crisis of {sum(det.info['rows'].values())} rows -> {output}: "
+        f"threshold {det.threshold:.3f} (validation recall {v['recall']}, precision {v['precision']}), "
+        f"high {det.high_threshold:.3f}"
+    )
+
+
 @safety_app.command("flagged")
 def safety_flagged_cmd(
     db: Path | None = typer.Option(
         None, "--db", help="session database (default: $MI_LLM_HOME/serve/sessions.sqlite3)"
     ),
 ) -> None:
-    """Sessions the safety layer flagged, for human follow-up (ids, categories, times; no text)."""
+    """Sessions the safety layer flagged, for human follow-up (ids, categories, levels, times; no text)."""
     import datetime as dt
+    from collections import Counter
 
     from rich.table import Table
 
@@ -371,13 +447,16 @@ def safety_flagged_cmd(
     store = SessionStore(path)
     try:
         table = Table(title=f"flagged sessions in {path}")
-        for col in ("session", "first category", "flags", "first flagged (UTC)", "rules"):
+        for col in ("session", "first category", "flags", "levels", "first flagged (UTC)", "rules / detector"):
             table.add_column(col)
         rows = store.flagged_sessions()
         for s in rows:
             when = dt.datetime.fromtimestamp(s.flagged_at or 0, dt.UTC).strftime("%Y-%m-%d %H:%M")
-            rules = sorted({e["rule"] or "" for e in store.events(s.id)})
-            table.add_row(s.id, s.flag_category or "", str(s.flag_count), when, ", ".join(rules))
+            events = store.events(s.id)
+            rules = sorted({e["rule"] or "" for e in events})
+            levels = Counter(e["level"] for e in events)
+            shown = ", ".join(f"{lv} {levels[lv]}" for lv in ("high", "low") if levels[lv])
+            table.add_row(s.id, s.flag_category or "", str(s.flag_count), shown, when, ", ".join(rules))
         console.print(table if rows else "no flagged sessions")
     finally:
         store.close()

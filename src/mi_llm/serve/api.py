@@ -258,20 +258,34 @@ class ChatService:
         headers = {"X-Session-Id": sid} if sid else {}
         if self.settings.log_text:
             log.info("request %s user text: %r", rid, user)
-        if decision.crisis:
-            where = (
-                "the new message"
-                if which == len(earlier)
-                else f"earlier user message {which + 1} of {len(earlier)} unanswered"
-            )
+        where = (
+            "the new message"
+            if which == len(earlier)
+            else f"earlier user message {which + 1} of {len(earlier)} unanswered"
+        )
+        if decision.level == "high":
             return self._safe_response(rid, req, decision, sid, seed, user, language, ext, headers, where)
+        check_in = decision.check_in if decision.crisis else None
+        if check_in:  # low risk: the model answers, the check-in follows, the turn is flagged
+            cat = decision.result.category
+            if sid is not None:
+                self.store.flag(sid, cat, decision.result.matched, decision.level)
+            log.warning(
+                "safety: check-in appended (request %s, category %s, detector %s, level %s, in %s, session %s)",
+                rid,
+                cat,
+                decision.result.matched,
+                decision.level,
+                where,
+                short_hash(sid),
+            )
         try:
             job = self.worker.submit(convo, config, client.rate_key)  # round-robin over clients
         except QueueFull:
             raise ApiError(
                 503, "the server is busy; retry shortly", "server_error", "queue_full", {"Retry-After": "5"}
             ) from None
-        record = _Record(rid, sid, language, time.monotonic())
+        record = _Record(rid, sid, language, time.monotonic(), check_in, decision.result.category)
         if req.stream:
             include_usage = bool((req.stream_options or {}).get("include_usage"))
             gen = self._sse(job, record, ext, seed, user, include_usage)
@@ -294,8 +308,8 @@ class ChatService:
             raise _upstream_api_error(e) from None
         except MiLlmError as e:
             raise ApiError(400, str(e)) from None
-        text = "".join(parts)
-        self._store(sid, seed, user, text, language, finish)
+        text = "".join(parts) + (f"\n\n{check_in}" if check_in else "")
+        self._store(record, seed, user, text, finish)
         self._log(record, finish, decision)
         if finish.code:
             ext["code"] = finish.code
@@ -324,6 +338,9 @@ class ChatService:
                 record.first_token(parts)
                 parts.append(item)
                 yield chunk(record.rid, model, created, {"content": item})
+            if record.check_in and finish.reason != "cancelled":
+                parts.append(f"\n\n{record.check_in}")
+                yield chunk(record.rid, model, created, {"content": parts[-1]})
             yield chunk(
                 record.rid,
                 model,
@@ -336,7 +353,7 @@ class ChatService:
                 yield chunk(
                     record.rid, model, created, None, usage=usage(finish.prompt_tokens, finish.completion_tokens)
                 )
-            self._store(record.sid, seed, user, "".join(parts), record.language, finish)
+            self._store(record, seed, user, "".join(parts), finish)
             yield "data: [DONE]\n\n"
         except UpstreamError as e:  # nothing is stored: the session stays as it was
             finish = Finish("error", finish.prompt_tokens, len(parts))
@@ -404,15 +421,20 @@ class ChatService:
             events(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
         )
 
-    def _store(
-        self, sid: str | None, seed: list[dict[str, str]], user: str, reply: str, language: str, finish: Finish
-    ) -> None:
+    def _store(self, record: _Record, seed: list[dict[str, str]], user: str, reply: str, finish: Finish) -> None:
+        sid = record.sid
         if self.settings.log_text:
             log.info("reply text (session %s): %r", short_hash(sid), reply)
         if sid is None or finish.reason == "cancelled":
             return
-        answer = {"role": "assistant", "content": reply, **({"code": finish.code} if finish.code else {})}
-        self.store.append(sid, [*seed, {"role": "user", "content": user}, answer], language)
+        turn: list[dict[str, str]] = [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": reply, **({"code": finish.code} if finish.code else {})},
+        ]
+        if record.check_in and record.category:  # marked: the layer checked in on this turn, not judged again
+            for m in turn:
+                m["safety"] = record.category
+        self.store.append(sid, [*seed, *turn], record.language)
 
     def _log(self, record: _Record, finish: Finish, decision: SafetyDecision | None) -> None:
         total = time.monotonic() - record.t0
@@ -436,6 +458,8 @@ class _Record:
     sid: str | None
     language: str
     t0: float
+    check_in: str | None = None  # appended to the reply (low risk)
+    category: str | None = None  # of the low risk
     ttft: float | None = None
 
     def first_token(self, parts: list[str]) -> None:

@@ -1,7 +1,8 @@
 """Terminal chat with the counselor: streamed replies, history, /reset, /save, /quit.
 
-Every user message passes the safety layer first; a crisis message gets the fixed safe
-response (not the model's) and flags the conversation. With a session id the conversation
+Every user message passes the safety layer first; a high-risk message gets the fixed safe
+response (not the model's) and flags the conversation; a low-risk one gets the model's reply
+followed by the layer's check-in, and flags it too. With a session id the conversation
 is kept in the session database and resumes next time (the same store as `mi-llm serve`).
 """
 
@@ -36,6 +37,7 @@ class Turn:
     category: str = "none"
     finish: str = "stop"
     code: str | None = None  # the reply's strategy code (--strategy)
+    level: str = "none"  # high: the text is the safe response; low: the reply ends with a check-in
 
 
 @dataclass
@@ -69,8 +71,9 @@ class ChatSession:
         """Pieces of the reply, then a `Turn` summary. The history grows only when the reply ends."""
         if self.language is None:
             self.language = detect_language(user)
-        decision = self.safety.check(user, self.language)
-        if decision.crisis:
+        earlier = [m["content"] for m in self.history if m["role"] == "user"]
+        decision = self.safety.check(user, self.language, earlier)
+        if decision.level == "high":
             text = decision.response or ""
             cat = decision.result.category
             self.flagged, self.flag_category = True, self.flag_category or cat
@@ -78,7 +81,7 @@ class ChatSession:
             self._commit(user, text, cat)
             if self.store is not None and self.session_id:
                 self.store.flag(self.session_id, cat, decision.result.matched)
-            yield Turn(text, crisis=True, category=cat)
+            yield Turn(text, crisis=True, category=cat, level="high")
             return
         parts: list[str] = []
         finish = Finish("stop", 0, 0)
@@ -88,10 +91,26 @@ class ChatSession:
             else:
                 parts.append(item)
                 yield item
+        check_in = decision.check_in if decision.crisis else None
+        if check_in and finish.reason != "cancelled":  # low risk: the check-in follows the answer
+            parts.append(f"\n\n{check_in}")
+            yield parts[-1]
         text = "".join(parts)
         if finish.reason != "cancelled":
-            self._commit(user, text, None, finish.code)
-        yield Turn(text, finish=finish.reason, code=finish.code)
+            flagged = decision.result.category if check_in else None
+            self._commit(user, text, flagged, finish.code)
+            if flagged:
+                self.flagged, self.flag_category = True, self.flag_category or flagged
+                if self.store is not None and self.session_id:
+                    self.store.flag(self.session_id, flagged, decision.result.matched, decision.level)
+        yield Turn(
+            text,
+            finish=finish.reason,
+            crisis=bool(check_in),
+            category=decision.result.category if check_in else "none",
+            level=decision.level if check_in else "none",
+            code=finish.code,
+        )
 
     def _commit(self, user: str, reply: str, category: str | None, code: str | None = None) -> None:
         u: dict[str, str] = {"role": "user", "content": user}
@@ -179,7 +198,9 @@ def run_chat(
         try:
             for item in stream:
                 if isinstance(item, Turn):
-                    if item.crisis:
+                    if item.level == "low":
+                        write("\n(safety: this conversation has been flagged; a check-in was added to the reply)")
+                    elif item.crisis:
                         write(
                             "\n(safety: this conversation has been flagged; the reply above is a fixed safety message)"
                         )

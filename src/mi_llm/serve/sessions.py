@@ -3,9 +3,12 @@
 Tables:
 - `sessions(id, owner, created, updated, language, flagged, flag_category, flagged_at, flag_count)`
 - `messages(session_id, seq, role, content, created, safety, code)`: the user and assistant
-  turns, `safety` = the crisis category when the safety layer answered that turn, `code` = a
+  turns, `safety` = the crisis category when the safety layer answered that turn (high risk)
+  or appended its check-in to the model's answer (low risk), `code` = a
   reply's strategy code (`--strategy`; mi_llm.build.strategy) with its tag cut from `content`.
-- `safety_events(id, session_id, created, category, rule)`: every crisis detection.
+- `safety_events(id, session_id, created, category, rule, level)`: every crisis detection;
+  `rule` names the rule or the learned detector (`learned.<type>`, `context.<type>`),
+  `level` is high or low (NULL in databases from before levels: those were all high).
 
 `owner` is a hash of the API key that created the session ("local" without a key): one
 key cannot read another key's sessions. The database holds conversation text (health
@@ -54,7 +57,8 @@ CREATE TABLE IF NOT EXISTS safety_events (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
     created REAL NOT NULL,
     category TEXT NOT NULL,
-    rule TEXT
+    rule TEXT,
+    level TEXT
 );
 """
 
@@ -112,6 +116,9 @@ class SessionStore:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
             if "code" not in columns:  # a database from before strategy codes
                 self._db.execute("ALTER TABLE messages ADD COLUMN code TEXT")
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(safety_events)")}
+            if "level" not in columns:  # a database from before risk levels
+                self._db.execute("ALTER TABLE safety_events ADD COLUMN level TEXT")
         except sqlite3.DatabaseError as e:
             raise MiLlmError(f"{path}: not a usable session database ({e})") from None
         self._lock = threading.Lock()
@@ -197,7 +204,7 @@ class SessionStore:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def flag(self, session_id: str, category: str, rule: str | None) -> None:
+    def flag(self, session_id: str, category: str, rule: str | None, level: str = "high") -> None:
         """Mark the session as having had a crisis message (kept across /reset)."""
         now = time.time()
         with self._lock:
@@ -207,8 +214,8 @@ class SessionStore:
                 (category, now, now, session_id),
             )
             self._db.execute(
-                "INSERT INTO safety_events (session_id, created, category, rule) VALUES (?, ?, ?, ?)",
-                (session_id, now, category, rule),
+                "INSERT INTO safety_events (session_id, created, category, rule, level) VALUES (?, ?, ?, ?, ?)",
+                (session_id, now, category, rule, level),
             )
 
     def reset(self, session_id: str) -> None:
@@ -225,6 +232,9 @@ class SessionStore:
     def events(self, session_id: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT created, category, rule FROM safety_events WHERE session_id = ? ORDER BY id", (session_id,)
+                "SELECT created, category, rule, level FROM safety_events WHERE session_id = ? ORDER BY id",
+                (session_id,),
             ).fetchall()
-        return [{"created": int(c), "category": cat, "rule": rule} for c, cat, rule in rows]
+        return [
+            {"created": int(c), "category": cat, "rule": rule, "level": level or "high"} for c, cat, rule, level in rows
+        ]

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 CATEGORIES = ("suicide", "self_harm", "harm_others", "abuse")  # in order of precedence
 NONE = "none"
 LANGUAGES = ("zh", "en")
+LEVELS = (NONE, "low", "high")
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'"})
 
@@ -84,9 +85,29 @@ class SafetyResult:
     categories: list[str] = field(default_factory=list)  # every category that fired
     rules: list[str] = field(default_factory=list)  # every rule that fired
     suppressed: list[str] = field(default_factory=list)  # "rule:reason" for matches that did not count
+    # Set by the rules too (a rule match is high risk); the learned detector adds score and subcategory.
+    level: str = ""  # none | low | high; "" = from `crisis` (high when a crisis)
+    score: float | None = None  # the learned detector's crisis probability
+    subcategory: str | None = None  # the risk type (sources.SUBCATEGORIES) when known
+    detected_by: list[str] = field(default_factory=list)  # rules, learned, context
+
+    def __post_init__(self) -> None:
+        if not self.level:
+            self.level = "high" if self.crisis else NONE
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"crisis": self.crisis, "category": self.category, "language": self.language}
+        out: dict[str, Any] = {
+            "crisis": self.crisis,
+            "level": self.level,
+            "category": self.category,
+            "language": self.language,
+        }
+        if self.subcategory:
+            out["subcategory"] = self.subcategory
+        if self.score is not None:
+            out["score"] = round(self.score, 4)
+        if self.detected_by:
+            out["detected_by"] = self.detected_by
         if self.matched:
             out["matched"] = self.matched
             out["span"] = list(self.span) if self.span else None

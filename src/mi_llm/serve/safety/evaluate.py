@@ -17,9 +17,14 @@ from typing import Any
 
 from mi_llm.errors import InputError
 from mi_llm.io import iter_jsonl
-from mi_llm.serve.safety.classifier import CATEGORIES, NONE, CrisisClassifier, default_classifier
+from mi_llm.serve.safety.classifier import CATEGORIES, NONE, CrisisClassifier
+from mi_llm.serve.safety.risk import RiskClassifier, default_risk_classifier
 
-SPLITS = ("dev", "test", "test2", "test3")  # test2, test3: stress sets of longer, in-context messages
+SPLITS = ("dev", "test", "test2", "test3")  # the rules' sets; test2, test3: stress sets of longer, in-context messages
+# The learned detector's: `train`, written to train it (client-talk fillers, indirect and means
+# wordings); `heldout`, direct and indirect wordings written before it, never trained or tuned on.
+DETECTOR_SPLITS = ("train", "heldout")
+TRAINING_SPLITS = ("dev", "test", "test2", "test3", "train")  # what the shipped detector learned from
 
 
 def bundled_set(split: str, language: str) -> Path:
@@ -30,6 +35,8 @@ def bundled_set(split: str, language: str) -> Path:
 def read_labelled(path: str | Path) -> list[dict[str, Any]]:
     rows = []
     for lineno, obj in iter_jsonl(path):
+        if set(obj) == {"meta"}:  # a header line: when and by whom the set was written
+            continue
         if not isinstance(obj.get("text"), str) or not obj["text"].strip():
             raise InputError(path, "'text' must be a non-empty string", lineno)
         cat = obj.get("category")
@@ -43,20 +50,29 @@ def _ratio(a: int, b: int) -> float | None:
     return round(a / b, 4) if b else None
 
 
-def evaluate(rows: Iterable[dict[str, Any]], classifier: CrisisClassifier | None = None) -> dict[str, Any]:
-    """Binary crisis precision/recall/F1 per language and overall, category accuracy on
-    true positives, recall by `kind`, and the ids of every error (never their text)."""
-    clf = classifier or default_classifier()
+def evaluate(
+    rows: Iterable[dict[str, Any]], classifier: CrisisClassifier | RiskClassifier | None = None
+) -> dict[str, Any]:
+    """Binary crisis precision/recall/F1 and false-positive rate per language and overall,
+    category accuracy on true positives, level accuracy where the gold `level` is given,
+    accuracy by `kind`, and the ids of every error (never their text)."""
+    clf = classifier or default_risk_classifier()
     per: dict[str, Counter[str]] = defaultdict(Counter)
     kinds: dict[str, Counter[str]] = defaultdict(Counter)
     errors: list[dict[str, Any]] = []
     for row in rows:
         lang = row.get("language") or "?"
         gold = row["category"]
-        res = clf.classify(row["text"], row.get("language"))
+        if isinstance(clf, RiskClassifier):
+            res = clf.classify(row["text"], row.get("language"), row.get("history") or ())
+        else:
+            res = clf.classify(row["text"], row.get("language"))
         gold_crisis = gold != NONE
         c = per[lang]
         c["n"] += 1
+        if row.get("level"):
+            c["leveled"] += 1
+            c["level_ok"] += res.level == row["level"]
         if gold_crisis and res.crisis:
             c["tp"] += 1
             c["cat_ok"] += res.category == gold
@@ -70,7 +86,15 @@ def evaluate(rows: Iterable[dict[str, Any]], classifier: CrisisClassifier | None
         kinds[kind]["n"] += 1
         kinds[kind]["correct"] += res.crisis == gold_crisis
         if res.crisis != gold_crisis or (gold_crisis and res.category != gold):
-            errors.append({"id": row.get("id"), "gold": gold, "predicted": res.category, "matched": res.matched})
+            errors.append(
+                {
+                    "id": row.get("id"),
+                    "gold": gold,
+                    "predicted": res.category,
+                    "level": res.level,
+                    "matched": res.matched,
+                }
+            )
     total: Counter[str] = Counter()
     for c in per.values():
         total.update(c)
@@ -88,7 +112,9 @@ def evaluate(rows: Iterable[dict[str, Any]], classifier: CrisisClassifier | None
             "precision": p,
             "recall": r,
             "f1": f1,
+            "false_positive_rate": _ratio(c["fp"], c["fp"] + c["tn"]),
             "category_accuracy": _ratio(c["cat_ok"], c["tp"]),
+            "level_accuracy": _ratio(c["level_ok"], c["leveled"]),
         }
         if name == "all":
             out["all"] = stats

@@ -1,9 +1,11 @@
 """The safety layer: checks every user message before the model sees it.
 
-A crisis message (suicide, self-harm, harm to others, abuse) is answered with a fixed
+A high-risk message (suicide, self-harm, harm to others, abuse) is answered with a fixed
 safe response made of the category's message, the crisis resources of the locale and a
 closing line, all from `safety/data/resources.<lang>.yaml` (or a reviewed copy in the
 folder given by `--safety-resources`). The model is not called for that turn.
+A low-risk one (see risk.py) lets the model answer; the layer appends the locale's
+check-in (`check_in` and the category's resources) and the turn is flagged all the same.
 
 Not only the newest message: a client may send (or a new session may be seeded with) an
 earlier history, and a crisis there must not reach the model unanswered either.
@@ -32,8 +34,8 @@ from mi_llm.serve.safety.classifier import (
     LANGUAGES,
     CrisisClassifier,
     SafetyResult,
-    default_classifier,
 )
+from mi_llm.serve.safety.risk import RiskClassifier, default_risk_classifier
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,19 @@ class CrisisResources:
     reviewed: bool
     source: str
     item_format: str = "- {name}: {contact}"
+    check_in: str = ""
+
+    def _items(self, category: str) -> str:
+        items = [r for r in self.resources if not r.get("categories") or category in r["categories"]]
+        return "\n".join(self.item_format.format(name=r["name"], contact=r["contact"]) for r in items)
+
+    def check_in_text(self, category: str) -> str:
+        """What is appended to the counselor's answer to a low-risk message."""
+        return "\n\n".join(x.strip() for x in (self.check_in, self._items(category)) if x and x.strip())
 
     def response(self, category: str) -> str:
         """The fixed safe response for `category`."""
-        lines = [self.messages.get(category) or self.messages.get("suicide", "")]
-        items = [r for r in self.resources if not r.get("categories") or category in r["categories"]]
-        if items:
-            lines.append("\n".join(self.item_format.format(name=r["name"], contact=r["contact"]) for r in items))
+        lines = [self.messages.get(category) or self.messages.get("suicide", ""), self._items(category)]
         if self.closing:
             lines.append(self.closing)
         return "\n\n".join(x.strip() for x in lines if x and x.strip())
@@ -87,23 +95,31 @@ def load_resources(language: str, directory: str | Path | None = None) -> Crisis
     fmt = str(data.get("item_format") or "- {name}: {contact}")
     if "{name}" not in fmt or "{contact}" not in fmt:
         raise MiLlmError(f"{source}: item_format must contain {{name}} and {{contact}}")
+    check_in = str(data.get("check_in") or "")
+    if not check_in and directory is not None:  # a reviewed copy from before check-ins: the bundled text
+        check_in = load_resources(language).check_in
     return CrisisResources(
-        language, msgs, items, str(data.get("closing") or ""), bool(data.get("reviewed")), source, fmt
+        language, msgs, items, str(data.get("closing") or ""), bool(data.get("reviewed")), source, fmt, check_in
     )
 
 
 @dataclass
 class SafetyDecision:
     result: SafetyResult
-    response: str | None  # the safe response when the message is a crisis
+    response: str | None  # the safe response when the risk is high (the model is not called)
+    check_in: str | None = None  # appended to the model's answer when the risk is low
 
     @property
     def crisis(self) -> bool:
         return self.result.crisis
 
+    @property
+    def level(self) -> str:
+        return self.result.level
+
     def public(self) -> dict[str, Any]:
         """What the client is told (no rule internals)."""
-        return {"crisis": self.result.crisis, "category": self.result.category}
+        return {"crisis": self.result.crisis, "category": self.result.category, "level": self.result.level}
 
 
 class CheckedMessages:
@@ -140,8 +156,13 @@ class CheckedMessages:
 
 
 class SafetyLayer:
-    def __init__(self, classifier: CrisisClassifier | None = None, resources_dir: str | Path | None = None):
-        self.classifier = classifier or default_classifier()
+    """`classifier`: anything with classify(text, language[, history]) -> SafetyResult; by
+    default the rules OR the learned detector (risk.RiskClassifier)."""
+
+    def __init__(
+        self, classifier: CrisisClassifier | RiskClassifier | None = None, resources_dir: str | Path | None = None
+    ):
+        self.classifier = classifier or default_risk_classifier()
         self.resources = {lang: load_resources(lang, resources_dir) for lang in LANGUAGES}
 
     def warn_unreviewed(self) -> None:
@@ -154,36 +175,46 @@ class SafetyLayer:
                     r.source,
                 )
 
-    def check(self, text: str, language: str | None = None) -> SafetyDecision:
-        result = self.classifier.classify(text, language)
+    def check(self, text: str, language: str | None = None, history: Sequence[str] = ()) -> SafetyDecision:
+        """The decision for `text`; `history`: the user's previous messages, oldest first."""
+        if isinstance(self.classifier, RiskClassifier):
+            result = self.classifier.classify(text, language, history)
+        else:
+            result = self.classifier.classify(text, language)
         if not result.crisis:
             return SafetyDecision(result, None)
         # A message written in Chinese gets the Chinese resources whatever the session's language.
         lang = "zh" if detect_language(text) == "zh" else result.language
-        lang = lang if lang in self.resources else "en"
-        return SafetyDecision(result, self.resources[lang].response(result.category))
+        res = self.resources[lang if lang in self.resources else "en"]
+        if result.level == "low":
+            return SafetyDecision(result, None, res.check_in_text(result.category))
+        return SafetyDecision(result, res.response(result.category))
 
     def check_messages(
         self, texts: Sequence[str], language: str | None = None, checked: CheckedMessages | None = None, scope: str = ""
     ) -> tuple[SafetyDecision, int]:
         """The decision for a conversation's user messages (oldest first, the new one last) and
-        the index of the message it is about. The new message is checked first, then every
-        earlier one `checked` has not seen in `scope`, oldest first; the first crisis answers.
-        Each message checked is recorded in `checked`."""
+        the index of the message it is about. The new message is checked first (with the
+        messages before it as its history), then every earlier one `checked` has not seen in
+        `scope`, oldest first. A high risk answers at once; else the first low risk, the new
+        message's first. Each message checked is recorded in `checked`."""
         if not texts:
             raise ValueError("no user message to check")
         newest = len(texts) - 1
-        latest = self.check(texts[newest], language)
+        latest = self.check(texts[newest], language, texts[:newest])
         if checked is not None:
             checked.add(scope, texts[newest])
-        if latest.crisis:
+        if latest.level == "high":
             return latest, newest
+        low: tuple[SafetyDecision, int] | None = (latest, newest) if latest.crisis else None
         for i in range(newest):
             if checked is not None and checked.seen(scope, texts[i]):
                 continue
-            d = self.check(texts[i], language)
+            d = self.check(texts[i], language, texts[:i])
             if checked is not None:
                 checked.add(scope, texts[i])
-            if d.crisis:
+            if d.level == "high":
                 return d, i
-        return latest, newest  # no crisis: the new message's result labels the turn
+            if d.crisis and low is None:
+                low = (d, i)
+        return low or (latest, newest)  # no crisis: the new message's result labels the turn

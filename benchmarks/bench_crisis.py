@@ -1,0 +1,264 @@
+"""The crisis detector measured: rules alone, learned alone, combined (rules OR learned).
+
+1. `cv`: leave one source out over the public crisis sets (PsySUICIDE's four data
+   sources, SAD, C-SSRS Reddit), the project's written training sets and samples of client
+   talk (negatives: CPsyCounD, SMILE, MIBot, AnnoMI; rule-flagged turns left out): each
+   source is scored by a detector whose weights and thresholds never saw it; C-SSRS and
+   AnnoMI are never trained on at all. Recall, precision and
+   false-positive rate per source and language; C-SSRS also per user (a user is flagged
+   when any post is).
+2. `talk`: the flag rate of the shipped detector on real client talk without crisis labels
+   (AnnoMI, MIBot, CPsyCounD, SMILE client turns); the flagged turns' ids are written to
+   --flagged (ids only) to be read by hand.
+3. `heldout`: the bundled held-out set (written before the detector, never tuned on).
+4. `speed`: ms per message of rules / learned / combined with history, interleaved, repeated.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_crisis.py --shared ../shared/data \\
+        --parts cv,talk,heldout,speed --json crisis.json [--flagged flagged.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from mi_llm.serve.safety.classifier import default_classifier  # noqa: E402
+from mi_llm.serve.safety.evaluate import bundled_set, evaluate, read_labelled  # noqa: E402
+from mi_llm.serve.safety.learned import default_detector  # noqa: E402
+from mi_llm.serve.safety.risk import RiskClassifier  # noqa: E402
+from mi_llm.serve.safety.sources import TALK_CORPORA, TALK_TRAINED  # noqa: E402
+from mi_llm.serve.safety.train import NOT_TRAINED_ON, TrainConfig, cross_validate, training_rows  # noqa: E402
+
+DETECTORS = ("rules", "learned", "combined")
+
+
+def _rates(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """items: {crisis (gold, or None for kept-apart rows), rules, learned} -> per detector figures."""
+    out = {}
+    for name in DETECTORS:
+        tp = fn = fp = tn = 0
+        for it in items:
+            flagged = it["rules"] or it["learned"] if name == "combined" else it[name]
+            if it["crisis"] is None:
+                continue
+            if it["crisis"]:
+                tp += flagged
+                fn += not flagged
+            else:
+                fp += flagged
+                tn += not flagged
+        out[name] = {
+            "recall": round(tp / (tp + fn), 3) if tp + fn else None,
+            "precision": round(tp / (tp + fp), 3) if tp + fp else None,
+            "fpr": round(fp / (fp + tn), 4) if fp + tn else None,
+            "tp": tp,
+            "fn": fn,
+            "fp": fp,
+            "tn": tn,
+        }
+    return out
+
+
+def part_cv(shared: Path) -> dict[str, Any]:
+    rows = training_rows(shared=shared, exclude=(), talk=tuple(TALK_CORPORA))
+    rules = default_classifier()
+    t0 = time.time()
+    never = (*NOT_TRAINED_ON, *(f"talk:{c}" for c in TALK_CORPORA if c not in TALK_TRAINED))
+    scored = cross_validate(
+        rows, TrainConfig(), progress=lambda m: print(f"  {m} ({time.time() - t0:.0f}s)"), eval_only=never
+    )
+    items = []
+    for s in scored:
+        gold = s.row.crisis if s.row.trainable else None
+        items.append(
+            {
+                "source": s.row.source,
+                "language": s.row.language,
+                "group": s.row.group,
+                "sub": s.row.subcategory,
+                "crisis": gold,
+                "rules": rules.classify(s.row.text, s.row.language).crisis,
+                "learned": s.flagged,
+                "high": s.score >= s.high_threshold and s.type != "passive_ideation",
+                "type_ok": s.type == s.row.subcategory if s.row.crisis and s.row.fine else None,
+            }
+        )
+    by = defaultdict(list)
+    for it in items:
+        if it["source"] != "cssrs":
+            by[f"{it['source']} ({it['language']})"].append(it)
+    result: dict[str, Any] = {"per_source": {}, "kept_apart": {}}
+    for key, group in sorted(by.items()):
+        result["per_source"][key] = {
+            "n": len(group),
+            "crisis": sum(bool(i["crisis"]) for i in group),
+            **_rates(group),
+        }
+        apart = [i for i in group if i["crisis"] is None]
+        if apart:
+            result["kept_apart"][key] = {
+                "n": len(apart),
+                "labels": dict(Counter(i["sub"] for i in apart)),
+                **{
+                    d: sum(bool(i["rules"] or i["learned"]) if d == "combined" else i[d] for i in apart)
+                    for d in DETECTORS
+                },
+            }
+    users: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for it in items:
+        if it["source"] == "cssrs":
+            users[it["group"]].append(it)
+    per_user = [
+        {
+            "crisis": posts[0]["crisis"],
+            "sub": posts[0]["sub"],
+            "rules": any(p["rules"] for p in posts),
+            "learned": any(p["learned"] for p in posts),
+        }
+        for posts in users.values()
+    ]
+    result["cssrs_users"] = {"n": len(per_user), **_rates(per_user)}
+    result["cssrs_indicator_users_flagged"] = {
+        d: sum(
+            bool(u["rules"] or u["learned"]) if d == "combined" else u[d] for u in per_user if u["sub"] == "indicator"
+        )
+        for d in DETECTORS
+    }
+    result["cssrs_posts"] = _rates([it for it in items if it["source"] == "cssrs"])
+    for lang in ("zh", "en"):
+        result[f"all_{lang}_without_cssrs"] = _rates(
+            [i for i in items if i["language"] == lang and i["source"] != "cssrs"]
+        )
+    typed = [i["type_ok"] for i in items if i["type_ok"] is not None]
+    result["type_accuracy_on_labelled_crisis_rows"] = round(sum(typed) / len(typed), 3) if typed else None
+    return result
+
+
+def client_turns(shared: Path) -> dict[str, list[tuple[str, str]]]:
+    """(id, text) of every client turn per corpus (ids: dialogue:turn index)."""
+    from mi_llm.corpus.importers import import_corpus
+
+    corpora = {
+        "annomi": ("annomi", shared / "annomi" / "AnnoMI-simple.csv"),
+        "mibot": ("mibot", shared / "mibot"),
+        "cpsycound": ("cpsycound", shared / "cpsycound" / "CPsyCounD"),
+        "smile": ("smile", shared / "smile" / "data"),
+    }
+    out = {}
+    for name, (source, path) in corpora.items():
+        if not path.exists():
+            print(f"  {name}: {path} missing, skipped")
+            continue
+        dialogues, _ = import_corpus(source, path)
+        out[name] = [(f"{d.id}:{i}", t.text) for d in dialogues for i, t in enumerate(d.turns) if t.role == "client"]
+    return out
+
+
+def part_talk(shared: Path, flagged_path: Path | None) -> dict[str, Any]:
+    combined = RiskClassifier()
+    result = {}
+    flagged_rows = []
+    for name, turns in client_turns(shared).items():
+        counts: Counter[str] = Counter()
+        for tid, text in turns:
+            r = combined.classify(text)
+            rule = "rules" in r.detected_by
+            learned = r.crisis and ("learned" in r.detected_by or (r.score or 0) >= combined.detector.threshold)  # type: ignore[union-attr]
+            counts["rules"] += rule
+            counts["learned"] += learned
+            counts["combined"] += r.crisis
+            counts["high"] += r.level == "high"
+            counts["low"] += r.level == "low"
+            if r.crisis:
+                flagged_rows.append(
+                    {"corpus": name, "id": tid, "level": r.level, "category": r.category, "by": r.detected_by}
+                )
+        n = len(turns)
+        result[name] = {"turns": n, **{k: [v, round(v / n, 4)] for k, v in sorted(counts.items())}}
+        print(f"  {name}: {result[name]}")
+    if flagged_path is not None:
+        flagged_path.write_text("".join(json.dumps(r) + "\n" for r in flagged_rows), encoding="utf-8")
+    return result
+
+
+def part_heldout() -> dict[str, Any]:
+    rows = [r for lang in ("zh", "en") for r in read_labelled(bundled_set("heldout", lang))]
+    out = {}
+    for name, clf in (
+        ("rules", RiskClassifier(use_detector=False)),
+        ("learned", RiskClassifier(use_rules=False)),
+        ("combined", RiskClassifier()),
+    ):
+        m = evaluate(rows, clf)
+        out[name] = {
+            "languages": m["languages"],
+            "all": m["all"],
+            "by_kind": m["by_kind"],
+            "errors": m["errors"],
+        }
+    return out
+
+
+def part_speed(repeats: int = 5) -> dict[str, Any]:
+    msgs = [r["text"] for s in ("dev", "test2") for lang in ("zh", "en") for r in read_labelled(bundled_set(s, lang))]
+    history = ["I have had a rough week at work.", "My sleep has been bad lately."]
+    default_detector()
+    runs: dict[str, list[float]] = {"rules": [], "learned": [], "combined": [], "combined+history": []}
+    clfs = {
+        "rules": RiskClassifier(use_detector=False),
+        "learned": RiskClassifier(use_rules=False),
+        "combined": RiskClassifier(),
+        "combined+history": RiskClassifier(),
+    }
+    for _ in range(repeats):  # interleaved: each round runs every variant once
+        for name, clf in clfs.items():
+            hist = history if name.endswith("history") else ()
+            t0 = time.perf_counter()
+            for m in msgs:
+                clf.classify(m, None, hist)
+            runs[name].append((time.perf_counter() - t0) * 1000 / len(msgs))
+    return {
+        "messages": len(msgs),
+        "repeats": repeats,
+        "ms_per_message": {
+            k: {"median": round(statistics.median(v), 3), "min": round(min(v), 3)} for k, v in runs.items()
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", type=Path, default=REPO / ".." / "shared" / "data")
+    ap.add_argument("--parts", default="cv,talk,heldout,speed")
+    ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--flagged", type=Path, help="ids of flagged real client turns (JSONL, no text)")
+    args = ap.parse_args()
+    parts = args.parts.split(",")
+    out: dict[str, Any] = {}
+    for part in parts:
+        print(f"{part} ...", flush=True)
+        if part == "cv":
+            out["cv"] = part_cv(args.shared)
+        elif part == "talk":
+            out["talk"] = part_talk(args.shared, args.flagged)
+        elif part == "heldout":
+            out["heldout"] = part_heldout()
+        elif part == "speed":
+            out["speed"] = part_speed()
+        else:
+            ap.error(f"unknown part {part}")
+        args.json.write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(json.dumps(out, indent=1, ensure_ascii=False)[:6000])
+
+
+if __name__ == "__main__":
+    main()
