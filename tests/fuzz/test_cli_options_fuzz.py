@@ -100,6 +100,8 @@ OPTIONS = [
     Opt("chat", "--seed", True, ge=0, le=SEED_MAX),
     Opt("chat", "--n-ctx", True, ge=1, le=INT32_MAX),
     Opt("chat", "--threads", True, ge=1, le=INT32_MAX),
+    Opt("safety train", "--recall-target", False, gt=0, le=1),
+    Opt("safety train", "--seed", True, ge=0, le=SEED_MAX),
     Opt("serve", "--port", True, ge=1, le=65535),
     Opt("serve", "--max-tokens-limit", True, ge=1, le=INT32_MAX),
     Opt("serve", "--default-max-tokens", True, ge=1, le=INT32_MAX),
@@ -163,6 +165,8 @@ def argv_for(command: str, tmp: Path) -> tuple[list[str], Path, str | None]:
         # --language is checked in the command, before the safety layer, the session
         # database (--db) or the model: the first thing after the command line
         return [command, "--language", "xx", "--db", out], out, "--language must be zh or en"
+    if command == "safety train":
+        return ["safety", "train", "--data", missing, "--no-bundled", "-o", out], out, MISSING
     if command == "transcribe":
         return ["transcribe", missing, "-o", out], out, MISSING
     if command == "simulate":
@@ -311,6 +315,7 @@ COMMAND_OF = {
     "serve.safety_check_cmd": "safety check",
     "serve.safety_eval_cmd": "safety eval",
     "serve.safety_flagged_cmd": "safety flagged",
+    "serve.safety_train_cmd": "safety train",
     "transcribe.transcribe_cmd": "transcribe",
     "pipeline.run_cmd": "run",
     "pipeline.demo_cmd": "demo",
