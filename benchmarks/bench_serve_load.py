@@ -122,6 +122,8 @@ async def one_request(
                         pieces += 1
                     if ch.get("finish_reason"):
                         rec["finish_reason"] = ch["finish_reason"]
+            if "completion_tokens" not in rec:  # no usage in the stream (llama_cpp.server): one piece a token
+                rec["completion_tokens"], rec["tokens_counted_as_pieces"] = pieces, True
             rec["ok"] = done and pieces > 0
             if not rec["ok"]:
                 rec["error"] = "stream ended without [DONE]" if not done else "empty reply"
