@@ -138,8 +138,12 @@ def part_cv(shared: Path) -> dict[str, Any]:
         result[f"all_{lang}_without_cssrs"] = _rates(
             [i for i in items if i["language"] == lang and i["source"] != "cssrs"]
         )
-    typed = [i["type_ok"] for i in items if i["type_ok"] is not None]
-    result["type_accuracy_on_labelled_crisis_rows"] = round(sum(typed) / len(typed), 3) if typed else None
+    # per source: C-SSRS "types" are its users' levels, not the posts'
+    typed: dict[str, list[bool]] = defaultdict(list)
+    for i in items:
+        if i["type_ok"] is not None and i["source"] != "cssrs":
+            typed[i["source"]].append(i["type_ok"])
+    result["type_accuracy"] = {k: [round(sum(v) / len(v), 3), len(v)] for k, v in sorted(typed.items())}
     return result
 
 
