@@ -23,6 +23,9 @@ def test_simulate_runs_offline_on_the_embedded_model(tmp_path):
     assert report["summary"]["sessions"] == 1 and report["sessions"][0]["id"] == session.id
     assert not any(t.talk for t in session.turns)  # the sessions file is raw; outcomes.json holds the coding
     assert all(x in ("change", "sustain", "neutral") for x in report["sessions"][0]["client_talk"] if x)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="toy-client"' in page and f"sessions/{session.id}.html" in page  # the embedded client is a toy
+    assert (out / "sessions" / f"{session.id}.html").is_file()
     before = (out / "sessions.jsonl").read_text(encoding="utf-8")
     r = run_cli(argv)  # everything is there: nothing runs again
     assert r.code == 0, r.err

@@ -105,6 +105,11 @@ def test_base_and_finetuned_meet_the_same_clients(tmp_path, scripted):
         return sum(stage_rank[d.meta["final_stage"]] - stage_rank[d.meta["start_stage"]] for d in sessions)
 
     assert moved(tuned) > moved(base)  # the scripted reflective counselor beats the confrontational one
+    from mi_llm.report.collect import simulations
+
+    report = simulations(cfg, paths)  # what the report stage reads
+    assert list(report) == ["m base", "m finetuned"]
+    assert [len(s.coded) for s in report.values()] == [3, 3] and report["m base"].meta["sessions"] == 3
     assert run_stages(cfg, paths) == [("m/simulate-base", True), ("m/simulate-finetuned", True)]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from mi_llm.simulate.references import (
     shipped_annomi_reference,
 )
 from mi_llm.simulate.runner import simulate
+from tests.conftest import needs_setup
 from tests.simulate.conftest import CONFRONTATIONAL, REFLECTIVE, KeywordTalkCoder, ScriptedClient, ScriptedCounselor
 
 ANNOMI = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "annomi"
@@ -179,3 +181,29 @@ def test_run_report_has_a_sessions_section_for_each_counselor(tmp_path, miti_cod
     )
     # the scripted reflective counselor earns plans, the confrontational one does not
     assert good.outcomes["aggregate"]["success"]["mean"] > bad.outcomes["aggregate"]["success"]["mean"] == 0
+
+
+@needs_setup(shutil.which("chromium") is not None, "Debian chromium (make browser installs it)")
+def test_simulation_report_and_a_session_page_render_in_chromium(tmp_path, miti_coder):
+    from playwright.sync_api import sync_playwright
+
+    folder = simulated(tmp_path / "sim", miti_coder, REFLECTIVE, sessions=2)
+    index = write_simulation_report(folder, title="scripted reflective")
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(index.as_uri())
+        assert page.locator("#sessions-table tr.counselor").count() == 1
+        assert page.eval_on_selector("img", "e => e.naturalWidth") > 100
+        page.locator(".session-list a").first.click()  # the session's page, and back
+        assert page.locator("table.turns tr.turn-counselor").count() >= 1
+        page.locator("a").first.click()
+        assert page.url == index.as_uri()
+        browser.close()
+    assert errors == []

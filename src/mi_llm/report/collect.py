@@ -15,6 +15,7 @@ from mi_llm.io import iter_jsonl
 from mi_llm.layout import RunPaths
 from mi_llm.miti.results import read_miti_scores
 from mi_llm.report.data import AutoRow, Example, ReportData
+from mi_llm.report.sessions import Simulation, read_simulation
 
 if TYPE_CHECKING:
     from mi_llm.config import ExperimentConfig
@@ -64,6 +65,14 @@ def examples(paths: RunPaths, systems: list[tuple[str, str, str]], seed: int) ->
     return out
 
 
+def simulations(cfg: ExperimentConfig, paths: RunPaths) -> dict[str, Simulation]:
+    """Each simulated counselor's sessions (the simulate stage), by its label."""
+    return {
+        label: read_simulation(paths.simulate(key, system).root, label)
+        for label, key, system in cfg.simulated_systems()
+    }
+
+
 def collect(cfg: ExperimentConfig, paths: RunPaths) -> ReportData:
     systems = cfg.systems()
     data = ReportData(name=cfg.name)
@@ -87,11 +96,7 @@ def collect(cfg: ExperimentConfig, paths: RunPaths) -> ReportData:
         if following.is_file():
             data.code_following[label] = _read_json(following)
     data.examples = examples(paths, systems, cfg.split.seed)
-    if cfg.simulate.enabled:
-        from mi_llm.report.sessions import read_simulation
-
-        for label, key, system in cfg.simulated_systems():
-            data.simulations[label] = read_simulation(paths.simulate(key, system).root, label)
+    data.simulations = simulations(cfg, paths)
     build = _read_json(paths.build.summary)
     data.settings = {
         "models": [m.model_dump() for m in cfg.models],
