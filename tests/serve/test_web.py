@@ -45,9 +45,9 @@ def test_send_message_and_see_streamed_reply(browser, start_server):
     page.on("request", lambda r: None if r.url.startswith(server.url) else external.append(r.url))
     page.goto(server.url + "/")
     expect(page.locator("#model")).to_have_text("echo-test")
-    page.fill("#input", "I would like to sleep better")
+    page.fill("#input", "I would like to walk more")
     page.press("#input", "Enter")
-    expect(page.locator(".msg.user")).to_have_text("I would like to sleep better")
+    expect(page.locator(".msg.user")).to_have_text("I would like to walk more")
     reply = page.locator(".msg.assistant").last
     # Part of the reply shows while it is still streaming ...
     page.wait_for_selector(".msg.assistant.streaming")
@@ -60,10 +60,10 @@ def test_send_message_and_see_streamed_reply(browser, start_server):
             seen_partial = text
             break
         page.wait_for_timeout(20)
-    assert seen_partial is not None and seen_partial != "You said: I would like to sleep better"
+    assert seen_partial is not None and seen_partial != "You said: I would like to walk more"
     # ... and the whole of it at the end.
     page.wait_for_selector(".msg.assistant:not(.streaming)", timeout=15000)
-    assert reply.text_content() == "You said: I would like to sleep better"
+    assert reply.text_content() == "You said: I would like to walk more"
     assert external == [] and errors == []  # nothing from outside the server, no CSP violation
     # The conversation is on the server: a reload shows it again.
     page.reload()
