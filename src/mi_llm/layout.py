@@ -16,6 +16,8 @@ spells one of these names.
         llamafactory/mi_llm_export.json       .export_meta
         openai/{train,test}.jsonl             .openai, openai_file(split)
       models/<key>/{base,finetuned}/        .predictions(key, system) (+ meta_file), .metrics(key, system)
+      models/<key>/prefs.jsonl              .prefs(key): preference pairs (the prefs stage; + sidecars)
+      models/<key>/dpo-adapter/, dpo/       .preference_adapter(key), the dpo system's predictions
       models/<key>/adapter/                 .adapter(key) -> AdapterPaths (any `mi-llm train --output DIR`)
         adapter_config.json, adapter_model.safetensors, train_config.json, train_log.jsonl
         lora-<arch>.gguf.cache                .llamacpp_lora(arch): the adapter as llama.cpp applies it
@@ -69,6 +71,9 @@ OPENAI_DIR = "openai"
 
 # models/<key>/: one folder per system, and the adapter.
 SYSTEMS = ("base", "finetuned")
+PREFERENCE_SYSTEM = "dpo"  # the system preference-trained from the fine-tuned one (the dpo stage)
+PREFS = "prefs.jsonl"  # models/<key>/prefs.jsonl: preference pairs sampled from the fine-tuned model
+PREFERENCE_ADAPTER_DIR = "dpo-adapter"
 
 
 def steered_system(spec: str) -> str:
@@ -344,6 +349,14 @@ class RunPaths(_Folder):
     def simulate(self, key: str, system: str) -> SimulatePaths:
         """The simulate stage's sessions of one system (a model's base or fine-tuned counselor)."""
         return SimulatePaths(self.root / SIMULATE_DIR / key / system)
+
+    def prefs(self, key: str) -> Path:
+        """The prefs stage's pairs (+ its sidecars: candidates, meta, summary)."""
+        return self.model_dir(key) / PREFS
+
+    def preference_adapter(self, key: str) -> AdapterPaths:
+        """The dpo stage's adapter (DPO or KTO from the fine-tuned adapter)."""
+        return AdapterPaths(self.model_dir(key) / PREFERENCE_ADAPTER_DIR)
 
     @property
     def miti(self) -> Path:

@@ -68,9 +68,13 @@ def train_cmd(
     ),
     gradient_checkpointing: bool = field_option(TrainConfig, "gradient_checkpointing", "--gradient-checkpointing"),
     precision: str = field_option(TrainConfig, "precision"),
+    method: str = field_option(TrainConfig, "method"),
+    adapter: str | None = field_option(TrainConfig, "adapter", "--adapter", "-a"),
+    beta: float = field_option(TrainConfig, "beta"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """LoRA fine-tuning on round samples (loss on counselor replies only).
+    """LoRA fine-tuning on round samples (loss on counselor replies only), or preference
+    training (--method dpo|kto) on pairs from `mi-llm prefs build`, from the SFT --adapter.
 
     Runs on CPU, one GPU, or many with `accelerate launch --config_file configs/accelerate/<x>.yaml -m mi_llm train ...`.
     """
@@ -112,12 +116,24 @@ def train_cmd(
             save_total_limit=save_total_limit,
             log_steps=log_steps,
             logits_chunk=logits_chunk,
+            method=method,
+            adapter=adapter,
+            beta=beta,
         )
     except ValidationError as e:
         raise MiLlmError(f"bad option: {describe_validation_error(e)}") from None
-    from mi_llm.train.sft import train
+    if cfg.method == "sft":
+        from mi_llm.train.sft import train
 
-    r = train(cfg, resume=resume, export_llamafactory=export_llamafactory)
+        r = train(cfg, resume=resume, export_llamafactory=export_llamafactory)
+    else:
+        if export_llamafactory is not None:
+            raise MiLlmError(
+                "--export-llamafactory writes SFT configs; for preference pairs use `mi-llm prefs export --llamafactory`"
+            )
+        from mi_llm.train.preference import train_preferences
+
+        r = train_preferences(cfg, resume=resume)
     if not r.main_process:  # the main process reports for all
         raise typer.Exit(130 if r.interrupted else 0)
     if r.interrupted:
@@ -127,8 +143,9 @@ def train_cmd(
         )
         raise typer.Exit(130)
     loss = f"{r.final_loss:.4f}" if r.final_loss is not None else "-"
+    unit = "target" if cfg.method == "sft" else "pairs"
     console.print(
-        f"trained {r.steps} steps: final loss {loss}, {r.tokens:,} tokens ({r.target_tokens:,} target), "
+        f"trained {r.steps} steps: final loss {loss}, {r.tokens:,} tokens ({r.target_tokens:,} {unit}), "
         f"{r.tokens_per_s:,.0f} tokens/s, peak RSS {r.peak_rss_mb:,.0f} MB"
     )
     console.print(f"adapter: {r.output}  (log: {AdapterPaths(r.output).train_log})")

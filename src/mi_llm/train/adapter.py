@@ -26,6 +26,8 @@ def load_peft_model(cfg: TrainConfig, rm: Any, dtype: torch.dtype) -> Any:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    if cfg.adapter:
+        return _continue_adapter(model, Path(cfg.adapter).expanduser(), rm)
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft annotates int; a float scale works
@@ -39,6 +41,24 @@ def load_peft_model(cfg: TrainConfig, rm: Any, dtype: torch.dtype) -> Any:
     except ValueError as e:  # e.g. target modules not found in the model
         raise MiLlmError(f"LoRA on {rm.name}: {e}") from None
     # LoRA weights train in fp32 even when the base is bf16 (autocast computes in bf16).
+    for p in peft_model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    peft_model.train()
+    return peft_model
+
+
+def _continue_adapter(model: Any, folder: Path, rm: Any) -> Any:
+    """The base with an existing adapter (its own LoRA settings), trainable: preference training
+    starts from the SFT adapter and saves an adapter of the same shape on the same base."""
+    from peft import PeftModel
+
+    if not AdapterPaths(folder).peft_config.is_file():
+        raise MiLlmError(f"--adapter {folder}: not a LoRA adapter folder (no {AdapterPaths(folder).peft_config.name})")
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise MiLlmError(f"--adapter {folder} does not fit {rm.name}: {str(e).splitlines()[0]}") from None
     for p in peft_model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()

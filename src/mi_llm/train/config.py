@@ -33,6 +33,9 @@ RESULT_KEYS = (
     "on_overflow",
     "share_prefix",
     "precision",
+    "method",
+    "adapter",
+    "beta",
 )
 
 
@@ -46,7 +49,7 @@ class TrainConfig(BaseModel):
 
     # The descriptions are also the help of `mi-llm train`'s options (mi_llm.cli.train).
     model: str = Field(DEFAULT_MODEL, description="model name, Hugging Face id or local folder")
-    data: str = Field(description="samples.train.jsonl or a build folder")
+    data: str = Field(description="samples.train.jsonl or a build folder (sft); a pairs file (dpo, kto)")
     output: str = Field(description="run folder: adapter, train_config.json, train_log.jsonl, checkpoints/")
     epochs: float = Field(3.0, gt=0, description="passes over the data (paper: 3)")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides --epochs")
@@ -85,6 +88,15 @@ class TrainConfig(BaseModel):
         description="auto | fp32 | bf16: bf16 autocast with fp32 LoRA weights and optimizer state; "
         "auto = bf16 on a GPU or a CPU with native bf16 (amx_bf16, avx512_bf16), else fp32",
     )
+    method: Literal["sft", "dpo", "kto"] = Field(
+        "sft", description="sft: the target replies; dpo / kto: preference pairs from `mi-llm prefs build`"
+    )
+    adapter: str | None = Field(
+        None,
+        description="start from this LoRA adapter (e.g. the SFT one) and train it further; "
+        "dpo / kto: it is also the reference model",
+    )
+    beta: float = Field(0.1, gt=0, description="dpo / kto: strength of the pull towards the reference model")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, slower)")
     save_steps: int = Field(50, ge=1, description="checkpoint every N optimizer steps")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")

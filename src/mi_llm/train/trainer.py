@@ -14,8 +14,8 @@ FSDP), with checkpoints, resume, progress, the training log and the saved adapte
     finish           the adapter, the summary's result
 
 A subclass supplies the objective (`encode`, `wrap_model`, `windows`, `window_counts`,
-`train_window`; `mi_llm.train.sft.SftTrainer` is LoRA SFT); a preference trainer would supply
-pairs and their loss and reuse the rest.
+`train_window`; `mi_llm.train.sft.SftTrainer` is LoRA SFT, `mi_llm.train.preference.PreferenceTrainer`
+DPO and KTO on preference pairs) and reuses the rest.
 
 Checkpoints every `save_steps` and when interrupted (Ctrl-C, SIGTERM): the run stops at the
 end of the current optimizer step, so a resumed run repeats nothing and gives the same
@@ -46,7 +46,7 @@ from mi_llm.layout import AdapterPaths
 from mi_llm.train import checkpoints as ck
 from mi_llm.train.adapter import load_peft_model, register_adapter_hooks, save_adapter
 from mi_llm.train.config import TrainConfig, check_resume_compatible
-from mi_llm.train.data import load_train_data, make_schedule
+from mi_llm.train.data import TrainData, load_train_data, make_schedule
 from mi_llm.train.memory import fixed_mmap_threshold, peak_rss_mb, release_memory
 from mi_llm.train.precision import cpu_description, resolve_precision
 
@@ -217,6 +217,9 @@ class LoraTrainer(ABC, Generic[Window]):
     """Trains a LoRA adapter into `cfg.output`; `on_step(step)` is called after each optimizer
     step (tests use it to interrupt a run at a known step)."""
 
+    # What the loss is averaged over (the first count of `window_counts`), as the log names it.
+    loss_unit = "target_tokens"
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -299,13 +302,17 @@ class LoraTrainer(ABC, Generic[Window]):
         from mi_llm.llm.resolve import resolve_model
 
         cfg = self.cfg
-        self.data = load_train_data(cfg.data)
+        self.data = self.load_data()
         self.rm = resolve_model(cfg.model)
         tokenizer = load_tokenizer(self.rm)
         n_examples = self.encode(tokenizer)
         del tokenizer  # a 262k-entry tokenizer holds ~300 MB that training does not need
         release_memory()
         self.schedule = make_schedule(n_examples, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.max_steps, self.world)
+
+    def load_data(self) -> TrainData:
+        """What `--data` names (round samples; a preference trainer reads its pairs here)."""
+        return load_train_data(self.cfg.data)
 
     def build_model(self) -> None:
         dtype = torch.bfloat16 if self.acc.mixed_precision == "bf16" else torch.float32
@@ -472,7 +479,7 @@ class LoraTrainer(ABC, Generic[Window]):
                         "lr": lr,
                         "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
                         "tokens": c.tokens,
-                        "target_tokens": c.target_tokens,
+                        self.loss_unit: c.target_tokens,
                         "step_tokens_per_s": round(n_tokens / max(now - step_started, 1e-9), 1),
                         "tokens_per_s": round(tokens_per_s, 1),
                         "elapsed": round(elapsed, 3),
@@ -534,7 +541,7 @@ class LoraTrainer(ABC, Generic[Window]):
             "finished": not self.interrupted,
             "final_loss": self.last_loss,
             "tokens": c.tokens,
-            "target_tokens": c.target_tokens,
+            self.loss_unit: c.target_tokens,
             "seconds_this_run": round(seconds, 3),
             "load_seconds": round(self.load_seconds, 3),
             "tokens_per_s_this_run": round(result.tokens_per_s, 2),
