@@ -25,6 +25,21 @@ TRAIN_CLI_ONLY = {
     "resume": "the pipeline always resumes an interrupted training",
     "export_llamafactory": "writes a file outside the run; `mi-llm train` does it for one adapter",
     "verbose": "logging, not a setting: `mi-llm run -v`",
+    "method": "the train stage is SFT; preference training is the dpo stage (`dpo:`)",
+    "adapter": "the dpo stage starts from the adapter the train stage wrote",
+}
+# Options of `mi-llm prefs build` an experiment config does not take, and why.
+PREFS_CLI_ONLY = {
+    "data": "the pipeline samples on its own training rounds",
+    "output": "the pipeline writes models/<key>/prefs.jsonl",
+    "model": "each model of `models:`",
+    "adapter": "each model's fine-tuned adapter",
+    "backend": "each model's own backend",
+    "parallel": "each model's backend_options",
+    "threads": "each model's backend_options",
+    "export_llamafactory": "writes files outside the run; `mi-llm prefs export` does it",
+    "export_trl": "writes files outside the run; `mi-llm prefs export` does it",
+    "verbose": "logging, not a setting",
 }
 # CLI option -> (field, the field's value when the flag is given)
 TRAIN_FLAGS = {"skip_long": ("on_overflow", "skip")}
@@ -95,6 +110,22 @@ def test_every_train_option_can_be_set_in_an_experiment_config() -> None:
     for name, value in changed.items():
         assert getattr(resolved, name) == value, name
         assert resolved.model_dump()[name] != TrainConfig.model_fields[name].get_default(), name
+
+
+def test_every_prefs_option_can_be_set_in_an_experiment_config() -> None:
+    from mi_llm.prefs.config import PrefsConfig
+
+    group = command("prefs")
+    opts = {str(p.name): p for p in group.commands["build"].params if p.name}  # type: ignore[attr-defined]
+    settable = set(opts) - set(PREFS_CLI_ONLY)
+    assert set(PREFS_CLI_ONLY) <= set(opts)
+    assert settable <= set(PrefsConfig.model_fields), settable - set(PrefsConfig.model_fields)
+    changed = {name: other_value(name, PrefsConfig) for name in sorted(settable)}
+    cfg = ExperimentConfig(sources=[{"kind": "demo"}], prefs={"enabled": True, **changed})
+    resolved = cfg.prefs.prefs_config("m", "a", "hf")
+    for name, value in changed.items():
+        assert getattr(resolved, name) == value, name
+        assert opts[name].default == PrefsConfig.model_fields[name].get_default(), name
 
 
 def test_train_options_default_to_train_config() -> None:

@@ -23,9 +23,10 @@ from mi_llm.build.config import BuildConfig
 from mi_llm.build.strategy import check_code
 from mi_llm.errors import InputError, MiLlmError
 from mi_llm.evaluate.config import PredictConfig
-from mi_llm.layout import SYSTEMS, steered_system
+from mi_llm.layout import PREFERENCE_SYSTEM, SYSTEMS, steered_system
 from mi_llm.llm.backends.config import check_backend_options
 from mi_llm.llm.resolve import DEFAULT_MODEL
+from mi_llm.prefs.config import PrefsConfig
 from mi_llm.simulate.config import SimulateConfig
 from mi_llm.train.config import TrainConfig
 from mi_llm.transcribe.config import TranscribeConfig
@@ -70,8 +71,9 @@ class ExperimentTranscribeConfig(TranscribeConfig):
         return TranscribeConfig.model_validate(self.model_dump(exclude={"enabled", "dialogues"}))
 
 
-# TrainConfig fields the pipeline sets for each model (its name, the build folder, the adapter folder).
-PIPELINE_TRAIN_FIELDS = ("model", "data", "output")
+# TrainConfig fields the pipeline sets for each model (its name, the build folder, the adapter
+# folder); the train stage is SFT from the base (the dpo stage trains preferences).
+PIPELINE_TRAIN_FIELDS = ("model", "data", "output", "method", "adapter")
 
 
 class ExperimentTrainConfig(TrainConfig):
@@ -83,6 +85,8 @@ class ExperimentTrainConfig(TrainConfig):
     model: None = Field(None, exclude=True)  # type: ignore[assignment]
     data: None = Field(None, exclude=True)  # type: ignore[assignment]
     output: None = Field(None, exclude=True)  # type: ignore[assignment]
+    method: None = Field(None, exclude=True)  # type: ignore[assignment]
+    adapter: None = Field(None, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -168,6 +172,64 @@ class ExperimentSimulateConfig(SimulateConfig):
         )
 
 
+# PrefsConfig fields the pipeline sets: it samples from each model's fine-tuned adapter with the
+# model's own backend.
+PIPELINE_PREFS_FIELDS = ("model", "adapter", "backend")
+
+
+class ExperimentPrefsConfig(PrefsConfig):
+    """`prefs:`: every option of `mi-llm prefs build` but those the pipeline sets, and whether to
+    build preference pairs (from each fine-tuned model, on the training rounds)."""
+
+    enabled: bool = False
+    model: None = Field(None, exclude=True)  # type: ignore[assignment]
+    adapter: None = Field(None, exclude=True)
+    backend: None = Field(None, exclude=True)  # type: ignore[assignment]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_pipeline_fields(cls, data: Any) -> Any:
+        for fixed in PIPELINE_PREFS_FIELDS:
+            if isinstance(data, dict) and fixed in data:
+                raise ValueError(
+                    f"prefs.{fixed} is set by the pipeline (each model, its adapter and backend); remove it"
+                )
+        return data
+
+    def prefs_config(self, model: str, adapter: str, backend: str) -> PrefsConfig:
+        return PrefsConfig.model_validate(
+            {**self.model_dump(exclude={"enabled"}), "model": model, "adapter": adapter, "backend": backend}
+        )
+
+
+class ExperimentDpoConfig(TrainConfig):
+    """`dpo:`: preference training (TrainConfig's options; method dpo or kto) of each fine-tuned
+    adapter on its prefs pairs; the pipeline sets the model, data, adapter and output."""
+
+    enabled: bool = False
+    method: Literal["dpo", "kto"] = "dpo"
+    model: None = Field(None, exclude=True)  # type: ignore[assignment]
+    data: None = Field(None, exclude=True)  # type: ignore[assignment]
+    output: None = Field(None, exclude=True)  # type: ignore[assignment]
+    adapter: None = Field(None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_pipeline_fields(cls, data: Any) -> Any:
+        for fixed in ("model", "data", "output", "adapter"):
+            if isinstance(data, dict) and fixed in data:
+                raise ValueError(f"dpo.{fixed} is set by the pipeline; remove it")
+        return data
+
+    def train_config(self, model: str, data: str, adapter: str, output: str) -> TrainConfig:
+        return TrainConfig.model_validate(
+            {**self.model_dump(exclude={"enabled"}), "model": model, "data": data, "adapter": adapter, "output": output}
+        )
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
 class ModelConfig(_Strict):
     name: str = DEFAULT_MODEL
     label: str | None = Field(None, description="short name in reports; defaults to the model name")
@@ -194,7 +256,7 @@ class ModelConfig(_Strict):
 
 class MitiConfig(_Strict):
     enabled: bool = True
-    coder: str = "default"
+    coder: str = Field("default", description="the coder that grades every system (miti.json)")
 
 
 class ExperimentConfig(_Strict):
@@ -207,6 +269,8 @@ class ExperimentConfig(_Strict):
     generation: ExperimentPredictConfig = Field(default_factory=ExperimentPredictConfig)
     miti: MitiConfig = MitiConfig()
     simulate: ExperimentSimulateConfig = Field(default_factory=ExperimentSimulateConfig)
+    prefs: ExperimentPrefsConfig = Field(default_factory=ExperimentPrefsConfig)
+    dpo: ExperimentDpoConfig = Field(default_factory=ExperimentDpoConfig)
 
     @model_validator(mode="after")
     def _unique_labels(self) -> ExperimentConfig:
@@ -215,6 +279,26 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"model labels must be unique: {keys}")
         return self
 
+    @model_validator(mode="after")
+    def _preference_stages(self) -> ExperimentConfig:
+        if self.dpo.enabled and not (self.prefs.enabled and self.train.enabled):
+            raise ValueError(
+                "dpo.enabled needs train.enabled and prefs.enabled (it trains the SFT adapter on its pairs)"
+            )
+        if self.prefs.enabled and not self.train.enabled:
+            raise ValueError("prefs.enabled needs train.enabled (pairs are sampled from the fine-tuned model)")
+        # No Goodhart: the coder that chose the pairs must not be the one that grades the result.
+        if self.dpo.enabled and self.miti.enabled and self.prefs.coder == self.miti.coder:
+            raise ValueError(
+                f"prefs.coder and miti.coder are both {self.miti.coder!r}: grade the preference-trained model "
+                "with another coder (e.g. one from `mi-llm miti train-coder` on other data or another recipe)"
+            )
+        return self
+
+    @property
+    def dpo_enabled(self) -> bool:
+        return self.dpo.enabled
+
     @property
     def train_enabled(self) -> bool:
         return self.train.enabled
@@ -222,13 +306,16 @@ class ExperimentConfig(_Strict):
     def systems(self) -> list[tuple[str, str, str]]:
         """(label, model key, system) of every system whose predictions a run makes: each
         model's base, and its fine-tuned version when training is on (and that version
-        steered by each of `generation.strategies`: system `finetuned-<strategy>`)."""
+        steered by each of `generation.strategies`: system `finetuned-<strategy>`), and its
+        preference-trained version (`dpo`) when the dpo stage is on."""
         systems = SYSTEMS if self.train_enabled else SYSTEMS[:1]
         out = []
         for m in self.models:
             out += [(f"{m.key} {system}", m.key, system) for system in systems]
             if self.train_enabled:  # the fine-tuned model steered by each of `generation.strategies`
                 out += [(f"{m.key} {steered_system(s)}", m.key, steered_system(s)) for s in self.generation.strategies]
+            if self.dpo_enabled:  # preference-trained from the fine-tuned adapter (the dpo stage)
+                out.append((f"{m.key} {PREFERENCE_SYSTEM}", m.key, PREFERENCE_SYSTEM))
         return out
 
     def simulated_systems(self) -> list[tuple[str, str, str]]:

@@ -1,9 +1,9 @@
 """`mi-llm run CONFIG.yaml`: a whole experiment, stage by stage, into one run directory.
 
 import -> (transcribe) -> build -> for each model: predict base -> train -> predict
-fine-tuned -> evaluate -> (simulate base and fine-tuned) -> MITI code + score -> report. Each
-stage is skipped when its outputs are up to date with its inputs and settings, so a crashed
-run resumes.
+fine-tuned -> (prefs -> dpo -> predict dpo) -> evaluate -> (simulate base and fine-tuned) ->
+MITI code + score -> report. Each stage is skipped when its outputs are up to date with its
+inputs and settings, so a crashed run resumes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from mi_llm.build.strategy import Strategy
@@ -146,8 +147,10 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
     def do_predict(system: str) -> None:
         from mi_llm.evaluate.predict import PredictBackend
 
+        # the base model has no adapter; dpo has its own; the fine-tuned and steered systems the SFT one
+        adapters = {"base": None, "dpo": paths.preference_adapter(key).root}
         chosen = PredictBackend.choose(
-            m.backend, m.name, adapter.root if system != "base" else None, m.backend_options, gen.batch_size
+            m.backend, m.name, adapters.get(system, adapter.root), m.backend_options, gen.batch_size
         )
         # a strategy steers the fine-tuned model only: the base model never learned the tags
         spec = cfg.strategy_of(system)
@@ -207,6 +210,11 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
                     )
                 )
                 systems.append(steered)
+    if cfg.prefs.enabled:
+        stages.append(prefs_stage(cfg, paths, m))
+    if cfg.dpo_enabled:
+        stages += dpo_stages(cfg, paths, m, lambda: do_predict("dpo"), gen_params)
+        systems.append("dpo")
     for system in systems:
         stages.append(
             Stage(
@@ -272,6 +280,60 @@ def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> l
             Stage(f"{m.key}/simulate-{system}", do_simulate, [sim.outcomes, sim.coded], inputs=inputs, params=params)
         )
     return stages
+def prefs_stage(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> Stage:
+    """Preference pairs sampled from the fine-tuned model on the training rounds, scored by
+    `prefs.coder` (resumable inside: the sampled replies are kept)."""
+    key = m.key
+    adapter = paths.adapter(key)
+
+    def do_prefs() -> None:
+        from mi_llm.evaluate.predict import resolve_backend
+        from mi_llm.prefs.build import build_prefs
+
+        backend = resolve_backend(m.backend)
+        opts = cfg.prefs.prefs_config(m.name, str(adapter.root), backend)
+        build_prefs(opts, paths.build.train_samples, paths.prefs(key), backend_options=dict(m.backend_options))
+
+    params = {"model": m.model_dump(), "prefs": cfg.prefs.model_dump(mode="json")}
+    return Stage(
+        f"{key}/prefs",
+        do_prefs,
+        [paths.prefs(key)],
+        inputs=[paths.build.train_samples, adapter.weights],
+        params=params,
+    )
+
+
+def dpo_stages(
+    cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig, predict: Callable[[], None], gen_params: dict
+) -> list[Stage]:
+    """DPO (or KTO) of the fine-tuned adapter on its pairs, then the dpo system's predictions."""
+    key = m.key
+    out = paths.preference_adapter(key)
+
+    def do_dpo() -> None:
+        from mi_llm.train.preference import train_preferences
+
+        opts = cfg.dpo.train_config(m.name, str(paths.prefs(key)), str(paths.adapter(key).root), str(out.root))
+        if train_preferences(opts, resume=True).interrupted:
+            raise KeyboardInterrupt
+
+    return [
+        Stage(
+            f"{key}/dpo",
+            do_dpo,
+            [out.peft_config],
+            inputs=[paths.prefs(key), paths.adapter(key).weights],
+            params={"model": m.name, "dpo": cfg.dpo.given()},
+        ),
+        Stage(
+            f"{key}/predict-dpo",
+            predict,
+            [paths.predictions(key, "dpo")],
+            inputs=[paths.build.test_samples, out.weights],
+            params=gen_params,
+        ),
+    ]
 
 
 def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:

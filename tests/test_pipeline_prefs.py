@@ -1,0 +1,56 @@
+"""The prefs and dpo stages of an experiment config: validation and wiring."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from mi_llm.config import ExperimentConfig
+from mi_llm.layout import RunPaths
+from mi_llm.pipeline import model_stages
+
+
+def steer(**over):
+    body = {
+        "sources": [{"kind": "demo"}],
+        "prefs": {"enabled": True, "k": 4, "coder": "coders/other"},
+        "dpo": {"enabled": True, "max_steps": 4, "beta": 0.2},
+    }
+    body.update(over)
+    return ExperimentConfig.model_validate(body)
+
+
+def test_the_dpo_system_and_its_stages(tmp_path):
+    cfg = steer()
+    assert [s for _, _, s in cfg.systems()] == ["base", "finetuned", "dpo"]
+    paths = RunPaths(tmp_path)
+    m = cfg.models[0]
+    names = [s.name for s in model_stages(cfg, paths, m)]
+    key = m.key
+    order = [f"{key}/train", f"{key}/predict-finetuned", f"{key}/prefs", f"{key}/dpo", f"{key}/predict-dpo"]
+    assert [n for n in names if n in order] == order
+    assert f"{key}/evaluate-dpo" in names
+    opts = cfg.dpo.train_config(m.name, str(paths.prefs(key)), str(paths.adapter(key).root), "o")
+    assert opts.method == "dpo" and opts.adapter == str(paths.adapter(key).root) and opts.beta == 0.2
+    assert cfg.prefs.prefs_config(m.name, "a", "hf").k == 4
+
+
+@pytest.mark.parametrize(
+    ("over", "what"),
+    [
+        ({"prefs": {"enabled": True, "coder": "default"}}, "prefs.coder and miti.coder are both 'default'"),
+        ({"prefs": {"enabled": False}}, "dpo.enabled needs train.enabled and prefs.enabled"),
+        ({"prefs": {"enabled": True, "coder": "x", "adapter": "a"}}, "prefs.adapter is set by the pipeline"),
+        ({"dpo": {"enabled": True, "adapter": "a"}}, "dpo.adapter is set by the pipeline"),
+        ({"train": {"method": "dpo"}}, "train.method is set by the pipeline"),
+    ],
+)
+def test_config_errors(over, what):
+    with pytest.raises(ValidationError, match=what):
+        steer(**over)
+
+
+def test_off_by_default():
+    cfg = ExperimentConfig.model_validate({"sources": [{"kind": "demo"}]})
+    assert not cfg.prefs.enabled and not cfg.dpo.enabled
+    assert [s for _, _, s in cfg.systems()] == ["base", "finetuned"]
