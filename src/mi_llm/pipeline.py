@@ -280,6 +280,8 @@ def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> l
             Stage(f"{m.key}/simulate-{system}", do_simulate, [sim.outcomes, sim.coded], inputs=inputs, params=params)
         )
     return stages
+
+
 def prefs_stage(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> Stage:
     """Preference pairs sampled from the fine-tuned model on the training rounds, scored by
     `prefs.coder` (resumable inside: the sampled replies are kept)."""
