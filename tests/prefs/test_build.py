@@ -68,6 +68,13 @@ def test_other_sampling_settings_do_not_mix_with_saved_replies(tmp_path):
         _build(tmp_path, ScriptedBackend(), temperature=0.7)
 
 
+def test_no_pair_is_an_error_that_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr("tests.prefs.conftest.REPLIES", ["ok", "fine"])
+    with pytest.raises(MiLlmError, match="no preference pair from 6 rounds .degenerate replies: 24 too short"):
+        _build(tmp_path, ScriptedBackend())
+    assert json.loads(summary_file(tmp_path / "prefs.jsonl").read_text())["pairs"] == 0
+
+
 def test_exports(tmp_path):
     r = _build(tmp_path, ScriptedBackend(), n=2)
     pairs = read_pairs(r.output)

@@ -281,4 +281,11 @@ def build_prefs(
         "sampled_tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
     }
     write_json(summary_file(output), summary)
+    if not pairs:
+        reasons = ", ".join(f"{n} {why}" for why, n in stats["degenerate"].items()) or "none"
+        raise MiLlmError(
+            f"{output}: no preference pair from {len(samples)} rounds (degenerate replies: {reasons}; "
+            f"see {summary_file(output)}); sample more replies (-k), longer ones (--max-new-tokens) "
+            "or lower --min-margin"
+        )
     return PrefsResult(output, len(samples), len(todo), len(pairs), summary)
