@@ -142,3 +142,21 @@ def test_cli_export_writes_both(tmp_path, capsys):
         )
     assert e.value.code == 0
     assert (tmp_path / "t.jsonl").is_file() and (tmp_path / "lf" / "dataset_info.json").is_file()
+
+
+def test_unscored_replies_round_trip(tmp_path):
+    from mi_llm.prefs.pairs import PreferencePair, ScoredReply, write_pairs
+
+    pair = PreferencePair(
+        pair_id="a",
+        sample_id="a",
+        dialogue_id="d",
+        round=1,
+        language="en",
+        system="s",
+        query="q",
+        chosen=ScoredReply(text="yes"),
+        rejected=ScoredReply(text="no"),
+    )
+    write_pairs(tmp_path / "p.jsonl", [pair])
+    assert read_pairs(tmp_path / "p.jsonl") == [pair]

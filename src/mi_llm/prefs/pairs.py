@@ -32,7 +32,7 @@ class ScoredReply(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     text: str
-    score: float | None = Field(description="higher is more MI-consistent; None for a degenerate reply")
+    score: float | None = Field(None, description="higher is more MI-consistent; None when not scored")
     codes: list[str | None] = Field(default_factory=list, description="the coder's code of each utterance")
     degenerate: str | None = Field(None, description="why the guards rejected it (length, repetition, ...)")
 
