@@ -255,7 +255,9 @@ def section_loso(annomi, demo, cfg, out, save) -> None:
     save()
 
 
-def section_curve(annomi, demo, cfg, n_folds, out, save) -> None:
+def section_curve(annomi, demo, cfg, n_folds, out, save, only: set[int] | None = None) -> None:
+    """`only`: these outer folds (the others' transcript orders are drawn all the same, so that a
+    fold's subsets are those of a full run: folds can run as separate processes)."""
     folds = outer_folds({"annomi": annomi, "demo": demo}, n_folds)
     chosen = {c["fold"]: c for c in out["nested"]["chosen"]}
     res: dict[str, list] = {}
@@ -265,13 +267,17 @@ def section_curve(annomi, demo, cfg, n_folds, out, save) -> None:
         train_a = [e for i, e in enumerate(annomi) if i not in test_a]
         groups = sorted({e.group for e in train_a})
         order = [groups[i] for i in rng.permutation(len(groups))]
+        if only is not None and k not in only:
+            continue
         fold_cfg = chosen_config(chosen[k], cfg)
         test = [annomi[i] for i in folds["annomi"][k]]
         for m in (10, 25, 50):
             keep = set(order[:m])
             train = [e for e in train_a if e.group in keep] + [e for i, e in enumerate(demo) if i not in test_d]
             c = TrainedCoder.fit(train, fold_cfg)
-            res.setdefault(str(m), []).append(ev.metrics([e.code for e in test], code(c, test))["kappa"])
+            graded = ev.metrics([e.code for e in test], code(c, test))
+            res.setdefault(str(m), []).append(graded["kappa"])
+            res.setdefault(f"{m} macro-F1", []).append(graded["macro_f1"])
         res.setdefault("all", []).append(out["nested"]["rows"]["AnnoMI | coder"]["kappa"]["folds"][k])
         res.setdefault("transcripts_all", []).append(len(groups))
         log(f"curve fold {k}: {res}")
@@ -607,6 +613,7 @@ def main() -> None:
         help="ship: train with the settings this coder folder chose on its inner folds (C, weights, biases), "
         "the run's features (e.g. --history), without choosing again (as --fixed-from graded it)",
     )
+    ap.add_argument("--curve-folds", default=None, help="curve: only these outer folds (comma-separated)")
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--md", type=Path, default=None, help="write the tables here (also from an earlier --json alone)")
     args = ap.parse_args()
@@ -692,7 +699,8 @@ def main() -> None:
     if "loso" in sections:
         section_loso(annomi, demo, cfg, out, save)
     if "curve" in sections and "nested" in out:
-        section_curve(annomi, demo, cfg, args.folds, out, save)
+        only = {int(k) for k in args.curve_folds.split(",")} if args.curve_folds else None
+        section_curve(annomi, demo, cfg, args.folds, out, save, only)
     if args.md:
         args.md.write_text(to_markdown(out) + "\n", encoding="utf-8")
     log(f"done in {time.monotonic() - t_start:.0f} s")
