@@ -75,3 +75,10 @@ def test_choose_pair_needs_the_margin_or_a_degenerate_reply():
 def test_choose_pair_ignores_duplicates_and_all_degenerate():
     assert choose_pair([_r("same", 3.0), _r("same", 3.0)], 0.0) is None
     assert choose_pair([_r("x", None, "too short"), _r("y", None, "language")], 0.0) is None
+
+
+def test_a_strategy_tag_is_not_scored_but_kept():
+    (tagged,) = score_candidates(
+        KeywordCoder(), [Candidate("[Q] It sounds like work is eating your evenings.", CLIENT, "en")], CFG
+    )
+    assert tagged.codes == ["CR"] and tagged.score == CFG.weights["CR"] and tagged.text.startswith("[Q] ")

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mi_llm.build.strategy import split_tag
 from mi_llm.corpus.language import CJK, detect_language
 from mi_llm.miti.coders.base import Item
 from mi_llm.miti.segment import split_utterances
@@ -80,9 +81,12 @@ class Candidate:
 
 
 def score_candidates(coder: object, candidates: Sequence[Candidate], cfg: ScoreConfig) -> list[ScoredReply]:
-    """Code every candidate's utterances in one batch (the client turn as context) and score them."""
-    reasons = [degenerate_reason(c.text, c.client, c.language, cfg, c.cut_at_limit) for c in candidates]
-    pieces = [split_utterances(c.text, c.language) for c in candidates]
+    """Code every candidate's utterances in one batch (the client turn as context) and score them.
+    A strategy tag a strategy-trained model writes first (`[CR] ...`) is neither coded nor
+    guarded; the pair keeps the text as sampled, tag included, so the policy learns it too."""
+    replies = [split_tag(c.text)[1] for c in candidates]
+    reasons = [degenerate_reason(r, c.client, c.language, cfg, c.cut_at_limit) for r, c in zip(replies, candidates)]
+    pieces = [split_utterances(r, c.language) for r, c in zip(replies, candidates)]
     items = [Item(u, c.client, c.language) for c, ps in zip(candidates, pieces) for u in ps]
     results = coder.code_items(items) if items else []  # type: ignore[attr-defined]
     out: list[ScoredReply] = []
