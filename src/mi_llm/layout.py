@@ -102,6 +102,7 @@ SIMULATION_REPORT = "report.html"
 SESSION_PAGES_DIR = "sessions"  # one clinician-readable page per session
 SIMULATE_DIR = "simulate"
 STAGE_MARKER = ".stage.json"  # which inputs a pipeline stage's resumable output was made from
+SIMULATION_FIDELITY = "fidelity.json"  # simulated clients beside real client talk
 MITI_SCORES = "miti.json"
 REPORT_INDEX = "index.html"
 ABLATION_TABLE = "ablation.json"
@@ -263,6 +264,8 @@ class SimulatePaths(_Folder):
     @property
     def stage_marker(self) -> Path:
         return self.root / STAGE_MARKER
+    def fidelity(self) -> Path:
+        return self.root / SIMULATION_FIDELITY
 
 
 class ReportPaths(_Folder):

@@ -26,6 +26,10 @@ def test_simulate_runs_offline_on_the_embedded_model(tmp_path):
     page = (out / "report.html").read_text(encoding="utf-8")
     assert 'id="toy-client"' in page and f"sessions/{session.id}.html" in page  # the embedded client is a toy
     assert (out / "sessions" / f"{session.id}.html").is_file()
+    fidelity = json.loads((out / "fidelity.json").read_text(encoding="utf-8"))
+    assert fidelity["simulated"]["zh"]["client_turns"] == len(session.meta["stages"])
+    assert [g["reference"] for g in fidelity["gaps"]] == ["cpsycound"]  # the real clients in Chinese
+    assert "simulator fidelity" in r.out
     before = (out / "sessions.jsonl").read_text(encoding="utf-8")
     r = run_cli(argv)  # everything is there: nothing runs again
     assert r.code == 0, r.err

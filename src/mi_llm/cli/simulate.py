@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -98,6 +99,9 @@ def simulate_cmd(
         counselor_label += f" + {config.counselor_adapter}"
     page = write_simulation_report(output, title=counselor_label)
     print_summary(report["summary"])
+    fidelity = SimulatePaths(output).fidelity
+    if fidelity.is_file():
+        print_fidelity(json.loads(fidelity.read_text(encoding="utf-8")))
     console.print(
         f"wrote {result.output} ({result.sessions} sessions: {result.written_now} now, {result.resumed} resumed, "
         f"{len(result.failed)} failed), {SimulatePaths(output).outcomes} and {page} in {result.seconds:.1f} s"
@@ -131,3 +135,39 @@ def print_summary(summary: dict) -> None:
         stages,
     )
     console.print(table)
+
+
+def print_fidelity(report: dict) -> None:
+    """The simulated clients beside the real ones of their language (fidelity.json)."""
+    from rich.table import Table
+
+    table = Table(title="simulator fidelity: client talk, simulated vs real (same client-talk coder)")
+    for col in ("clients", "lang", "turns", "median length", "change", "sustain", "change->sustain", "1st change"):
+        table.add_column(col)
+
+    def row(name: str, lang: str, p: dict) -> None:
+        talk = p["talk"]
+        table.add_row(
+            name,
+            lang,
+            str(p["client_turns"]),
+            f"{_fmt(p['length']['median'])} {p['length_unit']}",
+            _fmt(talk["shares"]["change"], pct=True),
+            _fmt(talk["shares"]["sustain"], pct=True),
+            _fmt(talk["change_then_sustain"], pct=True),
+            _fmt(talk["first_change_round"]["median"]),
+        )
+
+    for lang, p in report["simulated"].items():
+        row("simulated", lang, p)
+        for name, ref in report["reference"].get("corpora", {}).items():
+            if ref["language"] == lang:
+                row(name, lang, ref)
+    console.print(table)
+    for lang, p in report["simulated"].items():
+        stage = p["stage"]
+        console.print(
+            f"simulated {lang}: stage moved back in {_fmt(stage['sessions_moving_back'], pct=True)} of sessions, "
+            f"resolved (plan) {_fmt(stage['resolved'], pct=True)}, median rounds to the plan "
+            f"{_fmt(stage['rounds_to_plan']['median'])}"
+        )

@@ -8,7 +8,10 @@ them. A session ends on the client's plan, a drop-out, or `max_rounds` counselor
 whole line (flushed and synced); a rerun cuts a torn last line, skips the sessions already
 there and runs the rest. A generate call that fails is retried with backoff; when it still
 fails, each conversation is tried alone, and a session whose own call fails is recorded in
-`sessions.failed.jsonl` with the reason, the run going on (a rerun tries it again).
+`sessions.failed.jsonl` with the reason, the run going on (a rerun tries it again). A backend
+that settles each conversation on its own (`generate_settled`: the openai one, whose client
+retries each request with backoff, Retry-After honoured) is asked once per round, and only
+the sessions whose own request failed fail.
 """
 
 from __future__ import annotations
@@ -151,6 +154,9 @@ def generate_each(
     """Each conversation's next turn, or the exception that its own call ended with."""
     if not batch:
         return []
+    settled = getattr(backend, "generate_settled", None)
+    if settled is not None:  # the backend retries each request itself, with backoff (the openai one)
+        return [o if isinstance(o, Exception) else o.text.strip() for o in settled(list(batch), config)]
     try:
         completions = _retrying(lambda: backend.generate(list(batch), config), retries, wait)
         if len(completions) != len(batch):
@@ -190,7 +196,7 @@ def simulate(
     sidecar = meta_file(output)
     key = config.run_key()
     if overwrite:
-        for stale in (output, sidecar, paths.failed, paths.outcomes, paths.coded):
+        for stale in (output, sidecar, paths.failed, paths.outcomes, paths.coded, paths.fidelity):
             stale.unlink(missing_ok=True)
     repair_torn_tail(output)
     done = read_done_sessions(output)

@@ -1,5 +1,6 @@
 """The simulate stage end to end: personas checked, backends and coders loaded, sessions run
-(runner.simulate), outcomes written (outcomes.write_outcomes)."""
+(runner.simulate), outcomes written (outcomes.write_outcomes), and the simulated clients
+compared with real client talk (fidelity.write_fidelity)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mi_llm.corpus.schema import read_dialogues
 from mi_llm.layout import SimulatePaths
 from mi_llm.llm.backends.base import Backend
 from mi_llm.simulate.config import SimulateConfig
+from mi_llm.simulate.fidelity import write_fidelity
 from mi_llm.simulate.outcomes import write_outcomes
 from mi_llm.simulate.persona import PersonaCard
 from mi_llm.simulate.runner import ProgressFn, SimulateResult, plan_sessions, simulate
@@ -36,13 +38,19 @@ class Side:
 MAX_PARALLEL = 8
 
 
-def side(backend: str, model: str, adapter: str | None, url: str | None, seed: int, sessions: int) -> Side:
-    """An endpoint URL means the openai backend; `auto` is resolved as `predict` resolves it."""
+def side(
+    backend: str, model: str, adapter: str | None, url: str | None, seed: int, sessions: int, retries: int = 2
+) -> Side:
+    """An endpoint URL means the openai backend; `auto` is resolved as `predict` resolves it.
+    An endpoint's requests are retried `retries` times by its client (backoff, Retry-After)."""
     from mi_llm.evaluate.predict import backend_options, resolve_backend
 
     name = "openai" if url else resolve_backend(backend)
     parallel = max(1, min(sessions, MAX_PARALLEL))
-    return Side(name, model, adapter, backend_options(name, seed=seed, base_url=url, parallel=parallel))
+    options = backend_options(name, seed=seed, base_url=url, parallel=parallel)
+    if name == "openai":
+        options["max_retries"] = retries
+    return Side(name, model, adapter, options)
 
 
 def sides(config: SimulateConfig, counselor_options: Mapping[str, Any] | None = None) -> tuple[Side, Side]:
@@ -54,9 +62,12 @@ def sides(config: SimulateConfig, counselor_options: Mapping[str, Any] | None = 
         config.counselor_url,
         config.seed,
         config.sessions,
+        config.retries,
+    )
+    client = side(
+        config.client_backend, config.client, None, config.client_url, config.seed, config.sessions, config.retries
     )
     counselor.options.update(counselor_options or {})
-    client = side(config.client_backend, config.client, None, config.client_url, config.seed, config.sessions)
     return counselor, client
 
 
@@ -102,4 +113,5 @@ def run_simulate(
     report = write_outcomes(
         paths.outcomes, sessions, coder, client_coder, failed=len(result.failed), coded_path=paths.coded
     )
+    write_fidelity(paths.fidelity, sessions, report)
     return result, report

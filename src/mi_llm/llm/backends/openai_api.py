@@ -149,18 +149,30 @@ class OpenAIBackend(Backend):
         return await asyncio.gather(*(one(m) for m in batch), return_exceptions=True)
 
     def generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
+        outs = self.generate_settled(batch, config)
+        for out in outs:
+            if isinstance(out, Exception):
+                raise out
+        return outs  # type: ignore[return-value]
+
+    def generate_settled(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion | Exception]:
+        """Each conversation's completion, or the error its own request ended with after the
+        client's retries: one conversation's failure does not cost the others theirs."""
         if not self.client.is_local:
             log.info("sending %d conversation(s) to %s", len(batch), self.host)
         outs = self._loop.run(self._complete_all(batch, config))
+        settled: list[Completion | Exception] = []
         for out in outs:  # every request has ended; count the retries of the failed ones too
             if isinstance(out, ApiError):
                 self.retries += max(0, out.attempts - 1)
-        for out in outs:
-            if isinstance(out, ApiError):
-                raise self._error(out)
-            if isinstance(out, BaseException):
+                settled.append(self._error(out))
+            elif isinstance(out, Exception):
+                settled.append(out)
+            elif isinstance(out, BaseException):  # cancelled, interrupted: not one conversation's failure
                 raise out
-        return [self._completion(out) for out in outs]  # type: ignore[arg-type]
+            else:
+                settled.append(self._completion(out))
+        return settled
 
     def stream_chat(
         self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
