@@ -18,6 +18,7 @@ SCRIPTS = [
     "bench_coder.py",
     "bench_serve_load.py",
     "bench_demo.py",
+    "bench_simulate.py",
 ]
 
 
