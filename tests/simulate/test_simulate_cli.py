@@ -29,7 +29,7 @@ def test_simulate_runs_offline_on_the_embedded_model(tmp_path):
     fidelity = json.loads((out / "fidelity.json").read_text(encoding="utf-8"))
     assert fidelity["simulated"]["zh"]["client_turns"] == len(session.meta["stages"])
     assert [g["reference"] for g in fidelity["gaps"]] == ["cpsycound"]  # the real clients in Chinese
-    assert "simulator fidelity" in r.out
+    assert "simulator fidelity" in " ".join(r.err.split())  # the table (rich console: stderr)
     before = (out / "sessions.jsonl").read_text(encoding="utf-8")
     r = run_cli(argv)  # everything is there: nothing runs again
     assert r.code == 0, r.err

@@ -141,9 +141,10 @@ def print_fidelity(report: dict) -> None:
     """The simulated clients beside the real ones of their language (fidelity.json)."""
     from rich.table import Table
 
-    table = Table(title="simulator fidelity: client talk, simulated vs real (same client-talk coder)")
-    for col in ("clients", "lang", "turns", "median length", "change", "sustain", "change->sustain", "1st change"):
-        table.add_column(col)
+    table = Table(title="simulator fidelity: simulated vs real clients (one client-talk coder)")
+    # change then sustain: after change talk, the next non-neutral turn is sustain talk
+    for col in ("clients", "lang", "turns", "median length", "change", "sustain", "ch->sus", "1st change"):
+        table.add_column(col, no_wrap=col == "clients")
 
     def row(name: str, lang: str, p: dict) -> None:
         talk = p["talk"]
@@ -151,11 +152,11 @@ def print_fidelity(report: dict) -> None:
             name,
             lang,
             str(p["client_turns"]),
-            f"{_fmt(p['length']['median'])} {p['length_unit']}",
+            f"{p['length']['median']:g} {p['length_unit']}" if p["length"]["median"] is not None else "-",
             _fmt(talk["shares"]["change"], pct=True),
             _fmt(talk["shares"]["sustain"], pct=True),
             _fmt(talk["change_then_sustain"], pct=True),
-            _fmt(talk["first_change_round"]["median"]),
+            "-" if talk["first_change_round"]["median"] is None else f"{talk['first_change_round']['median']:g}",
         )
 
     for lang, p in report["simulated"].items():
