@@ -264,6 +264,7 @@ class SimulatePaths(_Folder):
     @property
     def stage_marker(self) -> Path:
         return self.root / STAGE_MARKER
+
     def fidelity(self) -> Path:
         return self.root / SIMULATION_FIDELITY
 
