@@ -265,6 +265,7 @@ class SimulatePaths(_Folder):
     def stage_marker(self) -> Path:
         return self.root / STAGE_MARKER
 
+    @property
     def fidelity(self) -> Path:
         return self.root / SIMULATION_FIDELITY
 
