@@ -169,3 +169,12 @@ def test_simulate_against_our_own_server(tmp_path):
     fidelity = json.loads((out / "fidelity.json").read_text(encoding="utf-8"))
     assert fidelity["simulated"]["en"]["client_turns"] == sum(len(d.meta["stages"]) for d in sessions)
     assert "simulator fidelity" in " ".join(r.err.split())  # the table (rich console: stderr)
+
+
+def test_an_endpoint_client_is_a_toy_only_when_it_serves_the_embedded_model():
+    from mi_llm.llm.resolve import DEFAULT_MODEL
+    from mi_llm.report.sessions import Simulation
+
+    # the openai backend describes its model by the served name (a string)
+    assert not Simulation("x", {}, meta={"client": {"backend": "openai", "model": "gpt-4o-mini"}}).toy_client
+    assert Simulation("x", {}, meta={"client": {"backend": "openai", "model": DEFAULT_MODEL}}).toy_client

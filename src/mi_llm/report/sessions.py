@@ -48,6 +48,8 @@ class Simulation:
     def toy_client(self) -> bool:
         """The client was the embedded model (as its backend described it)."""
         model = (self.meta.get("client") or {}).get("model") or {}
+        if isinstance(model, str):  # an endpoint's backend names the served model
+            return model == DEFAULT_MODEL
         return model.get("source") == "embedded" or model.get("name") == DEFAULT_MODEL
 
 
