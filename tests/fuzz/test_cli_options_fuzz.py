@@ -130,6 +130,19 @@ OPTIONS = [
     Opt("simulate", "--client-max-tokens", True, ge=1, le=4096),
     Opt("simulate", "--client-temperature", False, ge=0, le=2),
     Opt("simulate", "--retries", True, ge=0, le=10),
+    Opt("train", "--beta", False, gt=0),
+    Opt("data build", "--augment-cr", True, ge=0, le=100),
+    Opt("serve", "--parallel", True, ge=1, le=1024),
+    Opt("prefs build", "--k", True, ge=2, le=64),
+    Opt("prefs build", "--temperature", False, gt=0),
+    Opt("prefs build", "--top-p", False, gt=0, le=1),
+    Opt("prefs build", "--max-new-tokens", True, ge=1, le=INT32_MAX),
+    Opt("prefs build", "--seed", True, ge=0, le=SEED_MAX),
+    Opt("prefs build", "--batch-size", True, ge=1, le=INT32_MAX),
+    Opt("prefs build", "--limit", True, ge=1, le=INT32_MAX),
+    Opt("prefs build", "--min-margin", False, ge=0),
+    Opt("prefs build", "--parallel", True, ge=1, le=INT32_MAX),
+    Opt("prefs build", "--threads", True, ge=1, le=INT32_MAX),
 ]
 
 MISSING = "no-such-input.jsonl"
@@ -171,6 +184,8 @@ def argv_for(command: str, tmp: Path) -> tuple[list[str], Path, str | None]:
         return ["transcribe", missing, "-o", out], out, MISSING
     if command == "simulate":
         return ["simulate", "--personas", missing, "-o", out], out, MISSING
+    if command == "prefs build":
+        return ["prefs", "build", "--data", missing, "-o", out], out, MISSING
     raise AssertionError(command)
 
 
@@ -283,6 +298,8 @@ def test_good_value_is_accepted(opt, data):
         value = str(int(float(value)))  # counts are whole; fractions are below 1
     with tempfile.TemporaryDirectory() as tmp:
         argv, out, stop = argv_for(opt.command, Path(tmp))
+        if opt.name == "--augment-cr":
+            argv += ["--codes", "corpus"]  # augmenting needs the replies' codes
         r = run_cli([*argv, opt.name, value])
         record_exit(r)
         if stop is None:
@@ -320,6 +337,8 @@ COMMAND_OF = {
     "pipeline.run_cmd": "run",
     "pipeline.demo_cmd": "demo",
     "simulate.simulate_cmd": "simulate",
+    "prefs.build_cmd": "prefs build",
+    "prefs.export_cmd": "prefs export",
 }
 
 
