@@ -36,7 +36,10 @@ class BuildConfig(BaseModel):
         False, description="strategy-then-response: each target opens with its code's tag, '[CR] reply' (needs --codes)"
     )
     augment_cr: int = Field(
-        0, ge=0, le=100, description="extra copies of each training sample whose target is a complex reflection (needs --codes)"
+        0,
+        ge=0,
+        le=100,
+        description="extra copies of each training sample whose target is a complex reflection (needs --codes)",
     )
 
     @model_validator(mode="after")
