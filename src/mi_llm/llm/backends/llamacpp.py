@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
     from mi_llm.llm.backends.llamacpp_batch import BatchStreamer
 
 log = logging.getLogger(__name__)
+
+# How long close() waits for generations still running before it frees llama.cpp's memory.
+CLOSE_WAIT_S = 30.0
 
 # GGUF architecture -> our template family, for a bare GGUF without a chat template.
 _ARCH_FAMILY = {
@@ -157,6 +161,11 @@ class LlamaCppBackend(Backend):
         except (ValueError, RuntimeError) as e:
             raise MiLlmError(f"{self.gguf}: llama.cpp could not load it ({e})") from None
         self._setup_template()
+        # Generations in flight: close() must not free the model under a thread still decoding
+        # (a server's worker may outlive the request that started it): a crash, not an error.
+        self._use = threading.Condition()
+        self._active = 0
+        self._closed = False
         self._engine = None
         self._streamer: BatchStreamer | None = None
         self._streamer_lock = threading.Lock()
@@ -257,7 +266,24 @@ class LlamaCppBackend(Backend):
         text = render_jinja(self.template, messages, self.bos_text, self.eos_text) + prefill
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        with self._use:
+            if self._closed:
+                raise MiLlmError("the llama.cpp model is closed")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._use:
+                self._active -= 1
+                self._use.notify_all()
+
     def generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
+        with self._in_use():
+            return self._generate(batch, config)
+
+    def _generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
         prompts = [self.encode(m) for m in batch]
         for p in prompts:
             if len(p) + config.max_new_tokens > self.n_ctx:
@@ -332,6 +358,12 @@ class LlamaCppBackend(Backend):
     def stream_chat(
         self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None
     ) -> Iterator[str | Finish]:
+        with self._in_use():
+            yield from self._stream_chat(messages, config, cancel)
+
+    def _stream_chat(
+        self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None
+    ) -> Iterator[str | Finish]:
         _, prompt = fit_context(messages, self.encode, self.n_ctx, config.max_new_tokens)
         if self._engine is not None:
             tokens = self._batch_streamer().tokens(prompt, config, cancel)
@@ -368,9 +400,25 @@ class LlamaCppBackend(Backend):
         yield Finish(reason, len(prompt), len(ids))
 
     def close(self) -> None:
+        use = getattr(self, "_use", None)
+        if use is not None:
+            with use:
+                self._closed = True
+                idle = use.wait_for(lambda: self._active == 0, timeout=CLOSE_WAIT_S)
+                running = self._active
+            if not idle:
+                log.warning(
+                    "llama.cpp: %d generation(s) still running at close; the model stays loaded until the process ends",
+                    running,
+                )
+                return
         streamer = getattr(self, "_streamer", None)
         if streamer is not None:
-            streamer.close()
+            if not streamer.close():
+                log.warning(
+                    "llama.cpp: the decoding thread did not stop; the model stays loaded until the process ends"
+                )
+                return
             self._streamer = None
         engine = getattr(self, "_engine", None)
         if engine is not None:

@@ -387,11 +387,13 @@ class BatchStreamer:
         with self._wake:
             self._wake.notify()
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stop the decoding thread; False if it is still running (its engine must not be freed)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout=10)
+        return not self._thread.is_alive()
 
     # ---------------------------------------------------------------- the decoding thread
 
