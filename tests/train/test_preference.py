@@ -56,6 +56,7 @@ def cfg(model, data, out, **kw) -> TrainConfig:
         lora_r=4,
         lora_alpha=8,
         warmup_ratio=0.0,
+        precision="fp32",  # exact comparisons: bf16 (auto on a CPU with bf16) rounds each path differently
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -183,7 +184,15 @@ def test_dpo_continues_the_sft_adapter_which_is_the_reference(tiny_gemma, build_
 
     sft = tmp_path / "sft"
     train(
-        TrainConfig(model=str(tiny_gemma), data=str(build_dir), output=str(sft), max_steps=2, lora_r=2, lora_alpha=4),
+        TrainConfig(
+            model=str(tiny_gemma),
+            data=str(build_dir),
+            output=str(sft),
+            max_steps=2,
+            lora_r=2,
+            lora_alpha=4,
+            precision="fp32",
+        ),
         show_progress=False,
     )
     out = tmp_path / "dpo"

@@ -94,6 +94,8 @@ def build_cmd(
         )
     except ValidationError as e:
         raise MiLlmError(f"bad option: {describe_validation_error(e)}") from None
+    if not data.exists():  # before the backend is chosen (its crash probe takes seconds)
+        raise MiLlmError(f"{data}: no such file or folder")
     name = resolve_backend(cfg.backend)
     opts = backend_options(name, seed=cfg.seed, parallel=parallel, threads=threads)
     r = build_prefs(cfg.model_copy(update={"backend": name}), data, output, backend_options=opts)
