@@ -9,11 +9,18 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from mi_llm.cli.options import INT32_MAX, field_default, field_option, number
+from mi_llm.cli.options import (
+    INT32_MAX,
+    field_default,
+    field_option,
+    llamacpp_parallel_option,
+    llamacpp_threads_option,
+    number,
+)
 from mi_llm.cli.options import seed as seed_check
 from mi_llm.console import console
 from mi_llm.evaluate.config import PredictConfig
-from mi_llm.llm.backends.config import LlamaCppConfig, OpenAIConfig
+from mi_llm.llm.backends.config import OpenAIConfig
 from mi_llm.llm.resolve import DEFAULT_MODEL
 
 models_app = typer.Typer(
@@ -86,15 +93,8 @@ def predict_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="start over instead of resuming"),
     device: str | None = typer.Option(None, "--device", help="hf/vllm: cpu | cuda (default: cuda when available)"),
     gguf: Path | None = typer.Option(None, "--gguf", help="llamacpp: the GGUF to load (default: the model's own)"),
-    parallel: int = typer.Option(
-        field_default(LlamaCppConfig, "parallel"),
-        "--parallel",
-        help="llamacpp: sequences decoded together (1 = single stream)",
-        callback=number(ge=1, le=INT32_MAX),
-    ),
-    threads: int | None = typer.Option(
-        None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX)
-    ),
+    parallel: int = llamacpp_parallel_option(),
+    threads: int | None = llamacpp_threads_option(),
     base_url: str | None = typer.Option(
         None, "--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1 (key from OPENAI_API_KEY)"
     ),

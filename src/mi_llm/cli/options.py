@@ -151,3 +151,20 @@ def field_option(
         help=help if help is not None else field.description,
         **kwargs,
     )
+
+
+def llamacpp_parallel_option() -> Any:
+    """`--parallel` of the commands that generate with llama.cpp in batches (predict, prefs build)."""
+    from mi_llm.llm.backends.config import LlamaCppConfig
+
+    return typer.Option(
+        field_default(LlamaCppConfig, "parallel"),
+        "--parallel",
+        help="llamacpp: sequences decoded together (1 = single stream)",
+        callback=number(ge=1, le=INT32_MAX),
+    )
+
+
+def llamacpp_threads_option() -> Any:
+    """`--threads` of the commands that generate with llama.cpp (predict, prefs build)."""
+    return typer.Option(None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX))

@@ -6,10 +6,14 @@ from pathlib import Path
 
 import typer
 
-from mi_llm.cli.options import INT32_MAX, field_default, field_option, number
+from mi_llm.cli.options import (
+    INT32_MAX,
+    field_option,
+    llamacpp_parallel_option,
+    llamacpp_threads_option,
+)
 from mi_llm.cli.options import seed as seed_check
 from mi_llm.console import console, setup_logging
-from mi_llm.llm.backends.config import LlamaCppConfig
 from mi_llm.prefs.config import PrefsConfig
 
 prefs_app = typer.Typer(help="Preference pairs for DPO / KTO, scored by a MITI coder.", no_args_is_help=True)
@@ -52,15 +56,8 @@ def build_cmd(
     degenerate_rejected: bool = field_option(
         PrefsConfig, "degenerate_rejected", "--degenerate-rejected/--no-degenerate-rejected"
     ),
-    parallel: int = typer.Option(
-        field_default(LlamaCppConfig, "parallel"),
-        "--parallel",
-        help="llamacpp: sequences decoded together (1 = single stream)",
-        callback=number(ge=1, le=INT32_MAX),
-    ),
-    threads: int | None = typer.Option(
-        None, "--threads", help="llamacpp: CPU threads", callback=number(ge=1, le=INT32_MAX)
-    ),
+    parallel: int = llamacpp_parallel_option(),
+    threads: int | None = llamacpp_threads_option(),
     export_llamafactory: Path | None = typer.Option(
         None, "--export-llamafactory", help="also write the LLaMA-Factory pairwise dataset into this folder"
     ),
