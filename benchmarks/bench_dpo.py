@@ -56,18 +56,7 @@ def bench_pairs(data: Path | None, pairs: Path | None, work: Path, n: int, max_l
             if other is None or other.response == s.response:
                 continue
             candidates.append(
-                PreferencePair(
-                    pair_id=s.sample_id,
-                    sample_id=s.sample_id,
-                    dialogue_id=s.dialogue_id,
-                    round=s.round,
-                    language=s.language,
-                    system=s.system,
-                    history=s.history,
-                    query=s.query,
-                    chosen=ScoredReply(text=s.response, score=None),
-                    rejected=ScoredReply(text=other.response, score=None),
-                )
+                PreferencePair.of_sample(s, ScoredReply(text=s.response), ScoredReply(text=other.response))
             )
     tok = load_tokenizer(resolve_model("gemma-3-270m"))
     kept, tokens = [], 0

@@ -34,6 +34,8 @@ def test_shipped_ablations_validate(name: str) -> None:
         assert load_policy(ROOT / "configs" / "policies" / "expert.yaml").reflection == "CR"
         assert arms["strategy"].split.strategy and arms["strategy"].generation.strategy == "model"
         assert not arms["sft"].split.strategy and arms["sft"].split.train == 64  # the rest is the demo's
+        simulated = [system for _, _, system in arms["strategy"].simulated_systems()]
+        assert simulated == ["base", "finetuned", "finetuned-CR", "finetuned-policy-expert"]
     if name == "reflections":
         assert [cfg.split.augment_cr for cfg in arms.values()] == [0, 1, 2]
     if name == "rewrite":

@@ -147,8 +147,7 @@ def test_miti_stage_writes_the_one_schema_the_report_reads(tmp_path, monkeypatch
     miti.json through its schema; a run's miti.json from before it makes the stage rerun."""
     import mi_llm.miti.coders as coders
     from mi_llm.config import ExperimentConfig
-    from mi_llm.evaluate.metrics import evaluate_file
-    from mi_llm.io import iter_jsonl, write_json, write_jsonl
+    from mi_llm.io import write_json
     from mi_llm.layout import RunPaths
     from mi_llm.miti.results import read_miti_scores
     from mi_llm.pipeline import data_stages, miti_stage, report_stage
@@ -167,19 +166,7 @@ def test_miti_stage_writes_the_one_schema_the_report_reads(tmp_path, monkeypatch
     for stage in data_stages(cfg, paths):
         runner(stage)
     ((label, key, system),) = cfg.systems()
-    preds = [
-        {
-            "sample_id": s["sample_id"],
-            "dialogue_id": s["dialogue_id"],
-            "round": s["round"],
-            "language": s["language"],
-            "prediction": "So you want to change.",
-            "reference": s["response"],
-        }
-        for _, s in iter_jsonl(paths.build.test_samples)
-    ]
-    write_jsonl(paths.predictions(key, system), preds)
-    evaluate_file(paths.predictions(key, system), paths.metrics(key, system))
+    write_strategy_predictions(cfg, paths, {})
 
     stage = miti_stage(cfg, paths)
     assert not runner(stage).skipped
@@ -207,13 +194,34 @@ def test_miti_stage_writes_the_one_schema_the_report_reads(tmp_path, monkeypatch
     assert not runner(report_stage(cfg, paths)).skipped
 
 
+def write_strategy_predictions(cfg, paths, strategy_fields: dict[str, dict]) -> None:
+    """The same reply to every test round for each system (with its strategy fields), scored."""
+    from mi_llm.evaluate.metrics import evaluate_file
+    from mi_llm.io import iter_jsonl, write_jsonl
+
+    for _, key, system in cfg.systems():
+        preds = [
+            {
+                "sample_id": s["sample_id"],
+                "dialogue_id": s["dialogue_id"],
+                "round": s["round"],
+                "language": s["language"],
+                "prediction": "So you want to change.",
+                "reference": s["response"],
+                **strategy_fields.get(system, {}),
+            }
+            for _, s in iter_jsonl(paths.build.test_samples)
+        ]
+        write_jsonl(paths.predictions(key, system), preds)
+        evaluate_file(paths.predictions(key, system), paths.metrics(key, system))
+
+
 def test_strategy_run_reports_code_following(tmp_path, monkeypatch):
     """With generation.strategy, the samples carry codes, the fine-tuned predictions their
     code, and the report a code-following table from the miti stage's coded sessions."""
     import mi_llm.miti.coders as coders
     from mi_llm.config import ExperimentConfig
-    from mi_llm.evaluate.metrics import evaluate_file
-    from mi_llm.io import iter_jsonl, write_jsonl
+    from mi_llm.io import iter_jsonl
     from mi_llm.layout import RunPaths
     from mi_llm.pipeline import data_stages, following_stages, miti_stage, report_stage
 
@@ -231,22 +239,14 @@ def test_strategy_run_reports_code_following(tmp_path, monkeypatch):
         runner(stage)
     samples = [s for _, s in iter_jsonl(paths.build.train_samples)]
     assert all("code" in s and s["strategy"] for s in samples if s.get("code"))
-    for _, key, system in cfg.systems():
-        preds = [
-            {
-                "sample_id": s["sample_id"],
-                "dialogue_id": s["dialogue_id"],
-                "round": s["round"],
-                "language": s["language"],
-                "prediction": "So you want to change.",
-                "reference": s["response"],
-                **({"strategy": "Q", "requested": "Q", "code": "Q"} if system == "finetuned" else {}),
-                **({"strategy": "CR", "requested": "CR", "code": "CR"} if system == "finetuned-CR" else {}),
-            }
-            for _, s in iter_jsonl(paths.build.test_samples)
-        ]
-        write_jsonl(paths.predictions(key, system), preds)
-        evaluate_file(paths.predictions(key, system), paths.metrics(key, system))
+    write_strategy_predictions(
+        cfg,
+        paths,
+        {
+            "finetuned": {"strategy": "Q", "requested": "Q", "code": "Q"},
+            "finetuned-CR": {"strategy": "CR", "requested": "CR", "code": "CR"},
+        },
+    )
     runner(miti_stage(cfg, paths))
     following, steered = following_stages(cfg, paths)
     assert not runner(following).skipped and not runner(steered).skipped
@@ -299,3 +299,32 @@ def test_miti_stage_does_not_code_the_reference_in_sample(tmp_path, monkeypatch)
     monkeypatch.setattr(coders, "load_coder", lambda name: DemoTrainedCoder())
     runner(miti_stage(cfg, paths))
     assert list(read_miti_scores(paths.miti_scores).systems) == ["reference (human codes)", label]
+
+
+def test_a_model_that_writes_no_tag_is_a_finding_not_an_error(tmp_path, monkeypatch):
+    """`strategy: model` after too little training: no reply opens with a tag. The
+    code-following stage records 0 of N tagged instead of stopping the run."""
+    import mi_llm.miti.coders as coders
+    from mi_llm.config import ExperimentConfig
+    from mi_llm.io import iter_jsonl
+    from mi_llm.layout import RunPaths
+    from mi_llm.pipeline import data_stages, following_stages, miti_stage
+
+    monkeypatch.setattr(coders, "load_coder", lambda name: OneCodeCoder())
+    cfg = ExperimentConfig(
+        name="s",
+        sources=[{"kind": "demo", "language": "en", "style": "mi"}],
+        split={"train": 2, "test": 2, "seed": 1, "codes": "corpus", "strategy": True},
+        generation={"strategy": "model"},
+    )
+    paths = RunPaths(tmp_path / "run")
+    runner = StageRunner(paths.root)
+    for stage in data_stages(cfg, paths):
+        runner(stage)
+    write_strategy_predictions(cfg, paths, {"finetuned": {"strategy": "model", "requested": None, "code": None}})
+    runner(miti_stage(cfg, paths))
+    [following] = following_stages(cfg, paths)
+    assert not runner(following).skipped
+    result = json.loads(following.outputs[0].read_text())
+    n = sum(1 for _ in iter_jsonl(paths.build.test_samples))
+    assert n > 0 and (result["replies"], result["with_code"]) == (n, 0) and result["all"]["rate"] is None

@@ -154,6 +154,7 @@ def ablation_table(ab: AblationConfig, arms: dict[str, ExperimentConfig], folder
             if following is not None:
                 row["code_following"] = following["all"]["rate"]
                 row["code_following_by_code"] = {c: r["rate"] for c, r in following["by_code"].items()}
+                row["with_code"], row["replies"] = following.get("with_code"), following.get("replies")
             rows.append(row)
     ref = ab.reference_arm
     for row in rows:
@@ -196,7 +197,10 @@ def table_lines(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         line = [r["arm"], r["system"], r.get("strategy") or "", _fmt(r.get("pairs"))]
         line += [_fmt(r.get(k)) for k in ("bleu-4", "rouge-l", "distinct-2", "sessions")]
         line += [_fmt(r.get(k)) for k in pooled]
-        line.append(_fmt(r.get("code_following")))
+        following = _fmt(r.get("code_following"))
+        if r.get("strategy") == "model" and r.get("replies"):  # how many replies opened with a tag at all
+            following += f" ({r.get('with_code')}/{r['replies']} tagged)"
+        line.append(following)
         for k in pooled:
             d = (r.get("differences") or {}).get(k)
             if not d or d["difference"] is None:

@@ -135,8 +135,9 @@ class ExperimentPredictConfig(PredictConfig):
         return {k: v for k, v in self.model_dump().items() if k not in ("strategy", "strategies") or v}
 
 
-# SimulateConfig fields the pipeline sets: each model's base and fine-tuned counselor.
-PIPELINE_SIMULATE_FIELDS = ("counselor", "counselor_adapter", "counselor_backend", "counselor_url")
+# SimulateConfig fields the pipeline sets: each model's base and fine-tuned counselor, and the
+# strategy each system is predicted with (ExperimentConfig.strategy_of).
+PIPELINE_SIMULATE_FIELDS = ("counselor", "counselor_adapter", "counselor_backend", "counselor_url", "strategy")
 
 
 class ExperimentSimulateConfig(SimulateConfig):
@@ -145,31 +146,48 @@ class ExperimentSimulateConfig(SimulateConfig):
     personas and seeds), and whether to simulate at all."""
 
     enabled: bool = False
+    steered: bool = Field(
+        False,
+        description="also simulate the fine-tuned model steered by each of generation.strategies "
+        "(one more set of sessions per strategy)",
+    )
     # set by the pipeline (PIPELINE_SIMULATE_FIELDS); never part of the config
     counselor: None = Field(None, exclude=True)  # type: ignore[assignment]
     counselor_adapter: None = Field(None, exclude=True)
     counselor_backend: None = Field(None, exclude=True)  # type: ignore[assignment]
     counselor_url: None = Field(None, exclude=True)
+    strategy: None = Field(None, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
     def _not_pipeline_fields(cls, data: Any) -> Any:
         for fixed in PIPELINE_SIMULATE_FIELDS:
             if isinstance(data, dict) and fixed in data:
-                raise ValueError(
-                    f"simulate.{fixed} is set by the pipeline (each model, base and fine-tuned); remove it"
+                why = (
+                    "generation.strategy and generation.strategies"
+                    if fixed == "strategy"
+                    else "each model, base and fine-tuned"
                 )
+                raise ValueError(f"simulate.{fixed} is set by the pipeline ({why}); remove it")
         return data
 
-    def simulate_config(self, model: str, adapter: str | None, backend: str) -> SimulateConfig:
+    def simulate_config(
+        self, model: str, adapter: str | None, backend: str, strategy: str | None = None
+    ) -> SimulateConfig:
         return SimulateConfig.model_validate(
             {
-                **self.model_dump(exclude={"enabled"}),
+                **self.model_dump(exclude={"enabled", "steered"}),
                 "counselor": model,
                 "counselor_adapter": adapter,
                 "counselor_backend": backend,
+                "strategy": strategy,
             }
         )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a simulate stage depends on: not `steered`, which chooses the systems, not
+        how one is simulated (turning it on leaves the other systems' sessions as they are)."""
+        return self.model_dump(mode="json", exclude={"steered"})
 
 
 # PrefsConfig fields the pipeline sets: it samples from each model's fine-tuned adapter with the
@@ -320,8 +338,12 @@ class ExperimentConfig(_Strict):
 
     def simulated_systems(self) -> list[tuple[str, str, str]]:
         """(label, model key, system) of the counselors the simulate stage runs: each model's
-        base and fine-tuned version (not the steered ones); none when it is off."""
-        return [x for x in self.systems() if x[2] in SYSTEMS] if self.simulate.enabled else []
+        base and fine-tuned version, each with its strategy (`strategy_of`), and the steered
+        ones only with `simulate.steered` (each is another set of sessions); none when it is off."""
+        if not self.simulate.enabled:
+            return []
+        steered = {steered_system(s) for s in self.generation.strategies} if self.simulate.steered else set()
+        return [x for x in self.systems() if x[2] in SYSTEMS or x[2] in steered]
 
     def strategy_of(self, system: str) -> str | None:
         """The strategy a system is predicted with: `generation.strategy` for the fine-tuned

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -157,17 +157,30 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, obj
 
 
-def read_models(path: str | Path, model: type[M]) -> list[M]:
-    """Read and validate every line of a JSONL file as `model`."""
-    return list(iter_models(path, model))
+def read_models(
+    path: str | Path, model: type[M], key: Callable[[M], str] | None = None, what: str = "id", invalid: str = ""
+) -> list[M]:
+    """Read and validate every line of a JSONL file as `model` (see iter_models)."""
+    return list(iter_models(path, model, key, what, invalid))
 
 
-def iter_models(path: str | Path, model: type[M]) -> Iterator[M]:
+def iter_models(
+    path: str | Path, model: type[M], key: Callable[[M], str] | None = None, what: str = "id", invalid: str = ""
+) -> Iterator[M]:
+    """Each line validated as `model`; a bad line is `FILE:LINE: <invalid><what is wrong>`. With
+    `key`, a key seen on an earlier line is `FILE:LINE: <what> 'k' repeats line N`."""
+    seen: dict[str, int] = {}
     for lineno, obj in iter_jsonl(path):
         try:
-            yield model.model_validate(obj)
+            item = model.model_validate(obj)
         except ValidationError as e:
-            raise InputError(path, describe_validation_error(e), lineno) from None
+            raise InputError(path, invalid + describe_validation_error(e), lineno) from None
+        if key is not None:
+            k = key(item)
+            if k in seen:
+                raise InputError(path, f"{what} {k!r} repeats line {seen[k]}", lineno)
+            seen[k] = lineno
+        yield item
 
 
 def _cannot_write(path: Path, e: OSError) -> MiLlmError:

@@ -14,12 +14,13 @@ import math
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mi_llm.build.strategy import Strategy
 from mi_llm.config import ExperimentConfig, ModelConfig, SourceConfig
 from mi_llm.corpus.importers import source_files
 from mi_llm.corpus.schema import Dialogue, read_dialogues, write_dialogues
-from mi_llm.io import write_json
+from mi_llm.io import iter_jsonl, write_json
 from mi_llm.layout import AdapterPaths, RunPaths, SimulatePaths
 from mi_llm.stages import Stage, StageRunner, fingerprint
 
@@ -136,6 +137,11 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
     return stages
 
 
+def policy_inputs(strategy: str | None) -> list[Path]:
+    """A `policy:FILE` strategy's file, as a stage input: an edited policy reruns the stage."""
+    return [Path(strategy.removeprefix("policy:"))] if strategy and strategy.startswith("policy:") else []
+
+
 def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list[Stage]:
     """predict base -> train -> predict fine-tuned (and once per `generation.strategies`) ->
     evaluate each, for one model."""
@@ -193,7 +199,7 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
                 f"{key}/predict-finetuned",
                 lambda: do_predict("finetuned"),
                 [paths.predictions(key, "finetuned")],
-                inputs=[test_file, adapter.weights],
+                inputs=[test_file, adapter.weights, *policy_inputs(cfg.strategy_of("finetuned"))],
                 params=gen_params,
             ),
         ]
@@ -205,7 +211,7 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
                         f"{key}/predict-{steered}",
                         lambda s=steered: do_predict(s),  # type: ignore[misc]
                         [paths.predictions(key, steered)],
-                        inputs=[test_file, adapter.weights],
+                        inputs=[test_file, adapter.weights, *policy_inputs(cfg.strategy_of(steered))],
                         params=gen_params,
                     )
                 )
@@ -246,21 +252,27 @@ def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> l
     persona_files = bundled_persona_files() if personas.startswith("demo") else [Path(personas)]
     stages = []
     for system in [system for _, key, system in cfg.simulated_systems() if key == m.key]:
-        adapter = paths.adapter(m.key) if system == "finetuned" else None
+        # the fine-tuned and steered systems are the SFT adapter, each with its strategy
+        adapter = paths.adapter(m.key) if system != "base" else None
+        strategy = cfg.strategy_of(system)
         sim = paths.simulate(m.key, system)
         inputs = persona_files + ([adapter.weights, adapter.peft_config] if adapter else [])
-        params = {"simulate": cfg.simulate.model_dump(mode="json"), "model": m.model_dump(), "system": system}
+        params: dict[str, Any] = {"simulate": cfg.simulate.fingerprint(), "model": m.model_dump(), "system": system}
+        if strategy is not None:  # only when set: sessions from before strategies stay up to date
+            params["strategy"] = strategy
+            inputs += policy_inputs(strategy)
 
         def do_simulate(
             adapter: AdapterPaths | None = adapter,
             sim: SimulatePaths = sim,
             inputs: list[Path] = inputs,
             params: dict = params,
+            strategy: str | None = strategy,
         ) -> None:
             from mi_llm.simulate.cards import load_personas
             from mi_llm.simulate.stage import run_simulate
 
-            config = cfg.simulate.simulate_config(m.name, str(adapter.root) if adapter else None, m.backend)
+            config = cfg.simulate.simulate_config(m.name, str(adapter.root) if adapter else None, m.backend, strategy)
             # Sessions already there are resumed only when they were made from these very
             # inputs (a crash); a changed adapter or setting starts the sessions over.
             made_from = fingerprint(params, inputs)
@@ -413,9 +425,13 @@ def following_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
         def do_following(label: str = label, key: str = key, system: str = system) -> None:
             from mi_llm.miti.following import following_of_predictions, heard_by_round, strategy_records
 
-            records = strategy_records(paths.predictions(key, system))
+            predictions = paths.predictions(key, system)
+            records = strategy_records(predictions, required=False)
             result = following_of_predictions(records, heard_by_round(read_dialogues(paths.miti_coded(label))))
             result["coder"] = str(cfg.miti.coder)
+            # with `model`, how many replies opened with a tag at all is a figure of its own
+            result["replies"] = sum(1 for _ in iter_jsonl(predictions))
+            result["with_code"] = len(records)
             write_json(paths.code_following(key, system), result)
 
         stages.append(

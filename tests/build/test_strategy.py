@@ -31,7 +31,10 @@ def test_tag_round_trip() -> None:
     assert split_tag("[CR] You feel stuck.") == ("CR", "You feel stuck.")
     assert split_tag("  [Persuade]You should.") == ("Persuade", "You should.")
     assert split_tag("[XY] no code") == (None, "[XY] no code")
-    assert split_tag("no tag [CR]") == (None, "no tag [CR]")
+    # a tag later in the text is cut too: it is a control code, never the counselor's words
+    assert split_tag("It weighs on you. [CR] It is hard.") == (None, "It weighs on you. It is hard.")
+    assert split_tag("[CR] 你好！[CR] 体检结果") == ("CR", "你好！体检结果")
+    assert split_tag("[note] stays") == (None, "[note] stays")
     assert tagged(None, "plain") == "plain"
 
 

@@ -200,3 +200,22 @@ def test_train_coder_source_weights(tmp_path):
     for bad in ("welivita", "welivita=-1", "welivita=lots", "=1"):
         line = _one_line_error(run("train-coder", "-o", str(tmp_path / "e"), "--quick", "--weight", bad))
         assert "expected SOURCE=W" in line
+
+
+def test_train_coder_exclude_leaves_dialogues_out(tmp_path):
+    """--exclude: a grader that never saw an experiment's test dialogues (nor their globals)."""
+    dialogues = demo_dialogues("en")[:2]
+    held = tmp_path / "samples.test.jsonl"  # a samples file names its dialogues by dialogue_id
+    held.write_text("".join(json.dumps({"dialogue_id": d.id, "round": 1}) + "\n" for d in dialogues))
+    n_held = sum(len(t.codes or []) for d in dialogues for t in d.turns if t.role == "counselor")
+    full = run("train-coder", "-o", str(tmp_path / "all"), "--quick")
+    part = run("train-coder", "-o", str(tmp_path / "part"), "--quick", "--exclude", str(held))
+    assert full.returncode == 0 and part.returncode == 0, part.stderr
+    info_all = json.loads((tmp_path / "all" / "coder.json").read_text())["info"]
+    info = json.loads((tmp_path / "part" / "coder.json").read_text())["info"]
+    assert n_held > 0 and info["excluded"] == {"files": [held.name], "dialogues": 2, "utterances": n_held}
+    assert info["n_examples"] == info_all["n_examples"] - n_held and "excluded" not in info_all
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"dialogue_id": "x"}\n{"round": 2}\n')
+    line = _one_line_error(run("train-coder", "-o", str(tmp_path / "b"), "--quick", "--exclude", str(bad)))
+    assert line.startswith(f"{bad}:2:") and "dialogue_id" in line and not (tmp_path / "b").exists()

@@ -82,3 +82,25 @@ def test_a_strategy_tag_is_not_scored_but_kept():
         KeywordCoder(), [Candidate("[Q] It sounds like work is eating your evenings.", CLIENT, "en")], CFG
     )
     assert tagged.codes == ["CR"] and tagged.score == CFG.weights["CR"] and tagged.text.startswith("[Q] ")
+
+
+def test_a_reply_cut_at_the_limit_keeps_its_whole_utterances():
+    cands = [
+        Candidate("It sounds like work is eating your evenings. What would you", CLIENT, "en", cut_at_limit=True),
+        Candidate("[CR] It sounds like work is eating your evenings. And the", CLIENT, "en", cut_at_limit=True),
+        Candidate("听起来工作占满了你的晚上，你很累。你希望", CLIENT, "zh", cut_at_limit=True),
+        Candidate("It sounds like work is eating your evenings and", CLIENT, "en", cut_at_limit=True),
+        Candidate("It sounds like work is eating your evenings. What would you", CLIENT, "en"),
+    ]
+    en, tagged, zh, nothing_whole, not_cut = score_candidates(KeywordCoder(), cands, CFG)
+    assert (en.text, en.trimmed, en.degenerate, en.codes) == (
+        "It sounds like work is eating your evenings.",
+        True,
+        None,
+        ["CR"],
+    )
+    assert tagged.text == "[CR] It sounds like work is eating your evenings." and tagged.trimmed
+    assert zh.text == "听起来工作占满了你的晚上，你很累。" and zh.trimmed and zh.degenerate is None
+    assert nothing_whole.degenerate == "truncated" and not nothing_whole.trimmed
+    assert nothing_whole.text == cands[3].text
+    assert not not_cut.trimmed and not_cut.text == cands[4].text and len(not_cut.codes) == 2

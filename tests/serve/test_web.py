@@ -93,3 +93,43 @@ def test_crisis_reply_is_marked_and_key_is_asked_for(browser, start_server):
     # 401s while the key was missing are the only errors the page may log.
     assert all("401" in e for e in errors), errors
     page.close()
+
+
+def test_strategy_code_and_check_in_are_shown(browser, start_server):
+    """serve --strategy: the reply's MITI code as a badge (not part of the reply's text), kept
+    after a reload; a low-risk message: the answer marked as carrying a check-in, not a crisis."""
+    from playwright.sync_api import expect
+
+    from mi_llm.build.strategy import Strategy
+    from mi_llm.serve.engine import StrategyEngine
+    from mi_llm.serve.safety.layer import SafetyLayer
+    from mi_llm.serve.safety.risk import RiskClassifier
+    from tests.serve.test_safety_learned import _Fixed
+    from tests.serve.test_strategy import PiecesEngine
+
+    engine = StrategyEngine(PiecesEngine(["[CR]", " It", " weighs on you."]), Strategy.parse("model"))
+    safety = SafetyLayer(RiskClassifier(detector=_Fixed({"no point anymore": (0.6, "active_ideation")})))  # type: ignore[arg-type]
+    server, _, _ = start_server(engine=engine, safety=safety)
+    page = browser.new_page()
+    errors = _no_page_errors(page)
+    page.goto(server.url + "/")
+    page.fill("#input", "no point anymore")  # the first message: the detector reads it alone
+    page.press("#input", "Enter")
+    checked = page.locator(".msg.assistant:not(.streaming)").last
+    expect(checked).to_have_attribute("data-level", "low")
+    assert "checkin" in checked.get_attribute("class") and "crisis" not in checked.get_attribute("class")
+    assert "988" in checked.text_content()  # the model answered, the check-in follows
+    page.fill("#input", "I keep putting it off")
+    page.press("#input", "Enter")
+    expect(page.locator(".msg.assistant:not(.streaming)")).to_have_count(2)
+    reply = page.locator(".msg.assistant").last
+    expect(reply).to_have_attribute("data-code", "CR")
+    assert reply.text_content() == "It weighs on you."  # the badge is drawn, not written into the text
+    assert reply.get_attribute("data-level") is None
+    assert (
+        page.evaluate("getComputedStyle(document.querySelectorAll('.msg.assistant')[1], '::before').content") == '"CR"'
+    )
+    page.reload()  # the codes come back with the session
+    expect(page.locator(".msg.assistant[data-code='CR']")).to_have_count(2)
+    assert errors == []
+    page.close()

@@ -25,21 +25,9 @@ REJECTED = "How do you feel ?"
 
 def make_pairs(build_dir, path, n=None):
     samples = read_samples(build_dir / "samples.train.jsonl")[:n]
-    pairs = [
-        PreferencePair(
-            pair_id=s.sample_id,
-            sample_id=s.sample_id,
-            dialogue_id=s.dialogue_id,
-            round=s.round,
-            language=s.language,
-            system=s.system,
-            history=s.history,
-            query=s.query,
-            chosen=ScoredReply(text=CHOSEN, score=3.0, codes=["CR"]),
-            rejected=ScoredReply(text=REJECTED, score=1.0, codes=["Q"]),
-        )
-        for s in samples
-    ]
+    chosen = ScoredReply(text=CHOSEN, score=3.0, codes=["CR"])
+    rejected = ScoredReply(text=REJECTED, score=1.0, codes=["Q"])
+    pairs = [PreferencePair.of_sample(s, chosen, rejected) for s in samples]
     write_pairs(path, pairs)
     return path
 

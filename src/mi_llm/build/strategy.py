@@ -29,6 +29,7 @@ PRINCIPAL_ORDER: tuple[str, ...] = ("Confront", "Persuade", "CR", "SR", "AF", "S
 REFLECTIONS = ("SR", "CR")
 
 _TAG = re.compile(r"^\s*\[(" + "|".join(CODES) + r")\]\s*")
+_STRAY_TAG = re.compile(r"\[(?:" + "|".join(CODES) + r")\]\s*")
 
 
 def format_tag(code: str) -> str:
@@ -42,11 +43,13 @@ def tagged(code: str | None, reply: str) -> str:
 
 
 def split_tag(text: str) -> tuple[str | None, str]:
-    """(code, reply) of a generated text; (None, text) when it does not open with a tag."""
+    """(code, reply) of a generated text; (None, text) when it does not open with a tag.
+    Tags later in the text (a briefly trained model writes some mid-reply) are cut from the
+    reply: a tag is a control code, never the counselor's words."""
     m = _TAG.match(text)
     if not m:
-        return None, text
-    return m.group(1), text[m.end() :]
+        return None, _STRAY_TAG.sub("", text)
+    return m.group(1), _STRAY_TAG.sub("", text[m.end() :])
 
 
 class TagStripper:

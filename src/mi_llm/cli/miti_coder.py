@@ -214,6 +214,12 @@ def train_coder_cmd(
     embeddings: bool | None = typer.Option(
         None, "--embeddings/--no-embeddings", help="use the embedded model's hidden states (default: on unless --quick)"
     ),
+    exclude: list[Path] = typer.Option(
+        [],
+        "--exclude",
+        help="FILE, repeatable: a dialogues or samples JSONL whose dialogues the coder must not learn from "
+        "(e.g. RUN/build/samples.test.jsonl: a grader that never saw an experiment's test dialogues)",
+    ),
 ) -> None:
     """Train the offline coder on the bundled demo codes plus the given labelled data."""
     from mi_llm.miti.coders import train_coder
@@ -248,6 +254,7 @@ def train_coder_cmd(
             recipe=recipe,
             encoder=encoder,
             weights=weights,
+            exclude=exclude,
         )
     import json
 
@@ -256,6 +263,9 @@ def train_coder_cmd(
         f"trained on {info['n_examples']} utterances ({', '.join(f'{k} {v}' for k, v in info['sources'].items())}) "
         f"in {time.monotonic() - t0:.0f} s"
     )
+    if "excluded" in info:
+        ex = info["excluded"]
+        console.print(f"left out {ex['utterances']} utterances of {ex['dialogues']} excluded dialogues")
     console.print(f"wrote {folder}")
 
 

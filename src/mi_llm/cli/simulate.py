@@ -42,17 +42,21 @@ def simulate_cmd(
     retries: int = field_option(C, "retries", "--retries"),
     coder: str = field_option(C, "coder", "--coder"),
     client_coder: str = field_option(C, "client_coder", "--client-coder"),
+    strategy: str | None = field_option(C, "strategy", "--strategy"),
     overwrite: bool = typer.Option(False, "--overwrite", help="start over instead of resuming"),
 ) -> None:
     """Simulate whole sessions (resumable), code them, write their outcomes and report.html."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from mi_llm.build.strategy import Strategy
     from mi_llm.report.render import write_simulation_report
     from mi_llm.simulate.cards import load_personas
     from mi_llm.simulate.stage import run_simulate
 
     if language not in (None, "zh", "en"):
         raise MiLlmError(f"--language must be zh or en (got {language})")
+    if strategy is not None:
+        Strategy.parse(strategy)  # a bad code or policy file: one line naming it, before anything loads
     try:
         config = SimulateConfig(
             counselor=counselor,
@@ -73,6 +77,7 @@ def simulate_cmd(
             retries=retries,
             coder=coder,
             client_coder=client_coder,
+            strategy=strategy,
         )
     except ValidationError as e:  # the option checks above cover the ranges: this is a bug guard
         raise MiLlmError(f"simulate: {e.errors()[0]['msg']}") from None
@@ -97,6 +102,8 @@ def simulate_cmd(
     counselor_label = config.counselor_url or config.counselor
     if config.counselor_adapter:
         counselor_label += f" + {config.counselor_adapter}"
+    if config.strategy:
+        counselor_label += f" (strategy {config.strategy})"
     page = write_simulation_report(output, title=counselor_label)
     print_summary(report["summary"])
     fidelity = SimulatePaths(output).fidelity

@@ -7,10 +7,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mi_llm.errors import InputError
-from mi_llm.io import describe_validation_error, iter_jsonl, write_jsonl
+from mi_llm.io import read_models, write_jsonl
 
 # The 10 MITI 4.2.1 behaviour codes an utterance can carry; `None` in data means "not
 # coded". Defined here, with the data that carries them, so that the corpus layer needs
@@ -100,18 +99,7 @@ class Dialogue(BaseModel):
 
 def read_dialogues(path: str | Path) -> list[Dialogue]:
     """Read a dialogues JSONL file; a bad line or a repeated id raises FILE:LINE errors."""
-    seen: dict[str, int] = {}
-    out: list[Dialogue] = []
-    for lineno, obj in iter_jsonl(path):
-        try:
-            d = Dialogue.model_validate(obj)
-        except ValidationError as e:
-            raise InputError(path, describe_validation_error(e), lineno) from None
-        if d.id in seen:
-            raise InputError(path, f"dialogue id {d.id!r} repeats line {seen[d.id]}", lineno)
-        seen[d.id] = lineno
-        out.append(d)
-    return out
+    return read_models(path, Dialogue, key=lambda d: d.id, what="dialogue id")
 
 
 def write_dialogues(path: str | Path, dialogues: Iterable[Dialogue]) -> int:

@@ -51,11 +51,12 @@ def code_following(pairs: Iterable[tuple[str, Heard]]) -> dict[str, Any]:
     }
 
 
-def strategy_records(path: str | Path) -> list[dict[str, Any]]:
+def strategy_records(path: str | Path, required: bool = True) -> list[dict[str, Any]]:
     """The prediction lines of `path` that carry a code (`predict --strategy`); an
-    InputError when none does."""
+    InputError when none does and one is `required` (a run's `--strategy model` system whose
+    model never wrote a tag has none: that is a finding, not an input error)."""
     recs = [r for _, r in iter_jsonl(path) if isinstance(r, dict) and r.get("code")]
-    if not recs:
+    if not recs and required:
         raise InputError(path, "no prediction carries a strategy code (predict with --strategy)")
     return recs
 

@@ -171,21 +171,7 @@ def make_pairs(
         chosen, rejected = picked
         chosen_codes.update(c or "none" for c in chosen.codes)
         rejected_codes.update(c or "none" for c in rejected.codes)
-        pairs.append(
-            PreferencePair(
-                pair_id=s.sample_id,
-                sample_id=s.sample_id,
-                dialogue_id=s.dialogue_id,
-                round=s.round,
-                language=s.language,
-                system=s.system,
-                history=list(s.history),
-                query=s.query,
-                chosen=chosen,
-                rejected=rejected,
-                coder=coder_name,
-            )
-        )
+        pairs.append(PreferencePair.of_sample(s, chosen, rejected, coder=coder_name))
 
     def mean(xs: list[float]) -> float | None:
         return round(sum(xs) / len(xs), 4) if xs else None
@@ -194,6 +180,7 @@ def make_pairs(
         "rounds": len(samples),
         "replies": len(scored),
         "degenerate": dict(reasons),
+        "trimmed": sum(1 for r in scored if r.trimmed),
         "pairs": len(pairs),
         "rounds_without_pair": len(samples) - len(pairs),
         "pairs_with_degenerate_rejected": sum(1 for p in pairs if p.rejected.degenerate),

@@ -52,7 +52,9 @@ class PrefsConfig(BaseModel):
     k: int = Field(4, ge=2, le=64, description="replies sampled per round")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
-    max_new_tokens: int = Field(96, ge=1, description="longest sampled reply in tokens (a reply cut there is rejected)")
+    max_new_tokens: int = Field(
+        96, ge=1, description="longest sampled reply in tokens (a reply cut there keeps its whole utterances)"
+    )
     seed: int = 42
     batch_size: int = Field(8, ge=1, description="rounds per generate call (each sampled K times)")
     limit: int | None = Field(None, ge=1, description="only the first N rounds of --data")

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mi_llm.build.samples import Sample
 from mi_llm.corpus.schema import Language
-from mi_llm.errors import InputError, MiLlmError
-from mi_llm.io import atomic_writer, describe_validation_error, iter_jsonl, write_json, write_jsonl
+from mi_llm.errors import MiLlmError
+from mi_llm.io import atomic_writer, read_models, write_json, write_jsonl
 from mi_llm.layout import DATASET_INFO
 
 # LLaMA-Factory dataset name and file of the pairwise export.
@@ -35,6 +35,7 @@ class ScoredReply(BaseModel):
     score: float | None = Field(None, description="higher is more MI-consistent; None when not scored")
     codes: list[str | None] = Field(default_factory=list, description="the coder's code of each utterance")
     degenerate: str | None = Field(None, description="why the guards rejected it (length, repetition, ...)")
+    trimmed: bool = Field(False, description="cut at the token limit; kept up to its last whole utterance")
 
 
 class PreferencePair(BaseModel):
@@ -60,6 +61,23 @@ class PreferencePair(BaseModel):
         if self.chosen.text == self.rejected.text:
             raise ValueError("chosen and rejected are the same text")
         return self
+
+    @classmethod
+    def of_sample(cls, s: Sample, chosen: ScoredReply, rejected: ScoredReply, coder: str = "") -> PreferencePair:
+        """The pair for round sample `s` (its context; the pair named after the sample)."""
+        return cls(
+            pair_id=s.sample_id,
+            sample_id=s.sample_id,
+            dialogue_id=s.dialogue_id,
+            round=s.round,
+            language=s.language,
+            system=s.system,
+            history=list(s.history),
+            query=s.query,
+            chosen=chosen,
+            rejected=rejected,
+            coder=coder,
+        )
 
     @property
     def margin(self) -> float | None:
@@ -90,17 +108,9 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
     path = Path(path)
     if not path.is_file():
         raise MiLlmError(f"{path}: no such pairs file")
-    pairs: list[PreferencePair] = []
-    seen: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(path):
-        try:
-            pair = PreferencePair.model_validate(obj)
-        except ValidationError as e:
-            raise InputError(path, f"not a preference pair: {describe_validation_error(e)}", lineno) from None
-        if pair.pair_id in seen:
-            raise InputError(path, f"pair_id {pair.pair_id!r} repeats line {seen[pair.pair_id]}", lineno)
-        seen[pair.pair_id] = lineno
-        pairs.append(pair)
+    pairs = read_models(
+        path, PreferencePair, key=lambda p: p.pair_id, what="pair_id", invalid="not a preference pair: "
+    )
     if not pairs:
         raise MiLlmError(f"{path}: no preference pairs")
     return pairs

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mi_llm.build.strategy import split_tag
+from mi_llm.build.strategy import split_tag, tagged
 from mi_llm.corpus.language import CJK, detect_language
 from mi_llm.miti.coders.base import Item
 from mi_llm.miti.segment import split_utterances
@@ -80,22 +80,47 @@ class Candidate:
     cut_at_limit: bool = False
 
 
+def trim_to_whole_utterances(reply: str, language: str) -> str | None:
+    """A reply cut at the token limit, up to the end of its last whole utterance (the cut one
+    dropped); None when no utterance ended before the cut."""
+    pieces = split_utterances(reply, language)
+    if len(pieces) < 2:
+        return None
+    cut = reply.rfind(pieces[-1])
+    return reply[:cut].rstrip() if cut > 0 else None
+
+
 def score_candidates(coder: object, candidates: Sequence[Candidate], cfg: ScoreConfig) -> list[ScoredReply]:
     """Code every candidate's utterances in one batch (the client turn as context) and score them.
     A strategy tag a strategy-trained model writes first (`[CR] ...`) is neither coded nor
-    guarded; the pair keeps the text as sampled, tag included, so the policy learns it too."""
-    replies = [split_tag(c.text)[1] for c in candidates]
-    reasons = [degenerate_reason(r, c.client, c.language, cfg, c.cut_at_limit) for r, c in zip(replies, candidates)]
+    guarded; the pair keeps the text as sampled, tag included, so the policy learns it too.
+    A reply cut at the token limit is kept up to its last whole utterance (`trimmed`: a pair
+    then teaches the model to end there), and is `truncated` only when nothing whole is left:
+    a small model at a sampling temperature rarely ends within the limit."""
+    texts: list[str] = []
+    replies: list[str] = []
+    trimmed: list[bool] = []
+    for c in candidates:
+        code, reply = split_tag(c.text)
+        whole = trim_to_whole_utterances(reply, c.language) if c.cut_at_limit else None
+        texts.append(tagged(code, whole) if whole else c.text)  # a trimmed reply keeps its opening tag
+        replies.append(whole or reply)
+        trimmed.append(whole is not None)
+    # still cut: at the limit with no whole utterance to keep
+    reasons = [
+        degenerate_reason(r, c.client, c.language, cfg, c.cut_at_limit and not t)
+        for r, c, t in zip(replies, candidates, trimmed)
+    ]
     pieces = [split_utterances(r, c.language) for r, c in zip(replies, candidates)]
     items = [Item(u, c.client, c.language) for c, ps in zip(candidates, pieces) for u in ps]
     results = coder.code_items(items) if items else []  # type: ignore[attr-defined]
     out: list[ScoredReply] = []
     k = 0
-    for c, ps, reason in zip(candidates, pieces, reasons):
+    for text, ps, reason, was_trimmed in zip(texts, pieces, reasons, trimmed):
         codes = [r.code for r in results[k : k + len(ps)]]
         k += len(ps)
         score = sum(cfg.weights.get(code, 0.0) if code else 0.0 for code in codes) / len(codes) if codes else 0.0
-        out.append(ScoredReply(text=c.text, score=round(score, 4), codes=codes, degenerate=reason))
+        out.append(ScoredReply(text=text, score=round(score, 4), codes=codes, degenerate=reason, trimmed=was_trimmed))
     return out
 
 

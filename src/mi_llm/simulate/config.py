@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mi_llm.build.strategy import Strategy, check_code
+from mi_llm.errors import MiLlmError
 from mi_llm.llm.resolve import DEFAULT_MODEL
 
 
@@ -40,7 +42,30 @@ class SimulateConfig(BaseModel):
     retry_wait_s: float = Field(1.0, ge=0, description="first wait before a retry; doubled each time")
     coder: str = Field("default", description="MITI coder of the counselor's replies (state machine and outcomes)")
     client_coder: str = Field("default", description="client-talk coder of the client's turns (outcomes)")
+    strategy: str | None = Field(
+        None,
+        description="strategy-then-response (a counselor trained with data build --strategy): 'model' (its own "
+        "code), a MITI code (forced, e.g. CR) or 'policy:FILE' (a policy picks each reply's code from the coded "
+        "earlier ones); the tag is cut from every reply and its code kept in the turn's meta",
+    )
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, spec: str | None) -> str | None:
+        # the policy file itself is read (and checked) by Strategy.parse, before any model loads
+        if spec is not None and spec != "model" and not spec.startswith("policy:"):
+            try:
+                check_code(spec, "strategy")
+            except MiLlmError as e:
+                raise ValueError(str(e)) from None
+        return spec
+
+    def steering(self) -> Strategy | None:
+        """The parsed `strategy` (a policy file read and checked: FILE:LINE, exit 2); None: no prefill."""
+        return Strategy.parse(self.strategy, "--strategy") if self.strategy is not None else None
 
     def run_key(self) -> dict[str, object]:
-        """What must match for a rerun to resume into the same sessions file."""
-        return self.model_dump(exclude={"sessions", "retries", "retry_wait_s"})
+        """What must match for a rerun to resume into the same sessions file; the strategy only
+        when set, so that sessions from before it existed still resume."""
+        exclude = {"sessions", "retries", "retry_wait_s"} | ({"strategy"} if self.strategy is None else set())
+        return self.model_dump(exclude=exclude)

@@ -12,10 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_llm.errors import InputError
-from mi_llm.io import describe_validation_error, iter_jsonl
+from mi_llm.io import read_models
 
 Stage = Literal["precontemplation", "contemplation", "preparation"]
 STAGES: tuple[Stage, ...] = ("precontemplation", "contemplation", "preparation")
@@ -62,17 +62,7 @@ def bundled_persona_files(language: str | None = None) -> list[Path]:
 
 def read_cards(path: str | Path) -> list[PersonaCard]:
     """Every card of a JSONL file; a bad line or a repeated id is `FILE:LINE: what`."""
-    cards: list[PersonaCard] = []
-    seen: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(path):
-        try:
-            card = PersonaCard.model_validate(obj)
-        except ValidationError as e:
-            raise InputError(path, describe_validation_error(e), lineno) from None
-        if card.id in seen:
-            raise InputError(path, f"persona id {card.id!r} repeats line {seen[card.id]}", lineno)
-        seen[card.id] = lineno
-        cards.append(card)
+    cards = read_models(path, PersonaCard, key=lambda c: c.id, what="persona id")
     if not cards:
         raise InputError(path, "no persona cards")
     return cards

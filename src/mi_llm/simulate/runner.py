@@ -12,6 +12,13 @@ fails, each conversation is tried alone, and a session whose own call fails is r
 that settles each conversation on its own (`generate_settled`: the openai one, whose client
 retries each request with backoff, Retry-After honoured) is asked once per round, and only
 the sessions whose own request failed fail.
+
+Strategy-then-response (`strategy`, mi_llm.build.strategy): a leading tag such as "[CR] " is
+always cut from a counselor reply before it is stored, coded or shown to the client (a
+strategy-trained counselor writes one); a forced or policy code is begun as the assistant's
+turn (`Strategy.prefill`), a policy reading each earlier reply's one code (`turn_code`) as the
+MITI coder coded it. The turn's `meta` keeps the strategy, the code asked for and the code
+followed (asked, else written), as `mi-llm predict --strategy` records them.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from mi_llm.build.strategy import Strategy, split_tag, turn_code
 from mi_llm.corpus.schema import Dialogue, Language, Turn, Utterance
 from mi_llm.errors import MiLlmError
 from mi_llm.io import repair_torn_tail, write_json, write_jsonl
@@ -194,7 +202,10 @@ def simulate(
     paths.root.mkdir(parents=True, exist_ok=True)
     output = paths.sessions
     sidecar = meta_file(output)
+    strategy = config.steering()
     key = config.run_key()
+    if strategy is not None:  # a policy's settings too: an edited policy file is another setting
+        key["strategy"] = strategy.describe()
     if overwrite:
         for stale in (output, sidecar, paths.failed, paths.outcomes, paths.coded, paths.fidelity):
             stale.unlink(missing_ok=True)
@@ -203,7 +214,8 @@ def simulate(
     if done and sidecar.is_file():
         old = json.loads(sidecar.read_text(encoding="utf-8")).get("settings")
         if old != key:
-            changed = sorted(k for k in key if not isinstance(old, dict) or old.get(k) != key[k])
+            old = old if isinstance(old, dict) else {}
+            changed = sorted(k for k in key.keys() | old.keys() if old.get(k) != key.get(k))
             raise MiLlmError(
                 f"{output} holds sessions simulated with other settings (differs in {', '.join(changed)}); "
                 "pass --overwrite or choose another -o"
@@ -262,7 +274,7 @@ def simulate(
         finish([s for s in active if s.error is not None])
         active = [s for s in active if s.error is None]
         while active:
-            _counselor_turns(active, counselor, counselor_gen, coder, config)
+            _counselor_turns(active, counselor, counselor_gen, coder, config, strategy)
             _client_turns([s for s in active if s.error is None], client, client_gen, config)
             finish([s for s in active if s.error is not None or s.end is not None])
             active = [s for s in active if s.error is None and s.end is None]
@@ -281,32 +293,54 @@ def simulate(
     return SimulateResult(output, len(plans), written, resumed, failed, seconds)
 
 
+def counselor_codes(turns: Sequence[Turn]) -> list[str | None]:
+    """The one code (turn_code) of each counselor turn so far, as the MITI coder coded it."""
+    return [turn_code(u.code for u in t.codes or []) for t in turns if t.role == "counselor"]
+
+
+def strategy_meta(strategy: Strategy | None, requested: str | None, written: str | None) -> dict[str, Any]:
+    """What a counselor turn keeps of its strategy (nothing without one, unless the model wrote a tag)."""
+    if strategy is None:
+        return {"code": written} if written else {}
+    return {"strategy": strategy.spec, "requested": requested, "code": requested or written}
+
+
 def _counselor_turns(
-    sessions: list[Session], backend: Backend, gen: GenerationConfig, coder: VolleyCoder, config: SimulateConfig
+    sessions: list[Session],
+    backend: Backend,
+    gen: GenerationConfig,
+    coder: VolleyCoder,
+    config: SimulateConfig,
+    strategy: Strategy | None = None,
 ) -> None:
-    """Each session's next counselor reply, coded; each client state steps on it."""
-    texts = generate_each(
-        backend,
-        [counselor_messages(s.turns, s.plan.language) for s in sessions],
-        gen,
-        config.retries,
-        config.retry_wait_s,
-    )
-    ok: list[tuple[Session, str, list[str]]] = []
-    for s, text in zip(sessions, texts):
+    """Each session's next counselor reply (its tag cut), coded; each client state steps on it."""
+    requested = [strategy.requested(counselor_codes(s.turns)) if strategy else None for s in sessions]
+    batch = [counselor_messages(s.turns, s.plan.language) for s in sessions]
+    if strategy is not None:
+        batch = [strategy.prefill(m, code) for m, code in zip(batch, requested)]
+    texts = generate_each(backend, batch, gen, config.retries, config.retry_wait_s)
+    ok: list[tuple[Session, str, list[str], dict[str, Any]]] = []
+    for s, text, asked in zip(sessions, texts, requested):
         if isinstance(text, Exception):
             s.error = "counselor: " + _reason(text)
         else:
-            ok.append((s, text, split_utterances(text, s.plan.language) if text.strip() else []))
-    volleys = [(s.turns[-1].text, pieces, s.plan.language) for s, _, pieces in ok]
+            written, reply = split_tag(text)
+            reply = reply.strip()
+            if not reply:  # nothing said (e.g. only a tag): no turn to code or to answer
+                s.error = "counselor: an empty reply" + (" (only a strategy tag)" if text.strip() else "")
+                continue
+            pieces = split_utterances(reply, s.plan.language)
+            ok.append((s, reply, pieces, strategy_meta(strategy, asked, written)))
+    volleys = [(s.turns[-1].text, pieces, s.plan.language) for s, _, pieces, _ in ok]
     results = coder.code_volleys(volleys) if volleys else []
-    for (s, text, pieces), coded in zip(ok, results):
+    for (s, text, pieces, meta), coded in zip(ok, results):
         codes = [r.code for r in coded]
         s.turns.append(
             Turn(
                 role="counselor",
                 text=text,
                 codes=[Utterance(text=x, code=c) for x, c in zip(pieces, codes)] if pieces else None,
+                meta=meta,
             )
         )
         s.rounds += 1

@@ -95,6 +95,7 @@ def run_simulate(
 
     coder = load_coder(config.coder)
     client_coder = load_client_coder(config.client_coder)  # a bad coder fails before any model loads
+    config.steering()  # so does a bad policy file
     counselor_side, client_side = sides(config, counselor_options)
     counselor = counselor_side.load()
     try:

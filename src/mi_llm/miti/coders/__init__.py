@@ -45,6 +45,7 @@ def train_coder(
     recipe: str = "embed",
     encoder: str | None = None,
     weights: dict[str, float] | None = None,
+    exclude: Iterable[str | Path] = (),
 ) -> Path:
     """Train a coder on the bundled demo codes plus `sources` [(kind, path)]; save it in `out_dir`.
 
@@ -56,8 +57,10 @@ def train_coder(
     hyper-parameters) trains in about a minute on a CPU with the shared data, seconds on the
     demo corpus alone; `embeddings=False` also means `ngram`. `weights` {source: weight} override the
     recipe's source weights (e.g. {"welivita": 1.0} to code written counseling text).
+    `exclude`: dialogues / samples JSONL files whose dialogues are left out of every source and
+    of the globals model (an experiment's test split: a grader that never saw it).
     """
-    from mi_llm.miti.coders.labels import load_sources
+    from mi_llm.miti.coders.labels import exclude_dialogues, load_sources, read_excluded_dialogues
     from mi_llm.miti.coders.trained import TrainedCoder, default_config
     from mi_llm.resources import demo_dialogues
 
@@ -65,6 +68,11 @@ def train_coder(
     if progress:
         progress("loading", 0, 1)
     examples = load_sources(sources, demo=True)
+    excluded: set[str] = set()
+    for f in exclude:
+        excluded |= read_excluded_dialogues(f)
+    n_before = len(examples)
+    examples = exclude_dialogues(examples, excluded)
     if progress:
         progress("loading", 1, 1)
     if config is None:
@@ -82,7 +90,8 @@ def train_coder(
                     f"(sources here: {', '.join(sorted(present.values()))})"
                 )
             config.source_weights[present[name.casefold()]] = w
-    coder = TrainedCoder.fit(examples, config, dialogues_for_globals=demo_dialogues(), progress=progress)
+    globals_dialogues = [d for d in demo_dialogues() if d.id not in excluded]
+    coder = TrainedCoder.fit(examples, config, dialogues_for_globals=globals_dialogues, progress=progress)
     from mi_llm.miti.coders.labels import LICENCES
 
     counts = coder.info.get("sources", {})
@@ -99,6 +108,12 @@ def train_coder(
         }
     ]
     coder.info["quick"] = quick
+    if excluded:  # the held-out dialogues, named by file (not by path) and counted
+        coder.info["excluded"] = {
+            "files": [Path(f).name for f in exclude],
+            "dialogues": len(excluded),
+            "utterances": n_before - len(examples),
+        }
     out = coder.save(out_dir)
     log.info("trained a coder on %d utterances in %.0f s: %s", coder.info["n_examples"], coder.info["seconds"], out)
     return out

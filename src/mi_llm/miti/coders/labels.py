@@ -24,7 +24,7 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
@@ -371,6 +371,27 @@ def parse_weights(specs: Iterable[str]) -> dict[str, float]:
             )
         out[name] = weight
     return out
+
+
+def read_excluded_dialogues(path: str | Path) -> set[str]:
+    """The dialogue ids of a dialogues JSONL (`id`) or a round-samples JSONL (`dialogue_id`):
+    the dialogues a coder must not learn from (e.g. an experiment's test split)."""
+    from mi_llm.errors import InputError
+    from mi_llm.io import iter_jsonl
+
+    ids: set[str] = set()
+    for lineno, obj in iter_jsonl(path):
+        did = obj.get("dialogue_id", obj.get("id"))
+        if not isinstance(did, str) or not did:
+            raise InputError(Path(path), "no `dialogue_id` (samples) or `id` (dialogues) string", lineno)
+        ids.add(did)
+    return ids
+
+
+def exclude_dialogues(examples: Sequence[Example], dialogue_ids: set[str]) -> list[Example]:
+    """`examples` without the utterances of those dialogues (a dialogue's group is
+    `<source>-<dialogue id>`)."""
+    return [e for e in examples if e.group.removeprefix(f"{e.source}-") not in dialogue_ids]
 
 
 def load_sources(sources: Iterable[tuple[str, str | Path]], demo: bool = True) -> list[Example]:

@@ -25,14 +25,32 @@ function headers(extra) {
   return h;
 }
 
-function bubble(role, text, crisis) {
+function bubble(role, text, crisis, code) {
   const div = document.createElement("div");
   div.className = "msg " + role + (crisis ? " crisis" : "");
   div.dataset.role = role;
   div.textContent = text || "";  // text only: never interpreted as HTML
+  if (code) showCode(div, code);
   log.appendChild(div);
   log.scrollTop = log.scrollHeight;
   return div;
+}
+
+// The MITI code a strategy-steered counselor chose for its reply (serve --strategy): shown as
+// a badge drawn by CSS from the attribute, so it is never part of the reply's text.
+function showCode(div, code) {
+  div.dataset.code = code;
+  div.title = "MITI code of this reply: " + code;
+}
+
+// The safety layer's verdict on the user's message: high risk is the safe response (crisis),
+// low risk an answer with a check-in appended; both are marked, the level kept on the bubble.
+function showSafety(div, safety) {
+  if (!safety) return;
+  const level = safety.level || (safety.crisis ? "high" : "none");
+  if (level === "none") return;
+  div.dataset.level = level;
+  div.classList.add(level === "high" ? "crisis" : "checkin");
 }
 
 function needKey(message) {
@@ -47,7 +65,7 @@ async function loadSession() {
   if (!r.ok) return;  // 404: a new conversation
   const data = await r.json();
   log.textContent = "";
-  for (const m of data.messages) bubble(m.role, m.content, Boolean(m.safety));
+  for (const m of data.messages) bubble(m.role, m.content, Boolean(m.safety), m.code);
 }
 
 async function loadModel() {
@@ -109,7 +127,8 @@ async function sendMessage(text) {
     }
     for await (const ev of events(r)) {
       if (ev.error) { status.textContent = ev.error.message; break; }
-      if (ev.mi_llm && ev.mi_llm.safety && ev.mi_llm.safety.crisis) out.classList.add("crisis");
+      if (ev.mi_llm && ev.mi_llm.safety) showSafety(out, ev.mi_llm.safety);
+      if (ev.mi_llm && ev.mi_llm.code) showCode(out, ev.mi_llm.code);
       const choice = ev.choices && ev.choices[0];
       if (choice && choice.delta && choice.delta.content) {
         out.textContent += choice.delta.content;
