@@ -103,8 +103,17 @@ def _llama_last_logits(backend, prompt: list[int]):
 
 
 @needs_llamacpp
-def test_llamacpp_applies_a_peft_lora_like_transformers(embedded, tmp_path: Path) -> None:
-    """The PEFT adapter converted to a llama.cpp LoRA GGUF moves the logits as PEFT does."""
+def test_llamacpp_applies_a_peft_lora_like_transformers(embedded, tmp_path: Path, monkeypatch) -> None:
+    """The PEFT adapter converted to a llama.cpp LoRA GGUF moves the logits as PEFT does; the
+    architecture and depth come from the model's HF config, not from parsing the GGUF (slow)."""
+    from mi_llm.llm import lora_gguf
+    from mi_llm.llm.backends.llamacpp import LlamaCppBackend
+
+    def slow_path(*_a, **_k):
+        raise AssertionError("the GGUF was parsed for what the model's config says")
+
+    monkeypatch.setattr(lora_gguf, "gguf_arch", slow_path)
+    monkeypatch.setattr(LlamaCppBackend, "_gguf_block_count", slow_path)
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model

@@ -150,3 +150,46 @@ def test_load_model_defaults_to_fp32_on_cpu(tiny_model: Path) -> None:
     assert next(model.parameters()).dtype == torch.float32
     assert not model.training
     assert tok.convert_tokens_to_ids("<end_of_turn>") in model.generation_config.eos_token_id
+
+
+def test_tokenizer_is_loaded_once_per_process_until_its_files_change(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    first = load_tokenizer(str(folder))
+    second = load_tokenizer(str(folder))
+    assert second._tokenizer is first._tokenizer  # the demo's stages share one load ...
+    second.chat_template = "{{ messages }}"
+    second.mi_llm_stop_ids.append(-1)
+    third = load_tokenizer(str(folder))  # ... and what one caller sets stays its own
+    assert third.chat_template == first.chat_template != second.chat_template
+    assert -1 not in third.mi_llm_stop_ids
+    cfg = folder / "tokenizer_config.json"
+    st = cfg.stat()
+    os.utime(cfg, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # the files changed: load again
+    again = load_tokenizer(str(folder))
+    assert again._tokenizer is not first._tokenizer and again.chat_template == first.chat_template
+
+
+def test_a_gguf_is_parsed_once_within_a_conversion(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    from mi_llm.llm.embedded import gguf_parsed_once
+
+    path = tmp_path / "small.gguf"
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    original = gguf.GGUFReader
+    with gguf_parsed_once():
+        first = gguf.GGUFReader(str(path))
+        assert gguf.GGUFReader(path) is first  # the tokenizer, config and weights share one parse
+        assert bytes(first.fields["general.architecture"].parts[-1]).decode() == "gemma3"
+    assert gguf.GGUFReader is original
+    assert gguf.GGUFReader(str(path)) is not first

@@ -83,6 +83,7 @@ def test_real_embedded_model_vectors_are_cached(tmp_path):
     assert not np.allclose(v[2], v2[0])  # the client's turn is read
     e2 = Embedder(layer=2, cache_dir=tmp_path)  # a new process would start like this
     e2._ensure()
+    assert e2._model is e._model  # one load of the frozen blocks per process
 
     class NoCall:
         config = e2._model.config

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,30 @@ def _progress():  # a rich progress display on stderr (the library's only UI)
     )
 
 
+@contextlib.contextmanager
+def gguf_parsed_once() -> Iterator[None]:
+    """transformers parses the GGUF three times in a conversion (for the tokenizer, the config
+    and the weights), each time reading all of the 262k tokenizer entries one by one: about 9 s
+    a parse here. Within this block, one parse per file serves them all (transformers imports
+    `gguf.GGUFReader` when it loads, so it finds this one; the readers are only read)."""
+    import gguf as gguf_lib
+
+    original = gguf_lib.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: Any = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    setattr(gguf_lib, "GGUFReader", reader)  # noqa: B010  # mypy: a class replaced by a function
+    try:
+        yield
+    finally:
+        setattr(gguf_lib, "GGUFReader", original)  # noqa: B010
+
+
 def convert_gguf(gguf: Path, out: Path, family: Family, sha256: str | None = None) -> Path:
     """GGUF -> safetensors folder via transformers' GGUF loader (dequantised), atomically.
 
@@ -114,7 +139,7 @@ def convert_gguf(gguf: Path, out: Path, family: Family, sha256: str | None = Non
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     t0 = time.monotonic()
     try:
-        with _progress() as progress:
+        with _progress() as progress, gguf_parsed_once():
             task = progress.add_task(f"converting {gguf.name}: tokenizer", total=3)
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             tok.chat_template = family.template

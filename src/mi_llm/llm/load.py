@@ -3,6 +3,9 @@ token and end-of-turn ids; the weights in the device's dtype, in eval mode."""
 
 from __future__ import annotations
 
+import copy
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +17,60 @@ def _resolve(model: str | Path | ResolvedModel | None) -> ResolvedModel:
     return model if isinstance(model, ResolvedModel) else resolve_model(model)
 
 
+# Files whose change makes a cached tokenizer stale (those a folder has are part of the key).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")
+_TOKENIZERS_KEPT = 4
+_tokenizers: OrderedDict[tuple, Any] = OrderedDict()
+_tokenizers_lock = threading.Lock()
+
+
+def _tokenizer_key(rm: ResolvedModel) -> tuple:
+    files = []
+    for name in _TOKENIZER_FILES:
+        f = rm.path / name
+        if f.is_file():
+            st = f.stat()
+            files.append((name, st.st_size, st.st_mtime_ns))
+    return (str(rm.path), rm.chat_template, tuple(rm.stop_tokens), rm.trust_remote_code, tuple(files))
+
+
 def load_tokenizer(name_or_path: str | Path | ResolvedModel | None = None) -> Any:
-    """The model's tokenizer with its chat template and a pad token set."""
+    """The model's tokenizer with its chat template and a pad token set.
+
+    One load per process for the same tokenizer files (the most recent few kept): loading
+    the embedded model's 262k-token tokenizer takes 2.5-5 s here, and one `mi-llm demo`
+    loaded it about a dozen times (build, each backend, the coders' embedders). Each caller
+    gets its own copy of the Python object (a chat template or special token set on one does
+    not reach the others); the Rust tokenizer and the vocabulary are shared, read-only."""
+    rm = _resolve(name_or_path)
+    key = _tokenizer_key(rm)
+    with _tokenizers_lock:
+        tok = _tokenizers.get(key)
+        if tok is not None:
+            _tokenizers.move_to_end(key)
+    if tok is None:
+        tok = _load_tokenizer(rm)
+        with _tokenizers_lock:
+            _tokenizers[key] = tok
+            while len(_tokenizers) > _TOKENIZERS_KEPT:
+                _tokenizers.popitem(last=False)
+    return _own_copy(tok)
+
+
+_SHARED_TABLES = ("_vocab", "_merges")  # large, and never written after loading
+
+
+def _own_copy(tok: Any) -> Any:
+    out = copy.copy(tok)
+    for name, value in vars(tok).items():
+        if isinstance(value, (dict, list, set)) and name not in _SHARED_TABLES:
+            out.__dict__[name] = copy.copy(value)
+    return out
+
+
+def _load_tokenizer(rm: ResolvedModel) -> Any:
     from transformers import AutoTokenizer
 
-    rm = _resolve(name_or_path)
     tok = AutoTokenizer.from_pretrained(str(rm.path), trust_remote_code=rm.trust_remote_code)
     tok.chat_template = rm.chat_template
     if tok.pad_token is None:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,24 @@ class EmbeddingCache:
         tmp = self.folder / f".{name}.tmp.npz"
         np.savez(tmp, keys=np.array(list(keys)), vecs=np.asarray(vecs, dtype=np.float32))
         os.replace(tmp, self.folder / name)
+
+
+@dataclass
+class _Stack:
+    """The frozen lower blocks of a causal LM (run in eval mode, never trained) and its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    final_norm: Any
+    upper_layers: list
+    n_layers: int
+
+
+# The last loaded stack, shared by every Embedder of the same model and layer in this process:
+# the therapist and the client-talk coder read the same one, and one `mi-llm demo` loaded it
+# five times (each load about 5 s here: the 1 GB weights and the 262k-token tokenizer).
+_stacks: dict[tuple, _Stack] = {}
+_stacks_lock = threading.Lock()
 
 
 class Embedder:
@@ -152,24 +172,33 @@ class Embedder:
         from mi_llm.llm.resolve import resolve_model
 
         rm = resolve_model(self.model_name)
-        transformers.utils.logging.disable_progress_bar()  # our own progress bar is enough
-        model, tok = load_model(rm, dtype=torch.float32, device="cpu")
-        inner = _decoder(model)
-        n = len(inner.layers)
-        if not 1 <= self.layer <= n:
-            from mi_llm.errors import MiLlmError
+        key = (str(rm.path), rm.sha256, self.layer, self.keep_upper)
+        with _stacks_lock:
+            stack = _stacks.get(key)
+            if stack is None:
+                transformers.utils.logging.disable_progress_bar()  # our own progress bar is enough
+                model, tok = load_model(rm, dtype=torch.float32, device="cpu")
+                inner = _decoder(model)
+                n = len(inner.layers)
+                if not 1 <= self.layer <= n:
+                    from mi_llm.errors import MiLlmError
 
-            raise MiLlmError(f"embedding layer {self.layer} out of range 1..{n} for {self.model_name}")
-        # Only the first `layer` blocks run: the rest (and the LM head) are dropped, except
-        # `keep_upper` blocks just above, kept at hand for the tuned expert (`tuned.py`).
-        self.n_layers = n
-        self.upper_layers = list(inner.layers[self.layer : self.layer + self.keep_upper])
-        inner.layers = inner.layers[: self.layer]
-        # The stack returns the raw residual stream (what the next block reads); the final
-        # norm is applied here for the pooled vectors.
-        self.final_norm = inner.norm
-        inner.norm = torch.nn.Identity()
-        self._model, self._tok = inner, tok
+                    raise MiLlmError(f"embedding layer {self.layer} out of range 1..{n} for {self.model_name}")
+                # Only the first `layer` blocks run: the rest (and the LM head) are dropped, except
+                # `keep_upper` blocks just above, kept at hand for the tuned expert (`tuned.py`).
+                upper = list(inner.layers[self.layer : self.layer + self.keep_upper])
+                inner.layers = inner.layers[: self.layer]
+                # The stack returns the raw residual stream (what the next block reads); the final
+                # norm is applied here for the pooled vectors.
+                final_norm = inner.norm
+                inner.norm = torch.nn.Identity()
+                stack = _Stack(inner, tok, final_norm, upper, n)
+                _stacks.clear()  # one stack at a time: a few hundred MB each
+                _stacks[key] = stack
+        self.n_layers = stack.n_layers
+        self.upper_layers = stack.upper_layers
+        self.final_norm = stack.final_norm
+        self._model, self._tok = stack.model, stack.tokenizer
         ident = rm.sha256 or str(rm.path)
         # the history only joins vectors: the same vectors (and cache) as without it
         self._tag = _key(ident, str({k: v for k, v in self.config().items() if k != "history"}))[:16]
