@@ -122,9 +122,10 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path):
 
 
 class OneCodeCoder:
-    """Codes every counselor turn as one complex reflection (a stand-in for the MITI coder)."""
+    """Codes every counselor turn as one complex reflection and every client turn as change
+    talk unless told not to (a stand-in for the MITI coder)."""
 
-    def code_dialogues(self, dialogues):
+    def code_dialogues(self, dialogues, client_talk="default"):
         from mi_llm.corpus.schema import Utterance
 
         return [
@@ -133,7 +134,7 @@ class OneCodeCoder:
                     "turns": [
                         t.model_copy(update={"codes": [Utterance(text=t.text, code="CR")]})
                         if t.role == "counselor"
-                        else t
+                        else t.model_copy(update={"talk": "change" if client_talk is not None else None})
                         for t in d.turns
                     ]
                 }
@@ -176,6 +177,8 @@ def test_miti_stage_writes_the_one_schema_the_report_reads(tmp_path, monkeypatch
     mine = scores.systems[label]
     assert mine.n_sessions == 2 and mine.files == [str(paths.miti_coded(label))]
     assert mine.pooled.pct_cr == 1.0 and mine.aggregate["r_q"].mean is None  # every reply a CR, no question
+    # the test rounds' clients never heard the model: their talk is coded for the reference only
+    assert mine.pooled.client_talk is None and scores.systems["reference"].pooled.client_talk.change > 0
     human = scores.systems["reference (human codes)"]
     assert human.files == [str(paths.miti_coded("reference (human codes)"))] and human.pooled.pct_cr != 1.0
     report = collect(cfg, paths)

@@ -402,13 +402,19 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
             coder,
             coder_name=str(cfg.miti.coder),
             keep_codes={HUMAN_REFERENCE},
+            clients_not_answering={label for label, _, _ in systems},
             coded_file=paths.miti_coded,
         )
         write_miti_scores(paths.miti_scores, scores)
 
     inputs = [test_file, built_dialogues(cfg, paths)] + [paths.predictions(k, s) for _, k, s in systems]
     # The schema version is a setting: a run from before a schema change rewrites miti.json.
-    params = {**cfg.miti.model_dump(), "miti_scores_version": MITI_SCORES_VERSION, "reference": "out-of-sample only"}
+    params = {
+        **cfg.miti.model_dump(),
+        "miti_scores_version": MITI_SCORES_VERSION,
+        "reference": "out-of-sample only",
+        "client_talk": "not for systems' replies in test rounds",  # their clients never heard them
+    }
     return Stage("miti", do_miti, [paths.miti_scores], inputs=inputs, params=params)
 
 

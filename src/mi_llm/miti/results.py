@@ -39,7 +39,7 @@ _UNDEFINED_WHY = (
 
 
 class DialogueCoder(Protocol):
-    def code_dialogues(self, dialogues: Sequence[Dialogue]) -> Sequence[Dialogue]: ...
+    def code_dialogues(self, dialogues: Sequence[Dialogue], *, client_talk: Any = ...) -> Sequence[Dialogue]: ...
 
 
 class _Schema(BaseModel):
@@ -126,6 +126,7 @@ def code_and_score(
     *,
     coder_name: str | None = None,
     keep_codes: Collection[str] = (),
+    clients_not_answering: Collection[str] = (),
     ratio: RatioDefinition = DEFAULT_RATIO,
     files: Mapping[str, Sequence[str]] | None = None,
     coded_file: Callable[[str], Path] | None = None,
@@ -134,8 +135,12 @@ def code_and_score(
     """Code every system's sessions with `coder` and score them, in the order given.
 
     Without a coder, and for the systems named in `keep_codes`, the sessions are scored
-    with the codes they carry. `coded_file(label)` is where a system's coded sessions are
-    written (and what its `files` say); else `files[label]` names its inputs.
+    with the codes they carry. The client turns of the systems named in `clients_not_answering`
+    get no talk type: a model's replies placed in a real dialogue's rounds were never heard by
+    its client, so the client's change talk says nothing about that model (coding it with the
+    model's reply as context only made the same words look different per system).
+    `coded_file(label)` is where a system's coded sessions are written (and what its `files`
+    say); else `files[label]` names its inputs.
     """
     from mi_llm.miti.coders.globals_model import WITHHELD_FROM_REPORTS
 
@@ -144,7 +149,10 @@ def code_and_score(
     for label, sessions in systems.items():
         coded: Sequence[Dialogue | CodedSession] = sessions
         if coder is not None and label not in keep_codes:
-            coded = list(coder.code_dialogues(sessions))  # type: ignore[arg-type]
+            if label in clients_not_answering:
+                coded = list(coder.code_dialogues(sessions, client_talk=None))  # type: ignore[arg-type]
+            else:
+                coded = list(coder.code_dialogues(sessions))  # type: ignore[arg-type]
             if len(coded) != len(sessions):
                 raise MiLlmError(f"the MITI coder returned {len(coded)} dialogues for {len(sessions)} ({label})")
             # automatic global ratings are not valid (WITHHELD_FROM_REPORTS): only human ones are scored
