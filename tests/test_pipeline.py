@@ -289,6 +289,10 @@ def test_miti_stage_does_not_code_the_reference_in_sample(tmp_path, monkeypatch)
     )
     assert coder_trained_on(DemoTrainedCoder(), cfg.sources) == ["demo"]
     assert coder_trained_on(OneCodeCoder(), cfg.sources) == []
+    held_apart = DemoTrainedCoder()
+    held_apart.info = {**DemoTrainedCoder.info, "excluded": {"ids": ["d1", "d2", "d3"]}}  # train-coder --exclude
+    assert coder_trained_on(held_apart, cfg.sources, ["d1", "d2"]) == []  # its test dialogues were held out
+    assert coder_trained_on(held_apart, cfg.sources, ["d1", "d9"]) == ["demo"]  # d9 was not
     paths = RunPaths(tmp_path / "run")
     runner = StageRunner(paths.root)
     for stage in data_stages(cfg, paths):

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -381,7 +381,7 @@ def miti_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
             for d in test
         ]
         coder = load_coder(cfg.miti.coder)
-        seen = coder_trained_on(coder, cfg.sources)
+        seen = coder_trained_on(coder, cfg.sources, test_ids)
         sessions: dict[str, list[Dialogue]] = {}
         if seen:
             # The coder learned from these very replies: its codes of them would be in-sample.
@@ -452,10 +452,14 @@ def following_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
     return stages
 
 
-def coder_trained_on(coder: object, sources: list[SourceConfig]) -> list[str]:
+def coder_trained_on(coder: object, sources: list[SourceConfig], test_ids: Collection[str] = ()) -> list[str]:
     """The experiment's source kinds that the coder's training data came from (its
-    `info["data"]` kinds: e.g. the shipped coder's `demo` and `annomi`)."""
+    `info["data"]` kinds: e.g. the shipped coder's `demo` and `annomi`); none when every
+    test dialogue was held out of its training (`train-coder --exclude`: `info["excluded"]["ids"]`)."""
     info = getattr(coder, "info", None) or {}
+    held_out = set((info.get("excluded") or {}).get("ids") or ())
+    if test_ids and set(test_ids) <= held_out:
+        return []
     trained = {d.get("kind") for d in info.get("data", []) if isinstance(d, dict)}
     return sorted({s.kind for s in sources} & trained)
 

@@ -213,7 +213,12 @@ def test_train_coder_exclude_leaves_dialogues_out(tmp_path):
     assert full.returncode == 0 and part.returncode == 0, part.stderr
     info_all = json.loads((tmp_path / "all" / "coder.json").read_text())["info"]
     info = json.loads((tmp_path / "part" / "coder.json").read_text())["info"]
-    assert n_held > 0 and info["excluded"] == {"files": [held.name], "dialogues": 2, "utterances": n_held}
+    assert n_held > 0 and info["excluded"] == {
+        "files": [held.name],
+        "dialogues": 2,
+        "utterances": n_held,
+        "ids": sorted(d.id for d in dialogues),
+    }
     assert info["n_examples"] == info_all["n_examples"] - n_held and "excluded" not in info_all
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"dialogue_id": "x"}\n{"round": 2}\n')

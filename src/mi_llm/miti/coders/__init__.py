@@ -113,6 +113,7 @@ def train_coder(
             "files": [Path(f).name for f in exclude],
             "dialogues": len(excluded),
             "utterances": n_before - len(examples),
+            "ids": sorted(excluded),  # so a run can tell that its test dialogues are out-of-sample
         }
     out = coder.save(out_dir)
     log.info("trained a coder on %d utterances in %.0f s: %s", coder.info["n_examples"], coder.info["seconds"], out)
