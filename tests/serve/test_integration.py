@@ -113,3 +113,26 @@ def test_concurrent_streams_are_batched_and_a_disconnect_frees_its_slot(batched_
         assert streamer.running == 0
         assert streamer.steps - steps < 100  # it stopped far short of 400 tokens
     store.close()
+
+
+def test_the_system_prompts_are_cached_before_the_first_client(batched_engine, tmp_path):
+    """Creating the app puts each language's MI system prompt into a slot of the batch engine
+    (one token generated each), so the first wave of clients shares it at once."""
+    from mi_llm.llm.templates import shared_prefix_len
+    from mi_llm.prompts import load_prompt
+    from mi_llm.serve.api import WARM_USER
+    from mi_llm.serve.protocol import conversation
+
+    backend = batched_engine.backend
+    if backend._streamer is not None:  # noqa: SLF001 - empty the slots other tests filled
+        backend._streamer.engine.reset()  # noqa: SLF001
+    store = SessionStore(tmp_path / "s.sqlite3")
+    create_app(batched_engine, ServeConfig(temperature=0.0), store)
+    cached = backend._streamer.engine.cached  # noqa: SLF001
+    for lang in ("en", "zh"):
+        system = load_prompt("system", lang)
+        prompt = backend.encode(conversation(system, [], WARM_USER[lang]))
+        other = backend.encode(conversation(system, [], "Something else entirely."))
+        shared = shared_prefix_len(prompt, other)  # the system prompt and the template around it
+        assert shared > 50 and max(shared_prefix_len(c, prompt) for c in cached) >= shared, [len(c) for c in cached]
+    store.close()

@@ -138,6 +138,11 @@ class Client:
     rate_key: str
 
 
+# A first user message per language for the warm-up (what follows the system prompt differs
+# per request; only the shared part matters).
+WARM_USER = {"en": "Hello.", "zh": "你好。"}
+
+
 class ChatService:
     """The request logic, independent of HTTP details."""
 
@@ -147,6 +152,10 @@ class ChatService:
         self.store = store
         self.safety = safety
         self.worker = GenerationWorker(engine, settings.max_queue)
+        # Every conversation opens with the MI system prompt of its language: in the engine's
+        # prefix cache before the first client comes.
+        languages = [settings.language] if settings.language in WARM_USER else list(WARM_USER)
+        engine.warm([conversation(load_prompt("system", lang), [], WARM_USER[lang]) for lang in languages])
         self.limiter = TokenBucketLimiter(settings.rate_per_minute, settings.rate_burst)
         self.started = int(time.time())
         owners = dict(settings.api_keys or {})

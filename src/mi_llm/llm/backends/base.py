@@ -87,6 +87,9 @@ class Backend(ABC):
     # How many `stream_chat` calls may run at once, each in its own thread (a server runs
     # that many): 1 for a model that streams one conversation at a time.
     stream_concurrency: int = 1
+    # Whether concurrent streams share a cache of prompt prefixes here (a local batch
+    # engine): then warming it with the prompts every conversation opens with pays off.
+    caches_prompt_prefixes: bool = False
 
     @abstractmethod
     def generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:

@@ -171,6 +171,7 @@ class LlamaCppBackend(Backend):
         self._streamer: BatchStreamer | None = None
         self._streamer_lock = threading.Lock()
         self.stream_concurrency = self.parallel
+        self.caches_prompt_prefixes = self.parallel > 1  # the batch engine's slots
         if self.parallel > 1:
             from mi_llm.llm.backends.llamacpp_batch import BatchEngine
 
