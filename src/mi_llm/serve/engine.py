@@ -141,34 +141,17 @@ class BackendEngine(ChatEngine):
         self.backend.close()
 
     def warm(self, conversations: list[Messages]) -> None:
-        """One token of each conversation, all at once, so that each prompt's prefix is in a
-        slot of the batch engine before the first client comes: every request shares the
-        MI system prompt (most of its prompt), and a first wave of clients otherwise waits
-        while one of them computes it (the first load's median first token: 2.73 s vs
-        1.2 s on later loads, docs/serve.md). Only where the backend caches prompt prefixes
-        (llama.cpp with parallel slots); a failure here is logged, never fatal."""
-        if not getattr(self.backend, "caches_prompt_prefixes", False) or not conversations:
-            return  # nothing to keep (and nothing sent to a remote server unasked)
+        """The backend's own warm-up (llama.cpp with parallel slots: each prompt's prefix cached
+        before the first client comes; every request opens with the MI system prompt, and a
+        first wave of clients otherwise waited while one of them computed it, docs/serve.md).
+        A failure here is logged, never fatal."""
         t0 = time.monotonic()
-        config = GenerationConfig(max_new_tokens=1)
-        failed: list[str] = []
-
-        def one(messages: Messages) -> None:
-            try:
-                for _ in self.stream(messages, config):
-                    pass
-            except Exception as e:  # noqa: BLE001 - a warm-up is an optimisation
-                failed.append(str(e))
-
-        threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in conversations]
-        for t in threads:  # together: each prompt holds its own slot
-            t.start()
-        for t in threads:
-            t.join()
-        if failed:
-            log.warning("warming the engine failed (%s); serving without it", failed[0])
-        else:
-            log.info("cached %d system prompt(s) in %.1f s", len(conversations), time.monotonic() - t0)
+        try:
+            self.backend.warm(conversations)
+        except Exception as e:  # noqa: BLE001 - a warm-up is an optimisation
+            log.warning("warming the engine failed (%s); serving without it", e)
+            return
+        log.debug("engine warmed with %d conversation(s) in %.1f s", len(conversations), time.monotonic() - t0)
 
     def stream(
         self, messages: Messages, config: GenerationConfig, cancel: threading.Event | None = None

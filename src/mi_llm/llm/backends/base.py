@@ -87,9 +87,10 @@ class Backend(ABC):
     # How many `stream_chat` calls may run at once, each in its own thread (a server runs
     # that many): 1 for a model that streams one conversation at a time.
     stream_concurrency: int = 1
-    # Whether concurrent streams share a cache of prompt prefixes here (a local batch
-    # engine): then warming it with the prompts every conversation opens with pays off.
-    caches_prompt_prefixes: bool = False
+
+    def warm(self, conversations: Sequence[Messages]) -> None:  # noqa: B027 - optional hook
+        """Get ready for conversations that begin like these: a backend whose live streams share
+        a cache of prompt prefixes (llama.cpp with parallel slots) computes them now."""
 
     @abstractmethod
     def generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:

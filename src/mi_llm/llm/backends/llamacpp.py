@@ -171,7 +171,6 @@ class LlamaCppBackend(Backend):
         self._streamer: BatchStreamer | None = None
         self._streamer_lock = threading.Lock()
         self.stream_concurrency = self.parallel
-        self.caches_prompt_prefixes = self.parallel > 1  # the batch engine's slots
         if self.parallel > 1:
             from mi_llm.llm.backends.llamacpp_batch import BatchEngine
 
@@ -332,12 +331,22 @@ class LlamaCppBackend(Backend):
     def _through_streamer(
         streamer: BatchStreamer, prompts: list[list[int]], config: GenerationConfig
     ) -> list[tuple[list[int], bool]]:
-        streams = [streamer.submit(p, config) for p in prompts]  # all queued before any is read
+        streams = streamer.submit_all(prompts, config)  # all queued before any is read
         outs = []
         for stream in streams:
             ids = list(streamer.read(stream))
             outs.append((ids, len(ids) < config.max_new_tokens))
         return outs
+
+    def warm(self, conversations: Sequence[Messages]) -> None:
+        """One token of each conversation, admitted together, so that each prompt stays in a
+        slot of its own for the live streams to share (with parallel slots only)."""
+        if self._engine is None or not conversations:
+            return
+        with self._in_use():
+            self._through_streamer(
+                self._batch_streamer(), [self.encode(c) for c in conversations], GenerationConfig(max_new_tokens=1)
+            )
 
     def _batch_streamer(self) -> BatchStreamer:
         with self._streamer_lock:  # the first streams may start together

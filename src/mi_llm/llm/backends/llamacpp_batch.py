@@ -135,19 +135,6 @@ class BatchEngine:
         req.admitted = self._admitted
         self._admitted += 1
 
-    def least_lost_slot(self, prompt: Sequence[int], free: Sequence[int]) -> int:
-        """The free slot for `prompt` whose cache loses fewest tokens that `prompt` does not
-        reuse (then the longest reused prefix, then the lowest index). Taking the first free
-        slot overwrote the same slot again and again while the others kept stale caches: a
-        system prompt cached at start-up (serve) was lost to the next request of the other
-        language. Whatever slot it lands in, `_start` still copies the longest prefix from any slot."""
-
-        def cost(slot: int) -> tuple[int, int, int]:
-            shared = shared_prefix_len(self.cached[slot], prompt)
-            return (len(self.cached[slot]) - shared, -shared, slot)
-
-        return min(free, key=cost)
-
     def _should_wait(self, prompt: Sequence[int], active: dict[int, _Request]) -> bool:
         """Whether a slot still feeding its prompt will soon hold a longer prefix of `prompt`.
 
@@ -363,13 +350,21 @@ class BatchStreamer:
         self._thread.start()
 
     def submit(self, prompt: list[int], config: GenerationConfig, cancel: threading.Event | None = None) -> _Stream:
-        stream = _Stream(list(prompt), config, cancel)
+        return self.submit_all([prompt], config, cancel)[0]
+
+    def submit_all(
+        self, prompts: Sequence[list[int]], config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> list[_Stream]:
+        """Queue the prompts together: the decoding thread admits them in one go, each into a
+        free slot of its own (submitted one by one, a short one could finish first and the
+        next take over its slot and cache)."""
+        streams = [_Stream(list(p), config, cancel) for p in prompts]
         with self._wake:
             if self._closed:
                 raise MiLlmError("the llama.cpp batch engine is closed")
-            self._waiting.append(stream)
+            self._waiting.extend(streams)
             self._wake.notify()
-        return stream
+        return streams
 
     def tokens(
         self, prompt: list[int], config: GenerationConfig, cancel: threading.Event | None = None
@@ -443,13 +438,14 @@ class BatchStreamer:
                 self._waiting.clear()
                 active.clear()
                 return False
-            free = [slot for slot in range(self.engine.slots) if slot not in active]
-            while free and self._waiting:
+            for slot in range(self.engine.slots):
+                if not self._waiting:
+                    break
+                if slot in active:
+                    continue
                 if self.engine._should_wait(self._waiting[0].prompt, active):  # noqa: SLF001
                     break
                 stream = self._waiting.popleft()
-                slot = self.engine.least_lost_slot(stream.prompt, free)
-                free.remove(slot)
                 req = _Request(slot, stream.prompt, [], 0, config=stream.config, stream=stream)
                 self.engine._start(slot, req)  # noqa: SLF001
                 active[slot] = req
