@@ -123,9 +123,9 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path):
 
 class OneCodeCoder:
     """Codes every counselor turn as one complex reflection and every client turn as change
-    talk unless told not to (a stand-in for the MITI coder)."""
+    talk (a stand-in for the MITI coder, with the old one-argument signature)."""
 
-    def code_dialogues(self, dialogues, client_talk="default"):
+    def code_dialogues(self, dialogues):
         from mi_llm.corpus.schema import Utterance
 
         return [
@@ -134,7 +134,7 @@ class OneCodeCoder:
                     "turns": [
                         t.model_copy(update={"codes": [Utterance(text=t.text, code="CR")]})
                         if t.role == "counselor"
-                        else t.model_copy(update={"talk": "change" if client_talk is not None else None})
+                        else t.model_copy(update={"talk": "change"})
                         for t in d.turns
                     ]
                 }

@@ -39,7 +39,7 @@ _UNDEFINED_WHY = (
 
 
 class DialogueCoder(Protocol):
-    def code_dialogues(self, dialogues: Sequence[Dialogue], *, client_talk: Any = ...) -> Sequence[Dialogue]: ...
+    def code_dialogues(self, dialogues: Sequence[Dialogue]) -> Sequence[Dialogue]: ...
 
 
 class _Schema(BaseModel):
@@ -150,7 +150,7 @@ def code_and_score(
         coded: Sequence[Dialogue | CodedSession] = sessions
         if coder is not None and label not in keep_codes:
             if label in clients_not_answering:
-                coded = list(coder.code_dialogues(sessions, client_talk=None))  # type: ignore[arg-type]
+                coded = _coded_without_client_talk(coder, sessions)  # type: ignore[arg-type]
             else:
                 coded = list(coder.code_dialogues(sessions))  # type: ignore[arg-type]
             if len(coded) != len(sessions):
@@ -200,6 +200,21 @@ def code_and_score(
         comparison=comparison_table(scored, paper=paper).to_dict(),
         notes=notes,
     )
+
+
+def _coded_without_client_talk(coder: DialogueCoder, sessions: Sequence[Dialogue]) -> list[Dialogue]:
+    """The counselor turns coded, no client turn with a talk type (mi-llm's coders skip the
+    client-talk coder; any other coder's talk types are dropped)."""
+    from mi_llm.miti.coders.base import Coder
+
+    if isinstance(coder, Coder):
+        coded = coder.code_dialogues(list(sessions), client_talk=None)
+    else:
+        coded = list(coder.code_dialogues(sessions))
+    return [
+        d.model_copy(update={"turns": [t.model_copy(update={"talk": None}) if t.talk else t for t in d.turns]})
+        for d in coded
+    ]
 
 
 def write_miti_scores(path: str | Path, scores: MitiScores) -> None:
