@@ -142,9 +142,9 @@ class BackendEngine(ChatEngine):
 
     def warm(self, conversations: list[Messages]) -> None:
         """The backend's own warm-up (llama.cpp with parallel slots: each prompt's prefix cached
-        before the first client comes; every request opens with the MI system prompt, and a
-        first wave of clients otherwise waited while one of them computed it, docs/serve.md).
-        A failure here is logged, never fatal."""
+        before the first client comes). Measured (docs/serve.md): the first request's first
+        token 0.11 s instead of 0.3-0.4 s; a first load of 50 clients unchanged. A failure
+        here is logged, never fatal."""
         t0 = time.monotonic()
         try:
             self.backend.warm(conversations)
