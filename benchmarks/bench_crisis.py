@@ -12,9 +12,18 @@
    --flagged (ids only) to be read by hand.
 3. `heldout`: the bundled held-out set (written before the detector, never tuned on).
 4. `speed`: ms per message of rules / learned / combined with history, interleaved, repeated.
+5. `features`: which representation to learn from, by the same leave-one-source-out: the
+   shipped character n-grams, the embedded model's hidden states (`--layers`, mean-pooled
+   over the message), and a mix of the two regressions' log-odds. The embedding's C and the
+   mix weight are chosen, like the thresholds, on the validation split of each fold's
+   training sources; thresholds global or per language. Per held-out source: recall,
+   precision, false-positive rate (learned alone and OR-ed with the rules), ROC AUC, and the
+   recall at the held-out source's own 3% FPR (an oracle threshold: the ranking's quality,
+   apart from calibration).
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_crisis.py --shared ../shared/data \\
         --parts cv,talk,heldout,speed --json crisis.json [--flagged flagged.jsonl]
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_crisis.py --parts features --layers 9,14 --json features.json
 """
 
 from __future__ import annotations
@@ -36,7 +45,15 @@ from mi_llm.serve.safety.evaluate import bundled_set, evaluate, read_labelled  #
 from mi_llm.serve.safety.learned import default_detector  # noqa: E402
 from mi_llm.serve.safety.risk import RiskClassifier  # noqa: E402
 from mi_llm.serve.safety.sources import TALK_CORPORA, TALK_TRAINED  # noqa: E402
-from mi_llm.serve.safety.train import NOT_TRAINED_ON, TrainConfig, cross_validate, training_rows  # noqa: E402
+from mi_llm.serve.safety.train import (  # noqa: E402
+    NOT_TRAINED_ON,
+    TrainConfig,
+    choose_thresholds,
+    cross_validate,
+    group_split,
+    training_rows,
+    training_weights,
+)
 
 DETECTORS = ("rules", "learned", "combined")
 
@@ -239,12 +256,115 @@ def part_speed(repeats: int = 5) -> dict[str, Any]:
     }
 
 
+VARIANTS = ("ngram", "embed", "mixed")
+EMBED_C = (0.001, 0.003, 0.01, 0.03)  # chosen on each fold's validation split (0.003 nearly always)
+MIX = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the n-gram log-odds: 1 = n-grams alone, 0 = embedding alone
+
+
+def _recall_at_fpr(z: Any, gold: Any, fpr: float = 0.03) -> float:
+    """Recall at the threshold that flags `fpr` of these negatives."""
+    import numpy as np
+
+    neg = np.sort(z[~gold])[::-1]
+    return float((z[gold] > neg[int(np.floor(fpr * len(neg)))]).mean())
+
+
+def part_features(shared: Path, layers: list[int]) -> dict[str, Any]:
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    from mi_llm.miti.coders.embed import Embedder
+
+    class MessageEmbedder(Embedder):  # "Client: <message>", no context: what the server reads
+        speaker = "Client"
+
+    rows = training_rows(shared=shared, exclude=(), talk=tuple(TALK_CORPORA))
+    never = {*NOT_TRAINED_ON, *(f"talk:{c}" for c in TALK_CORPORA if c not in TALK_TRAINED)}
+    cfg = TrainConfig()
+    rules = default_classifier()
+    ruled = np.array([rules.classify(r.text, r.language).crisis for r in rows])
+    gold = np.array([r.crisis for r in rows])
+    lang = np.array([r.language for r in rows])
+    src = np.array([r.source for r in rows])
+    usable = np.array([r.trainable for r in rows])
+    sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+
+    def fit_ngram(idx: list[int]) -> Any:
+        vec = cfg.features.vectorizer()
+        x = vec.fit_transform([rows[i].text for i in idx])
+        m = LogisticRegression(C=cfg.c, max_iter=2000).fit(
+            x, gold[idx], sample_weight=training_weights([rows[i] for i in idx], cfg)
+        )
+        return lambda j: m.decision_function(vec.transform([rows[i].text for i in j]))
+
+    def fit_embed(vecs: Any, idx: list[int], c: float) -> Any:
+        sc = StandardScaler().fit(vecs[idx])
+        m = LogisticRegression(C=c, max_iter=3000).fit(
+            sc.transform(vecs[idx]), gold[idx], sample_weight=training_weights([rows[i] for i in idx], cfg)
+        )
+        return lambda j: m.decision_function(sc.transform(vecs[j]))
+
+    out: dict[str, Any] = {"rows": len(rows), "layers": {}}
+    t0 = time.time()
+    for layer in layers:
+        emb = MessageEmbedder(layer=layer, max_tokens=128, context=False, batch_size=32)
+        vecs = emb.embed([r.text for r in rows])
+        print(f"  layer {layer}: vectors ready ({time.time() - t0:.0f}s)", flush=True)
+        score = {v: np.zeros(len(rows)) for v in VARIANTS}
+        flag = {f"{v}{m}": np.zeros(len(rows), bool) for v in VARIANTS for m in ("", "/lang")}
+        chosen = {}
+        for held in sorted(set(src)):
+            test = np.flatnonzero(src == held).tolist()
+            idx = [i for i in range(len(rows)) if src[i] != held and src[i] not in never and usable[i]]
+            tr, va = group_split([rows[i] for i in idx], cfg.validation, cfg.seed)
+            tr, va = [idx[k] for k in tr], [idx[k] for k in va]
+            ng = fit_ngram(tr)
+            c = max(EMBED_C, key=lambda c: _recall_at_fpr(fit_embed(vecs, tr, c)(va), gold[va]))
+            em = fit_embed(vecs, tr, c)
+            zn, ze = ng(va), em(va)
+            mix = max(MIX, key=lambda a: _recall_at_fpr(a * zn + (1 - a) * ze, gold[va]))
+            chosen[held] = {"embed_c": c, "mix": mix}
+            tn, te = ng(test), em(test)
+            for v, a in (("ngram", 1.0), ("embed", 0.0), ("mixed", mix)):
+                sv, st = sig(a * zn + (1 - a) * ze), sig(a * tn + (1 - a) * te)
+                th = choose_thresholds(sv, gold[va], cfg.recall_target, cfg.high_precision, cfg.max_fpr)[0]
+                per = {
+                    L: choose_thresholds(sv[m], gold[va][m], cfg.recall_target, cfg.high_precision, cfg.max_fpr)[0]
+                    for L in ("zh", "en")
+                    if gold[va][(m := lang[va] == L)].any()
+                }
+                score[v][test] = st
+                flag[v][test] = st >= th
+                flag[f"{v}/lang"][test] = st >= np.array([per.get(L, th) for L in lang[test]])
+            print(f"  layer {layer}, held out {held}: {chosen[held]} ({time.time() - t0:.0f}s)", flush=True)
+        table: dict[str, Any] = {}
+        for held in sorted(set(src) - {"cssrs"}):
+            m = (src == held) & usable
+            entry: dict[str, Any] = {"n": int(m.sum()), "crisis": int(gold[m].sum())}
+            for name, f in (("rules", ruled), *flag.items()):
+                keys = [
+                    {"crisis": bool(g), "rules": bool(r), "learned": bool(x)}
+                    for g, r, x in zip(gold[m], ruled[m], f[m])
+                ]
+                r = _rates(keys)
+                entry[name] = {k: r[k] for k in ("learned", "combined")} if name != "rules" else r["rules"]
+            if gold[m].any() and (~gold[m]).any():
+                entry["auc"] = {v: round(float(roc_auc_score(gold[m], score[v][m])), 3) for v in VARIANTS}
+                entry["recall_at_own_3pct_fpr"] = {v: round(_recall_at_fpr(score[v][m], gold[m]), 3) for v in VARIANTS}
+            table[f"{held} ({rows[int(np.flatnonzero(m)[0])].language})"] = entry
+        out["layers"][str(layer)] = {"chosen": chosen, "per_source": table}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=REPO / ".." / "shared" / "data")
     ap.add_argument("--parts", default="cv,talk,heldout,speed")
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--flagged", type=Path, help="ids of flagged real client turns (JSONL, no text)")
+    ap.add_argument("--layers", default="9", help="features: the embedded model's layers to compare, e.g. 9,14")
     args = ap.parse_args()
     parts = args.parts.split(",")
     out: dict[str, Any] = {}
@@ -258,6 +378,8 @@ def main() -> None:
             out["heldout"] = part_heldout()
         elif part == "speed":
             out["speed"] = part_speed()
+        elif part == "features":
+            out["features"] = part_features(args.shared, [int(x) for x in args.layers.split(",")])
         else:
             ap.error(f"unknown part {part}")
         args.json.write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")

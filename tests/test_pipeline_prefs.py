@@ -54,3 +54,20 @@ def test_off_by_default():
     cfg = ExperimentConfig.model_validate({"sources": [{"kind": "demo"}]})
     assert not cfg.prefs.enabled and not cfg.dpo.enabled
     assert [s for _, _, s in cfg.systems()] == ["base", "finetuned"]
+
+
+def test_the_dpo_counselor_is_simulated_with_its_own_adapter_when_steered_ones_are(tmp_path):
+    from mi_llm.pipeline import simulate_stages
+
+    sim = {"enabled": True, "personas": "demo:en", "sessions": 1, "max_rounds": 1}
+    plain, steered = steer(simulate=sim), steer(simulate={**sim, "steered": True})
+    assert [s for _, _, s in plain.simulated_systems()] == ["base", "finetuned"]
+    assert [s for _, _, s in steered.simulated_systems()] == ["base", "finetuned", "dpo"]
+    paths = RunPaths(tmp_path)
+    m = steered.models[0]
+    stages = {s.name: s for s in simulate_stages(steered, paths, m)}
+    assert list(stages) == [f"{m.key}/simulate-{s}" for s in ("base", "finetuned", "dpo")]
+    dpo_inputs = stages[f"{m.key}/simulate-dpo"].inputs
+    assert paths.preference_adapter(m.key).weights in dpo_inputs
+    assert paths.adapter(m.key).weights not in dpo_inputs
+    assert paths.adapter(m.key).weights in stages[f"{m.key}/simulate-finetuned"].inputs

@@ -148,8 +148,9 @@ class ExperimentSimulateConfig(SimulateConfig):
     enabled: bool = False
     steered: bool = Field(
         False,
-        description="also simulate the fine-tuned model steered by each of generation.strategies "
-        "(one more set of sessions per strategy)",
+        description="also simulate the steered counselors: the fine-tuned model steered by each of "
+        "generation.strategies, and the preference-trained one when the dpo stage is on (one more "
+        "set of sessions each)",
     )
     # set by the pipeline (PIPELINE_SIMULATE_FIELDS); never part of the config
     counselor: None = Field(None, exclude=True)  # type: ignore[assignment]
@@ -339,10 +340,13 @@ class ExperimentConfig(_Strict):
     def simulated_systems(self) -> list[tuple[str, str, str]]:
         """(label, model key, system) of the counselors the simulate stage runs: each model's
         base and fine-tuned version, each with its strategy (`strategy_of`), and the steered
-        ones only with `simulate.steered` (each is another set of sessions); none when it is off."""
+        ones (each strategy's, and the preference-trained `dpo` one) only with
+        `simulate.steered` (each is another set of sessions); none when it is off."""
         if not self.simulate.enabled:
             return []
-        steered = {steered_system(s) for s in self.generation.strategies} if self.simulate.steered else set()
+        steered = set()
+        if self.simulate.steered:
+            steered = {steered_system(s) for s in self.generation.strategies} | {PREFERENCE_SYSTEM}
         return [x for x in self.systems() if x[2] in SYSTEMS or x[2] in steered]
 
     def strategy_of(self, system: str) -> str | None:

@@ -21,7 +21,7 @@ from mi_llm.config import ExperimentConfig, ModelConfig, SourceConfig
 from mi_llm.corpus.importers import source_files
 from mi_llm.corpus.schema import Dialogue, read_dialogues, write_dialogues
 from mi_llm.io import iter_jsonl, write_json
-from mi_llm.layout import AdapterPaths, RunPaths, SimulatePaths
+from mi_llm.layout import PREFERENCE_SYSTEM, AdapterPaths, RunPaths, SimulatePaths
 from mi_llm.stages import Stage, StageRunner, fingerprint
 
 log = logging.getLogger(__name__)
@@ -244,16 +244,18 @@ def simulate_backend_options(options: dict, sessions: int) -> dict:
 
 
 def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list[Stage]:
-    """Whole sessions with simulated clients for the model's base and fine-tuned counselor: the
-    same personas, seeds and client, so the two differ only in the counselor."""
+    """Whole sessions with simulated clients for the model's base and fine-tuned counselor (and
+    the steered ones, `simulated_systems`): the same personas, seeds and client, so they differ
+    only in the counselor."""
     from mi_llm.simulate.persona import bundled_persona_files
 
     personas = cfg.simulate.personas
     persona_files = bundled_persona_files() if personas.startswith("demo") else [Path(personas)]
     stages = []
     for system in [system for _, key, system in cfg.simulated_systems() if key == m.key]:
-        # the fine-tuned and steered systems are the SFT adapter, each with its strategy
-        adapter = paths.adapter(m.key) if system != "base" else None
+        # the fine-tuned and strategy-steered systems are the SFT adapter, each with its
+        # strategy; the preference-trained one has its own adapter (the dpo stage's)
+        adapter = {"base": None, PREFERENCE_SYSTEM: paths.preference_adapter(m.key)}.get(system, paths.adapter(m.key))
         strategy = cfg.strategy_of(system)
         sim = paths.simulate(m.key, system)
         inputs = persona_files + ([adapter.weights, adapter.peft_config] if adapter else [])

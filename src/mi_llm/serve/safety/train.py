@@ -58,6 +58,16 @@ def source_weights(rows: Sequence[LabelledText]) -> np.ndarray:
     return w * (len(rows) / w.sum())
 
 
+def training_weights(rows: Sequence[LabelledText], cfg: TrainConfig) -> np.ndarray:
+    """Per-row weights: sources balanced (`cfg.balance_sources`), then the crisis rows given
+    `cfg.crisis_weight` of the total. Balanced (0.5), a message with nothing to go on
+    ("Mm-hmm") scored near one half, above the threshold."""
+    w = source_weights(rows) if cfg.balance_sources else np.ones(len(rows))
+    pos = np.array([r.crisis for r in rows], dtype=bool)
+    share = cfg.crisis_weight
+    return w * np.where(pos, share / w[pos].sum(), (1 - share) / w[~pos].sum()) * len(rows)
+
+
 def _fit_models(rows: Sequence[LabelledText], cfg: TrainConfig) -> tuple[Any, Any, Any]:
     from sklearn.linear_model import LogisticRegression
 
@@ -66,13 +76,7 @@ def _fit_models(rows: Sequence[LabelledText], cfg: TrainConfig) -> tuple[Any, An
     y = np.array([r.crisis for r in rows], dtype=int)
     if y.min() == y.max():
         raise MiLlmError("training data needs both crisis and non-crisis rows")
-    w = source_weights(rows) if cfg.balance_sources else np.ones(len(rows))
-    # crisis rows get a fixed share of the weight: balanced (0.5), a message with nothing to
-    # go on ("Mm-hmm") scored near one half, above the threshold
-    pos = y == 1
-    share = cfg.crisis_weight
-    w = w * np.where(pos, share / w[pos].sum(), (1 - share) / w[~pos].sum()) * len(rows)
-    crisis = LogisticRegression(C=cfg.c, max_iter=2000).fit(x, y, sample_weight=w)
+    crisis = LogisticRegression(C=cfg.c, max_iter=2000).fit(x, y, sample_weight=training_weights(rows, cfg))
     typed = [i for i, r in enumerate(rows) if r.crisis and r.fine]
     labels = sorted({rows[i].subcategory for i in typed})
     types = None
@@ -131,7 +135,7 @@ def choose_thresholds(
     return threshold, max(high, threshold)
 
 
-def _group_split(rows: Sequence[LabelledText], share: float, seed: int) -> tuple[list[int], list[int]]:
+def group_split(rows: Sequence[LabelledText], share: float, seed: int) -> tuple[list[int], list[int]]:
     groups = sorted({r.group for r in rows})
     rng = np.random.default_rng(seed)
     held = set(rng.choice(groups, size=max(1, int(round(share * len(groups)))), replace=False).tolist())
@@ -155,7 +159,7 @@ def fit(
     if sum(r.crisis for r in rows) < 4 or sum(not r.crisis for r in rows) < 4:
         raise MiLlmError("training needs at least 4 crisis and 4 non-crisis rows")
     say = progress or (lambda _msg: None)
-    train_idx, val_idx = _group_split(rows, cfg.validation, cfg.seed)
+    train_idx, val_idx = group_split(rows, cfg.validation, cfg.seed)
     say(f"fitting on {len(train_idx)} rows to choose the thresholds on {len(val_idx)}")
     probe_models = _fit_models([rows[i] for i in train_idx], cfg)
     probe = _detector(probe_models, cfg, 0.5, 0.5)
