@@ -353,7 +353,7 @@ def part_features(shared: Path, layers: list[int]) -> dict[str, Any]:
             if gold[m].any() and (~gold[m]).any():
                 entry["auc"] = {v: round(float(roc_auc_score(gold[m], score[v][m])), 3) for v in VARIANTS}
                 entry["recall_at_own_3pct_fpr"] = {v: round(_recall_at_fpr(score[v][m], gold[m]), 3) for v in VARIANTS}
-            table[f"{held} ({rows[int(np.flatnonzero(m)[0])].language})"] = entry
+            table[f"{held} ({'+'.join(sorted(set(lang[m]), reverse=True))})"] = entry
         out["layers"][str(layer)] = {"chosen": chosen, "per_source": table}
     return out
 
