@@ -7,6 +7,8 @@ import pytest
 
 from mi_llm.config import load_config
 from mi_llm.errors import InputError
+from mi_llm.io import write_json
+from mi_llm.layout import RunPaths
 from mi_llm.stages import Stage, StageRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,3 +337,48 @@ def test_a_model_that_writes_no_tag_is_a_finding_not_an_error(tmp_path, monkeypa
     result = json.loads(following.outputs[0].read_text())
     n = sum(1 for _ in iter_jsonl(paths.build.test_samples))
     assert n > 0 and (result["replies"], result["with_code"]) == (n, 0) and result["all"]["rate"] is None
+
+
+def test_a_run_directory_moved_elsewhere_stays_up_to_date(tmp_path):
+    """Inputs inside the run directory are fingerprinted by their place in it: a copied or
+    moved run resumes instead of redoing every stage; a stage recorded with the absolute
+    names of before is up to date too."""
+    import shutil
+
+    from mi_llm.stages import fingerprint
+
+    run = tmp_path / "a" / "run"
+    (run / "build").mkdir(parents=True)
+    (run / "build" / "samples.jsonl").write_text("x")
+    calls = []
+
+    def stage(root):
+        out = root / "out.txt"
+        return Stage(
+            "s", lambda: (calls.append(root), out.write_text("y")), [out], inputs=[root / "build" / "samples.jsonl"]
+        )
+
+    assert not StageRunner(run)(stage(run)).skipped
+    moved = tmp_path / "b" / "run"
+    shutil.copytree(run, moved)
+    assert StageRunner(moved)(stage(moved)).skipped
+    (moved / "build" / "samples.jsonl").write_text("changed")
+    assert not StageRunner(moved)(stage(moved)).skipped  # content still counts
+    # recorded before names were relative: absolute names, same directory
+    legacy = stage(run)
+    write_json(RunPaths(run).stage_state("s"), {"fingerprint": fingerprint(legacy.params, legacy.inputs)})
+    assert StageRunner(run)(legacy).skipped
+    assert calls == [run, moved]
+
+
+def test_training_resumes_in_a_moved_run_directory_but_not_on_other_data(tmp_path):
+    from mi_llm.errors import MiLlmError
+    from mi_llm.train.config import TrainConfig, check_resume_compatible
+
+    def options(root, data="build"):
+        return TrainConfig(model="m", data=str(root / data), output=str(root / "models" / "m" / "adapter"))
+
+    saved = options(tmp_path / "a").model_dump()
+    check_resume_compatible(saved, options(tmp_path / "b"), tmp_path / "train_config.json")
+    with pytest.raises(MiLlmError, match=r"train_config.json: --resume with other options .*data"):
+        check_resume_compatible(saved, options(tmp_path / "b", "other"), tmp_path / "train_config.json")

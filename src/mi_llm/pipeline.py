@@ -277,9 +277,10 @@ def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> l
             config = cfg.simulate.simulate_config(m.name, str(adapter.root) if adapter else None, m.backend, strategy)
             # Sessions already there are resumed only when they were made from these very
             # inputs (a crash); a changed adapter or setting starts the sessions over.
-            made_from = fingerprint(params, inputs)
+            made_from = fingerprint(params, inputs, paths.root)
             marker = sim.stage_marker
-            same = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") == made_from
+            recorded = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") if marker.is_file() else None
+            same = recorded in (made_from, fingerprint(params, inputs))  # or as recorded before relative names
             sim.root.mkdir(parents=True, exist_ok=True)
             write_json(marker, {"fingerprint": made_from})
             run_simulate(

@@ -31,10 +31,17 @@ def _hash_path(h: hashlib._Hash, path: Path) -> None:
         h.update(b"<missing>")
 
 
-def fingerprint(params: Any, inputs: Sequence[Path]) -> str:
+def fingerprint(params: Any, inputs: Sequence[Path], root: Path | None = None) -> str:
+    """Hash of the params and of each input's name and content. Inputs under `root` (the run
+    directory) are named relative to it, so a run directory copied or moved elsewhere is
+    still up to date."""
     h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    base = Path(root).absolute() if root is not None else None
     for p in inputs:
-        h.update(str(p).encode())
+        name = str(p)
+        if base is not None and Path(p).absolute().is_relative_to(base):
+            name = "<run>/" + Path(p).absolute().relative_to(base).as_posix()
+        h.update(name.encode())
         _hash_path(h, Path(p))
     return h.hexdigest()
 
@@ -71,10 +78,13 @@ class StageRunner:
         state = self._state_file(stage.name)
         if self.force or not state.is_file() or not all(Path(o).exists() for o in stage.outputs):
             return False
-        return json.loads(state.read_text()).get("fingerprint") == fp
+        recorded = json.loads(state.read_text()).get("fingerprint")
+        # a stage recorded before inputs were named relative to the run directory, in this very
+        # directory, is up to date too: upgrading mi-llm does not rerun a finished run
+        return recorded == fp or recorded == fingerprint(stage.params, stage.inputs)
 
     def __call__(self, stage: Stage) -> StageResult:
-        fp = fingerprint(stage.params, stage.inputs)
+        fp = fingerprint(stage.params, stage.inputs, self.run_dir)
         if self.up_to_date(stage, fp):
             log.info("stage %s: up to date, skipped", stage.name)
             result = StageResult(stage.name, True, 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,13 +121,28 @@ class TrainConfig(BaseModel):
         return {k: getattr(self, k) for k in RESULT_KEYS}
 
 
+# options that name files: a run folder copied or moved with its data (a pipeline's run
+# directory holds both) names them by other absolute paths, yet learns the same thing
+PATH_KEYS = ("data", "adapter")
+
+
+def _seen_from(value: Any, output: Any) -> Any:
+    """A path option as seen from the output folder (unchanged when either is missing)."""
+    if not isinstance(value, str) or not isinstance(output, str):
+        return value
+    return os.path.relpath(Path(value).expanduser().absolute(), Path(output).expanduser().absolute())
+
+
 def check_resume_compatible(saved: dict[str, Any], current: TrainConfig, path: Path) -> None:
-    """A resumed run must learn the same thing: refuse if a result-changing option moved."""
-    diffs = [
-        f"{k} {saved.get(k)!r} -> {getattr(current, k)!r}"
-        for k in RESULT_KEYS
-        if k in saved and saved.get(k) != getattr(current, k)
-    ]
+    """A resumed run must learn the same thing: refuse if a result-changing option moved.
+    Paths (`PATH_KEYS`) are compared as seen from the output folder."""
+
+    def same(k: str) -> bool:
+        if k in PATH_KEYS:
+            return _seen_from(saved.get(k), saved.get("output")) == _seen_from(getattr(current, k), current.output)
+        return saved.get(k) == getattr(current, k)
+
+    diffs = [f"{k} {saved.get(k)!r} -> {getattr(current, k)!r}" for k in RESULT_KEYS if k in saved and not same(k)]
     if diffs:
         raise MiLlmError(
             f"{path}: --resume with other options than the interrupted run ({'; '.join(diffs)}); "
