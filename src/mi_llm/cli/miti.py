@@ -198,6 +198,61 @@ def _print_agreement(r: dict) -> None:
     console.print(f"[dim]human benchmarks: session ICC {b['session_icc']}; utterance kappa {b['utterance_kappa']}[/]")
 
 
+@miti_app.command("blind")
+def blind_cmd(
+    inputs: list[str] = typer.Argument(
+        ...,
+        help="each system's sessions (Dialogue JSONL, e.g. a run's miti/<system>.coded.jsonl); "
+        "'NAME=FILE' names a system (default: the file name without .coded.jsonl)",
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="folder for sessions.jsonl (to code) and key.json (kept apart)"
+    ),
+    dialogues: int | None = typer.Option(
+        None,
+        "--dialogues",
+        help="dialogues per system (default all); the same dialogues for every system where they share ids",
+    ),
+    seed: int = typer.Option(0, help="seed of the draw, the order and the blind ids"),
+) -> None:
+    """Mix several systems' sessions for blind human coding: random ids, no system names, no automatic codes."""
+    from mi_llm.corpus.schema import read_dialogues
+    from mi_llm.miti.blind import blind_sample, write_blind
+
+    systems: dict[str, list] = {}
+    for spec in inputs:
+        name, path = _labelled(spec)
+        name = name or path.name.removesuffix(".jsonl").removesuffix(".coded")
+        if name in systems:
+            raise MiLlmError(f"{spec}: the system name {name!r} is given twice (name them: NAME=FILE)")
+        systems[name] = read_dialogues(path)
+    sessions, key = blind_sample(systems, dialogues, seed)
+    sessions_path, key_path = write_blind(output, sessions, key)
+    how = "the same dialogues for every system" if key["paired"] else "drawn per system"
+    console.print(f"wrote {len(sessions)} blinded session(s) of {len(systems)} system(s) ({how}) to {sessions_path}")
+    console.print(
+        f"code them with `mi-llm miti annotate {sessions_path} --coder-name NAME`; keep {key_path} from the coder, "
+        "then `mi-llm miti unblind`"
+    )
+
+
+@miti_app.command("unblind")
+def unblind_cmd(
+    coded: Path = typer.Argument(..., help="the coder's export of the blinded sessions (miti annotate --out)"),
+    key: Path = typer.Option(..., "--key", help="key.json written by `miti blind`"),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="folder for one coded file per system, original ids restored"
+    ),
+) -> None:
+    """Split blind-coded sessions back into systems, for `miti score` and `miti agree`."""
+    from mi_llm.miti.blind import unblind, write_unblinded
+
+    paths = write_unblinded(output, unblind(coded, key))
+    for p in paths:
+        console.print(f"wrote {p}")
+    console.print(f"score them side by side: mi-llm miti score {' '.join(str(p) for p in paths)} -o scores.json")
+
+
 @miti_app.command("annotate")
 def annotate_cmd(
     sessions: Path = typer.Argument(..., help="Dialogue JSONL to code (coded or not)"),
