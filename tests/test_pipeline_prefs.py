@@ -71,3 +71,53 @@ def test_the_dpo_counselor_is_simulated_with_its_own_adapter_when_steered_ones_a
     assert paths.preference_adapter(m.key).weights in dpo_inputs
     assert paths.adapter(m.key).weights not in dpo_inputs
     assert paths.adapter(m.key).weights in stages[f"{m.key}/simulate-finetuned"].inputs
+
+
+def test_a_held_apart_pairs_coder_is_trained_in_the_run_before_the_pairs(tmp_path):
+    import json
+
+    from mi_llm.pipeline import data_stages, pairs_coder_stage, prefs_stage
+    from mi_llm.stages import StageRunner
+
+    cfg = steer(prefs={"enabled": True, "k": 2, "coder": "held-apart"}, split={"train": 4, "test": 2, "seed": 1})
+    paths = RunPaths(tmp_path / "run")
+    runner = StageRunner(paths.root)
+    for stage in data_stages(cfg, paths):
+        runner(stage)
+    stage = pairs_coder_stage(cfg, paths)
+    assert not runner(stage).skipped and runner(stage).skipped
+    info = json.loads((paths.pairs_coder / "coder.json").read_text())
+    test_ids = {json.loads(line)["dialogue_id"] for line in paths.build.test_samples.read_text().splitlines()}
+    assert info["info"]["experts"] == ["ngram"] and info["info"]["quick"]
+    assert set(info["info"]["excluded"]["ids"]) == test_ids
+    prefs = prefs_stage(cfg, paths, cfg.models[0])
+    assert paths.pairs_coder / "coder.json" in prefs.inputs
+    # a coder named by the config is used as it is: no pairs-coder stage, no such input
+    named = prefs_stage(steer(), paths, cfg.models[0])
+    assert paths.pairs_coder / "coder.json" not in named.inputs
+
+
+def test_the_steered_demo_adds_stages_and_keeps_the_demos_own():
+    """`mi-llm demo --steer` after `mi-llm demo` runs only the new stages: every stage the two
+    share has the same settings and inputs."""
+    from mi_llm.cli.pipeline import demo_config, steered_demo
+    from mi_llm.config import load_config
+    from mi_llm.pipeline import model_stages, simulate_stages
+
+    demo = load_config(demo_config())
+    steered = steered_demo(demo)
+    assert [s for _, _, s in steered.systems()] == ["base", "finetuned", "dpo"]
+    assert steered.prefs.coder == "held-apart" != steered.miti.coder
+    assert steered.dpo.max_length == demo.train.max_length and steered.name == demo.name
+    paths = RunPaths("runs/demo")
+    m = demo.models[0]
+
+    def stages(cfg):
+        return {s.name: s for s in [*model_stages(cfg, paths, m), *simulate_stages(cfg, paths, m)]}
+
+    plain, more = stages(demo), stages(steered)
+    assert set(more) - set(plain) == {
+        f"{m.key}/{s}" for s in ("prefs", "dpo", "predict-dpo", "evaluate-dpo", "simulate-dpo")
+    }
+    for name, stage in plain.items():
+        assert (more[name].params, more[name].inputs) == (stage.params, stage.inputs), name

@@ -196,6 +196,10 @@ class ExperimentSimulateConfig(SimulateConfig):
 PIPELINE_PREFS_FIELDS = ("model", "adapter", "backend")
 
 
+# `prefs.coder` value: the run trains its own pairs coder (pipeline.pairs_coder_stage)
+HELD_APART_CODER = "held-apart"
+
+
 class ExperimentPrefsConfig(PrefsConfig):
     """`prefs:`: every option of `mi-llm prefs build` but those the pipeline sets, and whether to
     build preference pairs (from each fine-tuned model, on the training rounds)."""
@@ -204,6 +208,12 @@ class ExperimentPrefsConfig(PrefsConfig):
     model: None = Field(None, exclude=True)  # type: ignore[assignment]
     adapter: None = Field(None, exclude=True)
     backend: None = Field(None, exclude=True)  # type: ignore[assignment]
+    coder: str = Field(
+        "default",
+        description="the MITI coder that scores the sampled replies: default, a folder, llm:..., or "
+        f"{HELD_APART_CODER!r} (the run trains one: n-grams, fixed settings, on the bundled demo codes "
+        "without the run's test dialogues; another recipe than the shipped coder's)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -215,10 +225,12 @@ class ExperimentPrefsConfig(PrefsConfig):
                 )
         return data
 
-    def prefs_config(self, model: str, adapter: str, backend: str) -> PrefsConfig:
-        return PrefsConfig.model_validate(
-            {**self.model_dump(exclude={"enabled"}), "model": model, "adapter": adapter, "backend": backend}
-        )
+    def prefs_config(self, model: str, adapter: str, backend: str, coder: str | None = None) -> PrefsConfig:
+        """`coder`: the folder of the run's own pairs coder, when `coder` is held-apart."""
+        given = self.model_dump(exclude={"enabled"})
+        if coder is not None:
+            given["coder"] = coder
+        return PrefsConfig.model_validate({**given, "model": model, "adapter": adapter, "backend": backend})
 
 
 class ExperimentDpoConfig(TrainConfig):

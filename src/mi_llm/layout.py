@@ -17,6 +17,7 @@ spells one of these names.
         openai/{train,test}.jsonl             .openai, openai_file(split)
       models/<key>/{base,finetuned}/        .predictions(key, system) (+ meta_file), .metrics(key, system)
       models/<key>/prefs.jsonl              .prefs(key): preference pairs (the prefs stage; + sidecars)
+      coders/pairs/                         .pairs_coder: the held-apart pairs coder (`prefs.coder: held-apart`)
       models/<key>/dpo-adapter/, dpo/       .preference_adapter(key), the dpo system's predictions
       models/<key>/adapter/                 .adapter(key) -> AdapterPaths (any `mi-llm train --output DIR`)
         adapter_config.json, adapter_model.safetensors, train_config.json, train_log.jsonl
@@ -58,6 +59,8 @@ MODELS_DIR = "models"
 MITI_DIR = "miti"
 REPORT_DIR = "report"
 STAGES_DIR = ".stages"
+CODERS_DIR = "coders"
+PAIRS_CODER = "pairs"  # coders/pairs/: the coder a run trains to score its preference pairs
 
 # A build folder.
 SPLITS = ("train", "test")
@@ -358,6 +361,11 @@ class RunPaths(_Folder):
     def prefs(self, key: str) -> Path:
         """The prefs stage's pairs (+ its sidecars: candidates, meta, summary)."""
         return self.model_dir(key) / PREFS
+
+    @property
+    def pairs_coder(self) -> Path:
+        """The coder the run trains for its preference pairs (`prefs.coder: held-apart`)."""
+        return self.root / CODERS_DIR / PAIRS_CODER
 
     def preference_adapter(self, key: str) -> AdapterPaths:
         """The dpo stage's adapter (DPO or KTO from the fine-tuned adapter)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mi_llm.build.strategy import Strategy
-from mi_llm.config import ExperimentConfig, ModelConfig, SourceConfig
+from mi_llm.config import HELD_APART_CODER, ExperimentConfig, ModelConfig, SourceConfig
 from mi_llm.corpus.importers import source_files
 from mi_llm.corpus.schema import Dialogue, read_dialogues, write_dialogues
 from mi_llm.io import iter_jsonl, write_json
@@ -217,7 +217,7 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
                 )
                 systems.append(steered)
     if cfg.prefs.enabled:
-        stages.append(prefs_stage(cfg, paths, m))
+        stages.append(prefs_stage(cfg, paths, m))  # after pairs_coder_stage (run_experiment)
     if cfg.dpo_enabled:
         stages += dpo_stages(cfg, paths, m, lambda: do_predict("dpo"), gen_params)
         systems.append("dpo")
@@ -297,26 +297,49 @@ def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> l
     return stages
 
 
+def pairs_coder_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
+    """`prefs.coder: held-apart`: the coder that scores the preference pairs, trained in the run
+    on the bundled demo codes without the run's test dialogues, with another recipe (n-grams,
+    fixed settings: seconds) than the shipped coder that grades: the pairs are not chosen by
+    the grader, and the grader's test dialogues never taught the pairs coder."""
+
+    def do_train() -> None:
+        from mi_llm.miti.coders import train_coder
+
+        train_coder(paths.pairs_coder, quick=True, recipe="ngram", exclude=[paths.build.test_samples])
+
+    return Stage(
+        "pairs-coder",
+        do_train,
+        [paths.pairs_coder / "coder.json"],
+        inputs=[paths.build.test_samples],
+        params={"recipe": "ngram", "quick": True},
+    )
+
+
 def prefs_stage(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> Stage:
     """Preference pairs sampled from the fine-tuned model on the training rounds, scored by
     `prefs.coder` (resumable inside: the sampled replies are kept)."""
     key = m.key
     adapter = paths.adapter(key)
+    own_coder = cfg.prefs.coder == HELD_APART_CODER
 
     def do_prefs() -> None:
         from mi_llm.evaluate.predict import resolve_backend
         from mi_llm.prefs.build import build_prefs
 
         backend = resolve_backend(m.backend)
-        opts = cfg.prefs.prefs_config(m.name, str(adapter.root), backend)
+        coder = str(paths.pairs_coder) if own_coder else None
+        opts = cfg.prefs.prefs_config(m.name, str(adapter.root), backend, coder=coder)
         build_prefs(opts, paths.build.train_samples, paths.prefs(key), backend_options=dict(m.backend_options))
 
     params = {"model": m.model_dump(), "prefs": cfg.prefs.model_dump(mode="json")}
+    inputs = [paths.build.train_samples, adapter.weights]
     return Stage(
         f"{key}/prefs",
         do_prefs,
         [paths.prefs(key)],
-        inputs=[paths.build.train_samples, adapter.weights],
+        inputs=inputs + ([paths.pairs_coder / "coder.json"] if own_coder else []),
         params=params,
     )
 
@@ -499,6 +522,8 @@ def run_experiment(
     write_json(paths.config, cfg.model_dump(mode="json"))
     runner = StageRunner(paths.root, force=force)
     stages = data_stages(cfg, paths)
+    if cfg.prefs.enabled and cfg.prefs.coder == HELD_APART_CODER:
+        stages.append(pairs_coder_stage(cfg, paths))
     for m in cfg.models:
         stages += model_stages(cfg, paths, m)
         if cfg.simulate.enabled:
