@@ -92,6 +92,10 @@ def main() -> None:
         help="learning curve: the chosen product on 25/50/75%% of the outer training transcripts",
     )
     ap.add_argument("--ship", action="store_true", help="then train the package's client-talk coder on all transcripts")
+    ap.add_argument("--layer", type=int, default=9, help="the embedded model's layer to read (the shipped coder: 9)")
+    ap.add_argument(
+        "--context-tokens", type=int, default=64, help="tokens of the counselor's previous turn read (shipped: 64)"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("bench_client_talk")
@@ -101,7 +105,7 @@ def main() -> None:
     embeddings = embed_cfg = None
     t_embed = 0.0
     if not args.no_embed:
-        embedder = ct.ClientEmbedder()
+        embedder = ct.ClientEmbedder(layer=args.layer, context_tokens=args.context_tokens)
         embed_cfg = embedder.config()
         embeddings = embedder.embed([e.text for e in examples], [e.previous for e in examples])
         t_embed = time.monotonic() - t0

@@ -382,3 +382,99 @@ def test_training_resumes_in_a_moved_run_directory_but_not_on_other_data(tmp_pat
     check_resume_compatible(saved, options(tmp_path / "b"), tmp_path / "train_config.json")
     with pytest.raises(MiLlmError, match=r"train_config.json: --resume with other options .*data"):
         check_resume_compatible(saved, options(tmp_path / "b", "other"), tmp_path / "train_config.json")
+
+
+def test_a_training_stage_that_reruns_starts_over_unless_it_can_resume(tmp_path):
+    """Changed settings (or data) rerun the train stage: a finished run, or one with other
+    options, is cleared instead of stopping the run; an interrupted run with the same
+    options keeps its checkpoint."""
+    from mi_llm.train.checkpoints import STATE_FILE, checkpoints_dir
+    from mi_llm.train.config import TrainConfig
+    from mi_llm.train.trainer import clear_unless_resumable
+
+    out = tmp_path / "adapter"
+
+    def options(**kw):
+        return TrainConfig(model="m", data=str(tmp_path / "build"), output=str(out), **kw)
+
+    def trained(cfg, interrupted=False):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "train_config.json", {"config": cfg.model_dump(mode="json")})
+        (out / "adapter_model.safetensors").write_text("w")
+        if interrupted:
+            (checkpoints_dir(out) / "step-2").mkdir(parents=True)
+            write_json(checkpoints_dir(out) / "step-2" / STATE_FILE, {"step": 2})
+
+    assert not clear_unless_resumable(options())  # nothing there
+    trained(options(max_steps=16), interrupted=True)
+    assert not clear_unless_resumable(options(max_steps=16)) and out.is_dir()  # resumes
+    assert clear_unless_resumable(options(max_steps=20)) and not out.exists()  # other options
+    trained(options(max_steps=16))
+    assert clear_unless_resumable(options(max_steps=16)) and not out.exists()  # finished: new data
+
+
+def test_the_prefs_stage_resamples_when_the_adapter_changed(tmp_path, monkeypatch):
+    """Replies kept from an interrupted prefs stage are reused only if sampled from the same
+    adapter weights, training rounds and sampling settings."""
+    import mi_llm.prefs.build as build
+    from mi_llm.config import ExperimentConfig
+    from mi_llm.pipeline import prefs_stage
+    from mi_llm.prefs.build import candidates_file, settings_file
+
+    cfg = ExperimentConfig.model_validate({"sources": [{"kind": "demo"}], "prefs": {"enabled": True, "coder": "x"}})
+    paths = RunPaths(tmp_path / "run")
+    m = cfg.models[0]
+    paths.build.root.mkdir(parents=True)
+    paths.build.train_samples.write_text("{}\n")
+    paths.adapter(m.key).root.mkdir(parents=True)
+    paths.adapter(m.key).weights.write_text("sft 1")
+    monkeypatch.setattr(build, "build_prefs", lambda *a, **k: None)
+    out = paths.prefs(m.key)
+
+    def kept_after_run(config=cfg) -> bool:
+        candidates_file(out).write_text('{"sample_id": "a", "replies": []}\n')
+        settings_file(out).write_text("{}")
+        prefs_stage(config, paths, m).run()
+        return candidates_file(out).exists() and settings_file(out).exists()
+
+    assert not kept_after_run()  # no record of what they were sampled from
+    assert kept_after_run()  # an interrupted stage of the same inputs resumes
+    other_scoring = ExperimentConfig.model_validate(
+        {"sources": [{"kind": "demo"}], "prefs": {"enabled": True, "coder": "y", "limit": 3, "min_margin": 1.0}}
+    )
+    assert kept_after_run(other_scoring)  # scoring, coder and limit do not change the replies
+    paths.adapter(m.key).weights.write_text("sft 2")  # retrained: same path, other weights
+    assert not kept_after_run()
+    hotter = ExperimentConfig.model_validate(
+        {"sources": [{"kind": "demo"}], "prefs": {"enabled": True, "coder": "x", "temperature": 1.3}}
+    )
+    assert kept_after_run() and not kept_after_run(hotter)
+
+
+def test_a_predict_stage_that_reruns_for_a_retrained_adapter_does_not_resume_old_predictions(tmp_path, monkeypatch):
+    from mi_llm.config import ExperimentConfig
+    from mi_llm.evaluate import predict as predict_module
+    from mi_llm.pipeline import model_stages
+
+    overwrites = []
+
+    class Recorder:
+        def predict(self, data, output, config, **kw):
+            overwrites.append(kw["overwrite"])
+
+    monkeypatch.setattr(predict_module.PredictBackend, "choose", staticmethod(lambda *a, **k: Recorder()))
+    cfg = ExperimentConfig.model_validate({"sources": [{"kind": "demo"}]})
+    paths = RunPaths(tmp_path / "run")
+    m = cfg.models[0]
+    paths.build.root.mkdir(parents=True)
+    paths.build.test_samples.write_text("{}\n")
+    paths.adapter(m.key).root.mkdir(parents=True)
+    paths.adapter(m.key).weights.write_text("sft 1")
+    stage = next(s for s in model_stages(cfg, paths, m) if s.name.endswith("predict-finetuned"))
+    stage.run()  # nothing recorded: start over
+    stage.run()  # interrupted, same adapter: resume
+    paths.adapter(m.key).weights.write_text("sft 2")
+    stage.run()  # retrained: start over
+    longer = ExperimentConfig.model_validate({"sources": [{"kind": "demo"}], "generation": {"max_new_tokens": 99}})
+    next(s for s in model_stages(longer, paths, m) if s.name.endswith("predict-finetuned")).run()
+    assert overwrites == [True, False, True, True]

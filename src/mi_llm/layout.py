@@ -120,6 +120,7 @@ CACHE_SUFFIX = ".cache.sqlite"  # transcribe: the call cache
 FAILED_SUFFIX = ".failed.jsonl"  # transcribe: dialogues that could not be rewritten
 SUMMARY_SUFFIX = ".summary.json"  # transcribe: the run's statistics
 CANDIDATES_SUFFIX = ".candidates.jsonl"  # prefs build: the sampled replies, appended per batch (resume)
+MADE_FROM_SUFFIX = ".made-from.json"  # a pipeline stage's resumable output: what it was made from
 REF_LOGPS = "ref_logps.json"  # preference training: the reference model's log-probs, computed once
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,14 @@ from mi_llm.config import HELD_APART_CODER, ExperimentConfig, ModelConfig, Sourc
 from mi_llm.corpus.importers import source_files
 from mi_llm.corpus.schema import Dialogue, read_dialogues, write_dialogues
 from mi_llm.io import iter_jsonl, write_json
-from mi_llm.layout import PREFERENCE_SYSTEM, AdapterPaths, RunPaths, SimulatePaths
+from mi_llm.layout import (
+    MADE_FROM_SUFFIX,
+    PREFERENCE_SYSTEM,
+    AdapterPaths,
+    RunPaths,
+    SimulatePaths,
+    beside,
+)
 from mi_llm.stages import Stage, StageRunner, fingerprint
 
 log = logging.getLogger(__name__)
@@ -137,6 +144,19 @@ def data_stages(cfg: ExperimentConfig, paths: RunPaths) -> list[Stage]:
     return stages
 
 
+def resumable(marker: Path, params: Any, inputs: Sequence[Path], root: Path) -> bool:
+    """Whether what an interrupted run of a stage left (predictions, sampled replies, sessions)
+    was made from these very settings and inputs, and may be resumed. A stage reruns when
+    they changed (a retrained adapter keeps its path but not its weights): its output must
+    then start over, not be resumed as if nothing had changed. Records them in `marker`."""
+    made_from = fingerprint(params, inputs, root)
+    recorded = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") if marker.is_file() else None
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"fingerprint": made_from})
+    # or as recorded before inputs were named relative to the run directory
+    return recorded is not None and recorded in (made_from, fingerprint(params, inputs))
+
+
 def policy_inputs(strategy: str | None) -> list[Path]:
     """A `policy:FILE` strategy's file, as a stage input: an edited policy reruns the stage."""
     return [Path(strategy.removeprefix("policy:"))] if strategy and strategy.startswith("policy:") else []
@@ -155,20 +175,24 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
 
         # the base model has no adapter; dpo has its own; the fine-tuned and steered systems the SFT one
         adapters = {"base": None, "dpo": paths.preference_adapter(key).root}
-        chosen = PredictBackend.choose(
-            m.backend, m.name, adapters.get(system, adapter.root), m.backend_options, gen.batch_size
-        )
+        adapter_dir = adapters.get(system, adapter.root)
+        chosen = PredictBackend.choose(m.backend, m.name, adapter_dir, m.backend_options, gen.batch_size)
         # a strategy steers the fine-tuned model only: the base model never learned the tags
         spec = cfg.strategy_of(system)
         strategy = Strategy.parse(spec, "strategy") if spec is not None else None
+        output = paths.predictions(key, system)
+        made_of = [test_file, *([AdapterPaths(adapter_dir).weights] if adapter_dir else []), *policy_inputs(spec)]
+        same = resumable(beside(output, MADE_FROM_SUFFIX), {**gen_params, "strategy": spec}, made_of, paths.root)
         chosen.predict(
-            test_file, paths.predictions(key, system), cfg.generation_config(), limit=gen.limit, strategy=strategy
+            test_file, output, cfg.generation_config(), limit=gen.limit, strategy=strategy, overwrite=not same
         )
 
     def do_train() -> None:
         from mi_llm.train.sft import train
+        from mi_llm.train.trainer import clear_unless_resumable
 
         opts = cfg.train_options(m.name, str(paths.build.root), str(adapter.root))
+        clear_unless_resumable(opts)  # the stage reruns: other settings or data start over
         result = train(opts, resume=True)
         if result.interrupted:
             raise KeyboardInterrupt
@@ -277,12 +301,7 @@ def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> l
             config = cfg.simulate.simulate_config(m.name, str(adapter.root) if adapter else None, m.backend, strategy)
             # Sessions already there are resumed only when they were made from these very
             # inputs (a crash); a changed adapter or setting starts the sessions over.
-            made_from = fingerprint(params, inputs, paths.root)
-            marker = sim.stage_marker
-            recorded = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") if marker.is_file() else None
-            same = recorded in (made_from, fingerprint(params, inputs))  # or as recorded before relative names
-            sim.root.mkdir(parents=True, exist_ok=True)
-            write_json(marker, {"fingerprint": made_from})
+            same = resumable(sim.stage_marker, params, inputs, paths.root)
             run_simulate(
                 config,
                 load_personas(config.personas),
@@ -317,6 +336,10 @@ def pairs_coder_stage(cfg: ExperimentConfig, paths: RunPaths) -> Stage:
     )
 
 
+# prefs settings that change how sampled replies are scored or how many rounds are used, not the replies
+PREFS_SCORING_FIELDS = {"enabled", "limit", "coder", "min_margin", "degenerate_rejected", "score"}
+
+
 def prefs_stage(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> Stage:
     """Preference pairs sampled from the fine-tuned model on the training rounds, scored by
     `prefs.coder` (resumable inside: the sampled replies are kept)."""
@@ -324,17 +347,26 @@ def prefs_stage(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> Stage
     adapter = paths.adapter(key)
     own_coder = cfg.prefs.coder == HELD_APART_CODER
 
+    params = {"model": m.model_dump(), "prefs": cfg.prefs.model_dump(mode="json")}
+    inputs = [paths.build.train_samples, adapter.weights]
+    # What the sampled replies depend on (not the scoring, the coder or the limit): replies kept
+    # from an interrupted run are reused only when sampled from these very inputs; a retrained
+    # adapter has the same path but other weights, so its old replies must go.
+    sampling = {**params, "prefs": cfg.prefs.model_dump(mode="json", exclude=PREFS_SCORING_FIELDS)}
+
     def do_prefs() -> None:
         from mi_llm.evaluate.predict import resolve_backend
-        from mi_llm.prefs.build import build_prefs
+        from mi_llm.prefs.build import build_prefs, candidates_file, settings_file
 
+        output = paths.prefs(key)
+        if not resumable(beside(output, MADE_FROM_SUFFIX), sampling, inputs, paths.root):
+            for old in (candidates_file(output), settings_file(output)):
+                old.unlink(missing_ok=True)
         backend = resolve_backend(m.backend)
         coder = str(paths.pairs_coder) if own_coder else None
         opts = cfg.prefs.prefs_config(m.name, str(adapter.root), backend, coder=coder)
-        build_prefs(opts, paths.build.train_samples, paths.prefs(key), backend_options=dict(m.backend_options))
+        build_prefs(opts, paths.build.train_samples, output, backend_options=dict(m.backend_options))
 
-    params = {"model": m.model_dump(), "prefs": cfg.prefs.model_dump(mode="json")}
-    inputs = [paths.build.train_samples, adapter.weights]
     return Stage(
         f"{key}/prefs",
         do_prefs,
@@ -353,8 +385,10 @@ def dpo_stages(
 
     def do_dpo() -> None:
         from mi_llm.train.preference import train_preferences
+        from mi_llm.train.trainer import clear_unless_resumable
 
         opts = cfg.dpo.train_config(m.name, str(paths.prefs(key)), str(paths.adapter(key).root), str(out.root))
+        clear_unless_resumable(opts)
         if train_preferences(opts, resume=True).interrupted:
             raise KeyboardInterrupt
 

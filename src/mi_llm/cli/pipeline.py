@@ -52,22 +52,31 @@ def demo_config() -> Path:
 
 
 # `mi-llm demo --steer`: the demo plus its steered model. Preference pairs sampled from the
-# fine-tuned model on 32 training rounds (4 replies each), scored by a pairs coder the run
-# trains without the test dialogues (another recipe than the grading coder), DPO of the SFT
-# adapter on them (4 steps of 8 pairs), and the dpo model beside base and SFT in the report
+# fine-tuned model on 24 training rounds (4 replies each, up to 48 tokens as the demo's
+# predictions), scored by a pairs coder the run trains without the test dialogues (another
+# recipe than the grading coder), DPO of the SFT adapter on them (3 steps of 8 pairs), and the dpo model beside base and SFT in the report
 # and the simulated sessions. The demo's own stages are the same, so after `mi-llm demo` only
 # the new ones run (docs/training.md, "Preference training").
 DEMO_STEER: dict = {
     "prefs": {
         "enabled": True,
         "k": 4,
-        "limit": 32,
+        "limit": 24,
         "temperature": 0.8,
-        "max_new_tokens": 64,
+        "max_new_tokens": 48,
         "batch_size": 8,
         "coder": "held-apart",
     },
-    "dpo": {"enabled": True, "method": "dpo", "beta": 0.1, "max_steps": 4, "grad_accum": 8, "lr": 5e-5},
+    # no warm-up: of 3 steps, the paper's 10% makes the first one a step at learning rate 0
+    "dpo": {
+        "enabled": True,
+        "method": "dpo",
+        "beta": 0.1,
+        "max_steps": 3,
+        "grad_accum": 8,
+        "lr": 5e-5,
+        "warmup_ratio": 0.0,
+    },
     "simulate": {"steered": True},
 }
 

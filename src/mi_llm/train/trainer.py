@@ -148,6 +148,29 @@ def _cpu_forced() -> bool:
     return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
 
 
+def clear_unless_resumable(cfg: TrainConfig) -> bool:
+    """For a pipeline stage that (re)runs to train for `cfg`: an output folder holding an
+    interrupted run with the same options is kept (training resumes from its checkpoint);
+    one holding a finished run, or a run with other options, is removed, so that training
+    starts over instead of stopping with "--resume with other options" or "already
+    finished" (the stage owns the folder and rewrites it). Returns True when it removed one."""
+    out = Path(cfg.output).expanduser()
+    cfg_file = AdapterPaths(out).train_config
+    if not cfg_file.is_file():
+        return False  # nothing of ours, or checkpoints only: the trainer decides
+    try:
+        saved = json.loads(cfg_file.read_text(encoding="utf-8")).get("config", {})
+        check_resume_compatible(saved, cfg, cfg_file)
+        same = True
+    except (MiLlmError, ValueError, AttributeError):
+        same = False
+    if same and ck.latest_checkpoint(out) is not None:
+        return False
+    log.info("%s: %s; training starts over", out, "finished" if same else "trained with other options")
+    shutil.rmtree(out)
+    return True
+
+
 def prepare_output(cfg: TrainConfig, resume: bool) -> tuple[Path, Path | None, dict[str, Any] | None]:
     """The output folder, the checkpoint to resume from and its state."""
     out = Path(cfg.output).expanduser()
