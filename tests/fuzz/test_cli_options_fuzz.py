@@ -92,6 +92,8 @@ OPTIONS = [
     Opt("train", "--log-steps", True, ge=1),
     Opt("train", "--logits-chunk", True, ge=0, le=INT32_MAX),
     Opt("miti annotate", "--port", True, ge=1, le=65535),
+    Opt("miti blind", "--dialogues", True, ge=1),
+    Opt("miti blind", "--seed", True),
     Opt("miti code", "--retries", True, ge=0, le=100),
     Opt("miti code-utterances", "--retries", True, ge=0, le=100),
     Opt("chat", "--max-tokens", True, ge=1, le=INT32_MAX),
@@ -170,6 +172,8 @@ def argv_for(command: str, tmp: Path) -> tuple[list[str], Path, str | None]:
         return ["train", "--data", missing, "-o", out], out, MISSING
     if command == "miti annotate":
         return ["miti", "annotate", missing, "--coder-name", "x", "--export", "--out", out], out, MISSING
+    if command == "miti blind":
+        return ["miti", "blind", missing, "-o", out], out, MISSING
     if command == "miti code":
         return ["miti", "code", missing, "-o", out], out, MISSING
     if command == "miti code-utterances":
@@ -322,6 +326,8 @@ COMMAND_OF = {
     "miti.score_cmd": "miti score",
     "miti.agree_cmd": "miti agree",
     "miti.annotate_cmd": "miti annotate",
+    "miti.blind_cmd": "miti blind",
+    "miti.unblind_cmd": "miti unblind",
     "miti_coder.code_cmd": "miti code",
     "miti_coder.code_utterances_cmd": "miti code-utterances",
     "miti_coder.train_coder_cmd": "miti train-coder",

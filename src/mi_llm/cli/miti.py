@@ -212,6 +212,7 @@ def blind_cmd(
         None,
         "--dialogues",
         help="dialogues per system (default all); the same dialogues for every system where they share ids",
+        callback=number(ge=1),
     ),
     seed: int = typer.Option(0, help="seed of the draw, the order and the blind ids"),
 ) -> None:
