@@ -54,9 +54,10 @@ def demo_config() -> Path:
 # `mi-llm demo --steer`: the demo plus its steered model. Preference pairs sampled from the
 # fine-tuned model on 24 training rounds (4 replies each, up to 48 tokens as the demo's
 # predictions), scored by a pairs coder the run trains without the test dialogues (another
-# recipe than the grading coder), DPO of the SFT adapter on them (3 steps of 8 pairs), and the dpo model beside base and SFT in the report
-# and the simulated sessions. The demo's own stages are the same, so after `mi-llm demo` only
-# the new ones run (docs/training.md, "Preference training").
+# recipe than the grading coder), DPO of the SFT adapter on them (3 steps of 8 pairs), and
+# the dpo model beside base and SFT in the report and the simulated sessions. The demo's own
+# stages are the same, so after `mi-llm demo` only the new ones run (README; docs/training.md,
+# "Preference training").
 DEMO_STEER: dict = {
     "prefs": {
         "enabled": True,
