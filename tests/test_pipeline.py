@@ -413,6 +413,18 @@ def test_a_training_stage_that_reruns_starts_over_unless_it_can_resume(tmp_path)
     assert clear_unless_resumable(options(max_steps=16)) and not out.exists()  # finished: new data
 
 
+def run_with_adapter(tmp_path, cfg, split):
+    """A run directory with a one-line samples file of `split` and a fine-tuned adapter's
+    weights file ("sft 1"): what the prefs and predict stages read."""
+    paths = RunPaths(tmp_path / "run")
+    m = cfg.models[0]
+    paths.build.root.mkdir(parents=True)
+    paths.build.samples(split).write_text("{}\n")
+    paths.adapter(m.key).root.mkdir(parents=True)
+    paths.adapter(m.key).weights.write_text("sft 1")
+    return paths, m
+
+
 def test_the_prefs_stage_resamples_when_the_adapter_changed(tmp_path, monkeypatch):
     """Replies kept from an interrupted prefs stage are reused only if sampled from the same
     adapter weights, training rounds and sampling settings."""
@@ -422,12 +434,7 @@ def test_the_prefs_stage_resamples_when_the_adapter_changed(tmp_path, monkeypatc
     from mi_llm.prefs.build import candidates_file, settings_file
 
     cfg = ExperimentConfig.model_validate({"sources": [{"kind": "demo"}], "prefs": {"enabled": True, "coder": "x"}})
-    paths = RunPaths(tmp_path / "run")
-    m = cfg.models[0]
-    paths.build.root.mkdir(parents=True)
-    paths.build.train_samples.write_text("{}\n")
-    paths.adapter(m.key).root.mkdir(parents=True)
-    paths.adapter(m.key).weights.write_text("sft 1")
+    paths, m = run_with_adapter(tmp_path, cfg, "train")
     monkeypatch.setattr(build, "build_prefs", lambda *a, **k: None)
     out = paths.prefs(m.key)
 
@@ -464,12 +471,7 @@ def test_a_predict_stage_that_reruns_for_a_retrained_adapter_does_not_resume_old
 
     monkeypatch.setattr(predict_module.PredictBackend, "choose", staticmethod(lambda *a, **k: Recorder()))
     cfg = ExperimentConfig.model_validate({"sources": [{"kind": "demo"}]})
-    paths = RunPaths(tmp_path / "run")
-    m = cfg.models[0]
-    paths.build.root.mkdir(parents=True)
-    paths.build.test_samples.write_text("{}\n")
-    paths.adapter(m.key).root.mkdir(parents=True)
-    paths.adapter(m.key).weights.write_text("sft 1")
+    paths, m = run_with_adapter(tmp_path, cfg, "test")
     stage = next(s for s in model_stages(cfg, paths, m) if s.name.endswith("predict-finetuned"))
     stage.run()  # nothing recorded: start over
     stage.run()  # interrupted, same adapter: resume

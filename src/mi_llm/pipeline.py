@@ -29,7 +29,7 @@ from mi_llm.layout import (
     SimulatePaths,
     beside,
 )
-from mi_llm.stages import Stage, StageRunner, fingerprint
+from mi_llm.stages import Stage, StageRunner, fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,20 @@ def resumable(marker: Path, params: Any, inputs: Sequence[Path], root: Path) -> 
     was made from these very settings and inputs, and may be resumed. A stage reruns when
     they changed (a retrained adapter keeps its path but not its weights): its output must
     then start over, not be resumed as if nothing had changed. Records them in `marker`."""
-    made_from = fingerprint(params, inputs, root)
+    made_from = fingerprints(params, inputs, root)  # (as now, as recorded before relative names)
     recorded = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") if marker.is_file() else None
     marker.parent.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"fingerprint": made_from})
-    # or as recorded before inputs were named relative to the run directory
-    return recorded is not None and recorded in (made_from, fingerprint(params, inputs))
+    write_json(marker, {"fingerprint": made_from[0]})
+    return recorded is not None and recorded in made_from
+
+
+def system_adapter(paths: RunPaths, key: str, system: str) -> AdapterPaths | None:
+    """The adapter a system's replies come from: none for the base model, the dpo stage's for
+    the preference-trained one, the SFT adapter for the fine-tuned and strategy-steered ones
+    (each with its strategy)."""
+    if system == "base":
+        return None
+    return paths.preference_adapter(key) if system == PREFERENCE_SYSTEM else paths.adapter(key)
 
 
 def policy_inputs(strategy: str | None) -> list[Path]:
@@ -173,15 +181,14 @@ def model_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> list
     def do_predict(system: str) -> None:
         from mi_llm.evaluate.predict import PredictBackend
 
-        # the base model has no adapter; dpo has its own; the fine-tuned and steered systems the SFT one
-        adapters = {"base": None, "dpo": paths.preference_adapter(key).root}
-        adapter_dir = adapters.get(system, adapter.root)
+        used = system_adapter(paths, key, system)
+        adapter_dir = used.root if used else None
         chosen = PredictBackend.choose(m.backend, m.name, adapter_dir, m.backend_options, gen.batch_size)
         # a strategy steers the fine-tuned model only: the base model never learned the tags
         spec = cfg.strategy_of(system)
         strategy = Strategy.parse(spec, "strategy") if spec is not None else None
         output = paths.predictions(key, system)
-        made_of = [test_file, *([AdapterPaths(adapter_dir).weights] if adapter_dir else []), *policy_inputs(spec)]
+        made_of = [test_file, *([used.weights] if used else []), *policy_inputs(spec)]
         same = resumable(beside(output, MADE_FROM_SUFFIX), {**gen_params, "strategy": spec}, made_of, paths.root)
         chosen.predict(
             test_file, output, cfg.generation_config(), limit=gen.limit, strategy=strategy, overwrite=not same
@@ -277,9 +284,7 @@ def simulate_stages(cfg: ExperimentConfig, paths: RunPaths, m: ModelConfig) -> l
     persona_files = bundled_persona_files() if personas.startswith("demo") else [Path(personas)]
     stages = []
     for system in [system for _, key, system in cfg.simulated_systems() if key == m.key]:
-        # the fine-tuned and strategy-steered systems are the SFT adapter, each with its
-        # strategy; the preference-trained one has its own adapter (the dpo stage's)
-        adapter = {"base": None, PREFERENCE_SYSTEM: paths.preference_adapter(m.key)}.get(system, paths.adapter(m.key))
+        adapter = system_adapter(paths, m.key, system)
         strategy = cfg.strategy_of(system)
         sim = paths.simulate(m.key, system)
         inputs = persona_files + ([adapter.weights, adapter.peft_config] if adapter else [])

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from mi_llm.console import setup_logging
 from mi_llm.layout import default_run_dir
+
+if TYPE_CHECKING:
+    from mi_llm.config import ExperimentConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -82,7 +86,8 @@ DEMO_STEER: dict = {
 }
 
 
-def steered_demo(cfg):  # ExperimentConfig -> ExperimentConfig
+def steered_demo(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The demo config with DEMO_STEER merged in (the dpo stage's length settings the demo's)."""
     from mi_llm.config import ExperimentConfig
 
     body = cfg.model_dump(mode="json", exclude_unset=True)

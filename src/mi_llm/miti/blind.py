@@ -14,6 +14,7 @@ ids: `miti score` and `miti agree` (against the automatic codes) read them as th
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Mapping
@@ -85,8 +86,6 @@ def blind_sample(
 
 def read_key(path: str | Path) -> dict[str, dict[str, str]]:
     """The key's sessions (blind id -> {system, id}); a file that is not a key is an error."""
-    import json
-
     path = Path(path)
     try:
         key = json.loads(path.read_text(encoding="utf-8"))
@@ -101,12 +100,12 @@ def unblind(coded: str | Path, key_path: str | Path) -> dict[str, list[Dialogue]
     """The coded blind sessions per system, under their original ids (`meta.system` and
     `meta.blind_id` added)."""
     key = read_key(key_path)
-    lines = {obj.get("id"): n for n, obj in iter_jsonl(coded) if isinstance(obj, dict)}
     out: dict[str, list[Dialogue]] = {}
     for d in read_dialogues(coded):
         entry = key.get(d.id)
-        if entry is None:
-            raise InputError(coded, f"session id {d.id!r} is not in the key {key_path}", lines.get(d.id))
+        if entry is None:  # the file is read again only to name the line
+            line = next((n for n, obj in iter_jsonl(coded) if isinstance(obj, dict) and obj.get("id") == d.id), None)
+            raise InputError(coded, f"session id {d.id!r} is not in the key {key_path}", line)
         restored = d.model_copy(
             update={"id": entry["id"], "meta": {**d.meta, "system": entry["system"], "blind_id": d.id}}
         )
