@@ -124,7 +124,9 @@ def bench_subset(data: Path, out: Path, n: int, max_length: int, seed: int) -> d
     }
 
 
-def run_ours(sub: Path, out: Path, steps: int, ga: int, max_length: int, precision: str) -> dict[str, Any]:
+def run_ours(
+    sub: Path, out: Path, steps: int, ga: int, max_length: int, precision: str, compile_mode: str
+) -> dict[str, Any]:
     cmd = [
         str(Path(sys.executable).with_name("mi-llm")),
         "train",
@@ -146,6 +148,8 @@ def run_ours(sub: Path, out: Path, steps: int, ga: int, max_length: int, precisi
         "1000000",
         "--precision",
         precision,
+        "--compile",
+        compile_mode,
     ]
     m = run_measured(cmd, out.with_suffix(".log"))
     conf = json.loads((out / "train_config.json").read_text())
@@ -158,6 +162,7 @@ def run_ours(sub: Path, out: Path, steps: int, ga: int, max_length: int, precisi
         "own_tokens": res["tokens"],
         "target_tokens": res["target_tokens"],
         "final_loss": res["final_loss"],
+        "compiled_layers": conf["runtime"].get("compiled_layers", 0),
         "self_peak_rss_mb": res["peak_rss_mb"],
     }
 
@@ -229,6 +234,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="off,on",
         help="LLaMA-Factory gradient checkpointing settings to run: off, on (its default) or off,on",
     )
+    ap.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="ours: `mi-llm train --compile` (auto compiles runs of >= 40,000 planned tokens; the "
+        "first step's compile counts in our time)",
+    )
     ap.add_argument("--lf-venv", type=Path, default=None)
     ap.add_argument("--skip-llamafactory", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 out = work / f"r{pair}-{precision}-{engine.split()[0].lower()}{'-ckpt-' + ckpt if ckpt else ''}"
                 console.print(f"round {pair + 1}/{a.pairs}: {engine}, {precision}")
                 if ckpt is None:
-                    r = run_ours(work / "subset", out, a.steps, a.grad_accum, a.max_length, precision)
+                    r = run_ours(work / "subset", out, a.steps, a.grad_accum, a.max_length, precision, a.compile)
                 else:
                     r = run_llamafactory(
                         lf_venv, work / "subset", out, a.steps, a.grad_accum, a.max_length, precision, ckpt == "on"
@@ -309,6 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "grad_accum": a.grad_accum,
         "max_length": a.max_length,
         "pairs": a.pairs,
+        "compile": a.compile,
         "subset": sub,
         "runs": runs,
         "ratios": ratios,

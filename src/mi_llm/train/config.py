@@ -99,6 +99,11 @@ class TrainConfig(BaseModel):
     )
     beta: float = Field(0.1, gt=0, description="dpo / kto: strength of the pull towards the reference model")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, slower)")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="auto | on | off: torch.compile the decoder layers (fused kernels, ~1.5x tokens/s on a CPU; "
+        "the first step compiles, ~40 s, cached); auto = on a CPU for SFT runs long enough to repay it",
+    )
     save_steps: int = Field(50, ge=1, description="checkpoint every N optimizer steps")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     log_steps: int = Field(1, ge=1, description="write train_log.jsonl every N steps")

@@ -1,5 +1,8 @@
-"""The training process's memory on Linux/glibc: freed heap handed back, large blocks
-mmapped, the peak resident size."""
+"""The training process's memory on Linux/glibc: freed heap handed back, the peak resident size.
+
+(A fixed 1 MiB mmap threshold used to serve every activation by its own mmap: 100-190 MB
+lower peak RSS, but every step then faulted its activations in afresh, and on a 2-core Xeon
+with AMX training ran 5-9% slower (20% in a micro-benchmark); dropped, docs/training.md.)"""
 
 from __future__ import annotations
 
@@ -15,25 +18,6 @@ def release_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-# mallopt parameters (glibc malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def fixed_mmap_threshold(threshold: int = 1 << 20, trim: int = 4 << 20) -> None:
-    """Serve every allocation of 1 MiB or more (activations, gradients) by its own mmap.
-
-    glibc raises its mmap threshold each time a large block is freed, after which
-    activations come from the heap and freed ones stay resident: measured on the embedded
-    model, a fixed threshold lowers peak training RSS by about 190 MB at no visible cost.
-    """
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
-        libc.mallopt(_M_TRIM_THRESHOLD, trim)
 
 
 def peak_rss_mb() -> float:

@@ -117,6 +117,9 @@ class SftTrainer(LoraTrainer[list[Batch]]):
             and cfg.batch_size == 1
             and not cfg.gradient_checkpointing
             and prefix_supported(lm)
+            # a compiled layer fed the prefix's cache would compile once per layer (its index
+            # is guarded), so compiled runs compute each sample whole: faster still (compiled.py)
+            and not self.compiled_layers
         )
         self.max_prefix = max_prefix_len(lm.config)
         stream = micro_stream(

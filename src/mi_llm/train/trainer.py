@@ -47,7 +47,7 @@ from mi_llm.train import checkpoints as ck
 from mi_llm.train.adapter import load_peft_model, register_adapter_hooks, save_adapter
 from mi_llm.train.config import TrainConfig, check_resume_compatible
 from mi_llm.train.data import TrainData, load_train_data, make_schedule
-from mi_llm.train.memory import fixed_mmap_threshold, peak_rss_mb, release_memory
+from mi_llm.train.memory import peak_rss_mb, release_memory
 from mi_llm.train.precision import cpu_description, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,7 @@ class LoraTrainer(ABC, Generic[Window]):
 
     # What the loss is averaged over (the first count of `window_counts`), as the log names it.
     loss_unit = "target_tokens"
+    lengths: list[int]  # each example's tokens, set by `encode`
 
     def __init__(
         self,
@@ -259,6 +260,8 @@ class LoraTrainer(ABC, Generic[Window]):
         self.last_loss: float | None = None
         self.run_tokens = 0  # tokens trained by this invocation (for its tokens/s)
         self.summary: dict[str, Any] = {}
+        self.compiled_layers = 0
+        self.compile_reason = "not built"
 
     # ---- what the objective supplies
 
@@ -314,8 +317,6 @@ class LoraTrainer(ABC, Generic[Window]):
         self.out, self.checkpoint, self.checkpoint_state = prepare_output(self.cfg, self.resume_requested)
         self.paths = AdapterPaths(self.out)
         self.acc = make_accelerator(self.cfg)
-        if self.acc.device.type == "cpu":
-            fixed_mmap_threshold()
         set_seed(self.cfg.seed)
         self.main = self.acc.is_main_process
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
@@ -342,6 +343,22 @@ class LoraTrainer(ABC, Generic[Window]):
         self._load_started = time.monotonic()
         self.peft_model = load_peft_model(self.cfg, self.rm, dtype)
         self.model = self.wrap_model(self.peft_model)
+        self.compile_decoder()
+
+    def compile_decoder(self) -> None:
+        """torch.compile the decoder layers where it pays (mi_llm.train.compiled)."""
+        from mi_llm.train.compiled import choose_compile, compile_decoder_layers
+        from mi_llm.train.loss import causal_lm_of
+
+        cfg = self.cfg
+        mean_len = sum(self.lengths) / max(1, len(self.lengths))
+        planned = round(self.schedule.total_steps * cfg.grad_accum * cfg.batch_size * self.world * mean_len)
+        choice = choose_compile(cfg.compile, self.acc.device.type, self.world, cfg.method, planned)
+        self.compiled_layers = compile_decoder_layers(causal_lm_of(self.peft_model)) if choice.compile else 0
+        self.compile_reason = choice.reason
+        log.info(
+            "compile: %s (%s)", f"{self.compiled_layers} decoder layers" if choice.compile else "no", choice.reason
+        )
 
     def build_optimizer(self) -> None:
         from transformers import get_scheduler
@@ -407,6 +424,8 @@ class LoraTrainer(ABC, Generic[Window]):
                 "device": str(acc.device),
                 "mixed_precision": acc.mixed_precision,
                 "precision": "bf16" if acc.mixed_precision == "bf16" else "fp32",
+                "compiled_layers": self.compiled_layers,
+                "compile": self.compile_reason,
                 **({"cpu": cpu_description()} if acc.device.type == "cpu" else {}),
                 "distributed": str(acc.distributed_type),
                 "torch": torch.__version__,
