@@ -10,7 +10,8 @@ What it costs: the first step compiles, about 40 s on 2 cores with an empty cach
 (`COMPILE_MIN_TOKENS`), on a CPU, in one process, for SFT (a preference trainer's reference
 pass, with the adapter off, would compile a second graph). The kernels are generated and
 built on this machine for this CPU at run time, so nothing depends on the machine that
-built mi-llm; they are cached in the mi-llm home folder, not in /tmp. A compile that fails
+built mi-llm; they are cached in the mi-llm home folder, not in /tmp (torch's precompiled
+headers stay in its /tmp default: it fixes that folder when it is imported). A compile that fails
 (no C++ compiler, an unsupported op) falls back to eager with a warning (dynamo's
 `suppress_errors`) instead of stopping the run.
 
