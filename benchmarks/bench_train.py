@@ -36,13 +36,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+
+from mi_llm.train.compiled import CompileMode  # noqa: E402
 
 console = Console(stderr=True)
 TARGET_RATIO = 3.0
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--compile",
         default="auto",
-        choices=["auto", "on", "off"],
+        choices=list(get_args(CompileMode)),
         help="ours: `mi-llm train --compile` (auto compiles runs of >= 40,000 planned tokens; the "
         "first step's compile counts in our time)",
     )

@@ -221,3 +221,28 @@ def assert_slow_path_equals_fast(fast) -> None:
             assert b.input_ids == a.input_ids, where
             assert b.labels == a.labels, where
             assert sum(x != IGNORE_INDEX for x in a.labels) > 0, where
+
+
+def train_at_high_lr(model: Path, data: Path, out: Path, max_steps: int, **options) -> tuple[list[float], dict]:
+    """Train a tiny model `max_steps` steps of 2 samples at lr 1e-2, constant (so the loss
+    curve moves within a few steps); (each step's loss, train_config.json)."""
+    import json
+
+    from mi_llm.train.config import TrainConfig
+    from mi_llm.train.sft import train
+
+    cfg = TrainConfig(
+        model=str(model),
+        data=str(data),
+        output=str(out),
+        max_steps=max_steps,
+        grad_accum=2,
+        lr=1e-2,
+        warmup_ratio=0.0,
+        lr_scheduler="constant_with_warmup",
+        save_steps=100,
+        **options,
+    )
+    train(cfg, show_progress=False)
+    log = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+    return log, json.loads((out / "train_config.json").read_text())

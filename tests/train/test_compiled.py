@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from mi_llm.errors import MiLlmError
 from mi_llm.train import compiled
 from mi_llm.train.compiled import COMPILE_MIN_TOKENS, choose_compile
 from mi_llm.train.config import TrainConfig
-from mi_llm.train.sft import train
+from tests.train.conftest import train_at_high_lr
 
 
 def test_auto_compiles_long_single_process_sft_runs_on_a_cpu_only():
@@ -39,22 +37,7 @@ def test_bad_compile_mode_is_refused():
 
 
 def _run(model, data, out, mode):
-    cfg = TrainConfig(
-        model=str(model),
-        data=str(data),
-        output=str(out),
-        max_steps=4,
-        grad_accum=2,
-        lr=1e-2,
-        warmup_ratio=0.0,
-        lr_scheduler="constant_with_warmup",
-        save_steps=100,
-        precision="fp32",
-        compile=mode,
-    )
-    train(cfg, show_progress=False)
-    log = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
-    return log, json.loads((out / "train_config.json").read_text())
+    return train_at_high_lr(model, data, out, 4, precision="fp32", compile=mode)
 
 
 @pytest.mark.skipif(compiled.cxx_compiler() is None, reason="no C++ compiler for Inductor's CPU kernels")

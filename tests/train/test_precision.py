@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from mi_llm.train.config import TrainConfig
 from mi_llm.train.precision import cpu_description, cpu_has_native_bf16, resolve_precision
-from mi_llm.train.sft import train
+from tests.train.conftest import train_at_high_lr
 
 ZEN4 = frozenset({"avx2", "fma", "avx512f", "avx512_bf16"})
 SAPPHIRE_RAPIDS = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
@@ -44,21 +42,8 @@ def test_bad_precision_is_refused():
 
 
 def _run(model, data, out, precision):
-    cfg = TrainConfig(
-        model=str(model),
-        data=str(data),
-        output=str(out),
-        max_steps=8,
-        grad_accum=2,
-        lr=1e-2,
-        warmup_ratio=0.0,
-        lr_scheduler="constant_with_warmup",
-        save_steps=100,
-        precision=precision,
-    )
-    train(cfg, show_progress=False)
-    log = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
-    return log, json.loads((out / "train_config.json").read_text()), load_file(str(out / "adapter_model.safetensors"))
+    log, conf = train_at_high_lr(model, data, out, 8, precision=precision)
+    return log, conf, load_file(str(out / "adapter_model.safetensors"))
 
 
 def test_bf16_loss_curve_follows_fp32(tiny_gemma_learnable, build_dir, tmp_path):

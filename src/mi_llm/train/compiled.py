@@ -2,17 +2,18 @@
 
 Why: on a CPU, a training step of a small model spends about half its time outside the
 matrix products (norms, rotary embeddings, casts, the activation: hundreds of small ops per
-layer). Inductor fuses them. On the embedded gemma-3-270m (bf16, 2 cores with AMX) a layer
-compiled step ran 1.5-1.7x the tokens/s of eager (docs/training.md).
+layer). Inductor fuses them. On the embedded gemma-3-270m (bf16, 2 cores with AMX): 1.5-1.7x
+the tokens/s of eager in a micro-step loop; the demo's 16 steps 107 s against 133 s with the
+kernels cached (docs/training.md, "Compiled layers").
 
-What it costs: the first step compiles, about 40 s on 2 cores with an empty cache and about
-8 s from the cache. So `auto` compiles only where a run is long enough to repay it
+What it costs: the first step compiles, 25-29 s more on 2 cores with an empty cache and
+about 5 s from the cache. So `auto` compiles only where a run is long enough to repay it
 (`COMPILE_MIN_TOKENS`), on a CPU, in one process, for SFT (a preference trainer's reference
 pass, with the adapter off, would compile a second graph). The kernels are generated and
 built on this machine for this CPU at run time, so nothing depends on the machine that
 built mi-llm; they are cached in the mi-llm home folder, not in /tmp (torch's precompiled
-headers stay in its /tmp default: it fixes that folder when it is imported). A compile that fails
-(no C++ compiler, an unsupported op) falls back to eager with a warning (dynamo's
+headers stay in its /tmp default: it fixes that folder when it is imported). A compile that
+fails (no C++ compiler, an unsupported op) falls back to eager with a warning (dynamo's
 `suppress_errors`) instead of stopping the run.
 
 Layer 0 stays eager: its input (the frozen embedding's output) needs no gradient and every
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 
 CompileMode = Literal["auto", "on", "off"]
 
-# auto: compile runs that plan at least this many tokens. The cold compile (~40 s) is repaid
-# at ~1 ms saved a token (eager ~360 -> compiled ~550 tokens/s on the embedded model here).
+# auto: compile runs that plan at least this many tokens. The cold compile (25-29 s) is repaid
+# at the ~0.6 ms a token it saved in the demo's training (after the first step: 86 s against
+# 117 s for 49k tokens), i.e. after about 43k tokens.
 COMPILE_MIN_TOKENS = 40_000
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
