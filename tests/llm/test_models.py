@@ -193,3 +193,34 @@ def test_a_gguf_is_parsed_once_within_a_conversion(tmp_path: Path) -> None:
         assert bytes(first.fields["general.architecture"].parts[-1]).decode() == "gemma3"
     assert gguf.GGUFReader is original
     assert gguf.GGUFReader(str(path)) is not first
+
+
+def test_the_plain_array_reader_reads_what_ggufs_own_reader_reads(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    from mi_llm.llm.embedded import _plain_array_reader
+
+    path = tmp_path / "vocab.gguf"
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_block_count(2)
+    writer.add_token_list([f"tok{i}" for i in range(300)] + ["你好", ""])
+    writer.add_token_scores([float(i) / 7 for i in range(302)])
+    writer.add_token_types([i % 3 for i in range(302)])
+    writer.add_tensor("token_embd.weight", np.arange(32, dtype=np.float32).reshape(4, 8))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ours, theirs = _plain_array_reader(gguf.GGUFReader)(str(path)), gguf.GGUFReader(str(path))
+    assert not isinstance(ours.data, np.memmap) and isinstance(theirs.data, np.memmap)
+    assert list(ours.fields) == list(theirs.fields)
+    for name, field in theirs.fields.items():
+        mine = ours.fields[name]
+        assert mine.data == field.data and mine.types == field.types, name
+        assert len(mine.parts) == len(field.parts), name
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(mine.parts, field.parts)), name
+    tokens = ours.fields["tokenizer.ggml.tokens"]
+    assert bytes(tokens.parts[tokens.data[-2]]).decode() == "你好"
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    assert np.array_equal(ours.tensors[0].data, theirs.tensors[0].data)
