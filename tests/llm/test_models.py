@@ -224,3 +224,6 @@ def test_the_plain_array_reader_reads_what_ggufs_own_reader_reads(tmp_path: Path
     assert bytes(tokens.parts[tokens.data[-2]]).decode() == "你好"
     assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
     assert np.array_equal(ours.tensors[0].data, theirs.tensors[0].data)
+    from mi_llm.llm.lora_gguf import gguf_arch
+
+    assert gguf_arch(path) == "gemma3"  # through mi_llm.llm.embedded.read_gguf

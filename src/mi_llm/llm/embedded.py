@@ -124,6 +124,13 @@ def _plain_array_reader(reader_class: Any) -> Any:
     return PlainArrayReader
 
 
+def read_gguf(path: str | Path) -> Any:
+    """A GGUF's metadata and tensors (gguf's reader, parsed through a plain array: above)."""
+    import gguf as gguf_lib
+
+    return _plain_array_reader(gguf_lib.GGUFReader)(str(path))
+
+
 @contextlib.contextmanager
 def gguf_parsed_once() -> Iterator[None]:
     """transformers parses the GGUF three times in a conversion (for the tokenizer, the config

@@ -26,9 +26,9 @@ _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])\.
 
 
 def gguf_arch(gguf_path: Path) -> str:
-    import gguf
+    from mi_llm.llm.embedded import read_gguf
 
-    reader = gguf.GGUFReader(str(gguf_path))
+    reader = read_gguf(gguf_path)
     field = reader.fields.get("general.architecture")
     if field is None:
         raise MiLlmError(f"{gguf_path}: no general.architecture in the GGUF")

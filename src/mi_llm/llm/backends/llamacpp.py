@@ -225,9 +225,9 @@ class LlamaCppBackend(Backend):
         }
 
     def _gguf_block_count(self, arch: str) -> int:
-        import gguf
+        from mi_llm.llm.embedded import read_gguf
 
-        reader = gguf.GGUFReader(str(self.gguf))
+        reader = read_gguf(self.gguf)
         field = reader.fields.get(f"{arch}.block_count")
         if field is None:
             raise MiLlmError(f"{self.gguf}: no {arch}.block_count")
