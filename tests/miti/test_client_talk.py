@@ -217,11 +217,11 @@ def test_code_client_cli_bad_json_and_bad_coder(tmp_path):
 
 def test_shipped_coder_records_its_data_recipe_and_validity():
     meta = json.loads((ct.shipped_client_coder_dir() / "client_talk.json").read_text())
-    assert meta["format"] == ct.FORMAT and meta["version"] == ct.VERSION
+    assert meta["format"] == ct.FORMAT and meta["version"] in ct.READABLE_VERSIONS
     assert meta["info"]["data"][0]["kind"] == "annomi" and meta["info"]["n_transcripts"] == 106
     v = meta["validity"]
     assert "nested CV by transcript" in v["protocol"] and v["macro_f1"]["mean"] > v["baseline"]["macro_f1"]["mean"]
-    size = sum(f.stat().st_size for f in ct.shipped_client_coder_dir().iterdir())
+    size = sum(f.stat().st_size for f in ct.shipped_client_coder_dir().rglob("*") if f.is_file())
     assert size < 8_000_000  # a few MB in the package
 
 
@@ -249,3 +249,59 @@ def test_scores_count_client_talk():
     agg = aggregate([a, b])
     assert agg["change_share"]["n"] == 2 and agg["ct_st"]["missing"] == 1
     assert pooled([a, b])["client_talk"]["change_share"] == pytest.approx(3 / 4)
+
+
+def _written_client_examples() -> list[ct.ClientExample]:
+    """A few dozen client turns written for this test, with the counselor's turn before each."""
+    change = ["I really want to cut down.", "I could save money if I quit.", "My kids need me healthy."]
+    sustain = ["I like drinking with my friends.", "Smoking helps me relax.", "I don't see a problem."]
+    neutral = ["I work at the bakery.", "It was a Tuesday.", "My sister lives nearby."]
+    out = []
+    for k in range(8):
+        for talk, texts in (("change", change), ("sustain", sustain), ("neutral", neutral)):
+            for j, text in enumerate(texts):
+                out.append(ct.ClientExample(text, talk, f"t{k}", previous=f"What else? ({j})", uid=f"{k}-{talk}-{j}"))
+    return out
+
+
+def test_an_encoder_expert_with_lora_adapters_trains_saves_and_loads(tiny_encoder, tmp_path):
+    examples = _written_client_examples()
+    encoder = ct.client_encoder_config(model=tiny_encoder.model, epochs=1, batch_size=8, lr=1e-3, lora_r=4)
+    assert encoder.context_speaker == "Counselor"
+    config = ct.ClientTalkConfig(previous_weight=0.5, C=1.0, encoder=encoder.to_dict())
+    coder = ct.ClientTalkCoder.fit(examples, config)
+    items = [ct.ClientItem(e.text, e.previous) for e in examples[:12]]
+    p = coder.predict_proba(items)
+    assert p.shape == (12, 3) and np.allclose(p.sum(1), 1.0)
+    without = ct.ClientTalkCoder(coder.config, coder.ngram, coder.embed, coder.info)
+    assert not np.allclose(without.predict_proba(items), p)  # the encoder votes
+    folder = coder.save(tmp_path / "c")
+    assert json.loads((folder / "client_talk.json").read_text())["version"] == ct.VERSION_WITH_ENCODER
+    adapters = folder / "encoder" / "adapters.safetensors"
+    assert (
+        adapters.is_file() and not (folder / "encoder" / "config.json").exists()
+    )  # the encoder is read from its own folder
+    assert adapters.stat().st_size < 200_000
+    again = ct.ClientTalkCoder.load(folder)
+    assert np.allclose(again.predict_proba(items), p, atol=1e-6)  # adapters stored in fp32
+    adapters.write_bytes(b"not safetensors")
+    with pytest.raises(ct.MiLlmError, match="encoder: unreadable"):
+        ct.ClientTalkCoder.load(folder)
+    adapters.unlink()
+    with pytest.raises(ct.MiLlmError, match="adapters.safetensors missing"):
+        ct.ClientTalkCoder.load(folder)
+
+
+def test_the_encoder_rows_are_graded_in_the_nested_outer_folds(tiny_encoder):
+    examples = _written_client_examples()
+    result = cv.nested_cv(examples, None, None, outer=4, inner=2)
+    assert all("config" in r for r in result["folds"]["product (chosen)"])
+    encoder = ct.client_encoder_config(model=tiny_encoder.model, epochs=1, batch_size=8, lr=1e-3, lora_r=4).to_dict()
+    cv.grade_with_encoder(examples, None, result, encoder)
+    row = cv.ENCODER_ROWS["product (chosen)"]
+    assert len(result["folds"][row]) == len(result["folds"][cv.ENCODER_ALONE]) == 4
+    assert cv.ENCODER_ROWS["embed only"] not in result["folds"]  # no embeddings, no such row
+    assert 0.0 <= result["summary"][row]["macro_f1"]["mean"] <= 1.0
+    assert result["summary"][row]["pooled"]["n"] == len(examples)
+    config = cv.with_encoder(ct.ClientTalkConfig.from_dict(result["folds"]["product (chosen)"][0]["config"]), encoder)
+    assert config.encoder == encoder and config.encoder_weight == 1.0

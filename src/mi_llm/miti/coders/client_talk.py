@@ -9,18 +9,21 @@ Experts combined as a product, as in the therapist coder (`trained.py`):
   utterance, word n-grams of the counselor's previous turn and of the client's own previous
   turn (TF-IDF, each block weighted);
 - the embedding expert: a logistic regression over the embedded model's hidden states
-  (`embed.py`), which reads "Counselor: <previous turn> / Client: <utterance>".
-Their log-probabilities are added (the embedding expert's times `embed_weight`) and a
+  (`embed.py`), which reads "Counselor: <previous turn> / Client: <utterance>";
+- the encoder expert: a small English sentence encoder tuned on the labels (`encoder.py`,
+  LoRA adapters or every weight), reading the pair (utterance, "Counselor: <previous turn>").
+Their log-probabilities are added (each times its weight) and a
 per-class offset (`bias`, chosen in cross-validation for macro-F1) is added before the
 argmax: with class weights balanced for the rare sustain talk (12%), the plain argmax
 over-predicts change and sustain talk (measured: the chosen offsets are negative).
 
-The n-gram expert knows English only (AnnoMI): with an embedding expert present, it votes
-on other languages in proportion to what it saw of them, as the therapist coder's does.
+The n-gram and encoder experts know English only (AnnoMI): with an embedding expert present,
+they vote on other languages in proportion to what they saw of them, as the therapist coder's do.
 
 A client-talk coder folder holds `client_talk.json` (what it is: recipe, training data,
-version, its measured validity) and `model.joblib` (the fitted featurizer and
-classifiers: a pickle, load only folders you trust). The shipped one is in
+version, its measured validity), `model.joblib` (the fitted featurizer and
+classifiers: a pickle, load only folders you trust) and, with an encoder expert,
+`encoder/` (`encoder.EncoderExpert.save`). The shipped one is in
 `mi_llm/resources/client_talk/`; `benchmarks/bench_client_talk.py` measures the recipe by
 nested cross-validation and `mi-llm miti train-client-coder` retrains it
 (`client_talk_cv.train_client_coder`).
@@ -43,12 +46,15 @@ import numpy as np
 from mi_llm.corpus.language import detect_language
 from mi_llm.errors import MiLlmError
 from mi_llm.miti.coders.embed import Embedder
+from mi_llm.miti.coders.encoder import EncoderConfig, EncoderExpert
 
 log = logging.getLogger(__name__)
 
 TALK_TYPES = ("change", "sustain", "neutral")
 FORMAT = "mi-llm-client-talk-coder"
 VERSION = 1
+VERSION_WITH_ENCODER = 2  # a folder with an encoder expert (older mi-llm cannot read it)
+READABLE_VERSIONS = (VERSION, VERSION_WITH_ENCODER)
 
 
 # ---------------------------------------------------------------- data
@@ -160,6 +166,11 @@ def default_embedder_config() -> dict[str, Any]:
     return ClientEmbedder().config()
 
 
+def client_encoder_config(**overrides: Any) -> EncoderConfig:
+    """The encoder expert for client talk: the context turn is the counselor's."""
+    return EncoderConfig(**{"context_speaker": "Counselor", **overrides})
+
+
 # ---------------------------------------------------------------- the model
 
 
@@ -174,6 +185,8 @@ class ClientTalkConfig:
     C_embed: float = 0.5
     embed_weight: float = 1.0  # the embedding expert's exponent in the product
     ngram_weight: float = 1.0  # the n-gram expert's exponent in the product (0 = none)
+    encoder: dict[str, Any] | None = None  # EncoderConfig of the encoder expert; None = none
+    encoder_weight: float = 1.0  # the encoder expert's exponent in the product
     class_weight: str | None = "balanced"
     bias: dict[str, float] = field(default_factory=dict)  # log-offset per talk type, added before the argmax
     min_df: int = 2
@@ -247,10 +260,16 @@ class NgramFeaturizer:
         self.vectorizers = self._make()
         if not self.vectorizers:
             raise MiLlmError("the client-talk recipe has no n-gram block")
-        return sparse.hstack(
-            [v.fit_transform(self._source(n, items)) * self._weight(n) for n, v in self.vectorizers.items()],
-            format="csr",
-        )
+        blocks = []
+        for name, v in list(self.vectorizers.items()):
+            try:
+                blocks.append(v.fit_transform(self._source(name, items)) * self._weight(name))
+            except ValueError:  # "empty vocabulary": no previous or history turns in this data
+                if name not in ("previous", "history"):
+                    raise
+                log.info("client-talk n-grams: no %s turns with words in the training data, block left out", name)
+                del self.vectorizers[name]
+        return sparse.hstack(blocks, format="csr")
 
     def transform(self, items: Sequence[ClientItem]) -> Any:
         from scipy import sparse
@@ -312,16 +331,20 @@ def combine(
     embed_lp: np.ndarray | None,
     config: ClientTalkConfig,
     ngram_vote: np.ndarray | None = None,
+    encoder_lp: np.ndarray | None = None,
 ) -> np.ndarray:
     """Scores (not normalised) per talk type: the weighted product of the experts plus the bias.
-    `ngram_vote`: per item, how much the n-gram expert's vote counts (its language coverage)."""
-    n = (ngram_lp if ngram_lp is not None else embed_lp).shape[0]  # type: ignore[union-attr]
-    s = np.zeros((n, len(TALK_TYPES)))
+    `ngram_vote`: per item, how much the English-only experts' votes count (their language
+    coverage: the n-gram and encoder experts)."""
+    present = [lp for lp in (ngram_lp, embed_lp, encoder_lp) if lp is not None]
+    s = np.zeros((present[0].shape[0], len(TALK_TYPES)))
+    vote = ngram_vote[:, None] if ngram_vote is not None else 1.0
     if ngram_lp is not None and config.ngram_weight:
-        vote = ngram_vote[:, None] if ngram_vote is not None else 1.0
         s += config.ngram_weight * ngram_lp * vote
     if embed_lp is not None and config.embed_weight:
         s += config.embed_weight * embed_lp
+    if encoder_lp is not None and config.encoder_weight:
+        s += config.encoder_weight * encoder_lp * vote
     return s + np.array([config.bias.get(t, 0.0) for t in TALK_TYPES])
 
 
@@ -341,10 +364,12 @@ class ClientTalkCoder:
         embed: tuple[Any, Any] | None,
         info: dict[str, Any] | None = None,
         folder: Path | None = None,
+        encoder: EncoderExpert | None = None,
     ):
         self.config = config
         self.ngram = ngram
         self.embed = embed
+        self.encoder = encoder
         self.info = info or {}
         self.folder = folder
         self.name = f"client-talk:{folder}" if folder else "client-talk"
@@ -376,8 +401,16 @@ class ClientTalkCoder:
                 self_embedder = embedder or ClientEmbedder.from_config(config.embeddings)
                 embeddings = self_embedder.embed([e.text for e in examples], [e.previous for e in examples])
             embed = fit_embed_expert(embeddings, y, config, sample_weight)
-        if ngram is None and embed is None:
-            raise MiLlmError("the client-talk recipe has no expert (ngram_weight and embed_weight both 0)")
+        encoder = None
+        if config.encoder is not None and config.encoder_weight:
+            encoder = EncoderExpert(EncoderConfig.from_dict(config.encoder), TALK_TYPES).fit(
+                [e.text for e in examples],
+                [e.previous for e in examples],
+                y,
+                np.ones(len(examples)) if sample_weight is None else sample_weight,
+            )
+        if ngram is None and embed is None and encoder is None:
+            raise MiLlmError("the client-talk recipe has no expert (every expert's weight is 0)")
         import sklearn
 
         from mi_llm import __version__
@@ -393,13 +426,13 @@ class ClientTalkCoder:
             "sklearn": sklearn.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        coder = cls(config, ngram, embed, info)
+        coder = cls(config, ngram, embed, info, encoder=encoder)
         coder._embedder = self_embedder
         return coder
 
     def _language_vote(self, items: Sequence[ClientItem]) -> np.ndarray | None:
         if self.embed is None:
-            return None  # the only expert: it votes on every language
+            return None  # no language-free expert: the others vote on every language
         seen = self.info.get("languages", {})
         floor = max(1, self.config.min_language_examples)
         return np.array([min(1.0, seen.get(it.lang, 0) / floor) for it in items])
@@ -407,7 +440,7 @@ class ClientTalkCoder:
     def scores(
         self, items: Sequence[ClientItem], embeddings: np.ndarray | None = None, progress: Any = None
     ) -> np.ndarray:
-        ngram_lp = embed_lp = None
+        ngram_lp = embed_lp = encoder_lp = None
         if self.ngram is not None:
             feat, clf = self.ngram
             ngram_lp = aligned_log_proba(clf, feat.transform(items))
@@ -420,7 +453,9 @@ class ClientTalkCoder:
                 )
             scaler, clf = self.embed
             embed_lp = aligned_log_proba(clf, _scaled(scaler, embeddings))
-        return combine(ngram_lp, embed_lp, self.config, self._language_vote(items))
+        if self.encoder is not None:
+            encoder_lp = self.encoder.log_proba([it.text for it in items], [it.previous for it in items])
+        return combine(ngram_lp, embed_lp, self.config, self._language_vote(items), encoder_lp)
 
     def predict_proba(self, items: Sequence[ClientItem], embeddings: np.ndarray | None = None) -> np.ndarray:
         """Probabilities per talk type (columns: TALK_TYPES), bias included."""
@@ -444,9 +479,11 @@ class ClientTalkCoder:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_writer(folder / "model.joblib", "wb") as f:
             joblib.dump({"ngram": self.ngram, "embed": self.embed}, f, compress=3)
+        if self.encoder is not None:
+            self.encoder.save(folder / "encoder")
         meta = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": VERSION_WITH_ENCODER if self.encoder is not None else VERSION,
             "labels": list(TALK_TYPES),
             "config": self.config.to_dict(),
             "info": self.info,
@@ -477,7 +514,7 @@ class ClientTalkCoder:
             raise MiLlmError(f"{meta_path}: unreadable ({e})") from None
         if meta.get("format") != FORMAT:
             raise MiLlmError(f"{meta_path}: not a client-talk coder")
-        if meta.get("version") != VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise MiLlmError(
                 f"{meta_path}: client-talk coder version {meta.get('version')} (this mi-llm reads "
                 f"{VERSION}); retrain it"
@@ -497,7 +534,16 @@ class ClientTalkCoder:
         if "validity" in meta:
             info["validity"] = meta["validity"]
         name = folder.name
-        coder = cls(ClientTalkConfig.from_dict(meta["config"]), blob["ngram"], blob["embed"], info, folder)
+        config = ClientTalkConfig.from_dict(meta["config"])
+        encoder = None
+        if config.encoder is not None and config.encoder_weight:
+            try:
+                encoder = EncoderExpert.load(folder / "encoder", EncoderConfig.from_dict(config.encoder), TALK_TYPES)
+            except MiLlmError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a damaged file: say which, in one line
+                raise MiLlmError(f"{folder / 'encoder'}: unreadable ({type(e).__name__}: {e}); retrain it") from None
+        coder = cls(config, blob["ngram"], blob["embed"], info, folder, encoder=encoder)
         coder.name = f"client-talk:{name}" if folder == shipped_client_coder_dir() else f"client-talk:{folder}"
         return coder
 

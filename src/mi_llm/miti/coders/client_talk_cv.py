@@ -33,6 +33,7 @@ from mi_llm.miti.coders.client_talk import (
     fit_embed_expert,
     fit_ngram_expert,
 )
+from mi_llm.miti.coders.encoder import EncoderConfig, EncoderExpert
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +279,13 @@ def nested_cv(
                 )
             pred = fitted[key]
             rows[name].append(
-                {"fold": k, "inner_macro_f1": round(inner_f1, 4), "chosen": _describe(cand), **talk_metrics(gold, pred)}
+                {
+                    "fold": k,
+                    "inner_macro_f1": round(inner_f1, 4),
+                    "chosen": _describe(cand),
+                    "config": _config(cand, embed_cfg).to_dict(),
+                    **talk_metrics(gold, pred),
+                }
             )
             pooled[name][0].extend(gold)
             pooled[name][1].extend(pred)
@@ -310,6 +317,66 @@ def nested_cv(
         "n": len(examples),
         "n_transcripts": len({e.group for e in examples}),
     }
+
+
+ENCODER_ROWS = {"product (chosen)": "product (chosen) x encoder", "embed only": "embed only x encoder"}
+ENCODER_ALONE = "encoder alone (fixed)"
+
+
+def with_encoder(config: ClientTalkConfig, encoder: dict[str, Any]) -> ClientTalkConfig:
+    """`config` (chosen in inner folds) times an encoder expert of fixed settings, weight 1.
+    Fixed, because an encoder's tuning costs minutes: choosing its settings or weight in
+    inner folds would multiply that by the folds and the grid."""
+    return replace(config, encoder=encoder, encoder_weight=1.0)
+
+
+def grade_with_encoder(
+    examples: Sequence[ClientExample],
+    embeddings: np.ndarray | None,
+    result: dict[str, Any],
+    encoder: dict[str, Any],
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Add to a `nested_cv` result, in the same outer folds, the rows with an encoder expert:
+    each of `ENCODER_ROWS`' recipes as its inner folds chose it for that outer fold, times
+    one encoder expert tuned on the outer training part; and the encoder expert alone."""
+    folds = transcript_folds(examples, result["outer"], result["seed"])
+    all_idx = np.arange(len(examples))
+    names = [*ENCODER_ROWS.values(), ENCODER_ALONE]
+    rows: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    pooled: dict[str, tuple[list[str], list[str]]] = {n: ([], []) for n in names}
+    t0 = time.monotonic()
+    for k, test in enumerate(folds):
+        train = np.setdiff1d(all_idx, test)
+        train_ex = [examples[i] for i in train]
+        expert = EncoderExpert(EncoderConfig.from_dict(encoder), TALK_TYPES).fit(
+            [e.text for e in train_ex], [e.previous for e in train_ex], [e.talk for e in train_ex], np.ones(len(train))
+        )
+        items = _items(examples, test)
+        gold = [examples[i].talk for i in test]
+        alone = expert.log_proba([it.text for it in items], [it.previous for it in items])
+        preds = {ENCODER_ALONE: [TALK_TYPES[j] for j in alone.argmax(1)]}
+        for base, name in ENCODER_ROWS.items():
+            if base not in result["folds"]:
+                continue
+            chosen = ClientTalkConfig.from_dict(result["folds"][base][k]["config"])
+            emb_train = embeddings[train] if chosen.embed_weight and embeddings is not None else None
+            fitted = ClientTalkCoder.fit(train_ex, chosen, embeddings=emb_train)
+            coder = ClientTalkCoder(
+                with_encoder(chosen, encoder), fitted.ngram, fitted.embed, fitted.info, encoder=expert
+            )
+            preds[name] = coder.code(items, embeddings[test] if emb_train is not None else None)  # type: ignore[index]
+        for name, pred in preds.items():
+            rows[name].append({"fold": k, "encoder": encoder, **talk_metrics(gold, pred)})
+            pooled[name][0].extend(gold)
+            pooled[name][1].extend(pred)
+        if progress:
+            progress(f"encoder rows: outer fold {k + 1}/{len(folds)} done at {time.monotonic() - t0:.0f} s")
+    for name in names:
+        if rows[name]:
+            result["folds"][name] = rows[name]
+            result["summary"][name] = summarize(rows[name], *pooled[name])
+    result["seconds_encoder"] = round(time.monotonic() - t0, 1)
 
 
 def _transcript_subset(examples: Sequence[ClientExample], idx: np.ndarray, frac: float, seed: int) -> np.ndarray:
@@ -356,11 +423,13 @@ def select_recipe(
     embed_cfg: dict[str, Any] | None,
     folds: int = 3,
     seed: int = 0,
+    family: Callable[[dict[str, Any]], bool] = lambda c: True,
 ) -> tuple[ClientTalkConfig, float]:
-    """The recipe to ship: the inner procedure run on all the examples (folds by transcript)."""
+    """The recipe to ship: the inner procedure run on all the examples (folds by transcript),
+    among the candidates of `family`."""
     all_idx = np.arange(len(examples))
     oof = oof_log_probas(examples, all_idx, embeddings, folds, seed)
-    cand, f1 = choose(oof, _y(examples, all_idx), candidates(embeddings is not None))
+    cand, f1 = choose(oof, _y(examples, all_idx), candidates(embeddings is not None), family)
     return _config(cand, embed_cfg), f1
 
 

@@ -52,6 +52,14 @@ class EncoderConfig:
     seed: int = 0
     # per source, for this expert only; None: the coder's source weights
     source_weights: dict[str, float] | None = None
+    # who spoke the context turn: "Client" for counselor codes, "Counselor" for client talk
+    context_speaker: str = "Client"
+    # 0: every weight trained (a coder folder then keeps the whole encoder, about 45 MB);
+    # r > 0: LoRA adapters of rank r on the attention and dense layers, the pretrained weights
+    # frozen (the folder keeps the adapters and the head, about 1 MB, and reads the encoder
+    # from where `model` names it)
+    lora_r: int = 0
+    lora_alpha: int = 32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +117,31 @@ def resolve_encoder(name: str) -> str:
     return name
 
 
+ADAPTERS_FILE = "adapters.safetensors"
+LORA_TARGETS = ["query", "key", "value", "dense"]  # BERT's attention and feed-forward linears
+
+
+def _with_lora(model: Any, config: EncoderConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    return get_peft_model(model, lora)
+
+
+def _adapter_state(model: Any) -> dict[str, Any]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def _load_adapters(model: Any, state: dict[str, Any], folder: Path) -> None:
+    expected = {k for k, v in model.named_parameters() if v.requires_grad}
+    if set(state) != expected:
+        raise MiLlmError(
+            f"{folder / ADAPTERS_FILE}: adapters for another encoder or rank "
+            f"({len(set(state) ^ expected)} tensors differ); retrain the coder"
+        )
+    model.load_state_dict(state, strict=False)
+
+
 class EncoderExpert:
     """`fit` trains; `log_proba` codes; `save`/`load` store the encoder and the head."""
 
@@ -137,12 +170,14 @@ class EncoderExpert:
         except (OSError, ValueError) as e:
             raise MiLlmError(f"cannot load the encoder {where}: {e}") from None
         torch.manual_seed(self.config.seed)
+        if self.config.lora_r:
+            self._enc = _with_lora(self._enc, self.config)
         self._head = torch.nn.Linear(self._enc.config.hidden_size, len(self.labels)).to(self.device)
 
     def _logits(self, texts: Sequence[str], contexts: Sequence[str], rows: Sequence[int]):
         batch = self._tok(
             [texts[i] for i in rows],
-            ["Client: " + (contexts[i].strip() or "-") for i in rows],
+            [f"{self.config.context_speaker}: " + (contexts[i].strip() or "-") for i in rows],
             truncation="longest_first",
             max_length=self.config.max_tokens,
             padding=True,
@@ -179,7 +214,7 @@ class EncoderExpert:
             y,
             weights,
             [
-                {"params": list(self._enc.parameters()), "lr": c.lr},
+                {"params": [p for p in self._enc.parameters() if p.requires_grad], "lr": c.lr},
                 {"params": list(self._head.parameters()), "lr": c.head_lr},
             ],
             class_weight_power=c.class_weight_power,
@@ -212,7 +247,8 @@ class EncoderExpert:
 
     # ------------------------------------------------------------- storage
     def save(self, folder: Path) -> None:
-        """`folder`: a transformers folder (fp16 weights) + `head.safetensors`, swapped in whole."""
+        """`folder`: a transformers folder (fp16 weights), or with LoRA the adapters alone
+        (`adapters.safetensors`, fp32), + `head.safetensors`; swapped in whole."""
         import torch
         from safetensors.torch import save_file
 
@@ -221,10 +257,14 @@ class EncoderExpert:
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
         shutil.rmtree(tmp, ignore_errors=True)
-        # a half-precision copy of the weights: the model in memory stays fp32, unrounded
-        half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in self._enc.state_dict().items()}
-        self._enc.save_pretrained(tmp, state_dict=half)
-        self._tok.save_pretrained(tmp)
+        if self.config.lora_r:
+            tmp.mkdir(parents=True)
+            save_file(_adapter_state(self._enc), str(tmp / ADAPTERS_FILE))
+        else:
+            # a half-precision copy of the weights: the model in memory stays fp32, unrounded
+            half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in self._enc.state_dict().items()}
+            self._enc.save_pretrained(tmp, state_dict=half)
+            self._tok.save_pretrained(tmp)
         save_file({k: v.cpu().contiguous() for k, v in self._head.state_dict().items()}, str(tmp / "head.safetensors"))
         if folder.exists():
             os.replace(folder, old)
@@ -238,8 +278,15 @@ class EncoderExpert:
         folder = Path(folder)
         if not (folder / "head.safetensors").is_file():
             raise MiLlmError(f"{folder}: no fine-tuned encoder here (head.safetensors missing); retrain the coder")
-        x = cls(config, labels, source=str(folder))
-        x._build()
+        if config.lora_r:
+            if not (folder / ADAPTERS_FILE).is_file():
+                raise MiLlmError(f"{folder}: {ADAPTERS_FILE} missing; retrain the coder")
+            x = cls(config, labels)  # the pretrained encoder, then its adapters
+            x._build()
+            _load_adapters(x._enc, load_file(str(folder / ADAPTERS_FILE), device=str(x.device)), folder)
+        else:
+            x = cls(config, labels, source=str(folder))
+            x._build()
         x._enc.eval()
         x._head.load_state_dict(load_file(str(folder / "head.safetensors"), device=str(x.device)))
         return x
