@@ -50,6 +50,7 @@ from mi_llm.serve.safety.train import (  # noqa: E402
     TrainConfig,
     choose_thresholds,
     cross_validate,
+    cross_validate_groups,
     group_split,
     training_rows,
     training_weights,
@@ -85,15 +86,18 @@ def _rates(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def part_cv(shared: Path) -> dict[str, Any]:
+def part_cv(shared: Path, in_distribution: bool = False) -> dict[str, Any]:
+    """Leave one source out; or (`in_distribution`) 5 folds of groups across all sources."""
     rows = training_rows(shared=shared, exclude=(), talk=tuple(TALK_CORPORA))
     rules = default_classifier()
     t0 = time.time()
     never = (*NOT_TRAINED_ON, *(f"talk:{c}" for c in TALK_CORPORA if c not in TALK_TRAINED))
-    scored = cross_validate(
-        rows, TrainConfig(), progress=lambda m: print(f"  {m} ({time.time() - t0:.0f}s)"), eval_only=never
-    )
-    items = []
+    say = lambda m: print(f"  {m} ({time.time() - t0:.0f}s)")  # noqa: E731
+    if in_distribution:
+        scored = cross_validate_groups(rows, 5, TrainConfig(), progress=say, eval_only=never)
+    else:
+        scored = cross_validate(rows, TrainConfig(), progress=say, eval_only=never)
+    items: list[dict[str, Any]] = []
     for s in scored:
         gold = s.row.crisis if s.row.trainable else None
         items.append(
@@ -372,6 +376,8 @@ def main() -> None:
         print(f"{part} ...", flush=True)
         if part == "cv":
             out["cv"] = part_cv(args.shared)
+        elif part == "indist":
+            out["indist"] = part_cv(args.shared, in_distribution=True)
         elif part == "talk":
             out["talk"] = part_talk(args.shared, args.flagged)
         elif part == "heldout":

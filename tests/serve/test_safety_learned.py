@@ -26,7 +26,14 @@ from mi_llm.serve.safety.sources import (
     read_sad,
     read_shared,
 )
-from mi_llm.serve.safety.train import TrainConfig, choose_thresholds, cross_validate, fit, source_weights
+from mi_llm.serve.safety.train import (
+    TrainConfig,
+    choose_thresholds,
+    cross_validate,
+    cross_validate_groups,
+    fit,
+    source_weights,
+)
 from mi_llm.serve.sessions import SessionStore
 
 CRISIS_EN = [
@@ -125,6 +132,32 @@ def test_cross_validation_scores_each_source_without_it():
     scored = cross_validate(_rows(), TrainConfig(features=FeatureConfig(min_df=1), c=10.0, validation=0.3))
     assert len(scored) == len(_rows())
     assert {s.row.source for s in scored} == {"s0", "s1", "s2"}
+    crisis = [s.score for s in scored if s.row.crisis]
+    calm = [s.score for s in scored if not s.row.crisis]
+    assert np.mean(crisis) > np.mean(calm)
+
+
+def test_group_folds_score_every_row_once_by_a_detector_that_never_saw_its_group(monkeypatch):
+    from mi_llm.serve.safety import train as train_module
+    from mi_llm.serve.safety.learned import FeatureConfig
+
+    rows = _rows()
+    seen: list[set[str]] = []
+    real_fit = train_module.fit
+
+    def fit_and_record(fit_rows, cfg):
+        seen.append({r.group for r in fit_rows})
+        return real_fit(fit_rows, cfg)
+
+    monkeypatch.setattr(train_module, "fit", fit_and_record)
+    cfg = TrainConfig(features=FeatureConfig(min_df=1), c=10.0, validation=0.3)
+    scored = cross_validate_groups(rows, 3, cfg, eval_only=("s2",))
+    assert sorted(id(s.row) for s in scored) == sorted(id(r) for r in rows)  # every row, once
+    assert len(seen) == 3
+    trainable = {r.group for r in rows if r.source != "s2"}
+    assert all(not g & {r.group for r in rows if r.source == "s2"} for g in seen)  # s2: never trained on
+    held = [trainable - g for g in seen]  # each fit lacks exactly its own fold's groups
+    assert all(held) and sum(len(h) for h in held) == len(trainable) and set().union(*held) == trainable
     crisis = [s.score for s in scored if s.row.crisis]
     calm = [s.score for s in scored if not s.row.crisis]
     assert np.mean(crisis) > np.mean(calm)
