@@ -517,7 +517,7 @@ class ClientTalkCoder:
         if meta.get("version") not in READABLE_VERSIONS:
             raise MiLlmError(
                 f"{meta_path}: client-talk coder version {meta.get('version')} (this mi-llm reads "
-                f"{VERSION}); retrain it"
+                f"{' and '.join(map(str, READABLE_VERSIONS))}); retrain it"
             )
         import sklearn
 

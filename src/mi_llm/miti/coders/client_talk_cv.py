@@ -423,13 +423,11 @@ def select_recipe(
     embed_cfg: dict[str, Any] | None,
     folds: int = 3,
     seed: int = 0,
-    family: Callable[[dict[str, Any]], bool] = lambda c: True,
 ) -> tuple[ClientTalkConfig, float]:
-    """The recipe to ship: the inner procedure run on all the examples (folds by transcript),
-    among the candidates of `family`."""
+    """The recipe to ship: the inner procedure run on all the examples (folds by transcript)."""
     all_idx = np.arange(len(examples))
     oof = oof_log_probas(examples, all_idx, embeddings, folds, seed)
-    cand, f1 = choose(oof, _y(examples, all_idx), candidates(embeddings is not None), family)
+    cand, f1 = choose(oof, _y(examples, all_idx), candidates(embeddings is not None))
     return _config(cand, embed_cfg), f1
 
 

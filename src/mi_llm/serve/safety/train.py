@@ -200,6 +200,27 @@ class Scored:
         return self.score >= self.threshold
 
 
+def _score_folds(
+    rows: Sequence[LabelledText],
+    fold_of: Callable[[LabelledText], str | int],
+    cfg: TrainConfig | None,
+    progress: Callable[[str], None] | None,
+    eval_only: Sequence[str],
+) -> list[Scored]:
+    """Every row scored by a detector (and thresholds) fitted on the rows of the other folds
+    (never on a source in `eval_only`)."""
+    cfg = cfg or TrainConfig()
+    out: list[Scored] = []
+    for fold in sorted({fold_of(r) for r in rows}, key=str):
+        test = [r for r in rows if fold_of(r) == fold]
+        if progress:
+            progress(f"held out {fold}: {len(test)} rows")
+        det = fit([r for r in rows if fold_of(r) != fold and r.source not in eval_only], cfg)
+        for r, (s, t) in zip(test, det.predict([r.text for r in test])):
+            out.append(Scored(r, s, t, det.threshold, det.high_threshold))
+    return out
+
+
 def cross_validate(
     rows: Sequence[LabelledText],
     cfg: TrainConfig | None = None,
@@ -209,16 +230,7 @@ def cross_validate(
     """Leave one source out: every row scored by a detector (and thresholds) fitted without
     any row of its source. Rows that are not trainable (exploring, indicator) are scored too,
     to be reported apart; sources in `eval_only` are never trained on."""
-    cfg = cfg or TrainConfig()
-    out: list[Scored] = []
-    for src in sorted({r.source for r in rows}):
-        test = [r for r in rows if r.source == src]
-        if progress:
-            progress(f"held out {src}: {len(test)} rows")
-        det = fit([r for r in rows if r.source != src and r.source not in eval_only], cfg)
-        for r, (s, t) in zip(test, det.predict([r.text for r in test])):
-            out.append(Scored(r, s, t, det.threshold, det.high_threshold))
-    return out
+    return _score_folds(rows, lambda r: r.source, cfg, progress, eval_only)
 
 
 def cross_validate_groups(
@@ -233,19 +245,10 @@ def cross_validate_groups(
     thresholds) fitted on the other folds, which hold the rest of its own source. What to
     expect on new data from the sources trained on (e.g. a source's own test split), where
     `cross_validate` says what to expect on a source never seen."""
-    cfg = cfg or TrainConfig()
     groups = sorted({r.group for r in rows})
     order = np.random.default_rng(seed).permutation(len(groups))
     fold_of = {groups[i]: k % folds for k, i in enumerate(order)}
-    out: list[Scored] = []
-    for k in range(folds):
-        test = [r for r in rows if fold_of[r.group] == k]
-        if progress:
-            progress(f"fold {k + 1}/{folds}: {len(test)} rows held out")
-        det = fit([r for r in rows if fold_of[r.group] != k and r.source not in eval_only], cfg)
-        for r, (s, t) in zip(test, det.predict([r.text for r in test])):
-            out.append(Scored(r, s, t, det.threshold, det.high_threshold))
-    return out
+    return _score_folds(rows, lambda r: f"fold {fold_of[r.group] + 1}/{folds}", cfg, progress, eval_only)
 
 
 def training_rows(
