@@ -20,10 +20,16 @@
    precision, false-positive rate (learned alone and OR-ed with the rules), ROC AUC, and the
    recall at the held-out source's own 3% FPR (an oracle threshold: the ranking's quality,
    apart from calibration).
+6. `curve`: a learning curve in distribution: the 5 folds of groups of `indist`, each fold's
+   detector trained on 25/50/75/100% of the other folds' groups (two draws below 100%):
+   per PsySUICIDE source, the learned score's ROC AUC and recall at the source's own 3% FPR
+   (ranking, apart from thresholds) and the combined detector's recall / FPR at the
+   thresholds its validation split chose. Does more labelled data of the same kind help?
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_crisis.py --shared ../shared/data \\
         --parts cv,talk,heldout,speed --json crisis.json [--flagged flagged.jsonl]
     PYTHONPATH=src .venv/bin/python benchmarks/bench_crisis.py --parts features --layers 9,14 --json features.json
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_crisis.py --parts curve --json curve.json
 """
 
 from __future__ import annotations
@@ -362,6 +368,47 @@ def part_features(shared: Path, layers: list[int]) -> dict[str, Any]:
     return out
 
 
+CURVE_SHARES = (0.25, 0.5, 0.75, 1.0)
+
+
+def part_curve(shared: Path, draws: int = 2) -> dict[str, Any]:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    rows = training_rows(shared=shared, exclude=(), talk=tuple(TALK_CORPORA))
+    never = (*NOT_TRAINED_ON, *(f"talk:{c}" for c in TALK_CORPORA if c not in TALK_TRAINED))
+    rules = default_classifier()
+    ruled = {id(r): rules.classify(r.text, r.language).crisis for r in rows}
+    out: dict[str, Any] = {}
+    t0 = time.time()
+    for share in CURVE_SHARES:
+        runs: dict[str, list[dict[str, float]]] = defaultdict(list)
+        for draw in range(draws if share < 1.0 else 1):
+            scored = cross_validate_groups(rows, 5, TrainConfig(), eval_only=never, train_share=share, share_seed=draw)
+            by: dict[str, list[Any]] = defaultdict(list)
+            for s in scored:
+                if s.row.trainable and s.row.source.startswith("psysuicide"):
+                    by[s.row.source].append(s)
+            for source, group in sorted(by.items()):
+                gold = np.array([s.row.crisis for s in group])
+                z = np.array([s.score for s in group])
+                combined = np.array([s.flagged or ruled[id(s.row)] for s in group])
+                runs[source].append(
+                    {
+                        "auc": float(roc_auc_score(gold, z)),
+                        "recall_at_own_3pct_fpr": _recall_at_fpr(z, gold),
+                        "combined_recall": float(combined[gold].mean()),
+                        "combined_fpr": float(combined[~gold].mean()),
+                    }
+                )
+            print(f"  share {share}, draw {draw} ({time.time() - t0:.0f}s)", flush=True)
+        out[str(share)] = {
+            source: {k: round(statistics.mean(r[k] for r in rs), 3) for k in rs[0]} | {"draws": len(rs)}
+            for source, rs in runs.items()
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=REPO / ".." / "shared" / "data")
@@ -384,6 +431,8 @@ def main() -> None:
             out["heldout"] = part_heldout()
         elif part == "speed":
             out["speed"] = part_speed()
+        elif part == "curve":
+            out["curve"] = part_curve(args.shared)
         elif part == "features":
             out["features"] = part_features(args.shared, [int(x) for x in args.layers.split(",")])
         else:

@@ -163,6 +163,31 @@ def test_group_folds_score_every_row_once_by_a_detector_that_never_saw_its_group
     assert np.mean(crisis) > np.mean(calm)
 
 
+def test_group_folds_with_a_train_share_fit_on_that_share_of_the_other_folds_groups(monkeypatch):
+    from mi_llm.serve.safety import train as train_module
+    from mi_llm.serve.safety.learned import FeatureConfig
+
+    rows = _rows()
+    seen: list[set[str]] = []
+    real_fit = train_module.fit
+
+    def fit_and_record(fit_rows, cfg):
+        seen.append({r.group for r in fit_rows})
+        return real_fit(fit_rows, cfg)
+
+    monkeypatch.setattr(train_module, "fit", fit_and_record)
+    cfg = TrainConfig(features=FeatureConfig(min_df=1), c=10.0, validation=0.3)
+    full = cross_validate_groups(rows, 3, cfg)
+    whole = list(seen)
+    seen.clear()
+    half = cross_validate_groups(rows, 3, cfg, train_share=0.5, share_seed=1)
+    assert sorted(id(s.row) for s in half) == sorted(id(s.row) for s in full)  # still every row, once
+    for part, all_groups in zip(seen, whole):
+        assert part < all_groups and abs(len(part) - len(all_groups) / 2) <= 1
+    with pytest.raises(MiLlmError, match="train_share"):
+        cross_validate_groups(rows, 3, cfg, train_share=0.0)
+
+
 # ---------------------------------------------------------------- readers
 
 

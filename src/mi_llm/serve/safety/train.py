@@ -206,16 +206,23 @@ def _score_folds(
     cfg: TrainConfig | None,
     progress: Callable[[str], None] | None,
     eval_only: Sequence[str],
+    train_share: float = 1.0,
+    share_seed: int = 0,
 ) -> list[Scored]:
     """Every row scored by a detector (and thresholds) fitted on the rows of the other folds
-    (never on a source in `eval_only`)."""
+    (never on a source in `eval_only`); with `train_share` < 1, on that share of their groups
+    (drawn with `share_seed`: a learning curve)."""
     cfg = cfg or TrainConfig()
     out: list[Scored] = []
     for fold in sorted({fold_of(r) for r in rows}, key=str):
         test = [r for r in rows if fold_of(r) == fold]
         if progress:
             progress(f"held out {fold}: {len(test)} rows")
-        det = fit([r for r in rows if fold_of(r) != fold and r.source not in eval_only], cfg)
+        train = [r for r in rows if fold_of(r) != fold and r.source not in eval_only]
+        if train_share < 1.0:
+            kept, _ = group_split(train, 1.0 - train_share, share_seed)
+            train = [train[i] for i in kept]
+        det = fit(train, cfg)
         for r, (s, t) in zip(test, det.predict([r.text for r in test])):
             out.append(Scored(r, s, t, det.threshold, det.high_threshold))
     return out
@@ -240,15 +247,22 @@ def cross_validate_groups(
     progress: Callable[[str], None] | None = None,
     eval_only: Sequence[str] = (),
     seed: int = 0,
+    train_share: float = 1.0,
+    share_seed: int = 0,
 ) -> list[Scored]:
     """K folds of groups drawn across all sources: every row scored by a detector (and
     thresholds) fitted on the other folds, which hold the rest of its own source. What to
     expect on new data from the sources trained on (e.g. a source's own test split), where
-    `cross_validate` says what to expect on a source never seen."""
+    `cross_validate` says what to expect on a source never seen. `train_share` < 1 trains
+    each fold's detector on that share of the other folds' groups (a learning curve)."""
     groups = sorted({r.group for r in rows})
     order = np.random.default_rng(seed).permutation(len(groups))
     fold_of = {groups[i]: k % folds for k, i in enumerate(order)}
-    return _score_folds(rows, lambda r: f"fold {fold_of[r.group] + 1}/{folds}", cfg, progress, eval_only)
+    if not 0.0 < train_share <= 1.0:
+        raise MiLlmError(f"train_share must be in (0, 1], got {train_share}")
+    return _score_folds(
+        rows, lambda r: f"fold {fold_of[r.group] + 1}/{folds}", cfg, progress, eval_only, train_share, share_seed
+    )
 
 
 def training_rows(
