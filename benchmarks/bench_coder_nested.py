@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO / "src"))
 from mi_llm.miti.coders import evaluate as ev  # noqa: E402
 from mi_llm.miti.coders import labels as L  # noqa: E402
 from mi_llm.miti.coders.base import Item  # noqa: E402
+from mi_llm.miti.coders.encoder import EncoderConfig  # noqa: E402
 from mi_llm.miti.coders.features import FeatureConfig  # noqa: E402
 from mi_llm.miti.coders.trained import CoderConfig, TrainedCoder, default_config  # noqa: E402
 
@@ -98,13 +99,24 @@ def summary(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def section_nested(
-    annomi, demo, cfg, n_folds, out, save, others: dict[str, CoderConfig] | None = None, fixed: list | None = None
+    annomi,
+    demo,
+    cfg,
+    n_folds,
+    out,
+    save,
+    others: dict[str, CoderConfig] | None = None,
+    fixed: list | None = None,
+    encoder: EncoderConfig | None = None,
 ) -> None:
     """`others`: more recipes (name -> config), each chosen on the same inner folds and graded on
     the same outer folds as `cfg` (rows "coder, <name>"), e.g. a longer context window.
     `fixed`: an earlier nested run's per-fold choices (its `nested.chosen`): every coder of outer
     fold k is trained with the settings that run's inner folds chose in fold k, without choosing
-    again (the features may differ: what they add is then graded alone, at a tenth of the cost)."""
+    again (the features may differ: what they add is then graded alone, at a tenth of the cost).
+    `encoder`: also grade each outer fold's chosen coder times an encoder expert of these fixed
+    settings, tuned on the outer training part, at weight 1 (row `ENCODER_ROW`): an encoder's
+    tuning costs minutes, so its settings are not chosen on inner folds."""
     folds = outer_folds({"annomi": annomi, "demo": demo}, n_folds)
     preds: dict[str, dict[str, list]] = {}
     chosen = []
@@ -135,6 +147,12 @@ def section_nested(
         }
         if "embed" in [x.name for x in coder.experts]:
             variants["coder, n-gram expert only"] = variant(coder, expert_weights={"embed": 0.0})
+        if encoder is not None:
+            # the experts the inner folds chose, refitted with their settings, times the encoder
+            with_enc = TrainedCoder.fit(train, replace(coder.config, selection=None, encoder=encoder.to_dict()))
+            variants[ENCODER_ROW] = with_enc
+            if "embed" in [x.name for x in with_enc.experts]:
+                variants[f"{ENCODER_ROW}, no embedding expert"] = variant(with_enc, expert_weights={"embed": 0.0})
         for name, other_cfg in (others or {}).items():
             other = TrainedCoder.fit(train, chosen_config(fixed[k], other_cfg) if fixed else other_cfg)
             variants[f"coder, {name}"] = other
@@ -164,6 +182,7 @@ def section_nested(
 
 
 BASELINE_SAME_DATA = "baseline (TF-IDF + LR, same training data)"
+ENCODER_ROW = "coder x encoder"
 
 
 def same_data_baseline(k, folds, annomi, demo, train, preds) -> None:
@@ -585,6 +604,14 @@ def main() -> None:
         metavar="N[:TOKENS]",
         help="nested: also grade recipe embed with this window (and context cap), in the same folds",
     )
+    ap.add_argument(
+        "--encoder",
+        action="store_true",
+        help="nested: also grade each fold's chosen coder times an encoder expert (all-MiniLM-L6-v2, fixed "
+        "settings: --encoder-lora-r, --encoder-lr, 2 epochs) tuned on the outer training part",
+    )
+    ap.add_argument("--encoder-lora-r", type=int, default=16, help="the encoder's LoRA rank (0: every weight)")
+    ap.add_argument("--encoder-lr", type=float, default=5e-4, help="the encoder's learning rate")
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--limit", type=int, default=None, help="first N utterances of each source (a smoke test)")
@@ -660,7 +687,10 @@ def main() -> None:
         if args.fixed_from:
             fixed = json.loads(args.fixed_from.read_text(encoding="utf-8"))["nested"]["chosen"]
             out["fixed_from"] = str(args.fixed_from)
-        section_nested(annomi, demo, cfg, args.folds, out, save, others, fixed)
+        enc = EncoderConfig(lora_r=args.encoder_lora_r, lr=args.encoder_lr) if args.encoder else None
+        if enc is not None:
+            out["encoder"] = enc.to_dict()
+        section_nested(annomi, demo, cfg, args.folds, out, save, others, fixed, enc)
     elif args.json.is_file():  # the later sections read the nested section of an earlier run
         earlier = json.loads(args.json.read_text(encoding="utf-8"))
         out.update(

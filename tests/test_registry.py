@@ -41,7 +41,7 @@ def test_the_project_maps_are_registries() -> None:
     assert {"annomi", "sharegpt", "llamafactory", "openai", "dialogues"} <= set(IMPORTERS)
     assert IMPORTERS.get("llamafactory") is IMPORTERS.get("sharegpt")
     assert set(MANIFESTS) == {"cpsycound", "annomi", "smile", "mibot"}
-    assert RECIPES.names() == ("embed", "tuned", "encoder", "ngram")
+    assert RECIPES.names() == ("embed", "tuned", "encoder", "embed-encoder", "ngram")
     assert PRESETS.names() == ("greedy", "llamafactory")
     with pytest.raises(MiLlmError, match="unknown backend 'nosuch'; choose one of: hf, llamacpp"):
         BACKENDS.get("nosuch")

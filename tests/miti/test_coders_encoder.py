@@ -29,6 +29,18 @@ def test_recipe_and_model_names(tmp_path):
     assert resolve_encoder("org/some-encoder") == "org/some-encoder"  # a hub id, left to transformers
 
 
+def test_embed_encoder_recipe_chooses_on_inner_folds_then_adds_the_encoder(tiny_encoder):
+    cfg = default_config(recipe="embed-encoder")
+    assert cfg.features.embeddings is not None and cfg.selection is not None
+    assert cfg.encoder is not None and cfg.encoder["lora_r"] == 16 and cfg.encoder["lr"] == 5e-4
+    # the same path without the embedded model: selection on inner folds, then the encoder on all
+    cfg = default_config(recipe="ngram")
+    cfg.encoder = tiny_encoder.to_dict()
+    coder = TrainedCoder.fit(EN[:200], cfg)
+    assert "selection" in coder.info and coder.config.selection is None
+    assert coder.info["experts"][-1] == "encoder" and coder.config.encoder == tiny_encoder.to_dict()
+
+
 def test_coder_with_encoder_expert_saves_and_loads(tiny_encoder, tmp_path):
     cfg = default_config(quick=True)
     cfg.encoder = tiny_encoder.to_dict()

@@ -187,15 +187,16 @@ def train_coder_cmd(
         "embed",
         "--recipe",
         help="embed: n-grams x the embedded model's frozen hidden states "
-        "(default); tuned: n-grams x blocks of it tuned to the codes (better on English, "
-        "worse on Chinese without Chinese training codes); encoder: n-grams x a small English encoder "
-        "fine-tuned end to end (best on English, no help on Chinese); ngram: n-grams only (the shipped default "
-        "coder's recipe). embed and ngram choose their hyper-parameters on inner folds of the data",
+        "(default; the shipped default coder's recipe); tuned: n-grams x blocks of it tuned to the codes "
+        "(better on English, worse on Chinese without Chinese training codes); encoder: n-grams x a small "
+        "English encoder fine-tuned end to end (no help on Chinese); embed-encoder: embed x that encoder with "
+        "LoRA (the best on English sessions, a little worse on the demo's written dialogues); ngram: n-grams "
+        "only. embed, embed-encoder and ngram choose their hyper-parameters on inner folds of the data",
     ),
     encoder: str | None = typer.Option(
         None,
         "--encoder",
-        help="with --recipe encoder: the encoder to fine-tune, "
+        help="with --recipe encoder or embed-encoder: the encoder to fine-tune, "
         "a local folder or hub id (default: the bundled all-MiniLM-L6-v2)",
     ),
     weight: list[str] = typer.Option(

@@ -50,10 +50,11 @@ def train_coder(
     """Train a coder on the bundled demo codes plus `sources` [(kind, path)]; save it in `out_dir`.
 
     `recipe` (`trained.RECIPES`): `embed` (the default) reads the embedded model's frozen hidden
-    states, `tuned` adapts blocks of it to the codes, `encoder` fine-tunes a small English
-    sentence encoder (`encoder`: another one to fine-tune, a folder or hub id), `ngram` none of these
-    (the shipped default coder's recipe). `embed` and `ngram` choose their hyper-parameters
-    on inner folds of the examples first (`selection.py`). `quick` (n-grams, fixed
+    states (the shipped default coder's recipe), `tuned` adapts blocks of it to the codes,
+    `encoder` fine-tunes a small English sentence encoder (`encoder`: another one to fine-tune, a
+    folder or hub id), `embed-encoder` multiplies `embed` by that encoder (LoRA), `ngram` none of
+    these. `embed`, `embed-encoder` and `ngram` choose their hyper-parameters on inner folds of
+    the examples first (`selection.py`). `quick` (n-grams, fixed
     hyper-parameters) trains in about a minute on a CPU with the shared data, seconds on the
     demo corpus alone; `embeddings=False` also means `ngram`. `weights` {source: weight} override the
     recipe's source weights (e.g. {"welivita": 1.0} to code written counseling text).
@@ -79,7 +80,7 @@ def train_coder(
         config = default_config(quick=quick, embeddings=not quick if embeddings is None else embeddings, recipe=recipe)
         if encoder:
             if config.encoder is None:
-                raise MiLlmError("--encoder goes with --recipe encoder")
+                raise MiLlmError("--encoder goes with --recipe encoder or embed-encoder")
             config.encoder["model"] = encoder
     if weights:
         present = {e.source.casefold(): e.source for e in examples}
