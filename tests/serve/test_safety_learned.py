@@ -137,11 +137,11 @@ def test_cross_validation_scores_each_source_without_it():
     assert np.mean(crisis) > np.mean(calm)
 
 
-def test_group_folds_score_every_row_once_by_a_detector_that_never_saw_its_group(monkeypatch):
+@pytest.fixture
+def fitted_groups(monkeypatch) -> list[set[str]]:
+    """The groups each detector fitted by the cross-validations was trained on, in order."""
     from mi_llm.serve.safety import train as train_module
-    from mi_llm.serve.safety.learned import FeatureConfig
 
-    rows = _rows()
     seen: list[set[str]] = []
     real_fit = train_module.fit
 
@@ -150,7 +150,17 @@ def test_group_folds_score_every_row_once_by_a_detector_that_never_saw_its_group
         return real_fit(fit_rows, cfg)
 
     monkeypatch.setattr(train_module, "fit", fit_and_record)
-    cfg = TrainConfig(features=FeatureConfig(min_df=1), c=10.0, validation=0.3)
+    return seen
+
+
+def _small_cfg() -> TrainConfig:
+    from mi_llm.serve.safety.learned import FeatureConfig
+
+    return TrainConfig(features=FeatureConfig(min_df=1), c=10.0, validation=0.3)
+
+
+def test_group_folds_score_every_row_once_by_a_detector_that_never_saw_its_group(fitted_groups):
+    rows, seen, cfg = _rows(), fitted_groups, _small_cfg()
     scored = cross_validate_groups(rows, 3, cfg, eval_only=("s2",))
     assert sorted(id(s.row) for s in scored) == sorted(id(r) for r in rows)  # every row, once
     assert len(seen) == 3
@@ -163,20 +173,8 @@ def test_group_folds_score_every_row_once_by_a_detector_that_never_saw_its_group
     assert np.mean(crisis) > np.mean(calm)
 
 
-def test_group_folds_with_a_train_share_fit_on_that_share_of_the_other_folds_groups(monkeypatch):
-    from mi_llm.serve.safety import train as train_module
-    from mi_llm.serve.safety.learned import FeatureConfig
-
-    rows = _rows()
-    seen: list[set[str]] = []
-    real_fit = train_module.fit
-
-    def fit_and_record(fit_rows, cfg):
-        seen.append({r.group for r in fit_rows})
-        return real_fit(fit_rows, cfg)
-
-    monkeypatch.setattr(train_module, "fit", fit_and_record)
-    cfg = TrainConfig(features=FeatureConfig(min_df=1), c=10.0, validation=0.3)
+def test_group_folds_with_a_train_share_fit_on_that_share_of_the_other_folds_groups(fitted_groups):
+    rows, seen, cfg = _rows(), fitted_groups, _small_cfg()
     full = cross_validate_groups(rows, 3, cfg)
     whole = list(seen)
     seen.clear()
