@@ -63,6 +63,13 @@ from mi_llm.serve.safety.train import (  # noqa: E402
 )
 
 DETECTORS = ("rules", "learned", "combined")
+# sources scored but never trained on: C-SSRS, AnnoMI, and the talk corpora not in TALK_TRAINED
+NEVER_TRAINED = (*NOT_TRAINED_ON, *(f"talk:{c}" for c in TALK_CORPORA if c not in TALK_TRAINED))
+
+
+def all_rows(shared: Path) -> list[Any]:
+    """Every labelled row of the cross-validations: the shared sets, the written sets, client talk."""
+    return training_rows(shared=shared, exclude=(), talk=tuple(TALK_CORPORA))
 
 
 def _rates(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -94,15 +101,14 @@ def _rates(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def part_cv(shared: Path, in_distribution: bool = False) -> dict[str, Any]:
     """Leave one source out; or (`in_distribution`) 5 folds of groups across all sources."""
-    rows = training_rows(shared=shared, exclude=(), talk=tuple(TALK_CORPORA))
+    rows = all_rows(shared)
     rules = default_classifier()
     t0 = time.time()
-    never = (*NOT_TRAINED_ON, *(f"talk:{c}" for c in TALK_CORPORA if c not in TALK_TRAINED))
     say = lambda m: print(f"  {m} ({time.time() - t0:.0f}s)")  # noqa: E731
     if in_distribution:
-        scored = cross_validate_groups(rows, 5, TrainConfig(), progress=say, eval_only=never)
+        scored = cross_validate_groups(rows, 5, TrainConfig(), progress=say, eval_only=NEVER_TRAINED)
     else:
-        scored = cross_validate(rows, TrainConfig(), progress=say, eval_only=never)
+        scored = cross_validate(rows, TrainConfig(), progress=say, eval_only=NEVER_TRAINED)
     items: list[dict[str, Any]] = []
     for s in scored:
         gold = s.row.crisis if s.row.trainable else None
@@ -290,8 +296,8 @@ def part_features(shared: Path, layers: list[int]) -> dict[str, Any]:
     class MessageEmbedder(Embedder):  # "Client: <message>", no context: what the server reads
         speaker = "Client"
 
-    rows = training_rows(shared=shared, exclude=(), talk=tuple(TALK_CORPORA))
-    never = {*NOT_TRAINED_ON, *(f"talk:{c}" for c in TALK_CORPORA if c not in TALK_TRAINED)}
+    rows = all_rows(shared)
+    never = set(NEVER_TRAINED)
     cfg = TrainConfig()
     rules = default_classifier()
     ruled = np.array([rules.classify(r.text, r.language).crisis for r in rows])
@@ -375,19 +381,21 @@ def part_curve(shared: Path, draws: int = 2) -> dict[str, Any]:
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    rows = training_rows(shared=shared, exclude=(), talk=tuple(TALK_CORPORA))
-    never = (*NOT_TRAINED_ON, *(f"talk:{c}" for c in TALK_CORPORA if c not in TALK_TRAINED))
+    rows = all_rows(shared)
     rules = default_classifier()
-    ruled = {id(r): rules.classify(r.text, r.language).crisis for r in rows}
+    graded = [r for r in rows if r.trainable and r.source.startswith("psysuicide")]  # the rows reported
+    ruled = {id(r): rules.classify(r.text, r.language).crisis for r in graded}
     out: dict[str, Any] = {}
     t0 = time.time()
     for share in CURVE_SHARES:
         runs: dict[str, list[dict[str, float]]] = defaultdict(list)
         for draw in range(draws if share < 1.0 else 1):
-            scored = cross_validate_groups(rows, 5, TrainConfig(), eval_only=never, train_share=share, share_seed=draw)
+            scored = cross_validate_groups(
+                rows, 5, TrainConfig(), eval_only=NEVER_TRAINED, train_share=share, share_seed=draw
+            )
             by: dict[str, list[Any]] = defaultdict(list)
             for s in scored:
-                if s.row.trainable and s.row.source.startswith("psysuicide"):
+                if id(s.row) in ruled:
                     by[s.row.source].append(s)
             for source, group in sorted(by.items()):
                 gold = np.array([s.row.crisis for s in group])
