@@ -536,13 +536,8 @@ class ClientTalkCoder:
         name = folder.name
         config = ClientTalkConfig.from_dict(meta["config"])
         encoder = None
-        if config.encoder is not None and config.encoder_weight:
-            try:
-                encoder = EncoderExpert.load(folder / "encoder", EncoderConfig.from_dict(config.encoder), TALK_TYPES)
-            except MiLlmError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a damaged file: say which, in one line
-                raise MiLlmError(f"{folder / 'encoder'}: unreadable ({type(e).__name__}: {e}); retrain it") from None
+        if config.encoder is not None and config.encoder_weight:  # a damaged file: one line from load
+            encoder = EncoderExpert.load(folder / "encoder", EncoderConfig.from_dict(config.encoder), TALK_TYPES)
         coder = cls(config, blob["ngram"], blob["embed"], info, folder, encoder=encoder)
         coder.name = f"client-talk:{name}" if folder == shipped_client_coder_dir() else f"client-talk:{folder}"
         return coder

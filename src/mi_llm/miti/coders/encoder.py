@@ -273,20 +273,26 @@ class EncoderExpert:
 
     @classmethod
     def load(cls, folder: Path, config: EncoderConfig, labels: Sequence[str]) -> EncoderExpert:
+        """The expert saved in `folder`; a missing or damaged file is a one-line MiLlmError
+        naming the folder (the same for the therapist and the client-talk coder)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         folder = Path(folder)
         if not (folder / "head.safetensors").is_file():
             raise MiLlmError(f"{folder}: no fine-tuned encoder here (head.safetensors missing); retrain the coder")
-        if config.lora_r:
-            if not (folder / ADAPTERS_FILE).is_file():
-                raise MiLlmError(f"{folder}: {ADAPTERS_FILE} missing; retrain the coder")
-            x = cls(config, labels)  # the pretrained encoder, then its adapters
-            x._build()
-            _load_adapters(x._enc, load_file(str(folder / ADAPTERS_FILE), device=str(x.device)), folder)
-        else:
-            x = cls(config, labels, source=str(folder))
-            x._build()
-        x._enc.eval()
-        x._head.load_state_dict(load_file(str(folder / "head.safetensors"), device=str(x.device)))
+        if config.lora_r and not (folder / ADAPTERS_FILE).is_file():
+            raise MiLlmError(f"{folder}: {ADAPTERS_FILE} missing; retrain the coder")
+        try:
+            if config.lora_r:
+                x = cls(config, labels)  # the pretrained encoder, then its adapters
+                x._build()
+                _load_adapters(x._enc, load_file(str(folder / ADAPTERS_FILE), device=str(x.device)), folder)
+            else:
+                x = cls(config, labels, source=str(folder))
+                x._build()
+            x._enc.eval()
+            x._head.load_state_dict(load_file(str(folder / "head.safetensors"), device=str(x.device)))
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+            raise MiLlmError(f"{folder}: unreadable ({type(e).__name__}: {e}); retrain the coder") from None
         return x

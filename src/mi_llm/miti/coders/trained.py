@@ -436,7 +436,7 @@ class TrainedCoder(Coder):
             tuned = read(path, lambda: TunedExpert.load(path, TunedConfig.from_dict(tuned_cfg), meta["labels"]))
         if (encoder_cfg := config.encoder) is not None:
             path = folder / "encoder"
-            encoder = read(path, lambda: EncoderExpert.load(path, EncoderConfig.from_dict(encoder_cfg), meta["labels"]))
+            encoder = EncoderExpert.load(path, EncoderConfig.from_dict(encoder_cfg), meta["labels"])  # errors: one line
         coder = cls(config, experts, gm, meta.get("info", {}), folder, tuned=tuned, encoder=encoder)
         coder.heads = dict(meta.get("heads") or {})
         return coder
